@@ -1,0 +1,1 @@
+//! Checkpoint core: zstd Arrow IPC shards, manifest, atomic commit.

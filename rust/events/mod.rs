@@ -1,0 +1,1 @@
+//! Job-event core: lock-free queue, flush thread, JSON lines.
