@@ -6,6 +6,14 @@ Change one word in an import::
     from data_juicer_accel.utils.ckpt_utils import CheckpointManager    # after
 """
 
-from data_juicer_accel._native import __version__
+from data_juicer_accel._native import CheckpointCorruptError, CheckpointLockedError, __version__
+from data_juicer_accel.utils.ckpt_utils import CheckpointManager, CheckpointManagerBase, CheckpointStrategy
 
-__all__ = ["__version__"]
+__all__ = [
+    "__version__",
+    "CheckpointCorruptError",
+    "CheckpointLockedError",
+    "CheckpointManager",
+    "CheckpointManagerBase",
+    "CheckpointStrategy",
+]

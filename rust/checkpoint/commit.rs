@@ -1,0 +1,236 @@
+//! Staging and atomic commit of a checkpoint directory.
+//!
+//! A save writes everything into a fresh hidden sibling of `latest/`, fsyncs
+//! it, then swaps it with `latest/` in one `renameat2(RENAME_EXCHANGE)`: at
+//! any crash point `latest/` is the previous checkpoint or the new one, never
+//! a mix. No file of the previous checkpoint is rewritten (a reader may have
+//! it memory-mapped); its directory is unlinked after the swap.
+//!
+//! `ckpt_dir/ckpt_op.json` becomes a symlink to `latest/ckpt_op.json`, so the
+//! same exchange swaps the op record with the rows it describes, and callers
+//! that open `ckpt_op.json` (the original Data-Juicer too) read through it.
+
+use std::ffi::CString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::symlink;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::error::{CheckpointError, IoContext, Result};
+use super::fault;
+use super::manifest::{checksum_hex, FileEntry, Manifest, MANIFEST_FILE};
+
+pub const LATEST: &str = "latest";
+pub const OP_RECORD: &str = "ckpt_op.json";
+const LOCK_FILE: &str = ".accel.lock";
+const STAGING_PREFIX: &str = ".latest.staging-";
+const OLD_PREFIX: &str = ".latest.old-";
+const LINK_PREFIX: &str = ".ckpt_op.json.link-";
+
+/// A checkpoint being written. Dropped without `commit`, it removes itself.
+pub struct Staging {
+    ckpt_dir: PathBuf,
+    dir: PathBuf,
+    files: Vec<FileEntry>,
+    _lock: DirLock,
+    committed: bool,
+}
+
+impl Staging {
+    /// Creates `ckpt_dir` if needed, takes its lock, clears what an
+    /// interrupted save left behind, and makes a fresh staging directory.
+    pub fn create(ckpt_dir: &Path) -> Result<Staging> {
+        fs::create_dir_all(ckpt_dir).at(ckpt_dir)?;
+        let lock = DirLock::acquire(ckpt_dir)?;
+        remove_leftovers(ckpt_dir)?;
+        let dir = ckpt_dir.join(format!("{STAGING_PREFIX}{}-{}", std::process::id(), unique()));
+        fs::create_dir(&dir).at(&dir)?;
+        Ok(Staging { ckpt_dir: ckpt_dir.to_path_buf(), dir, files: Vec::new(), _lock: lock, committed: false })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Writes a small file (state.json, ckpt_op.json, ...) into the staging
+    /// directory, fsynced, and lists it in the manifest.
+    pub fn add_file(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
+        if !super::manifest::is_safe_file_name(name) || name == MANIFEST_FILE {
+            return Err(CheckpointError::Input(format!("{name:?} is not a valid checkpoint file name")));
+        }
+        let path = self.dir.join(name);
+        write_synced(&path, bytes)?;
+        self.files.retain(|f| f.file != name);
+        self.files.push(FileEntry {
+            file: name.to_string(),
+            bytes: bytes.len() as u64,
+            xxh3_64: checksum_hex(xxhash_rust::xxh3::xxh3_64(bytes)),
+            rows: None,
+            raw_bytes: None,
+        });
+        Ok(())
+    }
+
+    /// Writes the manifest last, then swaps the staging directory in as
+    /// `latest/`. Returns the path of `latest/`.
+    pub fn commit(mut self, mut manifest: Manifest) -> Result<PathBuf> {
+        manifest.files = std::mem::take(&mut self.files);
+        write_synced(&self.dir.join(MANIFEST_FILE), manifest.to_json().as_bytes())?;
+        sync_dir(&self.dir)?;
+        let latest = self.ckpt_dir.join(LATEST);
+        if manifest.files.iter().any(|f| f.file == OP_RECORD) {
+            link_op_record(&self.ckpt_dir, &latest)?;
+        }
+        fault::check("before_swap").at(&latest)?;
+        let previous = swap_in(&self.dir, &latest)?;
+        self.committed = true;
+        fault::check("after_swap").at(&latest)?;
+        sync_dir(&self.ckpt_dir)?;
+        if let Some(old) = previous {
+            // Readers that mapped old shards keep them until they unmap.
+            fs::remove_dir_all(&old).at(&old)?;
+        }
+        Ok(latest)
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn unique() -> u128 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos())
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut file = File::create(path).at(path)?;
+    file.write_all(bytes).at(path)?;
+    file.sync_all().at(path)
+}
+
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).at(dir)
+}
+
+/// Puts `staging` at `latest`. Returns where the previous `latest/` now is.
+fn swap_in(staging: &Path, latest: &Path) -> Result<Option<PathBuf>> {
+    match fs::symlink_metadata(latest) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            fs::rename(staging, latest).at(latest)?;
+            return Ok(None);
+        }
+        Err(e) => return Err(CheckpointError::io(latest, e)),
+        Ok(meta) if !meta.is_dir() => {
+            return Err(CheckpointError::io(latest, io::Error::other("exists and is not a directory")));
+        }
+        Ok(_) => {}
+    }
+    match exchange(staging, latest) {
+        Ok(()) => Ok(Some(staging.to_path_buf())),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS | libc::ENOTSUP)) => {
+            // No atomic exchange on this filesystem: move the old one aside
+            // first; `remove_leftovers` puts it back if we die in between.
+            let old = staging.with_file_name(format!("{OLD_PREFIX}{}-{}", std::process::id(), unique()));
+            fs::rename(latest, &old).at(latest)?;
+            fs::rename(staging, latest).at(latest)?;
+            Ok(Some(old))
+        }
+        Err(e) => Err(CheckpointError::io(latest, e)),
+    }
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn exchange(a: &Path, b: &Path) -> io::Result<()> {
+    let (ca, cb) = (cstring(a)?, cstring(b)?);
+    // SAFETY: both are valid NUL-terminated paths.
+    let rc = unsafe {
+        libc::renameat2(libc::AT_FDCWD, ca.as_ptr(), libc::AT_FDCWD, cb.as_ptr(), libc::RENAME_EXCHANGE)
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn exchange(_a: &Path, _b: &Path) -> io::Result<()> {
+    Err(io::Error::from_raw_os_error(libc::ENOTSUP))
+}
+
+fn cstring(p: &Path) -> io::Result<CString> {
+    CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::other("path contains a NUL byte"))
+}
+
+/// Makes `ckpt_dir/ckpt_op.json` a symlink to `latest/ckpt_op.json`.
+///
+/// Done before the swap. When the current record is a plain file (a
+/// checkpoint of the original Data-Juicer), a copy of it first goes into the
+/// current `latest/` (a new file there, nothing rewritten), so the link
+/// shows the same record until the swap changes both at once.
+fn link_op_record(ckpt_dir: &Path, latest: &Path) -> Result<()> {
+    let record = ckpt_dir.join(OP_RECORD);
+    let target = Path::new(LATEST).join(OP_RECORD);
+    if fs::read_link(&record).is_ok_and(|t| t == target) {
+        return Ok(());
+    }
+    let inner = latest.join(OP_RECORD);
+    if record.is_file() && latest.is_dir() && !inner.exists() {
+        let bytes = fs::read(&record).at(&record)?;
+        write_synced(&inner, &bytes)?;
+        sync_dir(latest)?;
+    }
+    let link = ckpt_dir.join(format!("{LINK_PREFIX}{}-{}", std::process::id(), unique()));
+    symlink(&target, &link).at(&link)?;
+    fs::rename(&link, &record).at(&record)?;
+    sync_dir(ckpt_dir)
+}
+
+/// Removes staging directories and links of interrupted saves; if a save
+/// died between the two renames of the non-atomic fallback, restores the
+/// previous `latest/`. Runs under the directory lock.
+fn remove_leftovers(ckpt_dir: &Path) -> Result<()> {
+    let latest = ckpt_dir.join(LATEST);
+    for entry in fs::read_dir(ckpt_dir).at(ckpt_dir)? {
+        let path = entry.at(ckpt_dir)?.path();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if name.starts_with(OLD_PREFIX) && !latest.exists() {
+            fs::rename(&path, &latest).at(&latest)?;
+        } else if name.starts_with(STAGING_PREFIX) || name.starts_with(OLD_PREFIX) {
+            fs::remove_dir_all(&path).at(&path)?;
+        } else if name.starts_with(LINK_PREFIX) {
+            fs::remove_file(&path).at(&path)?;
+        }
+    }
+    Ok(())
+}
+
+/// An exclusive `flock` on `ckpt_dir/.accel.lock`, released when dropped or
+/// when the process dies. A second saver gets `CheckpointError::Locked`.
+struct DirLock {
+    _file: File,
+}
+
+impl DirLock {
+    fn acquire(ckpt_dir: &Path) -> Result<DirLock> {
+        let path = ckpt_dir.join(LOCK_FILE);
+        let file = OpenOptions::new().create(true).truncate(false).write(true).open(&path).at(&path)?;
+        // SAFETY: flock on a file descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let err = io::Error::last_os_error();
+            return Err(if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                CheckpointError::Locked { path: ckpt_dir.to_path_buf() }
+            } else {
+                CheckpointError::io(&path, err)
+            });
+        }
+        Ok(DirLock { _file: file })
+    }
+}

@@ -1,0 +1,92 @@
+//! Errors of the checkpoint core. They carry the path they concern so that the
+//! Python layer can raise an exception naming what and where.
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use arrow_schema::ArrowError;
+
+#[derive(Debug)]
+pub enum CheckpointError {
+    /// An operating-system error on a named file or directory.
+    Io { path: PathBuf, source: io::Error },
+    /// A checkpoint file does not hold what the manifest promises.
+    Corrupt { path: PathBuf, detail: String },
+    /// The data handed in could not be read or encoded.
+    Input(String),
+    /// Another writer holds the checkpoint directory's lock.
+    Locked { path: PathBuf },
+    /// A bug in this crate (a caught panic); never the caller's fault.
+    Internal(String),
+}
+
+pub type Result<T> = std::result::Result<T, CheckpointError>;
+
+impl CheckpointError {
+    pub fn io(path: impl AsRef<Path>, source: io::Error) -> Self {
+        CheckpointError::Io { path: path.as_ref().to_path_buf(), source }
+    }
+
+    pub fn corrupt(path: impl AsRef<Path>, detail: impl Into<String>) -> Self {
+        CheckpointError::Corrupt { path: path.as_ref().to_path_buf(), detail: detail.into() }
+    }
+
+    pub fn arrow_corrupt(path: impl AsRef<Path>, err: ArrowError) -> Self {
+        Self::corrupt(path, format!("not a valid Arrow IPC stream: {err}"))
+    }
+
+    pub fn input(err: ArrowError) -> Self {
+        CheckpointError::Input(format!("the dataset could not be read as Arrow data: {err}"))
+    }
+
+    /// Turns a panic payload (from a worker thread or `catch_unwind`) into an error.
+    pub fn from_panic(payload: Box<dyn std::any::Any + Send>) -> Self {
+        let what = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".to_string());
+        CheckpointError::Internal(what)
+    }
+}
+
+impl fmt::Display for CheckpointError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CheckpointError::Io { path, source } => write!(f, "{}: {source}", path.display()),
+            CheckpointError::Corrupt { path, detail } => {
+                write!(f, "corrupted checkpoint file {}: {detail}", path.display())
+            }
+            CheckpointError::Input(msg) => f.write_str(msg),
+            CheckpointError::Locked { path } => write!(
+                f,
+                "another process is saving a checkpoint into {} (its lock file is held)",
+                path.display()
+            ),
+            CheckpointError::Internal(msg) => {
+                write!(f, "internal error in data_juicer_accel (please report): {msg}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for CheckpointError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            CheckpointError::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// Attaches a path to `io::Result`s.
+pub trait IoContext<T> {
+    fn at(self, path: impl AsRef<Path>) -> Result<T>;
+}
+
+impl<T> IoContext<T> for io::Result<T> {
+    fn at(self, path: impl AsRef<Path>) -> Result<T> {
+        self.map_err(|e| CheckpointError::io(path, e))
+    }
+}

@@ -1,0 +1,443 @@
+//! Parallel writer of zstd Arrow IPC stream shards.
+//!
+//! The caller's thread pulls record batches from the input (which may be a
+//! stream of unknown length), slices them into chunks of about
+//! `chunk_bytes` (zero-copy) and deals them round-robin to `threads` encoder
+//! threads, which compress them into IPC messages. One writer thread takes the
+//! messages back in the same round-robin order, so every shard holds a
+//! contiguous run of rows in input order, as `datasets.load_from_disk`
+//! expects, while compression runs on all cores. Channels are bounded, so
+//! memory stays at a few chunks per thread whatever the dataset's size.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::thread::{self, Scope, ScopedJoinHandle};
+
+use arrow_array::{Array, RecordBatch};
+use arrow_ipc::writer::{
+    write_message, DictionaryTracker, EncodedData, IpcDataGenerator, IpcWriteContext,
+    IpcWriteOptions,
+};
+use arrow_ipc::CompressionType;
+use arrow_schema::{ArrowError, DataType, SchemaRef};
+use xxhash_rust::xxh3::Xxh3;
+
+use super::error::{CheckpointError, IoContext, Result};
+use super::fault;
+
+/// Arrow IPC end-of-stream marker: continuation token, then a zero length.
+const END_OF_STREAM: [u8; 8] = [0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0];
+/// Chunks in flight per encoder, each way.
+const CHANNEL_DEPTH: usize = 2;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Zstd(i32),
+}
+
+#[derive(Debug, Clone)]
+pub struct WriteOptions {
+    pub compression: Compression,
+    /// Encoder threads.
+    pub threads: usize,
+    /// Rows per shard when the total is known up front (HF's contiguous sharding).
+    pub rows_per_shard: Option<u64>,
+    /// Otherwise a shard is closed once it holds this many uncompressed bytes.
+    pub max_shard_bytes: u64,
+    /// Target uncompressed size of one compression unit (one IPC message).
+    pub chunk_bytes: u64,
+}
+
+impl Default for WriteOptions {
+    fn default() -> Self {
+        WriteOptions {
+            compression: Compression::Zstd(1),
+            threads: 2,
+            rows_per_shard: None,
+            max_shard_bytes: 500 << 20,
+            chunk_bytes: 8 << 20,
+        }
+    }
+}
+
+/// A finished shard file, already fsynced, under its final name.
+#[derive(Debug, Clone)]
+pub struct WrittenShard {
+    pub file: String,
+    pub rows: u64,
+    pub bytes: u64,
+    pub raw_bytes: u64,
+    pub xxh3: u64,
+}
+
+struct Chunk {
+    shard: usize,
+    batch: RecordBatch,
+    raw_bytes: u64,
+}
+
+struct EncodedChunk {
+    shard: usize,
+    rows: u64,
+    raw_bytes: u64,
+    dictionaries: Vec<EncodedData>,
+    message: EncodedData,
+}
+
+type EncoderOutput = std::result::Result<EncodedChunk, ArrowError>;
+
+pub fn ipc_options(compression: Compression) -> Result<IpcWriteOptions> {
+    let options = IpcWriteOptions::default();
+    let options = match compression {
+        Compression::None => options,
+        Compression::Zstd(level) => options
+            .try_with_compression(Some(CompressionType::ZSTD))
+            .and_then(|o| o.try_with_compression_level(Some(level)))
+            .map_err(|e| CheckpointError::Input(format!("invalid zstd level {level}: {e}")))?,
+    };
+    Ok(options)
+}
+
+fn has_dictionary(schema: &SchemaRef) -> bool {
+    fn walk(t: &DataType) -> bool {
+        match t {
+            DataType::Dictionary(_, _) => true,
+            DataType::List(f) | DataType::LargeList(f) | DataType::FixedSizeList(f, _) => {
+                walk(f.data_type())
+            }
+            DataType::ListView(f) | DataType::LargeListView(f) | DataType::Map(f, _) => {
+                walk(f.data_type())
+            }
+            DataType::Struct(fs) => fs.iter().any(|f| walk(f.data_type())),
+            DataType::Union(fs, _) => fs.iter().any(|(_, f)| walk(f.data_type())),
+            DataType::RunEndEncoded(_, v) => walk(v.data_type()),
+            _ => false,
+        }
+    }
+    schema.fields().iter().any(|f| walk(f.data_type()))
+}
+
+/// Bytes the rows of `batch` occupy (a slice counts only its own rows).
+fn batch_bytes(batch: &RecordBatch) -> u64 {
+    batch
+        .columns()
+        .iter()
+        .map(|c| {
+            c.to_data()
+                .get_slice_memory_size()
+                .unwrap_or_else(|_| c.get_array_memory_size()) as u64
+        })
+        .sum()
+}
+
+/// Decides where each row goes: which shard, and in which chunk.
+struct Planner {
+    rows_per_shard: Option<u64>,
+    max_shard_bytes: u64,
+    chunk_bytes: u64,
+    shard: usize,
+    rows_in_shard: u64,
+    bytes_in_shard: u64,
+}
+
+impl Planner {
+    fn new(opts: &WriteOptions) -> Self {
+        Planner {
+            rows_per_shard: opts.rows_per_shard.filter(|&r| r > 0),
+            max_shard_bytes: opts.max_shard_bytes.max(1),
+            chunk_bytes: opts.chunk_bytes.max(1),
+            shard: 0,
+            rows_in_shard: 0,
+            bytes_in_shard: 0,
+        }
+    }
+
+    fn shard_is_full(&self) -> bool {
+        match self.rows_per_shard {
+            Some(limit) => self.rows_in_shard >= limit,
+            None => self.rows_in_shard > 0 && self.bytes_in_shard >= self.max_shard_bytes,
+        }
+    }
+
+    /// Slices `batch` (zero-copy) into chunks, none spanning two shards.
+    fn split(&mut self, batch: &RecordBatch, mut emit: impl FnMut(Chunk) -> bool) -> bool {
+        let rows = batch.num_rows() as u64;
+        if rows == 0 {
+            return true;
+        }
+        let total_bytes = batch_bytes(batch).max(1);
+        let rows_per_chunk = (rows * self.chunk_bytes / total_bytes).clamp(1, rows);
+        let mut offset = 0;
+        while offset < rows {
+            if self.shard_is_full() {
+                self.shard += 1;
+                self.rows_in_shard = 0;
+                self.bytes_in_shard = 0;
+            }
+            let room = self.rows_per_shard.map_or(u64::MAX, |l| l - self.rows_in_shard);
+            let len = rows_per_chunk.min(rows - offset).min(room);
+            let raw_bytes = total_bytes * len / rows;
+            let chunk = Chunk {
+                shard: self.shard,
+                batch: batch.slice(offset as usize, len as usize),
+                raw_bytes,
+            };
+            self.rows_in_shard += len;
+            self.bytes_in_shard += raw_bytes;
+            offset += len;
+            if !emit(chunk) {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// Writes all batches of `input` as shards into `dir`, named like HF's
+/// `data-NNNNN-of-NNNNN.arrow`. Every shard is fsynced before this returns.
+/// An empty input gives one shard holding the schema alone.
+pub fn write_shards<I>(
+    dir: &Path,
+    schema: SchemaRef,
+    input: I,
+    opts: &WriteOptions,
+) -> Result<Vec<WrittenShard>>
+where
+    I: Iterator<Item = std::result::Result<RecordBatch, ArrowError>>,
+{
+    let ipc = ipc_options(opts.compression)?;
+    let mut opts = opts.clone();
+    if has_dictionary(&schema) {
+        // Dictionary ids and deltas are per stream: one encoder, one shard.
+        opts.threads = 1;
+        opts.rows_per_shard = None;
+        opts.max_shard_bytes = u64::MAX;
+    }
+    let threads = opts.threads.max(1);
+
+    let shards = thread::scope(|s| -> Result<Vec<WrittenShard>> {
+        let mut inputs = Vec::with_capacity(threads);
+        let mut outputs = Vec::with_capacity(threads);
+        let mut encoders = Vec::with_capacity(threads);
+        for _ in 0..threads {
+            let (chunk_tx, chunk_rx) = sync_channel::<Chunk>(CHANNEL_DEPTH);
+            let (out_tx, out_rx) = sync_channel::<EncoderOutput>(CHANNEL_DEPTH);
+            let (schema, ipc) = (schema.clone(), ipc.clone());
+            encoders.push(s.spawn(move || encode_loop(&schema, &ipc, chunk_rx, out_tx)));
+            inputs.push(chunk_tx);
+            outputs.push(out_rx);
+        }
+        let writer = {
+            let (schema, ipc) = (schema.clone(), ipc.clone());
+            s.spawn(move || write_loop(s, dir, &schema, &ipc, outputs))
+        };
+
+        let produced = produce(input, &mut Planner::new(&opts), &inputs);
+        drop(inputs); // lets encoders, then the writer, run dry and stop
+        let written = join(writer);
+        for encoder in encoders {
+            join(encoder)?;
+        }
+        // An input error explains a short write better than the writer's view.
+        produced?;
+        written
+    })?;
+    rename_to_final_names(dir, shards)
+}
+
+fn join<T>(handle: ScopedJoinHandle<'_, Result<T>>) -> Result<T> {
+    handle.join().map_err(CheckpointError::from_panic)?
+}
+
+/// Pulls the input on the calling thread and deals chunks round-robin.
+fn produce<I>(input: I, planner: &mut Planner, encoders: &[SyncSender<Chunk>]) -> Result<()>
+where
+    I: Iterator<Item = std::result::Result<RecordBatch, ArrowError>>,
+{
+    let mut next = 0usize;
+    for batch in input {
+        let batch = batch.map_err(CheckpointError::input)?;
+        let delivered = planner.split(&batch, |chunk| {
+            let sent = encoders[next].send(chunk).is_ok();
+            next = (next + 1) % encoders.len();
+            sent
+        });
+        if !delivered {
+            // The writer stopped on an error; it reports it.
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+fn encode_loop(
+    schema: &SchemaRef,
+    ipc: &IpcWriteOptions,
+    chunks: Receiver<Chunk>,
+    out: SyncSender<EncoderOutput>,
+) -> Result<()> {
+    let generator = IpcDataGenerator::default();
+    let mut tracker = DictionaryTracker::new(false);
+    // Registers dictionary ids in the order the writer's schema message uses.
+    let _ = generator.schema_to_bytes_with_dictionary_tracker(schema, &mut tracker, ipc);
+    let mut context = IpcWriteContext::default();
+    for chunk in chunks {
+        let encoded = generator
+            .encode(&chunk.batch, &mut tracker, ipc, &mut context)
+            .map(|(dictionaries, message)| EncodedChunk {
+                shard: chunk.shard,
+                rows: chunk.batch.num_rows() as u64,
+                raw_bytes: chunk.raw_bytes,
+                dictionaries,
+                message,
+            });
+        let failed = encoded.is_err();
+        if out.send(encoded).is_err() || failed {
+            break;
+        }
+    }
+    Ok(())
+}
+
+fn write_loop<'scope>(
+    scope: &'scope Scope<'scope, '_>,
+    dir: &Path,
+    schema: &SchemaRef,
+    ipc: &IpcWriteOptions,
+    encoders: Vec<Receiver<EncoderOutput>>,
+) -> Result<Vec<WrittenShard>> {
+    let mut done = Vec::new();
+    let mut syncs: Vec<ScopedJoinHandle<'scope, Result<()>>> = Vec::new();
+    let mut current: Option<OpenShard> = None;
+    for seq in 0.. {
+        let Ok(encoded) = encoders[seq % encoders.len()].recv() else {
+            break; // every chunk is written
+        };
+        let encoded = encoded.map_err(CheckpointError::input)?;
+        if current.as_ref().map(|s| s.index) != Some(encoded.shard) {
+            if let Some(shard) = current.take() {
+                let (written, file) = shard.finish()?;
+                let path = written.file.clone();
+                syncs.push(scope.spawn(move || sync(file, &path)));
+                done.push(written);
+            }
+            current = Some(OpenShard::create(dir, encoded.shard, schema, ipc)?);
+        }
+        current.as_mut().expect("opened above").write(encoded, ipc)?;
+    }
+    let last = match current {
+        Some(shard) => shard,
+        None => OpenShard::create(dir, 0, schema, ipc)?, // empty dataset: schema only
+    };
+    let (written, file) = last.finish()?;
+    sync(file, &written.file)?;
+    done.push(written);
+    for handle in syncs {
+        join(handle)?;
+    }
+    Ok(done)
+}
+
+fn sync(file: File, path: &str) -> Result<()> {
+    fault::check("shard_sync").at(path)?;
+    file.sync_all().at(path)
+}
+
+/// Counts and hashes every byte on its way to the file.
+struct HashingWriter {
+    inner: BufWriter<File>,
+    hasher: Xxh3,
+    bytes: u64,
+}
+
+impl Write for HashingWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+struct OpenShard {
+    index: usize,
+    path: PathBuf,
+    out: HashingWriter,
+    rows: u64,
+    raw_bytes: u64,
+}
+
+impl OpenShard {
+    fn create(dir: &Path, index: usize, schema: &SchemaRef, ipc: &IpcWriteOptions) -> Result<Self> {
+        let path = dir.join(format!("part-{index:05}.arrow"));
+        let file = File::create(&path).at(&path)?;
+        let mut shard = OpenShard {
+            index,
+            out: HashingWriter { inner: BufWriter::with_capacity(1 << 20, file), hasher: Xxh3::new(), bytes: 0 },
+            path,
+            rows: 0,
+            raw_bytes: 0,
+        };
+        let header = IpcDataGenerator::default().schema_to_bytes_with_dictionary_tracker(
+            schema,
+            &mut DictionaryTracker::new(false),
+            ipc,
+        );
+        shard.put(header, ipc)?;
+        Ok(shard)
+    }
+
+    fn put(&mut self, message: EncodedData, ipc: &IpcWriteOptions) -> Result<()> {
+        fault::check("shard_write").at(&self.path)?;
+        write_message(&mut self.out, message, ipc).map_err(|e| match e {
+            ArrowError::IoError(_, source) => CheckpointError::io(&self.path, source),
+            other => CheckpointError::Input(other.to_string()),
+        })?;
+        Ok(())
+    }
+
+    fn write(&mut self, chunk: EncodedChunk, ipc: &IpcWriteOptions) -> Result<()> {
+        for dictionary in chunk.dictionaries {
+            self.put(dictionary, ipc)?;
+        }
+        self.put(chunk.message, ipc)?;
+        self.rows += chunk.rows;
+        self.raw_bytes += chunk.raw_bytes;
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<(WrittenShard, File)> {
+        self.out.write_all(&END_OF_STREAM).at(&self.path)?;
+        let file = self.out.inner.into_inner().map_err(|e| CheckpointError::io(&self.path, e.into_error()))?;
+        let shard = WrittenShard {
+            file: self.path.to_string_lossy().into_owned(),
+            rows: self.rows,
+            bytes: self.out.bytes,
+            raw_bytes: self.raw_bytes,
+            xxh3: self.out.hasher.digest(),
+        };
+        Ok((shard, file))
+    }
+}
+
+fn rename_to_final_names(dir: &Path, shards: Vec<WrittenShard>) -> Result<Vec<WrittenShard>> {
+    let count = shards.len();
+    shards
+        .into_iter()
+        .enumerate()
+        .map(|(index, mut shard)| {
+            let name = format!("data-{index:05}-of-{count:05}.arrow");
+            let to = dir.join(&name);
+            std::fs::rename(&shard.file, &to).at(&to)?;
+            shard.file = name;
+            Ok(shard)
+        })
+        .collect()
+}
