@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::ffi::CStr;
 use std::path::PathBuf;
 
-use arrow_array::ffi_stream::{RecordBatchStreamReader, FFI_ArrowArrayStream};
+use arrow_array::ffi_stream::{FFI_ArrowArrayStream, RecordBatchStreamReader};
 use arrow_array::{RecordBatch, RecordBatchIterator, RecordBatchReader};
 use arrow_schema::SchemaRef;
 use pyo3::create_exception;
@@ -18,7 +18,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyCapsule};
 
 use crate::checkpoint::{
-    self, manifest, reader, CheckpointError, Compression, SaveRequest, Staging, WriteOptions, WrittenShard,
+    self, manifest, reader, CheckpointError, Compression, SaveRequest, Staging, WriteOptions,
+    WrittenShard,
 };
 
 create_exception!(
@@ -45,7 +46,11 @@ pub fn to_py_err(err: CheckpointError) -> PyErr {
                 // (FileNotFoundError, PermissionError, ...) as Python does.
                 Some(errno) => {
                     let strerror = std::io::Error::from_raw_os_error(errno).to_string();
-                    let strerror = strerror.split(" (os error").next().unwrap_or_default().to_string();
+                    let strerror = strerror
+                        .split(" (os error")
+                        .next()
+                        .unwrap_or_default()
+                        .to_string();
                     PyOSError::new_err((errno, strerror, filename))
                 }
                 None => PyOSError::new_err(format!("{filename}: {source}")),
@@ -59,7 +64,10 @@ pub fn to_py_err(err: CheckpointError) -> PyErr {
 }
 
 /// Runs `f` without the GIL; a panic inside comes back as RuntimeError.
-fn detached<T: Send>(py: Python<'_>, f: impl FnOnce() -> checkpoint::Result<T> + Send) -> PyResult<T> {
+fn detached<T: Send>(
+    py: Python<'_>,
+    f: impl FnOnce() -> checkpoint::Result<T> + Send,
+) -> PyResult<T> {
     py.detach(|| {
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
             .unwrap_or_else(|payload| Err(CheckpointError::from_panic(payload)))
@@ -79,19 +87,24 @@ fn import_stream(data: &Bound<'_, PyAny>) -> PyResult<RecordBatchStreamReader> {
     let capsule = capsule
         .cast::<PyCapsule>()
         .map_err(|_| PyTypeError::new_err("__arrow_c_stream__() did not return a PyCapsule"))?;
-    let pointer = capsule.pointer_checked(Some(STREAM_CAPSULE))?.cast::<FFI_ArrowArrayStream>();
+    let pointer = capsule
+        .pointer_checked(Some(STREAM_CAPSULE))?
+        .cast::<FFI_ArrowArrayStream>();
     // SAFETY: the capsule holds a valid FFI_ArrowArrayStream (checked by
     // name). We move it out and leave a released one behind, so the
     // capsule's destructor does not release the stream we now own.
     let stream = unsafe { std::ptr::replace(pointer.as_ptr(), FFI_ArrowArrayStream::empty()) };
-    RecordBatchStreamReader::try_new(stream).map_err(|e| PyValueError::new_err(format!("invalid Arrow C stream: {e}")))
+    RecordBatchStreamReader::try_new(stream)
+        .map_err(|e| PyValueError::new_err(format!("invalid Arrow C stream: {e}")))
 }
 
 fn compression(name: &str, level: i32) -> PyResult<Compression> {
     match name {
         "zstd" => Ok(Compression::Zstd(level)),
         "none" | "uncompressed" => Ok(Compression::None),
-        other => Err(PyValueError::new_err(format!("compression must be 'zstd' or 'none', got {other:?}"))),
+        other => Err(PyValueError::new_err(format!(
+            "compression must be 'zstd' or 'none', got {other:?}"
+        ))),
     }
 }
 
@@ -106,7 +119,9 @@ pub struct CheckpointWriter {
 
 impl CheckpointWriter {
     fn staging(&mut self) -> PyResult<&mut Staging> {
-        self.staging.as_mut().ok_or_else(|| PyValueError::new_err("this CheckpointWriter is already committed or aborted"))
+        self.staging.as_mut().ok_or_else(|| {
+            PyValueError::new_err("this CheckpointWriter is already committed or aborted")
+        })
     }
 }
 
@@ -132,27 +147,42 @@ impl CheckpointWriter {
         };
         checkpoint::writer::ipc_options(options.compression).map_err(to_py_err)?;
         let staging = detached(py, || Staging::create(&ckpt_dir))?;
-        Ok(CheckpointWriter { staging: Some(staging), options, shards: None })
+        Ok(CheckpointWriter {
+            staging: Some(staging),
+            options,
+            shards: None,
+        })
     }
 
     /// Path of the staging directory (removed on commit or abort).
     #[getter]
     fn staging_dir(&self) -> Option<String> {
-        self.staging.as_ref().map(|s| s.dir().to_string_lossy().into_owned())
+        self.staging
+            .as_ref()
+            .map(|s| s.dir().to_string_lossy().into_owned())
     }
 
     /// Streams `data` into zstd Arrow IPC shards. Returns the rows written.
     #[pyo3(signature = (data, *, rows_per_shard=None))]
-    fn write_data(&mut self, py: Python<'_>, data: &Bound<'_, PyAny>, rows_per_shard: Option<u64>) -> PyResult<u64> {
+    fn write_data(
+        &mut self,
+        py: Python<'_>,
+        data: &Bound<'_, PyAny>,
+        rows_per_shard: Option<u64>,
+    ) -> PyResult<u64> {
         if self.shards.is_some() {
-            return Err(PyValueError::new_err("write_data() was already called on this CheckpointWriter"));
+            return Err(PyValueError::new_err(
+                "write_data() was already called on this CheckpointWriter",
+            ));
         }
         let stream = import_stream(data)?;
         let mut options = self.options.clone();
         options.rows_per_shard = rows_per_shard;
         let dir = self.staging()?.dir().to_path_buf();
         let schema = stream.schema();
-        let shards = detached(py, move || checkpoint::write_shards(&dir, schema, stream, &options))?;
+        let shards = detached(py, move || {
+            checkpoint::write_shards(&dir, schema, stream, &options)
+        })?;
         let rows = shards.iter().map(|s| s.rows).sum();
         self.shards = Some(shards);
         Ok(rows)
@@ -161,7 +191,11 @@ impl CheckpointWriter {
     /// Names of the shard files written, in order.
     #[getter]
     fn shard_files(&self) -> Vec<String> {
-        self.shards.iter().flatten().map(|s| s.file.clone()).collect()
+        self.shards
+            .iter()
+            .flatten()
+            .map(|s| s.file.clone())
+            .collect()
     }
 
     /// Adds a small file (state.json, ckpt_op.json, ...) to the checkpoint.
@@ -172,9 +206,17 @@ impl CheckpointWriter {
 
     /// Writes the manifest and swaps the checkpoint in. Returns `latest/`.
     fn commit(&mut self, py: Python<'_>, kind: &str) -> PyResult<String> {
-        let shards = self.shards.take().ok_or_else(|| PyValueError::new_err("commit() before write_data()"))?;
-        let staging = self.staging.take().ok_or_else(|| PyValueError::new_err("this CheckpointWriter is already committed or aborted"))?;
-        let request = SaveRequest { kind, options: self.options.clone() };
+        let shards = self
+            .shards
+            .take()
+            .ok_or_else(|| PyValueError::new_err("commit() before write_data()"))?;
+        let staging = self.staging.take().ok_or_else(|| {
+            PyValueError::new_err("this CheckpointWriter is already committed or aborted")
+        })?;
+        let request = SaveRequest {
+            kind,
+            options: self.options.clone(),
+        };
         let manifest = checkpoint::manifest_for(&request, &shards);
         let latest = detached(py, move || staging.commit(manifest))?;
         Ok(latest.to_string_lossy().into_owned())
@@ -222,13 +264,18 @@ impl LoadedCheckpoint {
         requested_schema: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyCapsule>> {
         let _ = requested_schema; // the protocol allows returning the data's own schema
-        let (schema, batches) = self
-            .data
-            .take()
-            .ok_or_else(|| PyValueError::new_err("the table of this LoadedCheckpoint was already taken"))?;
-        let reader: Box<dyn RecordBatchReader + Send> =
-            Box::new(RecordBatchIterator::new(batches.into_iter().map(Ok), schema));
-        PyCapsule::new(py, FFI_ArrowArrayStream::new(reader), Some(STREAM_CAPSULE.to_owned()))
+        let (schema, batches) = self.data.take().ok_or_else(|| {
+            PyValueError::new_err("the table of this LoadedCheckpoint was already taken")
+        })?;
+        let reader: Box<dyn RecordBatchReader + Send> = Box::new(RecordBatchIterator::new(
+            batches.into_iter().map(Ok),
+            schema,
+        ));
+        PyCapsule::new(
+            py,
+            FFI_ArrowArrayStream::new(reader),
+            Some(STREAM_CAPSULE.to_owned()),
+        )
     }
 }
 
@@ -236,7 +283,12 @@ impl LoadedCheckpoint {
 /// it has no manifest (not written by this package).
 #[pyfunction]
 #[pyo3(signature = (path, *, verify=true, threads=None))]
-fn read_checkpoint(py: Python<'_>, path: PathBuf, verify: bool, threads: Option<usize>) -> PyResult<Option<LoadedCheckpoint>> {
+fn read_checkpoint(
+    py: Python<'_>,
+    path: PathBuf,
+    verify: bool,
+    threads: Option<usize>,
+) -> PyResult<Option<LoadedCheckpoint>> {
     let options = reader::ReadOptions {
         verify,
         threads: threads.unwrap_or_else(reader::default_threads).max(1),
@@ -259,8 +311,14 @@ fn read_manifest(py: Python<'_>, path: PathBuf) -> PyResult<Option<String>> {
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
-    m.add("CheckpointCorruptError", py.get_type::<CheckpointCorruptError>())?;
-    m.add("CheckpointLockedError", py.get_type::<CheckpointLockedError>())?;
+    m.add(
+        "CheckpointCorruptError",
+        py.get_type::<CheckpointCorruptError>(),
+    )?;
+    m.add(
+        "CheckpointLockedError",
+        py.get_type::<CheckpointLockedError>(),
+    )?;
     m.add("MANIFEST_FILE", manifest::MANIFEST_FILE)?;
     m.add("FORMAT_VERSION", manifest::FORMAT_VERSION)?;
     m.add_class::<CheckpointWriter>()?;

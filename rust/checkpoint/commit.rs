@@ -46,9 +46,19 @@ impl Staging {
         fs::create_dir_all(ckpt_dir).at(ckpt_dir)?;
         let lock = DirLock::acquire(ckpt_dir)?;
         remove_leftovers(ckpt_dir)?;
-        let dir = ckpt_dir.join(format!("{STAGING_PREFIX}{}-{}", std::process::id(), unique()));
+        let dir = ckpt_dir.join(format!(
+            "{STAGING_PREFIX}{}-{}",
+            std::process::id(),
+            unique()
+        ));
         fs::create_dir(&dir).at(&dir)?;
-        Ok(Staging { ckpt_dir: ckpt_dir.to_path_buf(), dir, files: Vec::new(), _lock: lock, committed: false })
+        Ok(Staging {
+            ckpt_dir: ckpt_dir.to_path_buf(),
+            dir,
+            files: Vec::new(),
+            _lock: lock,
+            committed: false,
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -59,7 +69,9 @@ impl Staging {
     /// directory, fsynced, and lists it in the manifest.
     pub fn add_file(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
         if !super::manifest::is_safe_file_name(name) || name == MANIFEST_FILE {
-            return Err(CheckpointError::Input(format!("{name:?} is not a valid checkpoint file name")));
+            return Err(CheckpointError::Input(format!(
+                "{name:?} is not a valid checkpoint file name"
+            )));
         }
         let path = self.dir.join(name);
         write_synced(&path, bytes)?;
@@ -84,10 +96,10 @@ impl Staging {
         if manifest.files.iter().any(|f| f.file == OP_RECORD) {
             link_op_record(&self.ckpt_dir, &latest)?;
         }
-        fault::check("before_swap").at(&latest)?;
+        fault::check("before_swap", &latest).at(&latest)?;
         let previous = swap_in(&self.dir, &latest)?;
         self.committed = true;
-        fault::check("after_swap").at(&latest)?;
+        fault::check("after_swap", &latest).at(&latest)?;
         sync_dir(&self.ckpt_dir)?;
         if let Some(old) = previous {
             // Readers that mapped old shards keep them until they unmap.
@@ -106,7 +118,9 @@ impl Drop for Staging {
 }
 
 fn unique() -> u128 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -128,16 +142,25 @@ fn swap_in(staging: &Path, latest: &Path) -> Result<Option<PathBuf>> {
         }
         Err(e) => return Err(CheckpointError::io(latest, e)),
         Ok(meta) if !meta.is_dir() => {
-            return Err(CheckpointError::io(latest, io::Error::other("exists and is not a directory")));
+            return Err(CheckpointError::io(
+                latest,
+                io::Error::other("exists and is not a directory"),
+            ));
         }
         Ok(_) => {}
     }
     match exchange(staging, latest) {
         Ok(()) => Ok(Some(staging.to_path_buf())),
-        Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS | libc::ENOTSUP)) => {
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EINVAL | libc::ENOSYS | libc::ENOTSUP)
+            ) =>
+        {
             // No atomic exchange on this filesystem: move the old one aside
             // first; `remove_leftovers` puts it back if we die in between.
-            let old = staging.with_file_name(format!("{OLD_PREFIX}{}-{}", std::process::id(), unique()));
+            let old =
+                staging.with_file_name(format!("{OLD_PREFIX}{}-{}", std::process::id(), unique()));
             fs::rename(latest, &old).at(latest)?;
             fs::rename(staging, latest).at(latest)?;
             Ok(Some(old))
@@ -151,7 +174,13 @@ fn exchange(a: &Path, b: &Path) -> io::Result<()> {
     let (ca, cb) = (cstring(a)?, cstring(b)?);
     // SAFETY: both are valid NUL-terminated paths.
     let rc = unsafe {
-        libc::renameat2(libc::AT_FDCWD, ca.as_ptr(), libc::AT_FDCWD, cb.as_ptr(), libc::RENAME_EXCHANGE)
+        libc::renameat2(
+            libc::AT_FDCWD,
+            ca.as_ptr(),
+            libc::AT_FDCWD,
+            cb.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
     };
     if rc == 0 {
         Ok(())
@@ -200,7 +229,10 @@ fn remove_leftovers(ckpt_dir: &Path) -> Result<()> {
     let latest = ckpt_dir.join(LATEST);
     for entry in fs::read_dir(ckpt_dir).at(ckpt_dir)? {
         let path = entry.at(ckpt_dir)?.path();
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         if name.starts_with(OLD_PREFIX) && !latest.exists() {
             fs::rename(&path, &latest).at(&latest)?;
         } else if name.starts_with(STAGING_PREFIX) || name.starts_with(OLD_PREFIX) {
@@ -221,12 +253,19 @@ struct DirLock {
 impl DirLock {
     fn acquire(ckpt_dir: &Path) -> Result<DirLock> {
         let path = ckpt_dir.join(LOCK_FILE);
-        let file = OpenOptions::new().create(true).truncate(false).write(true).open(&path).at(&path)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .at(&path)?;
         // SAFETY: flock on a file descriptor we own.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             let err = io::Error::last_os_error();
             return Err(if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                CheckpointError::Locked { path: ckpt_dir.to_path_buf() }
+                CheckpointError::Locked {
+                    path: ckpt_dir.to_path_buf(),
+                }
             } else {
                 CheckpointError::io(&path, err)
             });

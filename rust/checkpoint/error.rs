@@ -25,11 +25,17 @@ pub type Result<T> = std::result::Result<T, CheckpointError>;
 
 impl CheckpointError {
     pub fn io(path: impl AsRef<Path>, source: io::Error) -> Self {
-        CheckpointError::Io { path: path.as_ref().to_path_buf(), source }
+        CheckpointError::Io {
+            path: path.as_ref().to_path_buf(),
+            source,
+        }
     }
 
     pub fn corrupt(path: impl AsRef<Path>, detail: impl Into<String>) -> Self {
-        CheckpointError::Corrupt { path: path.as_ref().to_path_buf(), detail: detail.into() }
+        CheckpointError::Corrupt {
+            path: path.as_ref().to_path_buf(),
+            detail: detail.into(),
+        }
     }
 
     pub fn arrow_corrupt(path: impl AsRef<Path>, err: ArrowError) -> Self {
@@ -37,7 +43,9 @@ impl CheckpointError {
     }
 
     pub fn input(err: ArrowError) -> Self {
-        CheckpointError::Input(format!("the dataset could not be read as Arrow data: {err}"))
+        CheckpointError::Input(format!(
+            "the dataset could not be read as Arrow data: {err}"
+        ))
     }
 
     /// Turns a panic payload (from a worker thread or `catch_unwind`) into an error.
@@ -65,7 +73,10 @@ impl fmt::Display for CheckpointError {
                 path.display()
             ),
             CheckpointError::Internal(msg) => {
-                write!(f, "internal error in data_juicer_accel (please report): {msg}")
+                write!(
+                    f,
+                    "internal error in data_juicer_accel (please report): {msg}"
+                )
             }
         }
     }

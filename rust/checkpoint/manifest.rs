@@ -78,11 +78,18 @@ impl Manifest {
             Err(e) => return Err(CheckpointError::io(&path, e)),
         };
         let mut text = Vec::new();
-        file.take(MAX_MANIFEST_BYTES + 1).read_to_end(&mut text).at(&path)?;
+        file.take(MAX_MANIFEST_BYTES + 1)
+            .read_to_end(&mut text)
+            .at(&path)?;
         if text.len() as u64 > MAX_MANIFEST_BYTES {
-            return Err(CheckpointError::corrupt(&path, "manifest larger than 64 MiB"));
+            return Err(CheckpointError::corrupt(
+                &path,
+                "manifest larger than 64 MiB",
+            ));
         }
-        Self::parse(&text).map(Some).map_err(|detail| CheckpointError::corrupt(&path, detail))
+        Self::parse(&text)
+            .map(Some)
+            .map_err(|detail| CheckpointError::corrupt(&path, detail))
     }
 
     /// Parses and validates manifest text; the error says what is wrong.
@@ -95,7 +102,10 @@ impl Manifest {
 
     fn validate(&self) -> std::result::Result<(), String> {
         if self.format != FORMAT_NAME {
-            return Err(format!("format is {:?}, expected {FORMAT_NAME:?}", self.format));
+            return Err(format!(
+                "format is {:?}, expected {FORMAT_NAME:?}",
+                self.format
+            ));
         }
         if self.format_version == 0 || self.format_version > FORMAT_VERSION {
             return Err(format!(
@@ -123,13 +133,18 @@ impl Manifest {
         }
         let mut total: u64 = 0;
         for shard in &self.shards {
-            let rows = shard.rows.ok_or_else(|| format!("shard {:?} has no row count", shard.file))?;
+            let rows = shard
+                .rows
+                .ok_or_else(|| format!("shard {:?} has no row count", shard.file))?;
             total = total
                 .checked_add(rows)
                 .ok_or_else(|| "row counts overflow".to_string())?;
         }
         if total != self.num_rows {
-            return Err(format!("shards hold {total} rows in all, manifest says {}", self.num_rows));
+            return Err(format!(
+                "shards hold {total} rows in all, manifest says {}",
+                self.num_rows
+            ));
         }
         Ok(())
     }
@@ -179,10 +194,16 @@ mod tests {
     fn refuses_inconsistent_row_counts_and_versions() {
         let mut m = sample();
         m.num_rows = 4;
-        assert!(Manifest::parse(m.to_json().as_bytes()).unwrap_err().contains("3 rows"));
+        assert!(Manifest::parse(m.to_json().as_bytes())
+            .unwrap_err()
+            .contains("3 rows"));
         let mut m = sample();
         m.format_version = FORMAT_VERSION + 1;
-        assert!(Manifest::parse(m.to_json().as_bytes()).unwrap_err().contains("not supported"));
-        assert!(Manifest::parse(b"{not json").unwrap_err().contains("not a valid manifest"));
+        assert!(Manifest::parse(m.to_json().as_bytes())
+            .unwrap_err()
+            .contains("not supported"));
+        assert!(Manifest::parse(b"{not json")
+            .unwrap_err()
+            .contains("not a valid manifest"));
     }
 }

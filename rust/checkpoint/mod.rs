@@ -27,7 +27,12 @@ pub struct SaveRequest<'a> {
 
 /// Writes `input` as shards into `staging` and commits the result with its
 /// manifest. The staging directory is removed if anything fails.
-pub fn write_and_commit<I>(staging: Staging, schema: SchemaRef, input: I, request: &SaveRequest) -> Result<std::path::PathBuf>
+pub fn write_and_commit<I>(
+    staging: Staging,
+    schema: SchemaRef,
+    input: I,
+    request: &SaveRequest,
+) -> Result<std::path::PathBuf>
 where
     I: Iterator<Item = std::result::Result<RecordBatch, ArrowError>>,
 {
@@ -67,3 +72,6 @@ pub fn manifest_for(request: &SaveRequest, shards: &[WrittenShard]) -> Manifest 
 pub fn is_accel_checkpoint(dir: &Path) -> bool {
     dir.join(manifest::MANIFEST_FILE).is_file()
 }
+
+#[cfg(test)]
+mod tests;

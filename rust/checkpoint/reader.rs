@@ -17,10 +17,10 @@ use std::sync::Arc;
 use std::thread;
 
 use arrow_array::{ArrayRef, RecordBatch};
+use arrow_buffer::Buffer;
 use arrow_ipc::reader::{read_record_batch, StreamReader};
 use arrow_ipc::{root_as_message, MessageHeader, MetadataVersion};
 use arrow_schema::{Schema, SchemaRef};
-use arrow_buffer::Buffer;
 
 use super::error::{CheckpointError, IoContext, Result};
 use super::manifest::{checksum_hex, FileEntry, Manifest};
@@ -36,7 +36,11 @@ pub struct ReadOptions {
 
 impl Default for ReadOptions {
     fn default() -> Self {
-        ReadOptions { verify: true, threads: default_threads(), max_decoded_bytes: physical_memory() }
+        ReadOptions {
+            verify: true,
+            threads: default_threads(),
+            max_decoded_bytes: physical_memory(),
+        }
     }
 }
 
@@ -47,7 +51,12 @@ pub fn default_threads() -> usize {
 /// The machine's memory: no honest checkpoint decompresses to more.
 pub fn physical_memory() -> u64 {
     // SAFETY: sysconf has no preconditions.
-    let (pages, page) = unsafe { (libc::sysconf(libc::_SC_PHYS_PAGES), libc::sysconf(libc::_SC_PAGESIZE)) };
+    let (pages, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
     if pages > 0 && page > 0 {
         pages as u64 * page as u64
     } else {
@@ -81,10 +90,18 @@ pub fn read_checkpoint(dir: &Path, opts: &ReadOptions) -> Result<Option<LoadedCh
     if rows != manifest.num_rows {
         return Err(CheckpointError::corrupt(
             dir,
-            format!("shards hold {rows} rows, the manifest says {}", manifest.num_rows),
+            format!(
+                "shards hold {rows} rows, the manifest says {}",
+                manifest.num_rows
+            ),
         ));
     }
-    Ok(Some(LoadedCheckpoint { manifest, schema, batches, files }))
+    Ok(Some(LoadedCheckpoint {
+        manifest,
+        schema,
+        batches,
+        files,
+    }))
 }
 
 fn read_verified(dir: &Path, entry: &FileEntry, verify: bool) -> Result<Vec<u8>> {
@@ -93,7 +110,10 @@ fn read_verified(dir: &Path, entry: &FileEntry, verify: bool) -> Result<Vec<u8>>
     if actual != entry.bytes {
         return Err(CheckpointError::corrupt(
             &path,
-            format!("file is {actual} bytes, the manifest says {} (truncated or replaced)", entry.bytes),
+            format!(
+                "file is {actual} bytes, the manifest says {} (truncated or replaced)",
+                entry.bytes
+            ),
         ));
     }
     let bytes = fs::read(&path).at(&path)?;
@@ -102,7 +122,10 @@ fn read_verified(dir: &Path, entry: &FileEntry, verify: bool) -> Result<Vec<u8>>
         if hash != entry.xxh3_64 {
             return Err(CheckpointError::corrupt(
                 &path,
-                format!("xxh3 checksum is {hash}, the manifest says {}", entry.xxh3_64),
+                format!(
+                    "xxh3 checksum is {hash}, the manifest says {}",
+                    entry.xxh3_64
+                ),
             ));
         }
     }
@@ -124,7 +147,11 @@ struct ShardMessages {
     has_dictionaries: bool,
 }
 
-fn read_shards(dir: &Path, entries: &[FileEntry], opts: &ReadOptions) -> Result<Vec<ShardMessages>> {
+fn read_shards(
+    dir: &Path,
+    entries: &[FileEntry],
+    opts: &ReadOptions,
+) -> Result<Vec<ShardMessages>> {
     parallel_map(entries.len(), opts.threads, |i| {
         let bytes = read_verified(dir, &entries[i], opts.verify)?;
         split_messages(&dir.join(&entries[i].file), Buffer::from_vec(bytes))
@@ -132,7 +159,8 @@ fn read_shards(dir: &Path, entries: &[FileEntry], opts: &ReadOptions) -> Result<
 }
 
 fn read_u32(data: &[u8], at: usize) -> Option<u32> {
-    data.get(at..at + 4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
+    data.get(at..at + 4)
+        .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
 }
 
 /// Walks the IPC stream format: [0xFFFFFFFF] <u32 len> <header> <body> ... <0>.
@@ -143,43 +171,78 @@ fn split_messages(path: &Path, data: Buffer) -> Result<ShardMessages> {
     let mut batches = Vec::new();
     let mut has_dictionaries = false;
     loop {
-        let mut len = read_u32(bytes, pos).ok_or_else(|| bad(format!("stream ends without an end marker at byte {pos}")))?;
+        let mut len = read_u32(bytes, pos)
+            .ok_or_else(|| bad(format!("stream ends without an end marker at byte {pos}")))?;
         pos += 4;
         if len == 0xFFFF_FFFF {
-            len = read_u32(bytes, pos).ok_or_else(|| bad(format!("stream cut inside a message prefix at byte {pos}")))?;
+            len = read_u32(bytes, pos)
+                .ok_or_else(|| bad(format!("stream cut inside a message prefix at byte {pos}")))?;
             pos += 4;
         }
         if len == 0 {
             break;
         }
-        let header = pos..pos.checked_add(len as usize).filter(|&e| e <= bytes.len())
-            .ok_or_else(|| bad(format!("message header at byte {pos} runs past the end of the file")))?;
+        let header = pos..pos
+            .checked_add(len as usize)
+            .filter(|&e| e <= bytes.len())
+            .ok_or_else(|| {
+                bad(format!(
+                    "message header at byte {pos} runs past the end of the file"
+                ))
+            })?;
         let message = root_as_message(&bytes[header.clone()])
             .map_err(|e| bad(format!("invalid message header at byte {pos}: {e}")))?;
         let body_len = usize::try_from(message.bodyLength())
             .map_err(|_| bad(format!("negative body length at byte {pos}")))?;
-        let body = header.end..header.end.checked_add(body_len).filter(|&e| e <= bytes.len())
-            .ok_or_else(|| bad(format!("message body at byte {} runs past the end of the file", header.end)))?;
+        let body = header.end
+            ..header
+                .end
+                .checked_add(body_len)
+                .filter(|&e| e <= bytes.len())
+                .ok_or_else(|| {
+                    bad(format!(
+                        "message body at byte {} runs past the end of the file",
+                        header.end
+                    ))
+                })?;
         pos = body.end;
         match message.header_type() {
             MessageHeader::Schema if schema.is_none() => {
-                let fb = message.header_as_schema().ok_or_else(|| bad("unreadable schema".into()))?;
+                let fb = message
+                    .header_as_schema()
+                    .ok_or_else(|| bad("unreadable schema".into()))?;
                 schema = Some(
                     arrow_ipc::convert::try_fb_to_schema(fb)
                         .map_err(|e| bad(format!("invalid schema: {e}")))?,
                 );
                 version = message.version();
             }
-            MessageHeader::RecordBatch if schema.is_some() => batches.push(BatchMessage { header, body }),
+            MessageHeader::RecordBatch if schema.is_some() => {
+                batches.push(BatchMessage { header, body })
+            }
             MessageHeader::DictionaryBatch if schema.is_some() => has_dictionaries = true,
-            other => return Err(bad(format!("unexpected {other:?} message at byte {}", header.start))),
+            other => {
+                return Err(bad(format!(
+                    "unexpected {other:?} message at byte {}",
+                    header.start
+                )))
+            }
         }
     }
     if pos != bytes.len() {
-        return Err(bad(format!("{} bytes after the end-of-stream marker", bytes.len() - pos)));
+        return Err(bad(format!(
+            "{} bytes after the end-of-stream marker",
+            bytes.len() - pos
+        )));
     }
     let schema = schema.ok_or_else(|| bad("no schema message".into()))?;
-    Ok(ShardMessages { data, schema, version, batches, has_dictionaries })
+    Ok(ShardMessages {
+        data,
+        schema,
+        version,
+        batches,
+        has_dictionaries,
+    })
 }
 
 fn common_schema(dir: &Path, entries: &[FileEntry], shards: &[ShardMessages]) -> Result<SchemaRef> {
@@ -198,19 +261,29 @@ fn common_schema(dir: &Path, entries: &[FileEntry], shards: &[ShardMessages]) ->
 /// Compressed IPC buffers start with their decompressed length (i64, -1 when
 /// stored raw). A hostile file can declare terabytes there; check before
 /// arrow allocates.
-fn check_declared_sizes(dir: &Path, entries: &[FileEntry], shards: &[ShardMessages], limit: u64) -> Result<()> {
+fn check_declared_sizes(
+    dir: &Path,
+    entries: &[FileEntry],
+    shards: &[ShardMessages],
+    limit: u64,
+) -> Result<()> {
     let mut total: u64 = 0;
     for (entry, shard) in entries.iter().zip(shards) {
         let path = dir.join(&entry.file);
         let bytes = shard.data.as_slice();
         for message in &shard.batches {
-            let header = root_as_message(&bytes[message.header.clone()]).map_err(|e| CheckpointError::corrupt(&path, e.to_string()))?;
-            let batch = header.header_as_record_batch().ok_or_else(|| CheckpointError::corrupt(&path, "record batch header missing"))?;
+            let header = root_as_message(&bytes[message.header.clone()])
+                .map_err(|e| CheckpointError::corrupt(&path, e.to_string()))?;
+            let batch = header
+                .header_as_record_batch()
+                .ok_or_else(|| CheckpointError::corrupt(&path, "record batch header missing"))?;
             let body = &bytes[message.body.clone()];
             let compressed = batch.compression().is_some();
             for buffer in batch.buffers().into_iter().flatten() {
                 let (offset, length) = (buffer.offset(), buffer.length());
-                let end = offset.checked_add(length).filter(|&e| offset >= 0 && length >= 0 && e as usize <= body.len());
+                let end = offset
+                    .checked_add(length)
+                    .filter(|&e| offset >= 0 && length >= 0 && e as usize <= body.len());
                 let Some(end) = end else {
                     return Err(CheckpointError::corrupt(&path, format!("a buffer at offset {offset} (length {length}) lies outside its message body of {} bytes", body.len())));
                 };
@@ -219,11 +292,19 @@ fn check_declared_sizes(dir: &Path, entries: &[FileEntry], shards: &[ShardMessag
                 } else if length == 0 {
                     0
                 } else if length < 8 {
-                    return Err(CheckpointError::corrupt(&path, "a compressed buffer is shorter than its length prefix"));
+                    return Err(CheckpointError::corrupt(
+                        &path,
+                        "a compressed buffer is shorter than its length prefix",
+                    ));
                 } else {
                     let start = offset as usize;
-                    let prefix = i64::from_le_bytes(body[start..start + 8].try_into().expect("8 bytes"));
-                    if prefix == -1 { (end - offset - 8) as u64 } else { u64::try_from(prefix).unwrap_or(u64::MAX) }
+                    let prefix =
+                        i64::from_le_bytes(body[start..start + 8].try_into().expect("8 bytes"));
+                    if prefix == -1 {
+                        (end - offset - 8) as u64
+                    } else {
+                        u64::try_from(prefix).unwrap_or(u64::MAX)
+                    }
                 };
                 total = total.saturating_add(declared);
                 if total > limit {
@@ -236,7 +317,13 @@ fn check_declared_sizes(dir: &Path, entries: &[FileEntry], shards: &[ShardMessag
 }
 
 /// Decodes every record-batch message of every shard, in order, in parallel.
-fn decode_all(dir: &Path, entries: &[FileEntry], shards: &[ShardMessages], schema: &SchemaRef, threads: usize) -> Result<Vec<RecordBatch>> {
+fn decode_all(
+    dir: &Path,
+    entries: &[FileEntry],
+    shards: &[ShardMessages],
+    schema: &SchemaRef,
+    threads: usize,
+) -> Result<Vec<RecordBatch>> {
     // A task is a message, or a whole dictionary-encoded shard.
     let mut tasks: Vec<(usize, Option<usize>)> = Vec::new();
     for (s, shard) in shards.iter().enumerate() {
@@ -258,20 +345,38 @@ fn decode_all(dir: &Path, entries: &[FileEntry], shards: &[ShardMessages], schem
     Ok(decoded.into_iter().flatten().collect())
 }
 
-fn decode_message(path: &Path, shard: &ShardMessages, message: &BatchMessage, schema: &SchemaRef) -> Result<RecordBatch> {
+fn decode_message(
+    path: &Path,
+    shard: &ShardMessages,
+    message: &BatchMessage,
+    schema: &SchemaRef,
+) -> Result<RecordBatch> {
     let header = root_as_message(&shard.data.as_slice()[message.header.clone()])
         .map_err(|e| CheckpointError::corrupt(path, e.to_string()))?;
-    let batch = header.header_as_record_batch().ok_or_else(|| CheckpointError::corrupt(path, "record batch header missing"))?;
-    let body = shard.data.slice_with_length(message.body.start, message.body.len());
+    let batch = header
+        .header_as_record_batch()
+        .ok_or_else(|| CheckpointError::corrupt(path, "record batch header missing"))?;
+    let body = shard
+        .data
+        .slice_with_length(message.body.start, message.body.len());
     let no_dictionaries: HashMap<i64, ArrayRef> = HashMap::new();
-    read_record_batch(&body, batch, schema.clone(), &no_dictionaries, None, &shard.version)
-        .map_err(|e| CheckpointError::arrow_corrupt(path, e))
+    read_record_batch(
+        &body,
+        batch,
+        schema.clone(),
+        &no_dictionaries,
+        None,
+        &shard.version,
+    )
+    .map_err(|e| CheckpointError::arrow_corrupt(path, e))
 }
 
 fn decode_with_stream_reader(path: &PathBuf, shard: &ShardMessages) -> Result<Vec<RecordBatch>> {
     let reader = StreamReader::try_new(Cursor::new(shard.data.as_slice()), None)
         .map_err(|e| CheckpointError::arrow_corrupt(path, e))?;
-    reader.collect::<std::result::Result<Vec<_>, _>>().map_err(|e| CheckpointError::arrow_corrupt(path, e))
+    reader
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| CheckpointError::arrow_corrupt(path, e))
 }
 
 /// Runs `f(0..n)` on up to `threads` threads; results in index order. A
@@ -307,7 +412,11 @@ where
         let mut all = Vec::with_capacity(n);
         let mut first_error = None;
         for h in handles {
-            match h.join().map_err(CheckpointError::from_panic).and_then(|r| r) {
+            match h
+                .join()
+                .map_err(CheckpointError::from_panic)
+                .and_then(|r| r)
+            {
                 Ok(part) => all.extend(part),
                 Err(e) => first_error = first_error.or(Some(e)),
             }

@@ -177,7 +177,9 @@ impl Planner {
                 self.rows_in_shard = 0;
                 self.bytes_in_shard = 0;
             }
-            let room = self.rows_per_shard.map_or(u64::MAX, |l| l - self.rows_in_shard);
+            let room = self
+                .rows_per_shard
+                .map_or(u64::MAX, |l| l - self.rows_in_shard);
             let len = rows_per_chunk.min(rows - offset).min(room);
             let raw_bytes = total_bytes * len / rows;
             let chunk = Chunk {
@@ -326,7 +328,10 @@ fn write_loop<'scope>(
             }
             current = Some(OpenShard::create(dir, encoded.shard, schema, ipc)?);
         }
-        current.as_mut().expect("opened above").write(encoded, ipc)?;
+        current
+            .as_mut()
+            .expect("opened above")
+            .write(encoded, ipc)?;
     }
     let last = match current {
         Some(shard) => shard,
@@ -342,7 +347,7 @@ fn write_loop<'scope>(
 }
 
 fn sync(file: File, path: &str) -> Result<()> {
-    fault::check("shard_sync").at(path)?;
+    fault::check("shard_sync", Path::new(path)).at(path)?;
     file.sync_all().at(path)
 }
 
@@ -380,7 +385,11 @@ impl OpenShard {
         let file = File::create(&path).at(&path)?;
         let mut shard = OpenShard {
             index,
-            out: HashingWriter { inner: BufWriter::with_capacity(1 << 20, file), hasher: Xxh3::new(), bytes: 0 },
+            out: HashingWriter {
+                inner: BufWriter::with_capacity(1 << 20, file),
+                hasher: Xxh3::new(),
+                bytes: 0,
+            },
             path,
             rows: 0,
             raw_bytes: 0,
@@ -395,7 +404,7 @@ impl OpenShard {
     }
 
     fn put(&mut self, message: EncodedData, ipc: &IpcWriteOptions) -> Result<()> {
-        fault::check("shard_write").at(&self.path)?;
+        fault::check("shard_write", &self.path).at(&self.path)?;
         write_message(&mut self.out, message, ipc).map_err(|e| match e {
             ArrowError::IoError(_, source) => CheckpointError::io(&self.path, source),
             other => CheckpointError::Input(other.to_string()),
@@ -415,7 +424,11 @@ impl OpenShard {
 
     fn finish(mut self) -> Result<(WrittenShard, File)> {
         self.out.write_all(&END_OF_STREAM).at(&self.path)?;
-        let file = self.out.inner.into_inner().map_err(|e| CheckpointError::io(&self.path, e.into_error()))?;
+        let file = self
+            .out
+            .inner
+            .into_inner()
+            .map_err(|e| CheckpointError::io(&self.path, e.into_error()))?;
         let shard = WrittenShard {
             file: self.path.to_string_lossy().into_owned(),
             rows: self.rows,
