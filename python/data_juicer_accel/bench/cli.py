@@ -1,0 +1,88 @@
+"""Arguments of ``data-juicer-accel bench``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from data_juicer_accel.bench.corpus import parse_size
+
+    p.add_argument(
+        "--size",
+        type=parse_size,
+        default=parse_size("1GB"),
+        help="in-memory size of the default corpus (default 1GB; e.g. 256MB)",
+    )
+    p.add_argument("--data", metavar="PATH", help="benchmark your own jsonl / parquet / Arrow file instead")
+    p.add_argument("--only", choices=["checkpoints", "events"], help="run one half only")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds per case; medians are shown (default 3)")
+    p.add_argument(
+        "--num-proc",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="num_proc of every checkpoint writer (default: the number of cores)",
+    )
+    p.add_argument("--small-rounds", type=int, default=5, help="rounds of the 1,000-row checkpoint (default 5)")
+    p.add_argument(
+        "--events",
+        type=int,
+        default=200_000,
+        help="events logged per case by this package; the reference logs a tenth (default 200000)",
+    )
+    p.add_argument(
+        "--analysis-events",
+        type=int,
+        default=100_000,
+        help="lines of the event log given to analyze_resumption_state (default 100000)",
+    )
+    p.add_argument("--workdir", metavar="DIR", help="where checkpoints are written (default: a fresh temp dir)")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--plot", metavar="FILE.png", help="also draw the results (needs matplotlib)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+
+
+def run(args: argparse.Namespace) -> int:
+    from data_juicer_accel.bench import report
+    from data_juicer_accel.bench.runner import BenchConfig, Runner
+
+    _quiet()
+    cfg = BenchConfig(
+        size=args.size,
+        data=args.data,
+        rounds=max(1, args.rounds),
+        num_proc=max(1, args.num_proc),
+        only=args.only,
+        workdir=args.workdir,
+        small_rounds=max(1, args.small_rounds),
+        events=max(1000, args.events),
+        analysis_events=max(100, args.analysis_events),
+        progress=not args.no_progress,
+    )
+    results = Runner(cfg).run()
+    print(report.render(results))
+    if args.json:
+        report.write_json(results, args.json)
+        print(f"\nresults written to {args.json}")
+    if args.plot:
+        report.plot(results, args.plot)
+        print(f"plot written to {args.plot}")
+    return 0
+
+
+def _quiet() -> None:
+    """loguru at WARNING (both checkpoint managers log at DEBUG/INFO), and no
+    HF progress bars: the bench's own bar is the only one."""
+    from loguru import logger
+
+    logger.remove()
+    logger.add(sys.stderr, level="WARNING")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    try:
+        import datasets
+
+        datasets.disable_progress_bars()
+    except ImportError:
+        pass

@@ -1,0 +1,49 @@
+"""A dependency-free progress bar on stderr."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+
+class Progress:
+    def __init__(self, total: float, enabled: bool = True, stream=None):
+        self.total = max(total, 1e-9)
+        self.done = 0.0
+        self.stream = stream or sys.stderr
+        self.enabled = enabled
+        self.tty = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.start = time.monotonic()
+        self.label = ""
+        self._last_line = 0.0
+
+    def step(self, label: str) -> None:
+        """Announces the unit of work about to run."""
+        self.label = label
+        self._draw(force=not self.tty)
+
+    def advance(self, amount: float = 1.0) -> None:
+        self.done = min(self.total, self.done + amount)
+        self._draw()
+
+    def _draw(self, force: bool = False) -> None:
+        if not self.enabled:
+            return
+        frac = self.done / self.total
+        elapsed = time.monotonic() - self.start
+        if self.tty:
+            width = 30
+            filled = int(frac * width)
+            bar = "#" * filled + "-" * (width - filled)
+            text = f"\r[{bar}] {frac * 100:5.1f}% {elapsed:6.0f}s  {self.label[:60]:<60}"
+            self.stream.write(text)
+            self.stream.flush()
+        elif force or elapsed - self._last_line > 10:
+            self._last_line = elapsed
+            self.stream.write(f"[{frac * 100:5.1f}% {elapsed:5.0f}s] {self.label}\n")
+            self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled and self.tty:
+            self.stream.write("\r" + " " * 110 + "\r")
+            self.stream.flush()

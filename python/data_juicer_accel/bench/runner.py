@@ -1,0 +1,361 @@
+"""Runs the cases, rounds interleaved, and collects medians."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+
+import pyarrow as pa
+
+from data_juicer_accel.bench import checkpoints as ck
+from data_juicer_accel.bench import events as ev
+from data_juicer_accel.bench.corpus import default_corpus, load_user_data, table_buffers, text_zstd_ratio
+from data_juicer_accel.bench.measure import PeakRSS, median, release_memory, timed, zstd_ceiling
+from data_juicer_accel.bench.progress import Progress
+
+MB = 1e6
+
+
+@dataclass
+class BenchConfig:
+    size: int = 10**9
+    data: str | None = None
+    rounds: int = 3
+    num_proc: int = field(default_factory=lambda: os.cpu_count() or 1)
+    only: str | None = None  # "checkpoints" | "events"
+    workdir: str | None = None
+    small_rows: int = 1000
+    small_rounds: int = 5
+    events: int = 200_000  # this package; the reference logs events // 10
+    analysis_events: int = 100_000
+    analysis_partitions: int = 500
+    progress: bool = True
+    seed: int = 20251128
+
+    @property
+    def run_checkpoints(self) -> bool:
+        return self.only in (None, "checkpoints")
+
+    @property
+    def run_events(self) -> bool:
+        return self.only in (None, "events")
+
+
+class CpuShare:
+    """CPU used by other processes while the bench runs (cores, averaged)."""
+
+    def __init__(self):
+        try:
+            import psutil
+        except ImportError:
+            self.psutil = None
+            return
+        self.psutil = psutil
+        self.start = self._sample()
+
+    def _sample(self):
+        psutil = self.psutil
+        cpu = psutil.cpu_times()
+        busy = cpu.user + cpu.system + getattr(cpu, "nice", 0) + getattr(cpu, "irq", 0) + getattr(cpu, "softirq", 0)
+        me = psutil.Process().cpu_times()
+        mine = me.user + me.system + me.children_user + me.children_system
+        for child in psutil.Process().children(recursive=True):
+            try:
+                t = child.cpu_times()
+                mine += t.user + t.system
+            except psutil.Error:
+                pass
+        return time.monotonic(), busy, mine
+
+    def others(self) -> float | None:
+        if self.psutil is None:
+            return None
+        t1, busy1, mine1 = self._sample()
+        t0, busy0, mine0 = self.start
+        return max(0.0, ((busy1 - busy0) - (mine1 - mine0)) / max(t1 - t0, 1e-9))
+
+
+def machine_info() -> dict:
+    info = {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "pyarrow": pa.__version__,
+        "loadavg_start": list(os.getloadavg()),
+    }
+    try:
+        import psutil
+
+        info["memory_gb"] = round(psutil.virtual_memory().total / 2**30, 1)
+    except ImportError:
+        pass
+    try:
+        from data_juicer_accel import __version__
+
+        info["data_juicer_accel"] = __version__
+    except ImportError:
+        pass
+    return info
+
+
+class Runner:
+    def __init__(self, cfg: BenchConfig):
+        self.cfg = cfg
+        self.results: dict = {"config": asdict(cfg), "machine": machine_info()}
+        self.cpu = CpuShare()
+
+    # -- plan ---------------------------------------------------------------
+
+    def _plan(self, comps, impls) -> float:
+        cfg = self.cfg
+        total = 0.0
+        if cfg.run_checkpoints:
+            scale = (cfg.size if cfg.data is None else 10**9) / 10**9
+            total += 10 * scale  # corpus
+            per_round = sum(30 if c.key in ("dj", "hf") else 5 for c in comps) * scale + 6 * scale
+            total += per_round * cfg.rounds
+            total += cfg.small_rounds * sum(3 if c.key in ("dj", "hf") else 0.2 for c in comps)
+        if cfg.run_events:
+            present = [k for k, m in impls.items() if m is not None]
+            total += cfg.rounds * 4 * 1.5 * len(present)
+            if len(present) == 2:
+                total += 3 + cfg.rounds * 8
+        return total
+
+    # -- main ---------------------------------------------------------------
+
+    def run(self) -> dict:
+        cfg = self.cfg
+        owned = cfg.workdir is None
+        base = cfg.workdir or tempfile.mkdtemp(prefix="dja-bench-")
+        os.makedirs(base, exist_ok=True)
+        comps = [c for c in ck.competitors(cfg.num_proc) if c.available() is None]
+        impls = ev.implementations() if cfg.run_events else {}
+        self.progress = Progress(self._plan(comps, impls), enabled=cfg.progress)
+        started = time.monotonic()
+        try:
+            if cfg.run_checkpoints:
+                self._checkpoints(comps, base)
+            if cfg.run_events:
+                self._events(impls, base)
+        finally:
+            self.progress.close()
+            if owned:
+                shutil.rmtree(base, ignore_errors=True)
+        self.results["machine"]["loadavg_end"] = list(os.getloadavg())
+        self.results["machine"]["other_processes_cores"] = self.cpu.others()
+        self.results["wall_seconds"] = time.monotonic() - started
+        return self.results
+
+    # -- checkpoints ----------------------------------------------------------
+
+    def _corpus(self) -> tuple[pa.Table, dict]:
+        cfg = self.cfg
+        if cfg.data:
+            self.progress.step(f"reading {cfg.data}")
+            table = load_user_data(cfg.data)
+            source = cfg.data
+        else:
+            self.progress.step(f"generating the {cfg.size / MB:,.0f} MB default corpus")
+            scale = cfg.size / 10**9
+            last = [0.0]
+
+            def tick(frac):
+                self.progress.advance((frac - last[0]) * 10 * scale)
+                last[0] = frac
+
+            table = default_corpus(cfg.size, seed=cfg.seed, progress=tick)
+            source = "default corpus (text, meta struct, __dj__stats__ struct; 1,000-row batches)"
+        info = {
+            "source": source,
+            "rows": table.num_rows,
+            "bytes": table.nbytes,
+            "columns": table.column_names,
+            "batches": sum(1 for _ in table.to_batches()),
+            "text_zstd3_ratio": text_zstd_ratio(table),
+        }
+        return table, info
+
+    def _checkpoints(self, comps, base):
+        cfg = self.cfg
+        table, info = self._corpus()
+        self.results["corpus"] = info
+        nbytes = table.nbytes
+        prepared = {c.key: c.prepare(table) for c in comps}
+        pieces = table_buffers(table)
+        raw = {c.key: {"save_s": [], "load_s": [], "disk": [], "peak": []} for c in comps}
+        ceiling = {"one": [], "all": []}
+        scale = nbytes / 10**9
+        checked = set()
+        for r in range(cfg.rounds):
+            order = comps[r % len(comps) :] + comps[: r % len(comps)]
+            for comp in order:
+                self.progress.step(f"round {r + 1}/{cfg.rounds}: {comp.label}")
+                path = os.path.join(base, f"ckpt-{comp.key}-{r}")
+                with PeakRSS() as mem:
+                    save_s, _ = timed(comp.save, prepared[comp.key], path)
+                raw[comp.key]["save_s"].append(save_s)
+                raw[comp.key]["peak"].append(mem.above)
+                raw[comp.key]["disk"].append(ck.dir_bytes(path))
+                release_memory()
+                load_s, loaded = timed(comp.load, path)
+                raw[comp.key]["load_s"].append(load_s)
+                if loaded.num_rows != table.num_rows:
+                    raise AssertionError(f"{comp.label}: loaded {loaded.num_rows} rows, saved {table.num_rows}")
+                if comp.key not in checked:
+                    if not loaded.equals(table):
+                        raise AssertionError(f"{comp.label}: the loaded table differs from the saved one")
+                    checked.add(comp.key)
+                del loaded
+                shutil.rmtree(path, ignore_errors=True)
+                release_memory()
+                self.progress.advance((30 if comp.key in ("dj", "hf") else 5) * scale)
+            self.progress.step(f"round {r + 1}/{cfg.rounds}: zstd ceiling")
+            z = zstd_ceiling(pieces, level=ck.ZSTD_LEVEL)
+            ceiling["one"].append(z["bytes"] / z["one_thread_s"])
+            ceiling["all"].append(z["bytes"] / z["all_cores_s"])
+            ceiling["ratio"] = z["ratio"]
+            ceiling["threads"] = z["threads"]
+            self.progress.advance(6 * scale)
+        self.results["ceiling"] = {
+            "level": ck.ZSTD_LEVEL,
+            "one_thread_MBps": median(ceiling["one"]) / MB,
+            "all_cores_MBps": median(ceiling["all"]) / MB,
+            "threads": ceiling["threads"],
+            "ratio": ceiling["ratio"],
+        }
+        rows = []
+        for comp in comps:
+            d = raw[comp.key]
+            save_s, load_s, disk = median(d["save_s"]), median(d["load_s"]), median(d["disk"])
+            peak = median(d["peak"])
+            rows.append(
+                {
+                    "key": comp.key,
+                    "label": comp.label,
+                    "note": comp.note,
+                    "save_MBps": nbytes / save_s / MB,
+                    "load_MBps": nbytes / load_s / MB,
+                    "disk_MB": disk / MB,
+                    "ratio": nbytes / disk if disk else None,
+                    "peak_above_MB": None if peak is None else peak / MB,
+                    "peak_above_pct": None if peak is None else 100 * peak / nbytes,
+                    "rounds": d,
+                }
+            )
+        self.results["checkpoints"] = rows
+        del prepared, pieces
+        release_memory()
+        self._small(comps, table, base)
+
+    def _small(self, comps, table, base):
+        cfg = self.cfg
+        small = table.slice(0, min(cfg.small_rows, table.num_rows))
+        cases = list(comps)
+        ref = next((c for c in comps if c.key in ("dj", "hf")), None)
+        if ref is not None and cfg.num_proc > 1:
+            single = type(ref)(1)
+            single.available()
+            single.key = ref.key + "_np1"
+            single.label = ref.label + " (num_proc=1)"
+            cases.append(single)
+        prepared = {c.key: c.prepare(small) for c in cases}
+        raw = {c.key: {"save_s": [], "load_s": []} for c in cases}
+        for r in range(cfg.small_rounds + 1):  # round 0 warms imports up, not counted
+            for comp in cases:
+                self.progress.step(f"small checkpoint, round {r}/{cfg.small_rounds}: {comp.label}")
+                path = os.path.join(base, f"small-{comp.key}-{r}")
+                save_s, _ = timed(comp.save, prepared[comp.key], path)
+                load_s, loaded = timed(comp.load, path)
+                if loaded.num_rows != small.num_rows:
+                    raise AssertionError(f"{comp.label}: loaded {loaded.num_rows} rows, saved {small.num_rows}")
+                shutil.rmtree(path, ignore_errors=True)
+                if r:
+                    raw[comp.key]["save_s"].append(save_s)
+                    raw[comp.key]["load_s"].append(load_s)
+                    self.progress.advance(3 if comp.key.startswith(("dj", "hf")) else 0.2)
+        self.results["small"] = {
+            "rows": small.num_rows,
+            "bytes": small.nbytes,
+            "cases": [
+                {
+                    "key": c.key,
+                    "label": c.label,
+                    "save_ms": 1000 * median(raw[c.key]["save_s"]),
+                    "load_ms": 1000 * median(raw[c.key]["load_s"]),
+                    "rounds": raw[c.key],
+                }
+                for c in cases
+            ],
+        }
+
+    # -- events ---------------------------------------------------------------
+
+    def _events(self, impls, base):
+        cfg = self.cfg
+        out: dict = {"rates": [], "analysis": [], "skipped": {}}
+        for name, module in impls.items():
+            if module is None:
+                out["skipped"][name] = (
+                    f"{ev.NOT_AVAILABLE} ({ev.ACCEL_MODULE} cannot be imported)"
+                    if name == "accel"
+                    else "py-data-juicer is not installed"
+                )
+        present = {k: m for k, m in impls.items() if m is not None}
+        counts = {"accel": cfg.events, "reference": max(cfg.events // 10, 1000)}
+        raw: dict = {}
+        for r in range(cfg.rounds):
+            for sink in ev.SINKS:
+                for threads in (1, 4):
+                    for name, module in present.items():
+                        self.progress.step(f"events round {r + 1}/{cfg.rounds}: {name}, {threads} thread(s), {sink}")
+                        path = os.path.join(base, f"events-{name}-{sink}-{threads}-{r}")
+                        rate = ev.events_case(module, path, counts[name], threads, sink)
+                        raw.setdefault((name, sink, threads), []).append(rate)
+                        shutil.rmtree(path, ignore_errors=True)
+                        self.progress.advance(1.5)
+        for (name, sink, threads), rates in raw.items():
+            out["rates"].append(
+                {
+                    "impl": name,
+                    "sink": sink,
+                    "threads": threads,
+                    "events": counts[name],
+                    "events_per_s": median(rates),
+                    "rounds": rates,
+                }
+            )
+        if present:
+            self.progress.step(f"writing a {cfg.analysis_events:,}-event log")
+            log_dir = os.path.join(base, "analysis")
+            os.makedirs(log_dir, exist_ok=True)
+            log_file = os.path.join(log_dir, "events_bench.jsonl")
+            lines = ev.write_event_log(log_file, cfg.analysis_events, cfg.analysis_partitions)
+            self.progress.advance(3)
+            times: dict = {}
+            answers: dict = {}
+            for r in range(cfg.rounds):
+                for name, module in present.items():
+                    self.progress.step(f"analyze_resumption_state round {r + 1}/{cfg.rounds}: {name}")
+                    seconds, result = ev.analysis_case(module, os.path.join(log_dir, f"{name}-{r}"), log_file)
+                    times.setdefault(name, []).append(seconds)
+                    answers[name] = ev.analysis_summary(result)
+                    self.progress.advance(8 / len(present))
+            if len(answers) == 2 and answers["accel"] != answers["reference"]:
+                raise AssertionError(f"analyze_resumption_state answers differ: {answers}")
+            out["analysis"] = [
+                {
+                    "impl": name,
+                    "events": lines,
+                    "partitions": cfg.analysis_partitions,
+                    "seconds": median(t),
+                    "rounds": t,
+                }
+                for name, t in times.items()
+            ]
+            shutil.rmtree(log_dir, ignore_errors=True)
+        self.results["events"] = out
