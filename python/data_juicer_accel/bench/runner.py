@@ -14,7 +14,7 @@ import pyarrow as pa
 from data_juicer_accel.bench import checkpoints as ck
 from data_juicer_accel.bench import events as ev
 from data_juicer_accel.bench.corpus import default_corpus, load_user_data, table_buffers, text_zstd_ratio
-from data_juicer_accel.bench.measure import PeakRSS, median, release_memory, timed, zstd_ceiling
+from data_juicer_accel.bench.measure import PeakRSS, median, release_memory, timed, timed_cpu, zstd_ceiling
 from data_juicer_accel.bench.progress import Progress
 
 MB = 1e6
@@ -187,7 +187,9 @@ class Runner:
         nbytes = table.nbytes
         prepared = {c.key: c.prepare(table) for c in comps}
         pieces = table_buffers(table)
-        raw = {c.key: {"save_s": [], "load_s": [], "disk": [], "peak": []} for c in comps}
+        raw = {
+            c.key: {"save_s": [], "load_s": [], "save_cpu": [], "load_cpu": [], "disk": [], "peak": []} for c in comps
+        }
         ceiling = {"one": [], "all": []}
         scale = nbytes / 10**9
         checked = set()
@@ -197,13 +199,15 @@ class Runner:
                 self.progress.step(f"round {r + 1}/{cfg.rounds}: {comp.label}")
                 path = os.path.join(base, f"ckpt-{comp.key}-{r}")
                 with PeakRSS() as mem:
-                    save_s, _ = timed(comp.save, prepared[comp.key], path)
+                    save_s, save_cpu, _ = timed_cpu(comp.save, prepared[comp.key], path)
                 raw[comp.key]["save_s"].append(save_s)
+                raw[comp.key]["save_cpu"].append(save_cpu)
                 raw[comp.key]["peak"].append(mem.above)
                 raw[comp.key]["disk"].append(ck.dir_bytes(path))
                 release_memory()
-                load_s, loaded = timed(comp.load, path)
+                load_s, load_cpu, loaded = timed_cpu(comp.load, path)
                 raw[comp.key]["load_s"].append(load_s)
+                raw[comp.key]["load_cpu"].append(load_cpu)
                 if loaded.num_rows != table.num_rows:
                     raise AssertionError(f"{comp.label}: loaded {loaded.num_rows} rows, saved {table.num_rows}")
                 if comp.key not in checked:
@@ -217,6 +221,7 @@ class Runner:
             self.progress.step(f"round {r + 1}/{cfg.rounds}: zstd ceiling")
             z = zstd_ceiling(pieces, level=ck.ZSTD_LEVEL)
             ceiling["one"].append(z["bytes"] / z["one_thread_s"])
+            ceiling.setdefault("cpu", []).append(z["all_cores_cpu_s"] / (z["bytes"] / 1e9))
             ceiling["all"].append(z["bytes"] / z["all_cores_s"])
             ceiling["ratio"] = z["ratio"]
             ceiling["threads"] = z["threads"]
@@ -227,6 +232,7 @@ class Runner:
             "all_cores_MBps": median(ceiling["all"]) / MB,
             "threads": ceiling["threads"],
             "ratio": ceiling["ratio"],
+            "cpu_s_per_GB": median(ceiling["cpu"]),
         }
         rows = []
         for comp in comps:
@@ -240,6 +246,8 @@ class Runner:
                     "note": comp.note,
                     "save_MBps": nbytes / save_s / MB,
                     "load_MBps": nbytes / load_s / MB,
+                    "save_cpu_s_per_GB": median(d["save_cpu"]) / (nbytes / 1e9),
+                    "load_cpu_s_per_GB": median(d["load_cpu"]) / (nbytes / 1e9),
                     "disk_MB": disk / MB,
                     "ratio": nbytes / disk if disk else None,
                     "peak_above_MB": None if peak is None else peak / MB,

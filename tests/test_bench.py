@@ -1,0 +1,140 @@
+"""Behaviour of ``data-juicer-accel bench`` (never its timings)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+pytest.importorskip("numpy")
+pytest.importorskip("zstandard")
+
+from data_juicer_accel import cli  # noqa: E402
+from data_juicer_accel.bench import checkpoints as ck  # noqa: E402
+from data_juicer_accel.bench import events as ev  # noqa: E402
+from data_juicer_accel.bench import report  # noqa: E402
+from data_juicer_accel.bench.corpus import (  # noqa: E402
+    BATCH_ROWS,
+    default_corpus,
+    load_user_data,
+    parse_size,
+    table_buffers,
+    text_zstd_ratio,
+)
+
+
+def test_parse_size():
+    assert parse_size("1GB") == 10**9
+    assert parse_size("256MB") == 256 * 10**6
+    assert parse_size("2.5g") == 2_500_000_000
+    assert parse_size("1000") == 1000
+    with pytest.raises(ValueError):
+        parse_size("lots")
+
+
+def test_default_corpus_is_deterministic_and_dj_shaped():
+    a, b = default_corpus(3 * 10**6), default_corpus(3 * 10**6)
+    assert a.equals(b)
+    assert a.nbytes >= 3 * 10**6
+    assert a.column_names == ["text", "meta", "__dj__stats__"]
+    assert pa.types.is_struct(a.schema.field("meta").type)
+    assert pa.types.is_struct(a.schema.field("__dj__stats__").type)
+    assert all(batch.num_rows == BATCH_ROWS for batch in a.to_batches())
+    stats = a.column("__dj__stats__").combine_chunks()
+    lengths = a.column("text").combine_chunks()
+    assert stats.field("text_len").to_pylist()[:50] == [len(t) for t in lengths.to_pylist()[:50]]
+    assert not default_corpus(3 * 10**6, seed=1).equals(a)
+
+
+def test_text_compresses_like_web_text():
+    ratio = text_zstd_ratio(default_corpus(20 * 10**6))
+    assert 3.0 <= ratio <= 4.0
+
+
+def test_table_buffers_cover_the_table():
+    table = default_corpus(2 * 10**6)
+    pieces = table_buffers(table, piece=1 << 16)
+    assert max(len(p) for p in pieces) <= 1 << 16
+    assert sum(len(p) for p in pieces) == sum(
+        b.size for col in table.columns for chunk in col.chunks for b in chunk.buffers() if b is not None
+    )
+
+
+def test_load_user_data_formats(tmp_path):
+    table = default_corpus(10**6).select(["text"])
+    pq.write_table(table, tmp_path / "d.parquet")
+    with pa.OSFile(str(tmp_path / "d.arrow"), "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
+        w.write_table(table)
+    with open(tmp_path / "d.jsonl", "w") as f:
+        for text in table.column("text").to_pylist():
+            f.write(json.dumps({"text": text}) + "\n")
+    for name in ("d.parquet", "d.arrow", "d.jsonl"):
+        assert load_user_data(str(tmp_path / name)).column("text").to_pylist() == table.column("text").to_pylist()
+
+
+@pytest.mark.parametrize("key", ["accel", "ipc", "ipc_sharded", "parquet"])
+def test_competitors_round_trip(key, tmp_path):
+    table = default_corpus(2 * 10**6)
+    comp = next(c for c in ck.competitors(2) if c.key == key)
+    comp.save(comp.prepare(table), str(tmp_path / "c"))
+    assert comp.load(str(tmp_path / "c")).equals(table)
+    assert ck.dir_bytes(str(tmp_path / "c")) < table.nbytes
+
+
+def test_write_event_log_is_analysable_by_the_reference(tmp_path):
+    reference = ev.load_reference()
+    if reference is None:
+        pytest.skip("py-data-juicer not installed")
+    path = str(tmp_path / "events_x.jsonl")
+    lines = ev.write_event_log(path, 3000, partitions=20)
+    _, result = ev.analysis_case(reference, str(tmp_path / "ref"), path)
+    summary = ev.analysis_summary(result)
+    assert summary["total_events"] == lines
+    assert summary["partitions"] == 20
+    assert summary["partitions_to_skip"]  # most partitions completed
+
+
+def test_events_case_counts_every_line(tmp_path):
+    reference = ev.load_reference()
+    if reference is None:
+        pytest.skip("py-data-juicer not installed")
+    rate = ev.events_case(reference, str(tmp_path / "r"), 200, 4, "info-file")
+    assert rate > 0
+    assert os.path.getsize(tmp_path / "r" / "info.log") > 0
+
+
+def test_cli_dispatches_subcommands(capsys):
+    assert cli.main([]) == 2
+    assert "bench" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "--only", "nothing"])
+
+
+def test_bench_command_end_to_end(tmp_path):
+    """`python -m data_juicer_accel bench` on a tiny corpus: the table, the
+    JSON and the plot come out, with every competitor measured."""
+    out_json = tmp_path / "r.json"
+    args = [sys.executable, "-m", "data_juicer_accel", "bench", "--size", "3MB", "--rounds", "1"]
+    args += ["--small-rounds", "1", "--events", "2000", "--analysis-events", "2000", "--no-progress"]
+    args += ["--json", str(out_json), "--workdir", str(tmp_path / "w")]
+    if pytest.importorskip("matplotlib"):
+        args += ["--plot", str(tmp_path / "p.png")]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "checkpoint writer" in proc.stdout
+    assert "targets (issue #7)" in proc.stdout
+    results = json.loads(out_json.read_text())
+    keys = [r["key"] for r in results["checkpoints"]]
+    assert keys[0] == "accel" and {"ipc", "ipc_sharded", "parquet"} <= set(keys)
+    assert all(r["disk_MB"] > 0 and r["save_MBps"] > 0 for r in results["checkpoints"])
+    assert results["small"]["rows"] == 1000
+    assert results["targets"]
+    assert (tmp_path / "p.png").stat().st_size > 0
+    if ev.load_accel() is None:
+        assert ev.NOT_AVAILABLE in proc.stdout
+    assert report.render(results)
