@@ -25,16 +25,17 @@ def _module(name):
 
 @pytest.mark.parametrize("threads", [1, 4])
 @pytest.mark.parametrize("sink", ev.SINKS)
+@pytest.mark.parametrize("call", ev.CALLS)
 @pytest.mark.parametrize("impl", ["accel", "reference"])
-def test_log_events(benchmark, impl, sink, threads, tmp_path):
-    """``log_op_start`` from ``threads`` threads until all lines are in the
-    file; events_case checks the file holds one line per event."""
+def test_log_events(benchmark, impl, call, sink, threads, tmp_path):
+    """``call`` from ``threads`` threads until all lines are in the file;
+    events_case checks the file holds one line per event."""
     module = _module(impl)
-    benchmark.group = f"events, {sink} sink, {threads} thread(s)"
+    benchmark.group = f"events, {call}, {sink} sink, {threads} thread(s)"
     counter = itertools.count()
 
     def setup():
-        return (module, str(tmp_path / f"run-{next(counter)}"), EVENTS[impl], threads, sink), {}
+        return (module, str(tmp_path / f"run-{next(counter)}"), EVENTS[impl], threads, sink, call), {}
 
     benchmark.pedantic(ev.events_case, setup=setup, rounds=3, iterations=1)
     benchmark.extra_info["events"] = EVENTS[impl]

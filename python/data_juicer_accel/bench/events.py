@@ -23,6 +23,10 @@ from types import SimpleNamespace
 ACCEL_MODULE = "data_juicer_accel.core.executor.event_logging_mixin"
 REFERENCE_FILE = os.path.join("core", "executor", "event_logging_mixin.py")
 SINKS = ("none", "info-file")
+#: How an executor logs: the public ``log_op_start`` (builds its metadata in
+#: Python, then calls ``_log_event``), and ``_log_event`` itself, which every
+#: ``log_*`` method ends in.
+CALLS = ("_log_event", "log_op_start")
 NOT_AVAILABLE = "events module not available"
 
 
@@ -103,18 +107,31 @@ def count_lines(path) -> int:
         return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
 
 
-def log_events(executor, n_events: int, threads: int) -> float:
+def log_events(executor, n_events: int, threads: int, call: str = "log_op_start", event_type=None) -> float:
     """Seconds to log ``n_events`` (split over ``threads`` threads) and have
     them all in the JSONL file."""
     per_thread = n_events // threads
     barrier = threading.Barrier(threads + 1)
     op_args = {"lang": "en", "min_score": 0.5}
+    name = "language_id_score_filter"
 
     def work(t):
-        log = executor.log_op_start
         barrier.wait()
-        for i in range(per_thread):
-            log(t, "language_id_score_filter", i, op_args)
+        if call == "log_op_start":
+            log = executor.log_op_start
+            for i in range(per_thread):
+                log(t, name, i, op_args)
+        else:
+            log = executor._log_event
+            for i in range(per_thread):
+                log(
+                    event_type,
+                    f"Operation {name} (idx {i}) started",
+                    partition_id=t,
+                    operation_name=name,
+                    operation_idx=i,
+                    op_args=op_args,
+                )
 
     workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
     for w in workers:
@@ -129,20 +146,39 @@ def log_events(executor, n_events: int, threads: int) -> float:
     return time.perf_counter() - start
 
 
-def events_case(module, work_dir: str, n_events: int, threads: int, sink: str) -> float:
+def events_case(module, work_dir: str, n_events: int, threads: int, sink: str, call: str = "log_op_start") -> float:
     """Events per second of one case; checks the file holds every event."""
     os.makedirs(work_dir, exist_ok=True)
     with loguru_sinks(sink, work_dir):
         executor = make_executor(module, work_dir)
         try:
             n_events = n_events // threads * threads
-            seconds = log_events(executor, n_events, threads)
+            seconds = log_events(executor, n_events, threads, call, module.EventType.OP_START)
         finally:
             close_executor(executor)
         lines = count_lines(executor.event_logger.jsonl_file)
     if lines != n_events:
         raise AssertionError(f"{executor.event_logger.jsonl_file}: {lines} lines for {n_events} events")
     return n_events / seconds
+
+
+def loguru_info_floor(work_dir: str, n: int = 20_000) -> float:
+    """Seconds one loguru ``logger.info`` of a typical event line takes with
+    an INFO file sink: the least an event costs when INFO goes to a file."""
+    from loguru import logger
+
+    os.makedirs(work_dir, exist_ok=True)
+    line = (
+        "EVENT[op_start] | TIME[2026-11-28T21:00:00.000000] | PARTITION[1] | OP[language_id_score_filter] | "
+        "OP_IDX[7] | MSG[Operation language_id_score_filter (idx 7) started on partition 1] | "
+        'META[{"operation_class": "language_id_score_filter"}]'
+    )
+    with loguru_sinks("info-file", work_dir):
+        info = logger.info
+        start = time.perf_counter()
+        for _ in range(n):
+            info(line)
+        return (time.perf_counter() - start) / n
 
 
 # --------------------------------------------------------------------------

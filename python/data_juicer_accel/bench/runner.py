@@ -121,7 +121,7 @@ class Runner:
             total += cfg.small_rounds * sum(3 if c.key in ("dj", "hf") else 0.2 for c in comps)
         if cfg.run_events:
             present = [k for k, m in impls.items() if m is not None]
-            total += cfg.rounds * 4 * 1.5 * len(present)
+            total += cfg.rounds * 2 * 4 * 1.5 * len(present)
             if len(present) == 2:
                 total += 3 + cfg.rounds * 8
         return total
@@ -317,19 +317,23 @@ class Runner:
         counts = {"accel": cfg.events, "reference": max(cfg.events // 10, 1000)}
         raw: dict = {}
         for r in range(cfg.rounds):
-            for sink in ev.SINKS:
-                for threads in (1, 4):
-                    for name, module in present.items():
-                        self.progress.step(f"events round {r + 1}/{cfg.rounds}: {name}, {threads} thread(s), {sink}")
-                        path = os.path.join(base, f"events-{name}-{sink}-{threads}-{r}")
-                        rate = ev.events_case(module, path, counts[name], threads, sink)
-                        raw.setdefault((name, sink, threads), []).append(rate)
-                        shutil.rmtree(path, ignore_errors=True)
-                        self.progress.advance(1.5)
-        for (name, sink, threads), rates in raw.items():
+            for call in ev.CALLS:
+                for sink in ev.SINKS:
+                    for threads in (1, 4):
+                        for name, module in present.items():
+                            self.progress.step(
+                                f"events round {r + 1}/{cfg.rounds}: {name} {call}, {threads} thread(s), {sink}"
+                            )
+                            path = os.path.join(base, f"events-{name}-{call}-{sink}-{threads}-{r}")
+                            rate = ev.events_case(module, path, counts[name], threads, sink, call)
+                            raw.setdefault((name, call, sink, threads), []).append(rate)
+                            shutil.rmtree(path, ignore_errors=True)
+                            self.progress.advance(1.5)
+        for (name, call, sink, threads), rates in raw.items():
             out["rates"].append(
                 {
                     "impl": name,
+                    "call": call,
                     "sink": sink,
                     "threads": threads,
                     "events": counts[name],
@@ -337,6 +341,9 @@ class Runner:
                     "rounds": rates,
                 }
             )
+        if present:
+            floor = [ev.loguru_info_floor(os.path.join(base, f"loguru-{r}")) for r in range(cfg.rounds)]
+            out["loguru_info_file_us"] = median(floor) * 1e6
         if present:
             self.progress.step(f"writing a {cfg.analysis_events:,}-event log")
             log_dir = os.path.join(base, "analysis")
