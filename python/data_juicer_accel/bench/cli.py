@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -42,12 +43,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.add_argument("--plot", metavar="FILE.png", help="also draw the results (needs matplotlib)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.add_argument(
+        "--report",
+        metavar="FILE.json",
+        help="print (and --plot) the results saved by an earlier --json run instead of running",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from data_juicer_accel.bench import report
     from data_juicer_accel.bench.runner import BenchConfig, Runner
 
+    if args.report:
+        with open(args.report) as f:
+            results = json.load(f)
+        print(report.render(results))
+        if args.plot:
+            report.plot(results, args.plot)
+            print(f"plot written to {args.plot}")
+        return 0
     _quiet()
     cfg = BenchConfig(
         size=args.size,

@@ -324,25 +324,26 @@ def plot(results: dict, path: str) -> None:
         raise SystemExit("--plot needs matplotlib: pip install 'data-juicer-accel[bench]'") from e
     panels = []
     if results.get("checkpoints"):
-        panels.append("ckpt")
+        panels += ["save", "load"]
     if results.get("events", {}).get("rates"):
         panels.append("events")
     if not panels:
         raise SystemExit("nothing to plot")
-    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.8), squeeze=False)
     m = results.get("machine", {})
+    size = results.get("corpus", {}).get("bytes", 0) / MB
     for ax, panel in zip(axes[0], panels, strict=True):
-        if panel == "ckpt":
+        if panel in ("save", "load"):
             rows = results["checkpoints"]
             labels = [
                 r["label"].replace(" CheckpointManager", "\nCheckpointManager").replace(", ", ",\n") for r in rows
             ]
-            x = range(len(rows))
-            w = 0.38
-            ax.bar([i - w / 2 for i in x], [r["save_MBps"] for r in rows], w, label="save")
-            ax.bar([i + w / 2 for i in x], [r["load_MBps"] for r in rows], w, label="load")
+            values = [r[f"{panel}_MBps"] for r in rows]
+            colors = ["tab:green" if r["key"] == "accel" else "tab:blue" for r in rows]
+            bars = ax.bar(range(len(rows)), values, 0.6, color=colors)
+            ax.bar_label(bars, labels=[f"{v:,.0f}" for v in values], fontsize=7)
             ceiling = results.get("ceiling")
-            if ceiling:
+            if panel == "save" and ceiling:
                 ax.axhline(
                     ceiling["all_cores_MBps"],
                     color="grey",
@@ -350,12 +351,12 @@ def plot(results: dict, path: str) -> None:
                     lw=1,
                     label=f"zstd-{ceiling['level']} alone, {ceiling['threads']} threads",
                 )
-            ax.set_xticks(list(x))
-            ax.set_xticklabels(labels, fontsize=7)
-            ax.set_ylabel("MB/s (in-memory bytes)")
-            size = results.get("corpus", {}).get("bytes", 0) / MB
-            ax.set_title(f"checkpoint of {size:,.0f} MB, {m.get('cpus')} cores")
-            ax.legend(fontsize=8)
+                ax.legend(fontsize=7)
+            ax.set_xticks(range(len(rows)))
+            ax.set_xticklabels(labels, fontsize=6.5, rotation=30, ha="right")
+            ax.set_ylabel("MB/s of in-memory data")
+            what = "save" if panel == "save" else "load to a materialised table (HF: mmap + page touch)"
+            ax.set_title(f"checkpoint {what}\n{size:,.0f} MB, {m.get('cpus')} cores", fontsize=9)
         else:
             rates = results["events"]["rates"]
             cases = [(s, t) for s in SINKS for t in (1, 4)]
@@ -371,7 +372,7 @@ def plot(results: dict, path: str) -> None:
             )
             ax.set_yscale("log")
             ax.set_ylabel("events/s (log scale)")
-            ax.set_title("job events, EventLoggingMixin._log_event")
+            ax.set_title("job events/s, EventLoggingMixin._log_event", fontsize=9)
             ax.legend(fontsize=8)
             del rates
     fig.tight_layout()
