@@ -354,7 +354,9 @@ def plot(results: dict, path: str) -> None:
                 ax.legend(fontsize=7)
             ax.set_xticks(range(len(rows)))
             ax.set_xticklabels(labels, fontsize=6.5, rotation=30, ha="right")
-            ax.set_ylabel("MB/s of in-memory data")
+            ax.set_ylabel("MB/s of in-memory data" + (" (log scale)" if panel == "load" else ""))
+            if panel == "load":  # a memory-mapped load dwarfs the others
+                ax.set_yscale("log")
             what = "save" if panel == "save" else "load to a materialised table (HF: mmap + page touch)"
             ax.set_title(f"checkpoint {what}\n{size:,.0f} MB, {m.get('cpus')} cores", fontsize=9)
         else:
