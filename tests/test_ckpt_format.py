@@ -8,9 +8,9 @@ import os
 import datasets
 import pyarrow as pa
 import pytest
-
 from data_juicer_accel import _native
 from data_juicer_accel.utils.ckpt_utils import CheckpointManager
+
 from tests.conftest import requires_reference, text_table
 
 OPS = [{"a_mapper": {}}]
@@ -62,9 +62,7 @@ def test_polars_dataframe_via_arrow_c_stream(tmp_path, table):
 
 
 def test_hf_dataset_round_trip_keeps_features(tmp_path):
-    features = datasets.Features(
-        {"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["neg", "pos"])}
-    )
+    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["neg", "pos"])})
     ds = datasets.Dataset.from_dict({"text": ["x", "y", "z"], "label": [0, 1, 1]}, features=features)
     m = manager(tmp_path)
     m.save_ckpt(ds)

@@ -128,7 +128,7 @@ impl CheckpointWriter {
 #[pymethods]
 impl CheckpointWriter {
     #[new]
-    #[pyo3(signature = (ckpt_dir, *, compression="zstd", level=1, threads=1, chunk_bytes=8 << 20, max_shard_bytes=500 << 20))]
+    #[pyo3(signature = (ckpt_dir, *, compression="zstd", level=1, threads=1, chunk_bytes=8_388_608, max_shard_bytes=524_288_000))]
     fn new(
         py: Python<'_>,
         ckpt_dir: PathBuf,

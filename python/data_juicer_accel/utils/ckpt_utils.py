@@ -17,7 +17,7 @@ import sys
 import uuid
 from abc import ABC, abstractmethod
 from enum import Enum
-from typing import Any, Optional
+from typing import Any
 
 import pyarrow as pa
 from loguru import logger
@@ -75,7 +75,7 @@ class CheckpointManagerBase(ABC):
         """
 
     @abstractmethod
-    def load_checkpoint(self, **kwargs) -> Optional[Any]:
+    def load_checkpoint(self, **kwargs) -> Any | None:
         """
         Load a dataset checkpoint.
 
@@ -200,7 +200,7 @@ class CheckpointManager(CheckpointManagerBase):
         all_the_same = True
         dif1, dif2 = None, None
 
-        for record_op, config_op in zip(self.op_record, prefix_process):
+        for record_op, config_op in zip(self.op_record, prefix_process, strict=False):
             if record_op != config_op:
                 all_the_same = False
                 dif1, dif2 = record_op, config_op
@@ -221,7 +221,7 @@ class CheckpointManager(CheckpointManagerBase):
             self.op_record = []
             return False
 
-    def _read_op_record(self) -> Optional[list]:
+    def _read_op_record(self) -> list | None:
         """The op record, or None (with a warning) when it cannot be used.
 
         The reference raises on a damaged ``ckpt_op.json``; a damaged record
@@ -350,7 +350,7 @@ class _ArrowSource:
     def stream(self) -> Any:
         return self.data
 
-    def rows_per_shard(self, num_proc) -> Optional[int]:
+    def rows_per_shard(self, num_proc) -> int | None:
         if self.table is None or self.table.num_rows == 0:
             return None  # a stream of unknown length: shards close by size
         shards = _num_shards(self.table.nbytes, self.table.num_rows, num_proc)
@@ -402,7 +402,7 @@ class _HFSource:
             return self.table  # zero-copy: Rust reads the table's own buffers
         return _gathered_rows(self.table, indices.column(0))
 
-    def rows_per_shard(self, num_proc) -> Optional[int]:
+    def rows_per_shard(self, num_proc) -> int | None:
         if self.num_rows == 0:
             return None
         return math.ceil(self.num_rows / _num_shards(self.nbytes, self.num_rows, num_proc))

@@ -1,0 +1,70 @@
+"""Type stubs for the native module ``data_juicer_accel._native`` (Rust, PyO3)."""
+
+from typing import Any, Protocol, final
+
+
+__version__: str
+
+class ArrowStreamExportable(Protocol):
+    """Any object exporting the Arrow C stream interface (pyarrow, polars, duckdb, ...)."""
+
+    def __arrow_c_stream__(self, requested_schema: object | None = None) -> object: ...
+
+# ------------------------------------------------------------------ checkpoints
+
+MANIFEST_FILE: str
+FORMAT_VERSION: int
+
+class CheckpointCorruptError(ValueError):
+    """A checkpoint file does not hold what its manifest promises (the message names the file)."""
+
+class CheckpointLockedError(OSError):
+    """Another process is saving into the same checkpoint directory."""
+
+@final
+class CheckpointWriter:
+    """Writes one checkpoint into a staging directory beside ``latest/`` and commits it atomically.
+
+    Takes the directory's lock and clears leftovers of interrupted saves on creation. Dropped or
+    aborted without ``commit``, the staging directory is removed and the lock released.
+    """
+
+    def __new__(
+        cls,
+        ckpt_dir: str | Any,
+        *,
+        compression: str = "zstd",
+        level: int = 1,
+        threads: int = 1,
+        chunk_bytes: int = 8388608,
+        max_shard_bytes: int = 524288000,
+    ) -> CheckpointWriter: ...
+    @property
+    def staging_dir(self) -> str | None: ...
+    def write_data(self, data: ArrowStreamExportable, *, rows_per_shard: int | None = None) -> int:
+        """Streams ``data`` into zstd Arrow IPC shards (GIL released). Returns the rows written."""
+    @property
+    def shard_files(self) -> list[str]: ...
+    def add_file(self, name: str, data: bytes) -> None:
+        """Adds a small file (state.json, ckpt_op.json, ...) to the checkpoint, fsynced."""
+    def commit(self, kind: str) -> str:
+        """Writes the manifest and swaps the checkpoint in as ``latest/``. Returns its path."""
+    def abort(self) -> None:
+        """Removes the staging directory and releases the lock (no-op after ``commit``)."""
+
+@final
+class LoadedCheckpoint:
+    """A verified checkpoint in memory; hands its table out once via ``__arrow_c_stream__``."""
+
+    @property
+    def manifest(self) -> str: ...
+    @property
+    def num_rows(self) -> int: ...
+    def file(self, name: str) -> bytes | None: ...
+    def __arrow_c_stream__(self, requested_schema: object | None = None) -> object: ...
+
+def read_checkpoint(path: str | Any, *, verify: bool = True, threads: int | None = None) -> LoadedCheckpoint | None:
+    """Loads the checkpoint in ``path`` (a ``latest/`` directory); None when it has no manifest."""
+
+def read_manifest(path: str | Any) -> str | None:
+    """The validated manifest of the checkpoint in ``path`` as JSON text, or None."""
