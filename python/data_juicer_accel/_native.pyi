@@ -2,7 +2,6 @@
 
 from typing import Any, Protocol, final
 
-
 __version__: str
 
 class ArrowStreamExportable(Protocol):

@@ -369,19 +369,9 @@ class _ArrowSource:
         return json.dumps(state, indent=2, sort_keys=True).encode()
 
     def info_json(self) -> bytes:
-        # Features let datasets.load_from_disk read the checkpoint too; they
-        # need `datasets`, which pyarrow users may not have.
-        info: dict = {}
-        try:
-            from datasets import DatasetInfo, Features
-            from datasets.utils.py_utils import asdict
-
-            schema = self.table.schema if self.table is not None else None
-            if schema is not None:
-                info = asdict(DatasetInfo(features=Features.from_arrow_schema(schema)))
-        except Exception as e:  # noqa: BLE001 - optional, any failure means "no features"
-            logger.debug(f"No HF features for this checkpoint: {e}")
-        return json.dumps({k: info[k] for k in sorted(info)}, indent=2).encode()
+        # No features: datasets.load_from_disk infers them from the Arrow
+        # schema, and importing datasets here would cost half a second.
+        return b"{}"
 
 
 class _HFSource:
