@@ -9,6 +9,7 @@ import time
 
 import pyarrow as pa
 import pyarrow.compute as pc
+
 from data_juicer_accel.utils.ckpt_utils import CheckpointManager
 
 PROCESS = [

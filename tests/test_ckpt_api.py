@@ -7,10 +7,10 @@ import inspect
 import json
 import os
 
-import data_juicer_accel
 import pytest
-from data_juicer_accel.utils import ckpt_utils as ours
 
+import data_juicer_accel
+from data_juicer_accel.utils import ckpt_utils as ours
 from tests.conftest import normalise_paths, requires_reference
 
 OPS = [{"clean_email_mapper": {}}, {"words_num_filter": {"min_num": 5}}, {"document_deduplicator": {"lowercase": True}}]

@@ -8,9 +8,9 @@ import os
 import datasets
 import pyarrow as pa
 import pytest
+
 from data_juicer_accel import _native
 from data_juicer_accel.utils.ckpt_utils import CheckpointManager
-
 from tests.conftest import requires_reference, text_table
 
 OPS = [{"a_mapper": {}}]

@@ -12,9 +12,9 @@ import textwrap
 import datasets
 import pyarrow as pa
 import pytest
+
 from data_juicer_accel import CheckpointCorruptError, CheckpointLockedError, _native
 from data_juicer_accel.utils.ckpt_utils import CheckpointManager
-
 from tests.conftest import text_table
 
 OPS = [{"a_mapper": {}}, {"b_filter": {"k": 1}}]

@@ -44,6 +44,8 @@ _STATE_FILE = "state.json"
 _INFO_FILE = "dataset_info.json"
 _OP_RECORD_FILE = "ckpt_op.json"
 _NESTED_MODULE = "data_juicer.core.data.dj_dataset"
+#: What a checkpoint can hold, as recorded in its manifest.
+_KINDS = ("arrow", "hf", "nested")
 
 
 class CheckpointManagerBase(ABC):
@@ -312,6 +314,9 @@ class CheckpointManager(CheckpointManagerBase):
         if loaded is None:
             return _load_foreign_checkpoint(self.ckpt_ds_dir)
         kind = json.loads(loaded.manifest)["kind"]
+        if kind not in _KINDS:
+            manifest_path = os.path.join(self.ckpt_ds_dir, _native.MANIFEST_FILE)
+            raise _native.CheckpointCorruptError(f"corrupted checkpoint file {manifest_path}: unknown kind {kind!r}")
         table = pa.RecordBatchReader.from_stream(loaded).read_all()
         if kind == "arrow":
             return table
