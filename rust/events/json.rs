@@ -1,0 +1,158 @@
+//! The byte-level pieces of Python's `json.dumps` output.
+//!
+//! `json.dumps` escapes every non-ASCII character (`ensure_ascii=True`) and
+//! writes floats with `float.__repr__`; reproducing both keeps our lines
+//! byte-identical to the reference's, not merely equal once parsed.
+
+use std::fmt::Write as _;
+
+/// Appends `s` as a JSON string literal, escaped exactly like
+/// `json.dumps(s)` (ASCII only, `\uXXXX` with surrogate pairs above the BMP).
+pub fn write_str(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    let bytes = s.as_bytes();
+    let mut plain_start = 0;
+    for (i, ch) in s.char_indices() {
+        let escape: Option<&[u8]> = match ch {
+            '"' => Some(b"\\\""),
+            '\\' => Some(b"\\\\"),
+            '\n' => Some(b"\\n"),
+            '\r' => Some(b"\\r"),
+            '\t' => Some(b"\\t"),
+            '\u{8}' => Some(b"\\b"),
+            '\u{c}' => Some(b"\\f"),
+            _ if (ch as u32) < 0x20 || (ch as u32) > 0x7e => Some(b""),
+            _ => None,
+        };
+        let Some(escape) = escape else { continue };
+        out.extend_from_slice(&bytes[plain_start..i]);
+        plain_start = i + ch.len_utf8();
+        if !escape.is_empty() {
+            out.extend_from_slice(escape);
+        } else {
+            let mut units = [0u16; 2];
+            for unit in ch.encode_utf16(&mut units) {
+                push_u_escape(out, *unit);
+            }
+        }
+    }
+    out.extend_from_slice(&bytes[plain_start..]);
+    out.push(b'"');
+}
+
+/// Appends one UTF-16 code unit as `\uXXXX` (lower-case hex, as Python does).
+pub fn push_u_escape(out: &mut Vec<u8>, unit: u16) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.extend_from_slice(b"\\u");
+    for shift in [12, 8, 4, 0] {
+        out.push(HEX[((unit >> shift) & 0xf) as usize]);
+    }
+}
+
+/// Appends `value` as `json.dumps` writes a float: `NaN`, `Infinity`,
+/// `-Infinity`, or `float.__repr__` (shortest round-trip digits, positional
+/// for exponents in -4..16, else `d.ddde+XX`).
+pub fn write_f64(out: &mut Vec<u8>, value: f64) {
+    if value.is_nan() {
+        out.extend_from_slice(b"NaN");
+    } else if value.is_infinite() {
+        out.extend_from_slice(if value > 0.0 {
+            b"Infinity"
+        } else {
+            b"-Infinity"
+        });
+    } else {
+        out.extend_from_slice(float_repr(value).as_bytes());
+    }
+}
+
+/// Python's `repr(float)` for a finite value.
+pub fn float_repr(value: f64) -> String {
+    // `{:e}` gives the shortest round-trip digits, e.g. "-1.2345e-7".
+    let sci = format!("{value:e}");
+    let (mantissa, exp) = sci
+        .split_once('e')
+        .expect("LowerExp always has an exponent");
+    let exp: i32 = exp.parse().expect("LowerExp exponent is an integer");
+    let (sign, mantissa) = match mantissa.strip_prefix('-') {
+        Some(rest) => ("-", rest),
+        None => ("", mantissa),
+    };
+    let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
+    let mut out = String::with_capacity(digits.len() + 8);
+    out.push_str(sign);
+    if (-4..16).contains(&exp) {
+        if exp < 0 {
+            out.push_str("0.");
+            out.extend(std::iter::repeat_n('0', (-exp - 1) as usize));
+            out.push_str(&digits);
+        } else {
+            let int_len = exp as usize + 1;
+            if digits.len() <= int_len {
+                out.push_str(&digits);
+                out.extend(std::iter::repeat_n('0', int_len - digits.len()));
+                out.push_str(".0");
+            } else {
+                out.push_str(&digits[..int_len]);
+                out.push('.');
+                out.push_str(&digits[int_len..]);
+            }
+        }
+    } else {
+        out.push_str(&digits[..1]);
+        if digits.len() > 1 {
+            out.push('.');
+            out.push_str(&digits[1..]);
+        }
+        let _ = write!(out, "e{}{:02}", if exp < 0 { '-' } else { '+' }, exp.abs());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dumps_str(s: &str) -> String {
+        let mut out = Vec::new();
+        write_str(&mut out, s);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn strings_are_escaped_like_json_dumps() {
+        assert_eq!(dumps_str("plain"), r#""plain""#);
+        assert_eq!(dumps_str("a\"b\\c\nd\te"), r#""a\"b\\c\nd\te""#);
+        assert_eq!(dumps_str("\u{1}\u{8}\u{c}\r"), r#""\u0001\b\f\r""#);
+        assert_eq!(dumps_str("é中"), r#""\u00e9\u4e2d""#);
+        assert_eq!(dumps_str("😀"), r#""\ud83d\ude00""#);
+        assert_eq!(dumps_str("\u{7f}"), r#""\u007f""#);
+    }
+
+    #[test]
+    fn floats_match_python_repr() {
+        let cases = [
+            (0.0, "0.0"),
+            (-0.0, "-0.0"),
+            (1.0, "1.0"),
+            (0.1, "0.1"),
+            (123.456, "123.456"),
+            (1e-4, "0.0001"),
+            (1e-5, "1e-05"),
+            (1.5e-7, "1.5e-07"),
+            (1e16, "1e+16"),
+            (1234567890123456.0, "1234567890123456.0"),
+            (1.2345e300, "1.2345e+300"),
+            (1761234567.123456, "1761234567.123456"),
+            (f64::MAX, "1.7976931348623157e+308"),
+            (5e-324, "5e-324"),
+        ];
+        for (value, expected) in cases {
+            assert_eq!(float_repr(value), expected, "repr of {value}");
+        }
+        let mut out = Vec::new();
+        write_f64(&mut out, f64::NAN);
+        write_f64(&mut out, f64::NEG_INFINITY);
+        assert_eq!(out, b"NaN-Infinity");
+    }
+}
