@@ -72,7 +72,7 @@ pub fn raw_truthy(text: &str) -> bool {
         Some(b'n') | Some(b'f') => false, // null, false
         Some(b't') => true,
         Some(b'"') => text.len() > 2,
-        Some(b'[') | Some(b'{') => text[1..text.len() - 1].trim().len() > 0,
+        Some(b'[') | Some(b'{') => !text[1..text.len() - 1].trim().is_empty(),
         Some(_) => text.parse::<f64>().map(|v| v != 0.0).unwrap_or(true),
     }
 }
@@ -303,10 +303,8 @@ impl Analysis {
         match event_type.as_ref() {
             "job_complete" => self.has_job_complete = true,
             "job_failed" => self.has_job_failed = true,
-            "job_start" => {
-                if self.first_job_start.is_none() {
-                    self.first_job_start = Some(raw(fields.timestamp));
-                }
+            "job_start" if self.first_job_start.is_none() => {
+                self.first_job_start = Some(raw(fields.timestamp));
             }
             "partition_start" => {
                 if let Some((key, id)) = partition {
