@@ -7,5 +7,6 @@ Change one word in an import::
 """
 
 from data_juicer_accel._native import __version__
+from data_juicer_accel.core.executor.event_logging_mixin import Event, EventLogger, EventLoggingMixin, EventType
 
-__all__ = ["__version__"]
+__all__ = ["__version__", "EventType", "Event", "EventLogger", "EventLoggingMixin"]
