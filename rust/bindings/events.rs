@@ -20,7 +20,7 @@ use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple, PyT
 
 use crate::events::analysis::{self, Analysis, PartitionState, Raw};
 use crate::events::json::{write_f64, write_str};
-use crate::events::writer::{EventWriter, PushError, WriteError, WriterConfig};
+use crate::events::writer::{current_pid, EventWriter, PushError, WriteError, WriterConfig};
 
 /// Job-level events are fsynced before the logging call returns.
 const DURABLE_EVENT_TYPES: [&str; 4] = ["job_start", "job_complete", "job_failed", "job_restart"];
@@ -80,8 +80,36 @@ pub struct EventSink {
     config: WriterConfig,
     event_class: Py<PyType>,
     object_new: Py<PyAny>,
-    /// `Event`'s field names in declaration order.
+    /// `Event`'s field names in declaration order, as Python and Rust strings.
     fields: Vec<Py<PyString>>,
+    field_names: Vec<String>,
+    roles: Vec<Role>,
+    /// `{field: None for field in fields}`, copied for each event's `__dict__`.
+    none_fields: Py<PyDict>,
+}
+
+/// Who provides a field's value on the fast path.
+#[derive(Clone, Copy, PartialEq)]
+enum Role {
+    /// The caller's keyword argument, or None.
+    Plain,
+    /// The caller's, or generated when absent or None.
+    EventId,
+    /// Always the logger's job id.
+    JobId,
+    /// Made by the call itself; a keyword of that name is a TypeError.
+    Computed,
+}
+
+impl Role {
+    fn of(field: &str) -> Role {
+        match field {
+            "event_id" => Role::EventId,
+            "job_id" => Role::JobId,
+            name if RESERVED_FIELDS.contains(&name) => Role::Computed,
+            _ => Role::Plain,
+        }
+    }
 }
 
 impl EventSink {
@@ -171,16 +199,27 @@ impl EventSink {
             .get_type::<PyAny>()
             .getattr(intern!(py, "__new__"))?
             .unbind();
+        let field_names = fields
+            .iter()
+            .map(|f| f.to_str().map(str::to_owned))
+            .collect::<PyResult<Vec<_>>>()?;
+        let none_fields = PyDict::new(py);
+        let mut interned = Vec::with_capacity(field_names.len());
+        for name in &field_names {
+            let key = PyString::intern(py, name);
+            none_fields.set_item(&key, py.None())?;
+            interned.push(key.unbind());
+        }
         Ok(EventSink {
             writer: AtomicPtr::new(Box::into_raw(Box::new(writer))),
             path,
             config,
             event_class: event_class.unbind(),
             object_new,
-            fields: fields
-                .into_iter()
-                .map(|f| PyString::intern(py, f.to_str().unwrap_or("")).unbind())
-                .collect(),
+            roles: field_names.iter().map(|name| Role::of(name)).collect(),
+            fields: interned,
+            field_names,
+            none_fields: none_fields.unbind(),
         })
     }
 
@@ -199,84 +238,80 @@ impl EventSink {
         job_id: Bound<'py, PyAny>,
         events: Bound<'py, PyAny>,
     ) -> PyResult<Option<Bound<'py, PyAny>>> {
-        let none = py.None().into_bound(py);
-        let mut values: Vec<Bound<'py, PyAny>> = vec![none.clone(); self.fields.len()];
-        let mut event_id: Option<Bound<'py, PyAny>> = None;
+        let mut values: Vec<Option<Bound<'py, PyAny>>> = vec![None; self.fields.len()];
         if let Some(kwargs) = &kwargs {
             for (key, value) in kwargs.iter() {
                 let Some(index) = self.field_index(py, &key) else {
                     return Ok(None);
                 };
-                let name = self.fields[index].bind(py).to_str()?;
-                if RESERVED_FIELDS.contains(&name) {
-                    return Ok(None);
+                match self.roles[index] {
+                    Role::Computed => return Ok(None),
+                    Role::JobId => {} // overwritten by log_event in the reference
+                    _ if value.is_none() => {}
+                    _ => values[index] = Some(value),
                 }
-                if name == "event_id" {
-                    event_id = Some(value.clone());
-                }
-                values[index] = value;
             }
         }
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
         let type_value = enum_value(py, &event_type)?;
-        let type_name = type_value
-            .cast::<PyString>()
-            .ok()
-            .map(|s| s.to_str().map(str::to_owned))
-            .transpose()?;
-        let event_id = match event_id {
-            Some(id) if !id.is_none() => id,
-            _ => {
-                let type_text = match &type_name {
-                    Some(name) => name.clone(),
-                    None => type_value.str()?.to_str()?.to_owned(),
-                };
-                PyString::new(
-                    py,
-                    &format!("{type_text}_{}_{:08x}", now as i64, random_u32()),
-                )
-                .into_any()
-            }
+        let type_name = match type_value.cast::<PyString>() {
+            Ok(name) => Some(name.to_str()?),
+            Err(_) => None,
         };
-        for (index, field) in self.fields.iter().enumerate() {
-            let value = match field.bind(py).to_str()? {
-                "event_type" => event_type.clone(),
-                "timestamp" => PyFloat::new(py, now).into_any(),
-                "message" => message.clone(),
-                "event_id" => event_id.clone(),
-                "job_id" => job_id.clone(),
-                "process_id" => std::process::id().into_pyobject(py)?.into_any(),
-                "thread_id" => current_thread_ident().into_pyobject(py)?.into_any(),
-                _ => continue,
+        for (index, role) in self.roles.iter().enumerate() {
+            let value = match role {
+                Role::Plain => continue,
+                Role::EventId if values[index].is_some() => continue,
+                Role::EventId => {
+                    let type_text = match type_name {
+                        Some(name) => name.to_owned(),
+                        None => type_value.str()?.to_str()?.to_owned(),
+                    };
+                    PyString::new(
+                        py,
+                        &format!("{type_text}_{}_{:08x}", now as i64, random_u32()),
+                    )
+                    .into_any()
+                }
+                Role::JobId => job_id.clone(),
+                Role::Computed => match self.field_names[index].as_str() {
+                    "event_type" => event_type.clone(),
+                    "timestamp" => PyFloat::new(py, now).into_any(),
+                    "message" => message.clone(),
+                    "process_id" => current_pid().into_pyobject(py)?.into_any(),
+                    _ => current_thread_ident().into_pyobject(py)?.into_any(),
+                },
             };
-            values[index] = value;
+            values[index] = Some(value);
         }
-        let mut line = Vec::with_capacity(256);
+        let mut line = Vec::with_capacity(512);
         line.push(b'{');
         let mut first = true;
-        for (field, value) in self.fields.iter().zip(&values) {
-            if value.is_none() {
-                continue;
+        for (name, value) in self.field_names.iter().zip(&values) {
+            if let Some(value) = value {
+                if !value.is_none() {
+                    write_member(py, &mut line, &mut first, name, value)?;
+                }
             }
-            write_member(py, &mut line, &mut first, field.bind(py).to_str()?, value)?;
         }
         line.extend_from_slice(b"}\n");
 
+        // The instance dict: a copy of {field: None} with the given fields set.
+        let dict = self.none_fields.bind(py).copy()?;
+        for (field, value) in self.fields.iter().zip(values) {
+            if let Some(value) = value {
+                dict.set_item(field.bind(py), value)?;
+            }
+        }
         let event = self
             .object_new
             .bind(py)
             .call1((self.event_class.bind(py),))?;
-        let dict = event.getattr(intern!(py, "__dict__"))?;
-        let dict = dict.cast::<PyDict>()?;
-        for (field, value) in self.fields.iter().zip(values) {
-            dict.set_item(field.bind(py), value)?;
-        }
+        event.setattr(intern!(py, "__dict__"), dict)?;
         events.call_method1(intern!(py, "append"), (&event,))?;
-        let durable = type_name
-            .as_deref()
-            .is_some_and(|t| DURABLE_EVENT_TYPES.contains(&t));
+        let durable = type_name.is_some_and(|t| DURABLE_EVENT_TYPES.contains(&t));
         self.push(py, line, durable)?;
         Ok(Some(event))
     }
@@ -411,10 +446,14 @@ fn enum_type(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
     ENUM_TYPE.import(py, "enum", "Enum")
 }
 
-/// `value.value` for an `Enum` member, else `value`.
+/// `value.value` for an `Enum` member, else `value`. Members keep it in
+/// `_value_`, an instance attribute; `.value` is a slower Python property.
 fn enum_value<'py>(py: Python<'py>, value: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
     if value.is_instance(enum_type(py)?)? {
-        value.getattr(intern!(py, "value"))
+        match value.getattr(intern!(py, "_value_")) {
+            Ok(inner) => Ok(inner),
+            Err(_) => value.getattr(intern!(py, "value")),
+        }
     } else {
         Ok(value.clone())
     }

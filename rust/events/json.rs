@@ -11,30 +11,39 @@ use std::fmt::Write as _;
 pub fn write_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
     let bytes = s.as_bytes();
-    let mut plain_start = 0;
-    for (i, ch) in s.char_indices() {
-        let escape: Option<&[u8]> = match ch {
-            '"' => Some(b"\\\""),
-            '\\' => Some(b"\\\\"),
-            '\n' => Some(b"\\n"),
-            '\r' => Some(b"\\r"),
-            '\t' => Some(b"\\t"),
-            '\u{8}' => Some(b"\\b"),
-            '\u{c}' => Some(b"\\f"),
-            _ if (ch as u32) < 0x20 || (ch as u32) > 0x7e => Some(b""),
-            _ => None,
-        };
-        let Some(escape) = escape else { continue };
+    let (mut plain_start, mut i) = (0, 0);
+    while i < bytes.len() {
+        let byte = bytes[i];
+        // Printable ASCII other than the quote and backslash goes as is.
+        if (0x20..0x7f).contains(&byte) && byte != b'"' && byte != b'\\' {
+            i += 1;
+            continue;
+        }
         out.extend_from_slice(&bytes[plain_start..i]);
-        plain_start = i + ch.len_utf8();
-        if !escape.is_empty() {
-            out.extend_from_slice(escape);
+        if byte < 0x80 {
+            match byte {
+                b'"' => out.extend_from_slice(b"\\\""),
+                b'\\' => out.extend_from_slice(b"\\\\"),
+                b'\n' => out.extend_from_slice(b"\\n"),
+                b'\r' => out.extend_from_slice(b"\\r"),
+                b'\t' => out.extend_from_slice(b"\\t"),
+                0x08 => out.extend_from_slice(b"\\b"),
+                0x0c => out.extend_from_slice(b"\\f"),
+                _ => push_u_escape(out, u16::from(byte)),
+            }
+            i += 1;
         } else {
+            let ch = s[i..]
+                .chars()
+                .next()
+                .expect("a char starts at a non-ASCII lead byte");
             let mut units = [0u16; 2];
             for unit in ch.encode_utf16(&mut units) {
                 push_u_escape(out, *unit);
             }
+            i += ch.len_utf8();
         }
+        plain_start = i;
     }
     out.extend_from_slice(&bytes[plain_start..]);
     out.push(b'"');

@@ -20,11 +20,31 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::{Arc, Mutex, Once};
+use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
+
+static PID: AtomicU32 = AtomicU32::new(0);
+static PID_TRACKING: Once = Once::new();
+
+extern "C" fn refresh_pid_in_child() {
+    // SAFETY: getpid is async-signal-safe and has no preconditions.
+    PID.store(unsafe { libc::getpid() } as u32, Ordering::Relaxed);
+}
+
+/// The id of the calling process, without a system call per event (glibc
+/// no longer caches `getpid`): cached, and refreshed by a `pthread_atfork`
+/// child handler, which runs for every `fork()`, Python's or not.
+pub fn current_pid() -> u32 {
+    PID_TRACKING.call_once(|| {
+        PID.store(std::process::id(), Ordering::Relaxed);
+        // SAFETY: registers a plain function without captured state.
+        unsafe { libc::pthread_atfork(None, None, Some(refresh_pid_in_child)) };
+    });
+    PID.load(Ordering::Relaxed)
+}
 
 /// Tunables of one writer.
 #[derive(Clone, Debug)]
@@ -96,6 +116,12 @@ pub enum PushError {
     Closed,
 }
 
+#[derive(PartialEq)]
+enum Step {
+    Continue,
+    Stop,
+}
+
 type Ack = SyncSender<Result<(), WriteError>>;
 
 enum Message {
@@ -134,6 +160,8 @@ pub struct EventWriter {
     sender: SyncSender<Message>,
     shared: Arc<Shared>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// To wake the flush thread early (flush, close, full queue).
+    flusher: Thread,
     closed: AtomicBool,
     owner_pid: u32,
 }
@@ -157,9 +185,10 @@ impl EventWriter {
             path,
             sender,
             shared,
+            flusher: thread.thread().clone(),
             thread: Mutex::new(Some(thread)),
             closed: AtomicBool::new(false),
-            owner_pid: std::process::id(),
+            owner_pid: current_pid(),
         })
     }
 
@@ -170,7 +199,7 @@ impl EventWriter {
     /// Whether this writer's flush thread lives in the calling process (it
     /// does not in a child forked after the writer was opened).
     pub fn owned_by_current_process(&self) -> bool {
-        self.owner_pid == std::process::id()
+        self.owner_pid == current_pid()
     }
 
     /// Number of `write()` batches done so far (for tests and diagnostics).
@@ -203,6 +232,7 @@ impl EventWriter {
         if self.closed.load(Ordering::Acquire) {
             return Err(PushError::Closed);
         }
+        self.flusher.unpark();
         self.sender
             .send(Message::Line(line))
             .map_err(|_| PushError::Failed(WriteError::stopped(&self.path)))
@@ -218,6 +248,7 @@ impl EventWriter {
         if self.sender.send(Message::Flush { fsync, ack }).is_err() {
             return Err(WriteError::stopped(&self.path));
         }
+        self.flusher.unpark();
         done.recv()
             .unwrap_or_else(|_| Err(WriteError::stopped(&self.path)))
     }
@@ -229,7 +260,9 @@ impl EventWriter {
             return Ok(());
         }
         let (ack, done) = sync_channel(1);
-        let result = match self.sender.send(Message::Close { ack }) {
+        let sent = self.sender.send(Message::Close { ack });
+        self.flusher.unpark();
+        let result = match sent {
             Ok(()) => done
                 .recv()
                 .unwrap_or_else(|_| Err(WriteError::stopped(&self.path))),
@@ -283,32 +316,56 @@ impl Flusher {
         }
     }
 
+    /// Idle, the thread blocks on the queue (one wake-up per batch); once a
+    /// batch has started it sleeps until the batch's deadline and drains the
+    /// queue without blocking on it, so producers never pay for a wake-up.
+    /// Flush and close requests unpark it early.
     fn run(mut self, receiver: Receiver<Message>) {
         loop {
-            let message = match self.deadline {
-                None => receiver.recv().map_err(|_| RecvTimeoutError::Disconnected),
-                Some(deadline) => {
-                    receiver.recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                }
+            let Ok(message) = receiver.recv() else {
+                let _ = self.write_batch(true);
+                return;
             };
-            match message {
-                Ok(Message::Line(line)) => self.add_line(line),
-                Ok(Message::Flush { fsync, ack }) => {
-                    let _ = ack.send(self.write_batch(fsync));
+            if self.handle(message) == Step::Stop {
+                return;
+            }
+            while let Some(deadline) = self.deadline {
+                loop {
+                    match receiver.try_recv() {
+                        Ok(message) => {
+                            if self.handle(message) == Step::Stop {
+                                return;
+                            }
+                        }
+                        Err(TryRecvError::Empty) => break,
+                        Err(TryRecvError::Disconnected) => {
+                            let _ = self.write_batch(true);
+                            return;
+                        }
+                    }
                 }
-                Ok(Message::Close { ack }) => {
-                    let _ = ack.send(self.write_batch(true));
-                    return;
-                }
-                Err(RecvTimeoutError::Timeout) => {
+                let now = Instant::now();
+                if now >= deadline {
                     let _ = self.write_batch(false);
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    let _ = self.write_batch(true);
-                    return;
+                } else if self.deadline.is_some() {
+                    std::thread::park_timeout(deadline - now);
                 }
             }
         }
+    }
+
+    fn handle(&mut self, message: Message) -> Step {
+        match message {
+            Message::Line(line) => self.add_line(line),
+            Message::Flush { fsync, ack } => {
+                let _ = ack.send(self.write_batch(fsync));
+            }
+            Message::Close { ack } => {
+                let _ = ack.send(self.write_batch(true));
+                return Step::Stop;
+            }
+        }
+        Step::Continue
     }
 
     fn add_line(&mut self, line: Vec<u8>) {

@@ -229,15 +229,6 @@ class EventLogger:
         if _min_log_level() <= _INFO:
             logger.info(self._format_event_for_logging(event))
 
-    def _log_fields(self, event_type: EventType, message: str, kwargs: Dict[str, Any]) -> Optional[Event]:
-        """``log_event(Event(...))`` without building the event in Python:
-        Rust makes the ids, the ``Event`` and the line. Returns ``None`` when
-        ``kwargs`` holds a name ``Event()`` would reject."""
-        event = self._sink.log_fields(event_type, message, kwargs, self.job_id, self.events)
-        if event is not None and _min_log_level() <= _INFO:
-            logger.info(self._format_event_for_logging(event))
-        return event
-
     def flush(self, fsync: bool = False) -> None:
         """Write every event logged so far to ``jsonl_file`` (and fsync it).
 
@@ -617,16 +608,19 @@ class EventLoggingMixin:
             logger.warning(f"Event logger is None, cannot log event: {event_type.value}")
             return
 
-        verbose = _min_log_level() <= _DEBUG
+        min_level = _min_log_level()
+        verbose = min_level <= _DEBUG
         if verbose:
             logger.debug(f"Creating event: {event_type.value} - {message}")
             logger.debug(f"Logging event to event logger: {event_type.value}")
+        event = None
         # The fast path builds the Event, its ids and its line in Rust. A
-        # logger whose log_event was replaced (subclass, patch) gets the Event.
-        fast = type(event_logger).log_event is _FAST_LOG_EVENT and "log_event" not in getattr(
-            event_logger, "__dict__", {}
-        )
-        if not (fast and event_logger._log_fields(event_type, message, kwargs) is not None):
+        # logger whose log_event was replaced (subclass, patch) gets an Event.
+        if type(event_logger).log_event is _FAST_LOG_EVENT and "log_event" not in event_logger.__dict__:
+            event = event_logger._sink.log_fields(event_type, message, kwargs, event_logger.job_id, event_logger.events)
+            if event is not None and min_level <= _INFO:
+                logger.info(event_logger._format_event_for_logging(event))
+        if event is None:  # slow path, or a keyword Event() rejects: its TypeError
             self._log_event_object(event_logger, event_type, message, kwargs)
         if verbose:
             logger.debug(f"Successfully logged event: {event_type.value}")
