@@ -634,4 +634,4 @@ def test_a_million_event_log_is_analysed(tmp_path):
     executor.event_logger.jsonl_file = path
     result = executor.analyze_resumption_state("j")
     assert result["total_events"] == 1_010_000
-    assert len(result["partition_states"]) == 5000
+    assert len(result["partition_states"]) == 50  # starts only for ids that are multiples of 100

@@ -391,15 +391,31 @@ impl Analysis {
 /// lines (such as a partial last line left by a killed writer) are skipped;
 /// `NaN`/`Infinity` (which `json.dumps` writes) are read as `null`.
 fn for_each_event(bytes: &[u8], mut visit: impl FnMut(u64, &LineFields<'_>)) {
+    // Validating UTF-8 once for the whole chunk lets serde_json skip it per
+    // string (a sizeable share of the parse); an invalid chunk falls back to
+    // per-line validation, which then drops only the broken lines.
+    let text = std::str::from_utf8(bytes).ok();
+    let mut offset = 0;
     for (line_no, line) in bytes.split(|b| *b == b'\n').enumerate() {
-        let line = line.trim_ascii();
-        if line.first() != Some(&b'{') {
+        let start = offset;
+        offset += line.len() + 1;
+        let trimmed = line.trim_ascii();
+        if trimmed.first() != Some(&b'{') {
             continue;
         }
-        match serde_json::from_slice::<LineFields<'_>>(line) {
+        let parsed = match text {
+            Some(text) => {
+                let lead = line.len() - line.trim_ascii_start().len();
+                serde_json::from_str::<LineFields<'_>>(
+                    &text[start + lead..start + lead + trimmed.len()],
+                )
+            }
+            None => serde_json::from_slice::<LineFields<'_>>(trimmed),
+        };
+        match parsed {
             Ok(fields) => visit(line_no as u64, &fields),
             Err(_) => {
-                if let Some(cleaned) = replace_non_finite(line) {
+                if let Some(cleaned) = replace_non_finite(trimmed) {
                     if let Ok(fields) = serde_json::from_slice::<LineFields<'_>>(&cleaned) {
                         visit(line_no as u64, &fields);
                     }
