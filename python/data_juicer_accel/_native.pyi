@@ -1,5 +1,6 @@
 # Typed stubs of the native module (data_juicer_accel._native).
 from os import PathLike
+from pathlib import Path
 from typing import Any
 
 __version__: str
@@ -39,7 +40,7 @@ class EventSink:
     @property
     def batches_written(self) -> int: ...
     @property
-    def path(self) -> str: ...
+    def path(self) -> Path: ...
 
 def analyze_events_file(path: str | PathLike[str]) -> dict[str, Any]:
     """Fold a JSONL event log into ``total_events``, ``job_status``,
