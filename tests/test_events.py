@@ -635,3 +635,20 @@ def test_a_million_event_log_is_analysed(tmp_path):
     result = executor.analyze_resumption_state("j")
     assert result["total_events"] == 1_010_000
     assert len(result["partition_states"]) == 50  # starts only for ids that are multiples of 100
+
+
+def test_random_floats_parse_back_to_the_same_floats(tmp_path):
+    # Digits follow repr(); where two shortest forms round-trip (rare), Rust
+    # may pick the other one: the parsed float is the same either way.
+    rng = random.Random(7)
+    values = [rng.uniform(-1e6, 1e6) for _ in range(300)]
+    values += [10.0 ** rng.randint(-320, 308) * rng.random() for _ in range(300)]
+    values += [float(rng.randint(-(2**60), 2**60)) for _ in range(100)] + [5e-324, 1e-4, 9.999e15, 1e16]
+    executor = make_executor(accel, str(tmp_path))
+    executor._log_event(accel.EventType.OP_START, "m", metadata={"v": values})
+    executor.event_logger.flush()
+    written = read_lines(executor.event_logger.jsonl_file)[0]["metadata"]["v"]
+    assert all(type(w) is float and w == v for w, v in zip(written, values, strict=True))
+    text = executor.event_logger.jsonl_file.read_text()
+    same_digits = sum(json.dumps(v) in text for v in values)
+    assert same_digits >= len(values) - 5

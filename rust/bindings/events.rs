@@ -565,7 +565,7 @@ fn encode_key(py: Python<'_>, out: &mut Vec<u8>, key: &Bound<'_, PyAny>) -> PyRe
 /// `int.__repr__` (not the subclass's repr: `IntEnum` members are numbers).
 fn encode_int(py: Python<'_>, out: &mut Vec<u8>, int: &Bound<'_, PyInt>) -> PyResult<()> {
     if let Ok(small) = int.extract::<i64>() {
-        out.extend_from_slice(small.to_string().as_bytes());
+        let _ = std::io::Write::write_fmt(out, format_args!("{small}"));
     } else {
         let repr = py
             .get_type::<PyInt>()

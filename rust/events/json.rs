@@ -71,51 +71,92 @@ pub fn write_f64(out: &mut Vec<u8>, value: f64) {
             b"-Infinity"
         });
     } else {
-        out.extend_from_slice(float_repr(value).as_bytes());
+        push_float_repr(out, value);
     }
 }
 
 /// Python's `repr(float)` for a finite value.
 pub fn float_repr(value: f64) -> String {
-    // `{:e}` gives the shortest round-trip digits, e.g. "-1.2345e-7".
-    let sci = format!("{value:e}");
-    let (mantissa, exp) = sci
-        .split_once('e')
-        .expect("LowerExp always has an exponent");
-    let exp: i32 = exp.parse().expect("LowerExp exponent is an integer");
-    let (sign, mantissa) = match mantissa.strip_prefix('-') {
-        Some(rest) => ("-", rest),
-        None => ("", mantissa),
+    let mut out = Vec::with_capacity(24);
+    push_float_repr(&mut out, value);
+    String::from_utf8(out).expect("float digits are ASCII")
+}
+
+/// A fixed buffer for `{:e}` output, so formatting allocates nothing.
+struct StackBuf {
+    bytes: [u8; 40],
+    len: usize,
+}
+
+impl std::fmt::Write for StackBuf {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        if end > self.bytes.len() {
+            return Err(std::fmt::Error);
+        }
+        self.bytes[self.len..end].copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+fn push_float_repr(out: &mut Vec<u8>, value: f64) {
+    // `{:e}` gives the shortest round-trip digits, e.g. "-1.2345e-7"
+    // (at most 17 digits, a sign, a point and "e-324": it fits in 40 bytes).
+    let mut sci = StackBuf {
+        bytes: [0; 40],
+        len: 0,
     };
-    let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
-    let mut out = String::with_capacity(digits.len() + 8);
-    out.push_str(sign);
+    write!(sci, "{value:e}").expect("a float's {:e} form fits in 40 bytes");
+    let sci = &sci.bytes[..sci.len];
+    let e_at = sci
+        .iter()
+        .position(|b| *b == b'e')
+        .expect("LowerExp always has an exponent");
+    let exp: i32 = std::str::from_utf8(&sci[e_at + 1..])
+        .ok()
+        .and_then(|e| e.parse().ok())
+        .unwrap_or(0);
+    let mut mantissa = &sci[..e_at];
+    if let Some(rest) = mantissa.strip_prefix(b"-") {
+        out.push(b'-');
+        mantissa = rest;
+    }
+    let mut digits = [0u8; 24];
+    let mut n = 0;
+    for &b in mantissa.iter().filter(|b| **b != b'.') {
+        digits[n] = b;
+        n += 1;
+    }
+    let digits = &digits[..n];
     if (-4..16).contains(&exp) {
         if exp < 0 {
-            out.push_str("0.");
-            out.extend(std::iter::repeat_n('0', (-exp - 1) as usize));
-            out.push_str(&digits);
+            out.extend_from_slice(b"0.");
+            out.extend(std::iter::repeat_n(b'0', (-exp - 1) as usize));
+            out.extend_from_slice(digits);
         } else {
             let int_len = exp as usize + 1;
             if digits.len() <= int_len {
-                out.push_str(&digits);
-                out.extend(std::iter::repeat_n('0', int_len - digits.len()));
-                out.push_str(".0");
+                out.extend_from_slice(digits);
+                out.extend(std::iter::repeat_n(b'0', int_len - digits.len()));
+                out.extend_from_slice(b".0");
             } else {
-                out.push_str(&digits[..int_len]);
-                out.push('.');
-                out.push_str(&digits[int_len..]);
+                out.extend_from_slice(&digits[..int_len]);
+                out.push(b'.');
+                out.extend_from_slice(&digits[int_len..]);
             }
         }
     } else {
-        out.push_str(&digits[..1]);
+        out.push(digits[0]);
         if digits.len() > 1 {
-            out.push('.');
-            out.push_str(&digits[1..]);
+            out.push(b'.');
+            out.extend_from_slice(&digits[1..]);
         }
-        let _ = write!(out, "e{}{:02}", if exp < 0 { '-' } else { '+' }, exp.abs());
+        let _ = std::io::Write::write_fmt(
+            out,
+            format_args!("e{}{:02}", if exp < 0 { '-' } else { '+' }, exp.abs()),
+        );
     }
-    out
 }
 
 #[cfg(test)]
