@@ -652,3 +652,31 @@ def test_random_floats_parse_back_to_the_same_floats(tmp_path):
     text = executor.event_logger.jsonl_file.read_text()
     same_digits = sum(json.dumps(v) in text for v in values)
     assert same_digits >= len(values) - 5
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_processes_appending_to_one_file_never_split_a_line(tmp_path):
+    executor = make_executor(accel, str(tmp_path), flush_interval=0.01)
+    executor.log_partition_start(0, {})
+    executor.event_logger.flush()
+    children = []
+    for child in range(4):
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                for i in range(200):  # lines far over PIPE_BUF, several per batch
+                    executor._log_event(accel.EventType.OP_START, str(child) * 20_000, operation_idx=i)
+                executor.event_logger.flush()
+            except BaseException:
+                code = 1
+            os._exit(code)
+        children.append(pid)
+    for pid in children:
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    lines = read_lines(executor.event_logger.jsonl_file)  # raises on a torn line
+    by_child = {}
+    for line in lines[1:]:
+        by_child.setdefault(line["message"][0], []).append(line["operation_idx"])
+    assert by_child == {str(c): list(range(200)) for c in range(4)}

@@ -72,7 +72,9 @@ pub fn raw_truthy(text: &str) -> bool {
         Some(b'n') | Some(b'f') => false, // null, false
         Some(b't') => true,
         Some(b'"') => text.len() > 2,
-        Some(b'[') | Some(b'{') => !text[1..text.len() - 1].trim().is_empty(),
+        Some(b'[') | Some(b'{') => text
+            .get(1..text.len() - 1)
+            .is_some_and(|inner| !inner.trim().is_empty()),
         Some(_) => text.parse::<f64>().map(|v| v != 0.0).unwrap_or(true),
     }
 }
