@@ -100,7 +100,9 @@ def main():
             for threads in (1, 4):
                 rates = {}
                 for label, module in (("reference", reference), ("accel", accel)):
-                    executor = make_executor(module.EventLoggingMixin, os.path.join(work_dir, f"{label}_{name}_{threads}"))
+                    executor = make_executor(
+                        module.EventLoggingMixin, os.path.join(work_dir, f"{label}_{name}_{threads}")
+                    )
                     executor.EventType = module.EventType
                     n = args.events if label == "accel" else max(args.events // 10, 1000)
                     rates[label] = run(executor, n, threads, call)
@@ -110,8 +112,10 @@ def main():
                 )
         if args.analysis_events:
             ours, ref = analysis_bench(reference, accel, args.analysis_events, work_dir)
-            print(f"analyze_resumption_state, {args.analysis_events:,} events: reference {ref:.2f}s, "
-                  f"accel {ours:.3f}s, x{ref / ours:.0f}")
+            print(
+                f"analyze_resumption_state, {args.analysis_events:,} events: reference {ref:.2f}s, "
+                f"accel {ours:.3f}s, x{ref / ours:.0f}"
+            )
 
 
 if __name__ == "__main__":
