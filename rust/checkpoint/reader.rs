@@ -22,7 +22,7 @@ use arrow_ipc::reader::{read_record_batch, StreamReader};
 use arrow_ipc::{root_as_message, MessageHeader, MetadataVersion};
 use arrow_schema::{Schema, SchemaRef};
 
-use super::error::{CheckpointError, IoContext, Result};
+use super::error::{panic_message, CheckpointError, IoContext, Result};
 use super::manifest::{checksum_hex, FileEntry, Manifest};
 
 #[derive(Debug, Clone)]
@@ -409,23 +409,39 @@ fn decode_message(
         .data
         .slice_with_length(message.body.start, message.body.len());
     let no_dictionaries: HashMap<i64, ArrayRef> = HashMap::new();
-    read_record_batch(
-        &body,
-        batch,
-        schema.clone(),
-        &no_dictionaries,
-        None,
-        &shard.version,
-    )
-    .map_err(|e| CheckpointError::arrow_corrupt(path, e))
+    decoding_arrow(path, || {
+        read_record_batch(
+            &body,
+            batch,
+            schema.clone(),
+            &no_dictionaries,
+            None,
+            &shard.version,
+        )
+    })
 }
 
 fn decode_with_stream_reader(path: &Path, shard: &ShardMessages) -> Result<Vec<RecordBatch>> {
-    let reader = StreamReader::try_new(Cursor::new(shard.data.as_slice()), None)
-        .map_err(|e| CheckpointError::arrow_corrupt(path, e))?;
-    reader
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| CheckpointError::arrow_corrupt(path, e))
+    decoding_arrow(path, || {
+        StreamReader::try_new(Cursor::new(shard.data.as_slice()), None)?.collect()
+    })
+}
+
+/// Runs an arrow decoder on checkpoint bytes. arrow-rs asserts on some
+/// malformed input (a misaligned buffer, found by fuzzing) instead of
+/// returning an error: for us that is a damaged file, so both become
+/// `Corrupt` naming it, never a crash or an "internal error".
+fn decoding_arrow<T>(
+    path: &Path,
+    decode: impl FnOnce() -> std::result::Result<T, arrow_schema::ArrowError>,
+) -> Result<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode)) {
+        Ok(decoded) => decoded.map_err(|e| CheckpointError::arrow_corrupt(path, e)),
+        Err(panic) => Err(CheckpointError::corrupt(
+            path,
+            format!("arrow could not decode it: {}", panic_message(&panic)),
+        )),
+    }
 }
 
 /// Runs `f(0..n)` on up to `threads` threads; results in index order. A
