@@ -450,24 +450,32 @@ def test_a_small_queue_blocks_producers_and_loses_nothing(tmp_path):
 # 3/4. Threads and processes
 
 
-def test_eight_threads_keep_every_event_in_order(tmp_path):
+def assert_threads_keep_every_event_in_order(tmp_path, threads: int, per_thread: int):
+    """`threads` threads log `per_thread` events each; all must be on disk,
+    each thread's in the order it logged them."""
     executor = make_executor(accel, str(tmp_path))
-    per_thread = 10_000
 
     def work(t):
         for i in range(per_thread):
             executor._log_event(accel.EventType.OP_START, "m", partition_id=t, operation_idx=i)
 
-    threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
     executor.event_logger.flush()
-    seen = {t: [] for t in range(8)}
-    for line in read_lines(executor.event_logger.jsonl_file):
-        seen[line["partition_id"]].append(line["operation_idx"])
-    assert all(seen[t] == list(range(per_thread)) for t in range(8))
+    seen = {t: [] for t in range(threads)}
+    with open(executor.event_logger.jsonl_file) as f:
+        for line in f:
+            event = json.loads(line)
+            seen[event["partition_id"]].append(event["operation_idx"])
+    for t in range(threads):
+        assert seen[t] == list(range(per_thread)), f"thread {t}"
+
+
+def test_eight_threads_keep_every_event_in_order(tmp_path):
+    assert_threads_keep_every_event_in_order(tmp_path, threads=8, per_thread=10_000)
 
 
 CHILD_SCRIPT = """

@@ -8,37 +8,17 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 
 import pytest
 
 import data_juicer_accel.core.executor.event_logging_mixin as accel
 from tests.test_ckpt_crash import tiny_fs  # noqa: F401 - fixture
-from tests.test_events import make_executor, read_lines
+from tests.test_events import assert_threads_keep_every_event_in_order, make_executor, read_lines
 
 
 def test_eight_threads_of_100k_events_lose_nothing_and_keep_order(tmp_path):
-    executor = make_executor(accel, str(tmp_path))
-    per_thread = 100_000
-
-    def work(t):
-        for i in range(per_thread):
-            executor._log_event(accel.EventType.OP_COMPLETE, "m", partition_id=t, operation_idx=i)
-
-    threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    executor.event_logger.flush()
-    seen: dict[int, list[int]] = {t: [] for t in range(8)}
-    with open(executor.event_logger.jsonl_file) as f:
-        for line in f:
-            event = json.loads(line)
-            seen[event["partition_id"]].append(event["operation_idx"])
-    for t in range(8):
-        assert seen[t] == list(range(per_thread)), f"thread {t}"
+    assert_threads_keep_every_event_in_order(tmp_path, threads=8, per_thread=100_000)
 
 
 BATCHES = textwrap.dedent(
