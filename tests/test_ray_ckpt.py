@@ -109,6 +109,15 @@ def test_load_reads_on_the_workers(tmp_path):
     assert pids and os.getpid() not in pids
 
 
+def test_relative_checkpoint_dir(tmp_path, monkeypatch):
+    """Ray workers run elsewhere than the driver's working directory."""
+    monkeypatch.chdir(tmp_path)
+    m = RayCheckpointManager("ckpt")
+    assert m.save_checkpoint(numbered(200, 2), 0) == os.path.join("ckpt", "checkpoint_op_0000_partition_0000.accel")
+    assert m.find_latest_checkpoint(0)[2] == os.path.join("ckpt", "checkpoint_op_0000_partition_0000.accel")
+    assert m.load_checkpoint(0).count() == 200
+
+
 def test_empty_dataset_keeps_its_schema(tmp_path):
     m = RayCheckpointManager(str(tmp_path))
     ds = ray.data.from_arrow(text_table(10).slice(0, 0))

@@ -78,7 +78,14 @@ def run_ray_bench(size_mb: int, rounds: int) -> list[dict]:
 
     started = not ray.is_initialized()
     if started:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        ray.init(
+            address="local",
+            num_cpus=2,
+            include_dashboard=False,
+            object_store_memory=max(512, 8 * size_mb) << 20,
+            log_to_driver=False,
+            configure_logging=False,
+        )
     ray.data.DataContext.get_current().enable_progress_bars = False
     try:
         table = make_table(size_mb)

@@ -32,6 +32,7 @@ Ray is imported lazily: this module imports without it.
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 import os
 import re
@@ -158,6 +159,7 @@ def _commit(staging: str, final: str, entries: list[dict[str, Any]], level: int)
 # ---------------------------------------------------------------- Ray Data glue
 
 
+@functools.cache
 def _datasink_class():
     from ray.data import Datasink
     from ray.data.block import BlockAccessor
@@ -413,18 +415,19 @@ class RayCheckpointManager(CheckpointManagerBase):
         checkpoint_filename = self.resolve_checkpoint_filename(op_idx, partition_id)
         checkpoint_path = os.path.join(self.ckpt_dir, checkpoint_filename)
         os.makedirs(self.ckpt_dir, exist_ok=True)
+        ckpt_dir = os.path.abspath(self.ckpt_dir)  # Ray workers do not run in our working directory
 
         # Extract ray.data.Dataset if it's wrapped in RayDataset
         ray_data = dataset.data if hasattr(dataset, "data") else dataset
 
         # What an earlier driver of this same checkpoint left when it died.
         staging_prefix = f".{checkpoint_filename}.staging-"
-        for name in os.listdir(self.ckpt_dir):
+        for name in os.listdir(ckpt_dir):
             if name.startswith(staging_prefix):
-                shutil.rmtree(os.path.join(self.ckpt_dir, name), ignore_errors=True)
-        staging = os.path.join(self.ckpt_dir, f"{staging_prefix}{uuid.uuid4().hex}")
+                shutil.rmtree(os.path.join(ckpt_dir, name), ignore_errors=True)
+        staging = os.path.join(ckpt_dir, f"{staging_prefix}{uuid.uuid4().hex}")
         os.makedirs(staging)
-        sink = _datasink_class()(staging, checkpoint_path, self.zstd_level)
+        sink = _datasink_class()(staging, os.path.join(ckpt_dir, checkpoint_filename), self.zstd_level)
         try:
             ray_data.write_datasink(sink, ray_remote_args=dict(self.write_ray_remote_args or {}))
         finally:
@@ -481,7 +484,8 @@ class RayCheckpointManager(CheckpointManagerBase):
             if manifest is not None:
                 if manifest.get("kind") != RAY_KIND:
                     raise _native.CheckpointCorruptError(f"{accel_path}: kind {manifest.get('kind')!r} is not 'ray'")
-                ray_dataset = ray.data.read_datasource(_datasource(accel_path, manifest, self.verify_on_load))
+                source = _datasource(os.path.abspath(accel_path), manifest, self.verify_on_load)
+                ray_dataset = ray.data.read_datasource(source)
             else:
                 ray_dataset = ray.data.read_parquet(parquet_path)
 
