@@ -8,7 +8,9 @@ from __future__ import annotations
 import glob
 import os
 import signal
+import sys
 import time
+import types
 
 import pyarrow as pa
 import pytest
@@ -18,7 +20,7 @@ pytest.importorskip("ray.data", reason="ray[data] is not installed (pip install 
 
 from data_juicer_accel import _native  # noqa: E402
 from data_juicer_accel.utils.ckpt_utils import CheckpointStrategy, RayCheckpointManager  # noqa: E402
-from tests.conftest import HAS_REFERENCE, requires_reference, text_table  # noqa: E402
+from tests.conftest import requires_reference, text_table  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -270,11 +272,30 @@ def test_reference_checkpoints_are_found_and_loaded(tmp_path):
     assert m.find_latest_checkpoint(0) == (3, "op_0003", ours)
 
 
+def reference_event_module(monkeypatch):
+    """The reference's ``event_logging_mixin`` loaded from its file and put in
+    ``sys.modules``, so that the reference's ``from
+    data_juicer.core.executor.event_logging_mixin import EventType`` finds it
+    without importing the ``data_juicer.core.executor`` package (whose lazy
+    loader may pip-install packages)."""
+    import importlib.util
+
+    import data_juicer
+
+    path = os.path.join(os.path.dirname(data_juicer.__file__), "core", "executor", "event_logging_mixin.py")
+    name = "data_juicer.core.executor.event_logging_mixin"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setitem(sys.modules, name, module)
+    return module
+
+
 @requires_reference
-def test_log_event_calls_match_the_reference(tmp_path):
-    import data_juicer.core.executor.event_logging_mixin as ref_events
+def test_log_event_calls_match_the_reference(tmp_path, monkeypatch):
     from data_juicer.utils.ckpt_utils import RayCheckpointManager as Ref
 
+    ref_events = reference_event_module(monkeypatch)
     ds = numbered(200, 2)
     ref_log, our_log = RecordingLogger(), RecordingLogger()
     ref = Ref(str(tmp_path / "ref"), event_logger=ref_log)
@@ -301,15 +322,27 @@ def test_log_event_calls_match_the_reference(tmp_path):
     )
     # The reference's executor is loaded: the event type is its own enum.
     assert all(isinstance(c["event_type"], ref_events.EventType) for c in our_log.calls)
+    assert "data_juicer.core.executor" not in sys.modules, "the executor package (lazy installers) was imported"
 
 
-@pytest.mark.skipif(not HAS_REFERENCE, reason="py-data-juicer 1.6.1 not installed")
-def test_load_with_cfg_returns_a_data_juicer_ray_dataset(tmp_path):
-    from data_juicer.core.data.ray_dataset import RayDataset
-    from jsonargparse import Namespace
+def test_load_with_cfg_wraps_in_data_juicers_ray_dataset(tmp_path, monkeypatch):
+    """With ``cfg``, the result is ``RayDataset(ray_dataset, cfg=cfg)`` as in the
+    reference. ``RayDataset`` is a recording stand-in: importing the real one
+    imports ``data_juicer.core``, whose executors may pip-install packages."""
+    made = []
 
+    class RayDataset:
+        def __init__(self, dataset, cfg=None):
+            made.append((dataset, cfg))
+            self.data = dataset
+
+    stub = types.ModuleType("data_juicer.core.data.ray_dataset")
+    stub.RayDataset = RayDataset
+    monkeypatch.setitem(sys.modules, "data_juicer.core.data.ray_dataset", stub)
+    cfg = object()
     m = RayCheckpointManager(str(tmp_path))
-    m.save_checkpoint(Wrapped(numbered(100, 2)), 0, "a", 0, cfg=Namespace())
-    loaded = m.load_checkpoint(0, "a", 0, cfg=Namespace())
+    m.save_checkpoint(Wrapped(numbered(100, 2)), 0, "a", 0, cfg=cfg)
+    loaded = m.load_checkpoint(0, "a", 0, cfg=cfg)
     assert isinstance(loaded, RayDataset)
+    assert made == [(loaded.data, cfg)] and isinstance(loaded.data, ray.data.Dataset)
     assert loaded.data.count() == 100
