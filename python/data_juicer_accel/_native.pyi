@@ -70,6 +70,28 @@ def read_checkpoint(path: str | Any, *, verify: bool = True, threads: int | None
 def read_manifest(path: str | Any) -> str | None:
     """The validated manifest of the checkpoint in ``path`` as JSON text, or None."""
 
+# ------------------------------------------------------------------ Ray shard files
+
+def write_shard_files(
+    dir: str | Any,
+    data: ArrowStreamExportable,
+    *,
+    prefix: str,
+    compression: str = "zstd",
+    level: int = 1,
+    threads: int = 1,
+    chunk_bytes: int = 8388608,
+    max_shard_bytes: int = 524288000,
+) -> list[dict[str, Any]]:
+    """Writes ``data`` as ``{prefix}-data-NNNNN-of-NNNNN.arrow`` shards into the existing ``dir``
+    (fsynced, GIL released; no lock, manifest or commit). Returns one manifest entry per shard:
+    ``file``, ``bytes``, ``xxh3_64``, ``rows``, ``raw_bytes``."""
+
+def read_shard_file(
+    path: str | Any, *, bytes: int, xxh3_64: str, rows: int | None = None, verify: bool = True
+) -> LoadedCheckpoint:
+    """Reads one shard file verified against its manifest entry; ``manifest`` is that entry as JSON."""
+
 # ------------------------------------------------------------------ events
 
 @final

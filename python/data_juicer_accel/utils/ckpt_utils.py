@@ -29,6 +29,7 @@ __all__ = [
     "CheckpointManager",
     "CheckpointStrategy",
     "DEFAULT_ZSTD_LEVEL",
+    "RayCheckpointManager",
 ]
 
 #: zstd level of the shards. Level 1 compresses text ~5.7x at ~0.5 GB/s per
@@ -501,3 +502,6 @@ def _load_foreign_checkpoint(path: str):
             f"{path} holds a checkpoint written by the original Data-Juicer; loading it needs `datasets`"
         ) from e
     return datasets.load_from_disk(path)
+
+
+from data_juicer_accel.utils.ray_ckpt import RayCheckpointManager  # noqa: E402  (Ray imported lazily)
