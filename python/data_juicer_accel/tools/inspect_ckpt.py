@@ -174,6 +174,7 @@ def _describe_ours(latest: str, manifest: dict[str, Any], report: dict[str, Any]
         compression_ratio=(raw / total) if total else None,
     )
     # Cheap damage check: every listed file is there with its recorded size.
+    resized = 0
     for entry in [*shards, *manifest.get("files", [])]:
         path = os.path.join(latest, entry["file"])
         try:
@@ -182,7 +183,23 @@ def _describe_ours(latest: str, manifest: dict[str, Any], report: dict[str, Any]
             report["problems"].append(f"{path}: missing")
             continue
         if "bytes" in entry and size != entry["bytes"]:
+            resized += 1
             report["problems"].append(f"{path}: {size} bytes, manifest says {entry['bytes']}")
+    if resized and _datasets_loadable(latest):
+        report["problems"].append(
+            "the files were rewritten after data-juicer-accel wrote this manifest, apparently by datasets "
+            "save_to_disk (unpatched Data-Juicer saving over this checkpoint leaves the manifest behind, stale)"
+        )
+
+
+def _datasets_loadable(latest: str) -> bool:
+    """Whether ``state.json`` names data files that are all there."""
+    try:
+        with open(os.path.join(latest, _STATE_FILE)) as f:
+            names = [d["filename"] for d in json.load(f)["_data_files"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return bool(names) and all(os.path.exists(os.path.join(latest, n)) for n in names)
 
 
 def _describe_foreign(latest: str, report: dict[str, Any]) -> None:
