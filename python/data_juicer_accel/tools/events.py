@@ -278,7 +278,15 @@ def _print_report(r: dict[str, Any]) -> None:
     print("\n".join("  " + line for line in key_values(plan_rows).splitlines()))
     metrics = res.get("progress_metrics") or {}
     if metrics:
-        print("  progress: " + ", ".join(f"{k}={v}" for k, v in metrics.items()))
+        pct = metrics.get("progress_percentage")
+        elapsed = metrics.get("elapsed_time_seconds")
+        print(
+            f"  progress:               {metrics.get('completed_partitions', 0)}/{metrics.get('total_partitions', 0)}"
+            f" partitions completed, {metrics.get('failed_partitions', 0)} failed,"
+            f" {metrics.get('running_partitions', 0)} running"
+            + (f" ({pct:.1f}%)" if isinstance(pct, (int, float)) else "")
+            + (f", {elapsed:.1f}s since job start" if isinstance(elapsed, (int, float)) else "")
+        )
 
     states = res.get("partition_states") or {}
     print(f"\nPartitions ({len(states)}):")
