@@ -253,6 +253,11 @@ def _print_report(r: dict[str, Any]) -> None:
         ("events file", r["events_file"]),
         ("runs", len(r["runs"])),
     ]
+    last = r["runs"][-1] if r["runs"] else None
+    if last is not None and last["ended"] is None:
+        head.append(
+            ("latest run", f"no job_complete/job_failed yet: still running, or it died (last: {last['last_event']})")
+        )
     if summary.get("resumption_command"):
         head.append(("resume with", summary["resumption_command"]))
     print(key_values(head))

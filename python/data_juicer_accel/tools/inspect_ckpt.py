@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from typing import Any
 
 from data_juicer_accel.tools._format import error, human_bytes, key_values, print_json, table
@@ -277,17 +278,20 @@ def _config_plan(ckpt_dir: str, config: str, job_id: str | None) -> dict[str, An
     from data_juicer_accel.utils.ckpt_utils import CheckpointManager
 
     job_id = job_id or os.path.basename(os.path.dirname(ckpt_dir))
-    process_list = _load_process_list(config, job_id)
-
+    # This runs in the CLI's own process: Data-Juicer's config loading and the
+    # manager's "Skip op" lines would bury the report, so stderr gets errors
+    # only, and the manager's warnings (why a checkpoint is not usable) are kept.
     messages: list[str] = []
-    sink = logger.add(lambda m: messages.append(m.record["message"]), level="WARNING", format="{message}")
-    logger.disable("data_juicer_accel")  # no "Skip op" lines on stderr; warnings still reach the sink
-    logger.enable("data_juicer_accel.utils.ckpt_utils")
-    try:
-        manager = CheckpointManager(ckpt_dir, process_list)
-    finally:
-        logger.remove(sink)
-        logger.enable("data_juicer_accel")
+    logger.remove()
+    logger.add(sys.stderr, level="ERROR")
+    logger.add(
+        lambda m: messages.append(m.record["message"]),
+        level="WARNING",
+        format="{message}",
+        filter="data_juicer_accel",
+    )
+    process_list = _load_process_list(config, job_id)
+    manager = CheckpointManager(ckpt_dir, process_list)
     names = [next(iter(op)) for op in process_list]
     skipped = len(manager.op_record) if manager.ckpt_available else 0
     return {
