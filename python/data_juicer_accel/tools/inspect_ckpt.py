@@ -281,8 +281,11 @@ def _config_plan(ckpt_dir: str, config: str, job_id: str | None) -> dict[str, An
     # This runs in the CLI's own process: Data-Juicer's config loading and the
     # manager's "Skip op" lines would bury the report, so stderr gets errors
     # only, and the manager's warnings (why a checkpoint is not usable) are kept.
-    messages: list[str] = []
     logger.remove()
+    logger.add(sys.stderr, level="ERROR")
+    process_list = _load_process_list(config, job_id)
+    messages: list[str] = []
+    logger.remove()  # again: Data-Juicer may have set up its own handlers meanwhile
     logger.add(sys.stderr, level="ERROR")
     logger.add(
         lambda m: messages.append(m.record["message"]),
@@ -290,7 +293,6 @@ def _config_plan(ckpt_dir: str, config: str, job_id: str | None) -> dict[str, An
         format="{message}",
         filter="data_juicer_accel",
     )
-    process_list = _load_process_list(config, job_id)
     manager = CheckpointManager(ckpt_dir, process_list)
     names = [next(iter(op)) for op in process_list]
     skipped = len(manager.op_record) if manager.ckpt_available else 0
