@@ -281,6 +281,8 @@ def _config_plan(ckpt_dir: str, config: str, job_id: str | None) -> dict[str, An
     # This runs in the CLI's own process: Data-Juicer's config loading and the
     # manager's "Skip op" lines would bury the report, so stderr gets errors
     # only, and the manager's warnings (why a checkpoint is not usable) are kept.
+    import data_juicer.config  # noqa: F401  (importing Data-Juicer sets up its own log handlers)
+
     logger.remove()
     logger.add(sys.stderr, level="ERROR")
     process_list = _load_process_list(config, job_id)
