@@ -8,6 +8,7 @@ Change one word in an import::
 
 from data_juicer_accel._native import CheckpointCorruptError, CheckpointLockedError, __version__
 from data_juicer_accel.core.executor.event_logging_mixin import Event, EventLogger, EventLoggingMixin, EventType
+from data_juicer_accel.patch import patch_data_juicer
 from data_juicer_accel.utils.ckpt_utils import CheckpointManager, CheckpointManagerBase, CheckpointStrategy
 
 __all__ = [
@@ -21,4 +22,5 @@ __all__ = [
     "Event",
     "EventLogger",
     "EventLoggingMixin",
+    "patch_data_juicer",
 ]

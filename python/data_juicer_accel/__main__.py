@@ -1,0 +1,5 @@
+import sys
+
+from data_juicer_accel.cli import main
+
+sys.exit(main())

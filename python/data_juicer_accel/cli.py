@@ -1,0 +1,46 @@
+"""``data-juicer-accel`` command line: one subcommand per module.
+
+Each module in ``SUBCOMMANDS`` exposes ``NAME``, ``add_parser(subparsers)``
+and ``run(args) -> int``. A module with ``PASSTHROUGH = True`` receives the
+rest of the command line unparsed, as ``args.argv`` (``dj-process`` hands it
+to Data-Juicer's own parser).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from data_juicer_accel import __version__
+from data_juicer_accel.tools import dj_process, events, inspect_ckpt
+
+SUBCOMMANDS = [inspect_ckpt, events, dj_process]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="data-juicer-accel",
+        description="Rust-accelerated checkpoints and job events for Data-Juicer.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in SUBCOMMANDS:
+        module.add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    for module in SUBCOMMANDS:
+        if getattr(module, "PASSTHROUGH", False) and argv[:1] == [module.NAME]:
+            return module.run(argparse.Namespace(command=module.NAME, argv=argv[1:]))
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
