@@ -357,11 +357,6 @@ def test_our_checkpoint_resumes_under_unpatched_data_juicer(e2e):
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug (reported): save_to_disk leaves our accel_manifest.json in latest/, now stale, so the "
-    "drop-in refuses the reference's valid checkpoint as corrupt instead of loading it as a foreign one",
-)
 def test_checkpoint_rewritten_by_unpatched_data_juicer_loads_under_the_patch_again(e2e):
     from data_juicer_accel.utils.ckpt_utils import CheckpointManager
 

@@ -69,9 +69,11 @@ def test_patch_reaches_executors_imported_before_it():
         assert ref_ckpt.CheckpointManager is accel.CheckpointManager
         from data_juicer.utils.ckpt_utils import CheckpointManager
         assert CheckpointManager is accel.CheckpointManager
-        # no RayCheckpointManager in this package yet: the reference one stays, with its strategy enum
-        assert not hasattr(accel, "RayCheckpointManager")
-        assert prex.RayCheckpointManager is RefRay and ref_ckpt.RayCheckpointManager is RefRay
+        # the Ray manager too, with the strategy enum it is configured with
+        from data_juicer_accel.utils import ckpt_utils as accel_ckpt
+        assert prex.RayCheckpointManager is accel_ckpt.RayCheckpointManager is ref_ckpt.RayCheckpointManager
+        assert prex.CheckpointStrategy is accel_ckpt.CheckpointStrategy
+        assert RefRay is not accel_ckpt.RayCheckpointManager
 
         # classes already derived from the reference classes
         for cls in (de.DefaultExecutor, rex.RayExecutor, prex.PartitionedRayExecutor, UserExecutor):

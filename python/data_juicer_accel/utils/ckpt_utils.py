@@ -311,7 +311,16 @@ class CheckpointManager(CheckpointManagerBase):
         :param kwargs: Additional arguments (not used, kept for interface compatibility)
         :return: a dataset stored in checkpoint file.
         """
-        loaded = _native.read_checkpoint(self.ckpt_ds_dir, verify=self.verify_on_load)
+        try:
+            loaded = _native.read_checkpoint(self.ckpt_ds_dir, verify=self.verify_on_load)
+        except _native.CheckpointCorruptError as damage:
+            if not _rewritten_by_another_writer(self.ckpt_ds_dir):
+                raise
+            logger.warning(
+                f"{self.ckpt_ds_dir} was saved again by another writer (e.g. the original Data-Juicer) after "
+                f"data-juicer-accel saved it, so its manifest is stale ({damage}); loading it through datasets."
+            )
+            loaded = None
         if loaded is None:
             return _load_foreign_checkpoint(self.ckpt_ds_dir)
         kind = json.loads(loaded.manifest)["kind"]
@@ -486,6 +495,24 @@ def _to_hf_dataset(table: pa.Table, loaded: Any, nested: bool):
     )
     nested_cls = _nested_dataset_class() if nested else None
     return nested_cls(ds) if nested_cls is not None else ds
+
+
+def _rewritten_by_another_writer(path: str) -> bool:
+    """Whether ``datasets.save_to_disk`` rewrote our ``latest/`` in place.
+
+    Our commit writes the shards, then the metadata, then the manifest: all
+    older than the manifest. ``save_to_disk`` rewrites ``state.json`` and every
+    data file it lists, so all of them are newer. Damage to single files (a
+    flipped byte, a truncation) never makes that pattern, and keeps raising.
+    """
+    try:
+        manifest_time = os.stat(os.path.join(path, _native.MANIFEST_FILE)).st_mtime_ns
+        with open(os.path.join(path, _STATE_FILE)) as f:
+            listed = [entry["filename"] for entry in json.load(f)["_data_files"]]
+        newer = [os.stat(os.path.join(path, name)).st_mtime_ns > manifest_time for name in [_STATE_FILE, *listed]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return bool(listed) and all(newer)
 
 
 def _load_foreign_checkpoint(path: str):
