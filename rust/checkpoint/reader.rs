@@ -494,3 +494,38 @@ where
     results.sort_unstable_by_key(|(i, _)| *i);
     Ok(results.into_iter().map(|(_, v)| v).collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A shard whose first compressed buffer claims to inflate to 1 TiB.
+    fn bomb() -> Vec<u8> {
+        let mut bytes = include_bytes!("../../fuzz/seeds/shard/zstd_text.arrow").to_vec();
+        let shard = split_messages(Path::new("seed"), Buffer::from_vec(bytes.clone())).unwrap();
+        let message = &shard.batches[0];
+        let header = root_as_message(&bytes[message.header.clone()]).unwrap();
+        let batch = header.header_as_record_batch().unwrap();
+        assert!(
+            batch.compression().is_some(),
+            "the seed must be zstd-compressed"
+        );
+        let buffer = batch
+            .buffers()
+            .unwrap()
+            .iter()
+            .find(|b| b.length() >= 8)
+            .unwrap();
+        let at = message.body.start + buffer.offset() as usize;
+        bytes[at..at + 8].copy_from_slice(&(1i64 << 40).to_le_bytes());
+        bytes
+    }
+
+    #[test]
+    fn a_decompression_bomb_is_refused_before_allocating() {
+        let err =
+            decode_shard_bytes(Path::new("bomb.arrow"), bomb(), physical_memory()).unwrap_err();
+        assert!(matches!(err, CheckpointError::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains("refusing to allocate"), "{err}");
+    }
+}
