@@ -11,6 +11,7 @@ import os
 import sys
 
 import pytest
+
 from data_juicer_accel.bench import checkpoints as ck
 from data_juicer_accel.bench.corpus import default_corpus, parse_size
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
+
 from data_juicer_accel.bench import events as ev
 
 IMPLS = ev.implementations()

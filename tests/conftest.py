@@ -11,7 +11,9 @@ import pytest
 from loguru import logger
 
 HAS_REFERENCE = importlib.util.find_spec("data_juicer") is not None
-requires_reference = pytest.mark.skipif(not HAS_REFERENCE, reason="py-data-juicer 1.6.1 not installed (pip install --no-deps py-data-juicer==1.6.1)")
+requires_reference = pytest.mark.skipif(
+    not HAS_REFERENCE, reason="py-data-juicer 1.6.1 not installed (pip install --no-deps py-data-juicer==1.6.1)"
+)
 
 
 def text_table(rows: int = 2000, seed: int = 0) -> pa.Table:

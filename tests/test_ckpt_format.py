@@ -62,9 +62,7 @@ def test_polars_dataframe_via_arrow_c_stream(tmp_path, table):
 
 
 def test_hf_dataset_round_trip_keeps_features(tmp_path):
-    features = datasets.Features(
-        {"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["neg", "pos"])}
-    )
+    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["neg", "pos"])})
     ds = datasets.Dataset.from_dict({"text": ["x", "y", "z"], "label": [0, 1, 1]}, features=features)
     m = manager(tmp_path)
     m.save_ckpt(ds)
@@ -222,3 +220,21 @@ def test_no_copy_of_the_table_in_pyarrow_memory(tmp_path):
     m.save_ckpt(table)
     # Rust reads the table's own buffers: pyarrow allocates nothing of its size.
     assert pa.total_allocated_bytes() - before < table.nbytes // 10
+
+
+@requires_reference
+def test_checkpoint_rewritten_in_place_by_the_reference_loads_with_a_warning(tmp_path, log_messages):
+    from data_juicer.utils.ckpt_utils import CheckpointManager as Reference
+
+    ours = manager(tmp_path)
+    ours.record(OPS[0])
+    ours.save_ckpt(datasets.Dataset.from_dict({"x": [1, 2, 3]}))
+    ref = Reference(str(tmp_path), OPS + [{"b_mapper": {}}])
+    assert ref.ckpt_available
+    ref.record({"b_mapper": {}})
+    ref.save_ckpt(ref.load_ckpt().map(lambda r: {"x": r["x"] * 10}, keep_in_memory=True))
+    # Our manifest is still there, stale; the directory is a valid reference checkpoint.
+    again = CheckpointManager(str(tmp_path), OPS + [{"b_mapper": {}}, {"c_mapper": {}}])
+    assert again.ckpt_available and again.get_left_process_list() == [{"c_mapper": {}}]
+    assert again.load_ckpt()["x"] == [10, 20, 30]
+    assert any(level == "WARNING" and "saved again by another writer" in msg for level, msg in log_messages)

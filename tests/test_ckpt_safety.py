@@ -153,7 +153,9 @@ def test_truncated_shard_names_file_and_size(tmp_path, table):
     size = os.path.getsize(shard)
     os.truncate(shard, size // 2)
     for verify in (True, False):
-        with pytest.raises(CheckpointCorruptError, match=rf"{shard}: file is {size // 2} bytes, the manifest says {size}"):
+        with pytest.raises(
+            CheckpointCorruptError, match=rf"{shard}: file is {size // 2} bytes, the manifest says {size}"
+        ):
             CheckpointManager(str(tmp_path), OPS, verify_on_load=verify).load_ckpt()
 
 
@@ -185,7 +187,9 @@ def test_unparsable_op_record_warns_and_starts_afresh(tmp_path, table, content, 
         f.write(content)
     again = CheckpointManager(str(tmp_path), OPS)
     assert again.ckpt_available is False and again.get_left_process_list() == OPS and again.op_record == []
-    assert any(level == "WARNING" and "All ops will be processed from the beginning" in msg for level, msg in log_messages)
+    assert any(
+        level == "WARNING" and "All ops will be processed from the beginning" in msg for level, msg in log_messages
+    )
 
 
 def test_hostile_manifest_names_cannot_escape(tmp_path, table):

@@ -7,6 +7,8 @@ Change one word in an import::
 """
 
 from data_juicer_accel._native import CheckpointCorruptError, CheckpointLockedError, __version__
+from data_juicer_accel.core.executor.event_logging_mixin import Event, EventLogger, EventLoggingMixin, EventType
+from data_juicer_accel.patch import patch_data_juicer
 from data_juicer_accel.utils.ckpt_utils import CheckpointManager, CheckpointManagerBase, CheckpointStrategy
 
 __all__ = [
@@ -16,4 +18,9 @@ __all__ = [
     "CheckpointManager",
     "CheckpointManagerBase",
     "CheckpointStrategy",
+    "EventType",
+    "Event",
+    "EventLogger",
+    "EventLoggingMixin",
+    "patch_data_juicer",
 ]

@@ -1,45 +1,47 @@
-"""``data-juicer-accel`` command line: one sub-command per job.
+"""``data-juicer-accel`` command line: one subcommand per module.
 
-Each sub-command is a module exposing ``add_arguments(parser)`` and
-``run(args) -> int``; adding one is a line in ``SUBCOMMANDS``. Modules are
-imported only when their sub-command runs, so ``--help`` stays fast.
+Each module in ``SUBCOMMANDS`` exposes ``NAME``, ``add_parser(subparsers)``
+and ``run(args) -> int``. A module with ``PASSTHROUGH = True`` receives the
+rest of the command line unparsed, as ``args.argv`` (``dj-process`` hands it
+to Data-Juicer's own parser).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
-#: name -> (module, one-line help)
-SUBCOMMANDS = {
-    "bench": ("data_juicer_accel.bench.cli", "benchmark checkpoints and job events against the alternatives"),
-}
+from data_juicer_accel import __version__
+from data_juicer_accel.bench import cli as bench
+from data_juicer_accel.tools import dj_process, events, inspect_ckpt
+
+SUBCOMMANDS = [inspect_ckpt, events, dj_process, bench]
 
 
-def build_parser(load=None) -> argparse.ArgumentParser:
-    from data_juicer_accel import __version__
-
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="data-juicer-accel",
-        description="Rust-accelerated checkpoints and job-event logging for Data-Juicer.",
+        description="Rust-accelerated checkpoints and job events for Data-Juicer.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (module, help_text) in SUBCOMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        if load is None or load == name:
-            importlib.import_module(module).add_arguments(p)
-        p.set_defaults(_module=module)
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in SUBCOMMANDS:
+        module.add_parser(subparsers)
     return parser
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    command = next((a for a in argv if not a.startswith("-")), None)
-    parser = build_parser(load=command if command in SUBCOMMANDS else None)
+    for module in SUBCOMMANDS:
+        if getattr(module, "PASSTHROUGH", False) and argv[:1] == [module.NAME]:
+            return module.run(argparse.Namespace(command=module.NAME, argv=argv[1:]))
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
-    return int(importlib.import_module(args._module).run(args) or 0)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

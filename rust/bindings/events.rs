@@ -1,7 +1,760 @@
-//! Bindings of the event core (filled in by the event-logging work).
+//! Bindings of the event core.
+//!
+//! `EventSink` is what `EventLogger` holds: it turns one event into a JSON
+//! line (serialised here, in the calling thread, so the flush thread never
+//! sees a Python object), builds the `Event` dataclass for the in-memory
+//! deque, and hands the line to the lock-free queue of an
+//! [`EventWriter`]. Nothing here panics across the boundary: errors become
+//! Python exceptions, write errors an `OSError` naming the file.
 
+use std::cell::Cell;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicPtr, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use pyo3::exceptions::{PyOSError, PyValueError};
+use pyo3::intern;
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple, PyType};
 
-pub fn register(_m: &Bound<'_, PyModule>) -> PyResult<()> {
+use crate::events::analysis::{self, Analysis, PartitionState, Raw};
+use crate::events::json::{write_f64, write_str};
+use crate::events::writer::{current_pid, EventWriter, PushError, WriteError, WriterConfig};
+
+/// Job-level events are fsynced before the logging call returns.
+const DURABLE_EVENT_TYPES: [&str; 4] = ["job_start", "job_complete", "job_failed", "job_restart"];
+
+/// Fields of `Event` the fast path fills itself; a caller passing one of
+/// them as a keyword gets the reference's `TypeError` via the slow path.
+const RESERVED_FIELDS: [&str; 5] = [
+    "event_type",
+    "timestamp",
+    "message",
+    "process_id",
+    "thread_id",
+];
+
+/// Containers nested deeper than this are written as `str(value)`, which
+/// also ends self-referencing structures (where `json.dumps` raises).
+const MAX_DEPTH: usize = 200;
+
+static ENUM_TYPE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+static JSON_DUMPS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<EventSink>()?;
+    m.add_function(wrap_pyfunction!(analyze_events_file, m)?)?;
+    m.add_function(wrap_pyfunction!(events_file_has_type, m)?)?;
     Ok(())
+}
+
+fn os_error(error: &WriteError) -> PyErr {
+    let path = error.path.display().to_string();
+    match error.errno {
+        Some(errno) => {
+            PyOSError::new_err((errno, format!("writing events: {}", error.message), path))
+        }
+        None => PyOSError::new_err(error.to_string()),
+    }
+}
+
+fn push_error(error: PushError, path: &std::path::Path) -> PyErr {
+    match error {
+        PushError::Failed(error) => os_error(&error),
+        PushError::Closed => {
+            PyValueError::new_err(format!("event logger for {} is closed", path.display()))
+        }
+        PushError::Full(_) => PyOSError::new_err("event queue full"),
+    }
+}
+
+/// The native half of one `EventLogger`: its queue, flush thread and the
+/// `Event` class it builds in-memory events of.
+#[pyclass(frozen, module = "data_juicer_accel._native")]
+pub struct EventSink {
+    /// Replaced (the old one leaked) in a forked child, whose copy of the
+    /// parent's writer has no thread behind it.
+    writer: AtomicPtr<EventWriter>,
+    path: PathBuf,
+    config: WriterConfig,
+    event_class: Py<PyType>,
+    object_new: Py<PyAny>,
+    /// `Event`'s field names in declaration order, as Python and Rust strings.
+    fields: Vec<Py<PyString>>,
+    field_names: Vec<String>,
+    roles: Vec<Role>,
+    /// `{field: None for field in fields}`, copied for each event's `__dict__`.
+    none_fields: Py<PyDict>,
+}
+
+/// Who provides a field's value on the fast path.
+#[derive(Clone, Copy, PartialEq)]
+enum Role {
+    /// The caller's keyword argument, or None.
+    Plain,
+    /// The caller's, or generated when absent or None.
+    EventId,
+    /// Always the logger's job id.
+    JobId,
+    /// Made by the call itself; a keyword of that name is a TypeError.
+    Computed,
+}
+
+impl Role {
+    fn of(field: &str) -> Role {
+        match field {
+            "event_id" => Role::EventId,
+            "job_id" => Role::JobId,
+            name if RESERVED_FIELDS.contains(&name) => Role::Computed,
+            _ => Role::Plain,
+        }
+    }
+}
+
+impl EventSink {
+    /// The writer of the current process, restarting it after a fork that
+    /// `os.register_at_fork` did not see.
+    fn writer(&self) -> PyResult<&EventWriter> {
+        let current = self.writer.load(Ordering::Acquire);
+        // SAFETY: writers are only freed by `Drop`, when no `&self` exists;
+        // replaced ones are leaked, so the pointer stays valid.
+        let writer = unsafe { &*current };
+        if writer.owned_by_current_process() {
+            return Ok(writer);
+        }
+        let fresh = Box::into_raw(Box::new(self.open_writer()?));
+        match self
+            .writer
+            .compare_exchange(current, fresh, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => Ok(unsafe { &*fresh }),
+            Err(winner) => {
+                // Another thread of this child restarted it first.
+                drop(unsafe { Box::from_raw(fresh) });
+                Ok(unsafe { &*winner })
+            }
+        }
+    }
+
+    fn open_writer(&self) -> PyResult<EventWriter> {
+        EventWriter::open(&self.path, self.config.clone()).map_err(|e| {
+            PyOSError::new_err(format!(
+                "starting the event flush thread for {}: {e}",
+                self.path.display()
+            ))
+        })
+    }
+
+    /// Queues `line`, waiting without the GIL when the queue is full, and
+    /// makes job-level events durable before returning.
+    fn push(&self, py: Python<'_>, line: Vec<u8>, durable: bool) -> PyResult<()> {
+        let writer = self.writer()?;
+        match writer.try_push(line) {
+            Ok(()) => {}
+            Err(PushError::Full(line)) => py
+                .detach(|| writer.push_blocking(line))
+                .map_err(|e| push_error(e, &self.path))?,
+            Err(other) => return Err(push_error(other, &self.path)),
+        }
+        if durable {
+            py.detach(|| writer.flush(true)).map_err(|e| os_error(&e))?;
+        }
+        Ok(())
+    }
+}
+
+#[pymethods]
+impl EventSink {
+    /// `path`: the JSONL file; `event_class`: the `Event` dataclass;
+    /// `fields`: its field names in order; `flush_interval` in seconds;
+    /// `queue_size` in events.
+    #[new]
+    #[pyo3(signature = (path, event_class, fields, flush_interval=0.1, queue_size=65536))]
+    fn new(
+        py: Python<'_>,
+        path: PathBuf,
+        event_class: Bound<'_, PyType>,
+        fields: Vec<Bound<'_, PyString>>,
+        flush_interval: f64,
+        queue_size: usize,
+    ) -> PyResult<Self> {
+        if !(flush_interval.is_finite() && flush_interval > 0.0) {
+            return Err(PyValueError::new_err(
+                "flush_interval must be a positive number of seconds",
+            ));
+        }
+        let config = WriterConfig {
+            flush_interval: Duration::from_secs_f64(flush_interval),
+            queue_capacity: queue_size.max(1),
+            ..WriterConfig::default()
+        };
+        let writer = EventWriter::open(&path, config.clone()).map_err(|e| {
+            PyOSError::new_err(format!(
+                "starting the event flush thread for {}: {e}",
+                path.display()
+            ))
+        })?;
+        let object_new = py
+            .get_type::<PyAny>()
+            .getattr(intern!(py, "__new__"))?
+            .unbind();
+        let field_names = fields
+            .iter()
+            .map(|f| f.to_str().map(str::to_owned))
+            .collect::<PyResult<Vec<_>>>()?;
+        let none_fields = PyDict::new(py);
+        let mut interned = Vec::with_capacity(field_names.len());
+        for name in &field_names {
+            let key = PyString::intern(py, name);
+            none_fields.set_item(&key, py.None())?;
+            interned.push(key.unbind());
+        }
+        Ok(EventSink {
+            writer: AtomicPtr::new(Box::into_raw(Box::new(writer))),
+            path,
+            config,
+            event_class: event_class.unbind(),
+            object_new,
+            roles: field_names.iter().map(|name| Role::of(name)).collect(),
+            fields: interned,
+            field_names,
+            none_fields: none_fields.unbind(),
+        })
+    }
+
+    /// The fast path of `EventLoggingMixin._log_event`: builds the `Event`
+    /// (timestamp, ids, pid and thread id made here), appends it to
+    /// `events`, queues its line and returns it. Returns `None`, having done
+    /// nothing, when `kwargs` holds a name `Event()` would reject, so the
+    /// caller can take the reference's path and raise its `TypeError`.
+    #[pyo3(signature = (event_type, message, kwargs, job_id, events))]
+    fn log_fields<'py>(
+        &self,
+        py: Python<'py>,
+        event_type: Bound<'py, PyAny>,
+        message: Bound<'py, PyAny>,
+        kwargs: Option<Bound<'py, PyDict>>,
+        job_id: Bound<'py, PyAny>,
+        events: Bound<'py, PyAny>,
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let mut values: Vec<Option<Bound<'py, PyAny>>> = vec![None; self.fields.len()];
+        if let Some(kwargs) = &kwargs {
+            for (key, value) in kwargs.iter() {
+                let Some(index) = self.field_index(py, &key) else {
+                    return Ok(None);
+                };
+                match self.roles[index] {
+                    Role::Computed => return Ok(None),
+                    Role::JobId => {} // overwritten by log_event in the reference
+                    _ if value.is_none() => {}
+                    _ => values[index] = Some(value),
+                }
+            }
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        let type_value = enum_value(py, &event_type)?;
+        let type_name = match type_value.cast::<PyString>() {
+            Ok(name) => Some(name.to_str()?),
+            Err(_) => None,
+        };
+        for (index, role) in self.roles.iter().enumerate() {
+            let value = match role {
+                Role::Plain => continue,
+                Role::EventId if values[index].is_some() => continue,
+                Role::EventId => {
+                    let type_text = match type_name {
+                        Some(name) => name.to_owned(),
+                        None => type_value.str()?.to_str()?.to_owned(),
+                    };
+                    PyString::new(
+                        py,
+                        &format!("{type_text}_{}_{:08x}", now as i64, random_u32()),
+                    )
+                    .into_any()
+                }
+                Role::JobId => job_id.clone(),
+                Role::Computed => match self.field_names[index].as_str() {
+                    "event_type" => event_type.clone(),
+                    "timestamp" => PyFloat::new(py, now).into_any(),
+                    "message" => message.clone(),
+                    "process_id" => current_pid().into_pyobject(py)?.into_any(),
+                    _ => current_thread_ident().into_pyobject(py)?.into_any(),
+                },
+            };
+            values[index] = Some(value);
+        }
+        let mut line = Vec::with_capacity(512);
+        line.push(b'{');
+        let mut first = true;
+        for (name, value) in self.field_names.iter().zip(&values) {
+            if let Some(value) = value {
+                if !value.is_none() {
+                    write_member(py, &mut line, &mut first, name, value)?;
+                }
+            }
+        }
+        line.extend_from_slice(b"}\n");
+
+        // The instance dict: a copy of {field: None} with the given fields set.
+        let dict = self.none_fields.bind(py).copy()?;
+        for (field, value) in self.fields.iter().zip(values) {
+            if let Some(value) = value {
+                dict.set_item(field.bind(py), value)?;
+            }
+        }
+        let event = self
+            .object_new
+            .bind(py)
+            .call1((self.event_class.bind(py),))?;
+        event.setattr(intern!(py, "__dict__"), dict)?;
+        events.call_method1(intern!(py, "append"), (&event,))?;
+        let durable = type_name.is_some_and(|t| DURABLE_EVENT_TYPES.contains(&t));
+        self.push(py, line, durable)?;
+        Ok(Some(event))
+    }
+
+    /// `EventLogger.log_event(event)`: sets `event.job_id`, appends the event
+    /// to `events` and queues the line the reference writes for it (the
+    /// non-`None` entries of `event.__dict__`, enums as their value).
+    fn log_event(
+        &self,
+        py: Python<'_>,
+        event: Bound<'_, PyAny>,
+        job_id: Bound<'_, PyAny>,
+        events: Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        event.setattr(intern!(py, "job_id"), job_id)?;
+        events.call_method1(intern!(py, "append"), (&event,))?;
+        let dict = event.getattr(intern!(py, "__dict__"))?;
+        let dict = dict.cast::<PyDict>()?;
+        let mut line = Vec::with_capacity(256);
+        line.push(b'{');
+        let mut first = true;
+        let mut durable = false;
+        for (key, value) in dict.iter() {
+            if value.is_none() {
+                continue;
+            }
+            let key = key.str()?;
+            let key = key.to_str()?;
+            if key == "event_type" {
+                let type_value = enum_value(py, &value)?;
+                if let Ok(name) = type_value.cast::<PyString>() {
+                    durable = DURABLE_EVENT_TYPES.contains(&name.to_str()?);
+                }
+            }
+            write_member(py, &mut line, &mut first, key, &value)?;
+        }
+        line.extend_from_slice(b"}\n");
+        self.push(py, line, durable)
+    }
+
+    /// Writes everything queued so far; with `fsync`, makes it durable.
+    /// Raises `OSError` if a write failed.
+    #[pyo3(signature = (fsync=false))]
+    fn flush(&self, py: Python<'_>, fsync: bool) -> PyResult<()> {
+        let writer = self.writer()?;
+        py.detach(|| writer.flush(fsync)).map_err(|e| os_error(&e))
+    }
+
+    /// Flushes, fsyncs and stops the flush thread; later events are refused.
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        let writer = self.writer()?;
+        py.detach(|| writer.close()).map_err(|e| os_error(&e))
+    }
+
+    /// Restarts the flush thread in a forked child. The parent's queued lines
+    /// are left to the parent (the child would write them twice).
+    fn _after_fork_in_child(&self) -> PyResult<()> {
+        self.writer().map(|_| ())
+    }
+
+    /// Number of `write()` calls made so far by this process's flush thread.
+    #[getter]
+    fn batches_written(&self) -> PyResult<u64> {
+        Ok(self.writer()?.batches_written())
+    }
+
+    #[getter]
+    fn path(&self) -> PathBuf {
+        self.path.clone()
+    }
+}
+
+impl EventSink {
+    fn field_index(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> Option<usize> {
+        // Keyword names are usually the interned strings themselves.
+        if let Some(index) = self.fields.iter().position(|f| f.bind(py).is(key)) {
+            return Some(index);
+        }
+        let key = key.cast::<PyString>().ok()?.to_str().ok()?;
+        self.fields
+            .iter()
+            .position(|f| f.bind(py).to_str().is_ok_and(|name| name == key))
+    }
+}
+
+impl Drop for EventSink {
+    fn drop(&mut self) {
+        let current = self.writer.swap(std::ptr::null_mut(), Ordering::AcqRel);
+        if current.is_null() {
+            return;
+        }
+        // SAFETY: `Drop` has the only reference; the pointer came from Box.
+        let writer = unsafe { Box::from_raw(current) };
+        if writer.owned_by_current_process() {
+            drop(writer); // flushes, fsyncs, joins the thread (no GIL needed)
+        } else {
+            writer.abandon();
+        }
+    }
+}
+
+/// `threading.get_ident()`: CPython returns `pthread_self()` on POSIX.
+fn current_thread_ident() -> u64 {
+    // SAFETY: pthread_self has no preconditions.
+    unsafe { libc::pthread_self() as u64 }
+}
+
+/// Eight hex digits for generated event ids (the reference uses
+/// `uuid4().hex[:8]`); a per-thread xorshift seeded from time, pid and the
+/// thread, enough for ids that only need to differ.
+fn random_u32() -> u32 {
+    thread_local! {
+        static STATE: Cell<u64> = const { Cell::new(0) };
+    }
+    STATE.with(|state| {
+        let mut x = state.get();
+        if x == 0 {
+            let nanos = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            x = nanos ^ (u64::from(std::process::id()) << 32) ^ current_thread_ident() | 1;
+        }
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        state.set(x);
+        (x >> 16) as u32
+    })
+}
+
+fn enum_type(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
+    ENUM_TYPE.import(py, "enum", "Enum")
+}
+
+/// `value.value` for an `Enum` member, else `value`. Members keep it in
+/// `_value_`, an instance attribute; `.value` is a slower Python property.
+fn enum_value<'py>(py: Python<'py>, value: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    if value.is_instance(enum_type(py)?)? {
+        match value.getattr(intern!(py, "_value_")) {
+            Ok(inner) => Ok(inner),
+            Err(_) => value.getattr(intern!(py, "value")),
+        }
+    } else {
+        Ok(value.clone())
+    }
+}
+
+fn write_member(
+    py: Python<'_>,
+    out: &mut Vec<u8>,
+    first: &mut bool,
+    key: &str,
+    value: &Bound<'_, PyAny>,
+) -> PyResult<()> {
+    if !*first {
+        out.extend_from_slice(b", ");
+    }
+    *first = false;
+    write_str(out, key);
+    out.extend_from_slice(b": ");
+    encode(py, out, value, 0)
+}
+
+/// Writes `value` as `json.dumps` would; where `json.dumps` raises
+/// (sets, custom objects, non-string keys it cannot convert, cycles) the
+/// value's `str()` is written instead. Enums are written as their value.
+fn encode(
+    py: Python<'_>,
+    out: &mut Vec<u8>,
+    value: &Bound<'_, PyAny>,
+    depth: usize,
+) -> PyResult<()> {
+    // The order of checks follows the C encoder of the json module.
+    if let Ok(text) = value.cast::<PyString>() {
+        return encode_str(py, out, text);
+    }
+    if value.is_none() {
+        out.extend_from_slice(b"null");
+    } else if let Ok(flag) = value.cast::<PyBool>() {
+        out.extend_from_slice(if flag.is_true() { b"true" } else { b"false" });
+    } else if let Ok(int) = value.cast::<PyInt>() {
+        encode_int(py, out, int)?;
+    } else if let Ok(float) = value.cast::<PyFloat>() {
+        write_f64(out, float.value());
+    } else if depth >= MAX_DEPTH {
+        encode_str(py, out, &value.str()?)?;
+    } else if let Ok(list) = value.cast::<PyList>() {
+        encode_items(py, out, list.iter(), depth)?;
+    } else if let Ok(tuple) = value.cast::<PyTuple>() {
+        encode_items(py, out, tuple.iter(), depth)?;
+    } else if let Ok(dict) = value.cast::<PyDict>() {
+        out.push(b'{');
+        for (i, (key, item)) in dict.iter().enumerate() {
+            if i > 0 {
+                out.extend_from_slice(b", ");
+            }
+            encode_key(py, out, &key)?;
+            out.extend_from_slice(b": ");
+            encode(py, out, &item, depth + 1)?;
+        }
+        out.push(b'}');
+    } else if value.is_instance(enum_type(py)?)? {
+        encode(py, out, &value.getattr(intern!(py, "value"))?, depth + 1)?;
+    } else {
+        encode_str(py, out, &value.str()?)?;
+    }
+    Ok(())
+}
+
+fn encode_items<'py>(
+    py: Python<'py>,
+    out: &mut Vec<u8>,
+    items: impl Iterator<Item = Bound<'py, PyAny>>,
+    depth: usize,
+) -> PyResult<()> {
+    out.push(b'[');
+    for (i, item) in items.enumerate() {
+        if i > 0 {
+            out.extend_from_slice(b", ");
+        }
+        encode(py, out, &item, depth + 1)?;
+    }
+    out.push(b']');
+    Ok(())
+}
+
+/// Dictionary keys as `json.dumps` converts them.
+fn encode_key(py: Python<'_>, out: &mut Vec<u8>, key: &Bound<'_, PyAny>) -> PyResult<()> {
+    if let Ok(text) = key.cast::<PyString>() {
+        return encode_str(py, out, text);
+    }
+    let text = if let Ok(float) = key.cast::<PyFloat>() {
+        let mut digits = Vec::new();
+        write_f64(&mut digits, float.value());
+        String::from_utf8_lossy(&digits).into_owned()
+    } else if key.is_none() {
+        "null".to_string()
+    } else if let Ok(flag) = key.cast::<PyBool>() {
+        flag.is_true().to_string()
+    } else if let Ok(int) = key.cast::<PyInt>() {
+        let mut digits = Vec::new();
+        encode_int(py, &mut digits, int)?;
+        String::from_utf8_lossy(&digits).into_owned()
+    } else {
+        key.str()?.to_str()?.to_owned()
+    };
+    write_str(out, &text);
+    Ok(())
+}
+
+/// `int.__repr__` (not the subclass's repr: `IntEnum` members are numbers).
+fn encode_int(py: Python<'_>, out: &mut Vec<u8>, int: &Bound<'_, PyInt>) -> PyResult<()> {
+    if let Ok(small) = int.extract::<i64>() {
+        let _ = std::io::Write::write_fmt(out, format_args!("{small}"));
+    } else {
+        let repr = py
+            .get_type::<PyInt>()
+            .getattr(intern!(py, "__repr__"))?
+            .call1((int,))?;
+        out.extend_from_slice(repr.cast::<PyString>()?.to_str()?.as_bytes());
+    }
+    Ok(())
+}
+
+fn encode_str(py: Python<'_>, out: &mut Vec<u8>, text: &Bound<'_, PyString>) -> PyResult<()> {
+    match text.to_str() {
+        Ok(text) => write_str(out, text),
+        Err(_) => {
+            // Lone surrogates have no UTF-8 form; json.dumps escapes them.
+            let dumps = JSON_DUMPS.get_or_try_init(py, || {
+                PyResult::Ok(py.import("json")?.getattr("dumps")?.unbind())
+            })?;
+            let quoted = dumps.bind(py).call1((text,))?;
+            out.extend_from_slice(quoted.cast::<PyString>()?.to_str()?.as_bytes());
+        }
+    }
+    Ok(())
+}
+
+/// Parses raw JSON (kept by the analysis) into the Python value
+/// `json.loads` would give; `None` (absent) becomes `default`.
+fn raw_to_py<'py>(
+    py: Python<'py>,
+    raw: &Raw,
+    default: Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    match raw {
+        None => Ok(default),
+        Some(text) => {
+            let value: serde_json::Value =
+                serde_json::from_str(text).map_err(|e| PyValueError::new_err(e.to_string()))?;
+            json_to_py(py, &value)
+        }
+    }
+}
+
+fn json_to_py<'py>(py: Python<'py>, value: &serde_json::Value) -> PyResult<Bound<'py, PyAny>> {
+    use serde_json::Value;
+    Ok(match value {
+        Value::Null => py.None().into_bound(py),
+        Value::Bool(flag) => PyBool::new(py, *flag).to_owned().into_any(),
+        Value::Number(number) => {
+            if let Some(int) = number.as_i64() {
+                int.into_pyobject(py)?.into_any()
+            } else if let Some(int) = number.as_u64() {
+                int.into_pyobject(py)?.into_any()
+            } else {
+                PyFloat::new(py, number.as_f64().unwrap_or(f64::NAN)).into_any()
+            }
+        }
+        Value::String(text) => PyString::new(py, text).into_any(),
+        Value::Array(items) => {
+            let list = PyList::empty(py);
+            for item in items {
+                list.append(json_to_py(py, item)?)?;
+            }
+            list.into_any()
+        }
+        Value::Object(map) => {
+            let dict = PyDict::new(py);
+            for (key, item) in map {
+                dict.set_item(key, json_to_py(py, item)?)?;
+            }
+            dict.into_any()
+        }
+    })
+}
+
+/// One entry of the reference's `partition_states`.
+fn partition_state_to_py<'py>(
+    py: Python<'py>,
+    state: &PartitionState,
+) -> PyResult<Bound<'py, PyDict>> {
+    let none = || py.None().into_bound(py);
+    let dict = PyDict::new(py);
+    let id = raw_to_py(py, &Some(state.id.clone()), none())?;
+    let complete = state.latest_complete();
+    // `latest_complete and metadata.get("success", False)`: None without a
+    // completion, else the raw success value.
+    let success = match complete {
+        None => none(),
+        Some(info) => raw_to_py(
+            py,
+            &info.success,
+            PyBool::new(py, false).to_owned().into_any(),
+        )?,
+    };
+    let from_complete = |pick: fn(&analysis::CompleteInfo) -> &Raw| -> PyResult<Bound<'py, PyAny>> {
+        complete.map_or(Ok(none()), |info| raw_to_py(py, pick(info), none()))
+    };
+    let error = match complete {
+        Some(info) if !info.is_success() => raw_to_py(py, &info.error, none())?,
+        _ => none(),
+    };
+    let current_operation = match state.last_op_start() {
+        None => none(),
+        Some(op) => {
+            let op_dict = PyDict::new(py);
+            op_dict.set_item("name", raw_to_py(py, &op.name, none())?)?;
+            op_dict.set_item("idx", raw_to_py(py, &op.idx, none())?)?;
+            op_dict.set_item("started_at", raw_to_py(py, &op.timestamp, none())?)?;
+            op_dict.set_item("completed", state.last_op_completed())?;
+            op_dict.into_any()
+        }
+    };
+    dict.set_item("partition_id", id)?;
+    dict.set_item("status", state.status())?;
+    dict.set_item("start_time", raw_to_py(py, &state.start_time(), none())?)?;
+    dict.set_item("completion_time", from_complete(|info| &info.timestamp)?)?;
+    dict.set_item("duration", from_complete(|info| &info.duration_seconds)?)?;
+    dict.set_item("success", success)?;
+    dict.set_item("error", error)?;
+    dict.set_item("current_operation", current_operation)?;
+    dict.set_item("retry_count", state.failure_count)?;
+    dict.set_item("output_path", from_complete(|info| &info.output_path)?)?;
+    Ok(dict)
+}
+
+fn analysis_to_py<'py>(py: Python<'py>, analysis: &Analysis) -> PyResult<Bound<'py, PyDict>> {
+    let none = || py.None().into_bound(py);
+    let states = PyDict::new(py);
+    for state in analysis.partitions() {
+        let state = partition_state_to_py(py, state)?;
+        states.set_item(state.get_item("partition_id")?.unwrap_or_else(none), state)?;
+    }
+    let result = PyDict::new(py);
+    result.set_item("total_events", analysis.total_events)?;
+    result.set_item("job_status", analysis.job_status())?;
+    result.set_item("partition_states", states)?;
+    // The latest checkpoint event as the reference sees it, reduced to the
+    // one field it reads: `[]` or `[{"metadata": {"checkpoint_path": p}}]`.
+    let checkpoints = PyList::empty(py);
+    if let Some(path) = analysis.latest_checkpoint() {
+        let event = PyDict::new(py);
+        if path.is_some() {
+            let metadata = PyDict::new(py);
+            metadata.set_item("checkpoint_path", raw_to_py(py, path, none())?)?;
+            event.set_item("metadata", metadata)?;
+        }
+        checkpoints.append(event)?;
+    }
+    result.set_item("checkpoints", checkpoints)?;
+    // `[]` or the first job_start reduced to its timestamp.
+    let job_starts = PyList::empty(py);
+    if let Some(timestamp) = &analysis.first_job_start {
+        let event = PyDict::new(py);
+        event.set_item("event_type", "job_start")?;
+        if timestamp.is_some() {
+            event.set_item("timestamp", raw_to_py(py, timestamp, none())?)?;
+        }
+        job_starts.append(event)?;
+    }
+    result.set_item("job_start_events", job_starts)?;
+    Ok(result)
+}
+
+/// Folds the JSONL log at `path` (in Rust, without the GIL) into what
+/// `analyze_resumption_state` needs: `total_events`, `job_status`,
+/// `partition_states` (as the reference computes them), `checkpoints`
+/// (the latest checkpoint event, reduced) and `job_start_events` (the
+/// first, reduced).
+#[pyfunction]
+fn analyze_events_file<'py>(py: Python<'py>, path: PathBuf) -> PyResult<Bound<'py, PyDict>> {
+    let analysis = py.detach(|| analysis::analyze_file(&path)).map_err(|e| {
+        PyOSError::new_err((
+            e.raw_os_error().unwrap_or(0),
+            e.to_string(),
+            path.display().to_string(),
+        ))
+    })?;
+    analysis_to_py(py, &analysis)
+}
+
+/// Whether the log at `path` holds an event of type `event_type`; broken
+/// lines (a partial last line) are skipped, a missing file holds none.
+#[pyfunction]
+fn events_file_has_type(py: Python<'_>, path: PathBuf, event_type: String) -> PyResult<bool> {
+    py.detach(|| analysis::file_has_event_type(&path, &event_type))
+        .map_err(|e| {
+            PyOSError::new_err((
+                e.raw_os_error().unwrap_or(0),
+                e.to_string(),
+                path.display().to_string(),
+            ))
+        })
 }

@@ -50,12 +50,7 @@ impl CheckpointError {
 
     /// Turns a panic payload (from a worker thread or `catch_unwind`) into an error.
     pub fn from_panic(payload: Box<dyn std::any::Any + Send>) -> Self {
-        let what = payload
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown panic".to_string());
-        CheckpointError::Internal(what)
+        CheckpointError::Internal(panic_message(&payload))
     }
 }
 
@@ -100,4 +95,13 @@ impl<T> IoContext<T> for io::Result<T> {
     fn at(self, path: impl AsRef<Path>) -> Result<T> {
         self.map_err(|e| CheckpointError::io(path, e))
     }
+}
+
+/// The text a panic was raised with.
+pub fn panic_message(payload: &Box<dyn std::any::Any + Send>) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_string())
 }

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::io::Cursor;
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -22,7 +22,7 @@ use arrow_ipc::reader::{read_record_batch, StreamReader};
 use arrow_ipc::{root_as_message, MessageHeader, MetadataVersion};
 use arrow_schema::{Schema, SchemaRef};
 
-use super::error::{CheckpointError, IoContext, Result};
+use super::error::{panic_message, CheckpointError, IoContext, Result};
 use super::manifest::{checksum_hex, FileEntry, Manifest};
 
 #[derive(Debug, Clone)]
@@ -143,8 +143,9 @@ struct ShardMessages {
     schema: Schema,
     version: MetadataVersion,
     batches: Vec<BatchMessage>,
-    /// Dictionary-encoded shards are decoded in order by arrow's StreamReader.
-    has_dictionaries: bool,
+    /// Dictionary messages: decoded in order by arrow's StreamReader, but
+    /// their declared sizes are checked like the batches'.
+    dictionaries: Vec<BatchMessage>,
 }
 
 fn read_shards(
@@ -169,7 +170,7 @@ fn split_messages(path: &Path, data: Buffer) -> Result<ShardMessages> {
     let bytes = data.as_slice();
     let (mut pos, mut schema, mut version) = (0usize, None, MetadataVersion::V5);
     let mut batches = Vec::new();
-    let mut has_dictionaries = false;
+    let mut dictionaries = Vec::new();
     loop {
         let mut len = read_u32(bytes, pos)
             .ok_or_else(|| bad(format!("stream ends without an end marker at byte {pos}")))?;
@@ -220,7 +221,9 @@ fn split_messages(path: &Path, data: Buffer) -> Result<ShardMessages> {
             MessageHeader::RecordBatch if schema.is_some() => {
                 batches.push(BatchMessage { header, body })
             }
-            MessageHeader::DictionaryBatch if schema.is_some() => has_dictionaries = true,
+            MessageHeader::DictionaryBatch if schema.is_some() => {
+                dictionaries.push(BatchMessage { header, body })
+            }
             other => {
                 return Err(bad(format!(
                     "unexpected {other:?} message at byte {}",
@@ -241,7 +244,7 @@ fn split_messages(path: &Path, data: Buffer) -> Result<ShardMessages> {
         schema,
         version,
         batches,
-        has_dictionaries,
+        dictionaries,
     })
 }
 
@@ -270,50 +273,96 @@ fn check_declared_sizes(
     let mut total: u64 = 0;
     for (entry, shard) in entries.iter().zip(shards) {
         let path = dir.join(&entry.file);
-        let bytes = shard.data.as_slice();
-        for message in &shard.batches {
-            let header = root_as_message(&bytes[message.header.clone()])
-                .map_err(|e| CheckpointError::corrupt(&path, e.to_string()))?;
-            let batch = header
-                .header_as_record_batch()
-                .ok_or_else(|| CheckpointError::corrupt(&path, "record batch header missing"))?;
-            let body = &bytes[message.body.clone()];
-            let compressed = batch.compression().is_some();
-            for buffer in batch.buffers().into_iter().flatten() {
-                let (offset, length) = (buffer.offset(), buffer.length());
-                let end = offset
-                    .checked_add(length)
-                    .filter(|&e| offset >= 0 && length >= 0 && e as usize <= body.len());
-                let Some(end) = end else {
-                    return Err(CheckpointError::corrupt(&path, format!("a buffer at offset {offset} (length {length}) lies outside its message body of {} bytes", body.len())));
-                };
-                let declared = if !compressed {
-                    length as u64
-                } else if length == 0 {
-                    0
-                } else if length < 8 {
-                    return Err(CheckpointError::corrupt(
-                        &path,
-                        "a compressed buffer is shorter than its length prefix",
-                    ));
-                } else {
-                    let start = offset as usize;
-                    let prefix =
-                        i64::from_le_bytes(body[start..start + 8].try_into().expect("8 bytes"));
-                    if prefix == -1 {
-                        (end - offset - 8) as u64
-                    } else {
-                        u64::try_from(prefix).unwrap_or(u64::MAX)
-                    }
-                };
-                total = total.saturating_add(declared);
-                if total > limit {
-                    return Err(CheckpointError::corrupt(&path, format!("its buffers declare more than {limit} bytes after decompression (the memory limit); refusing to allocate")));
-                }
-            }
+        total = total.saturating_add(declared_bytes(&path, shard)?);
+        if total > limit {
+            return Err(CheckpointError::corrupt(
+                &path,
+                format!(
+                    "its buffers declare more than {limit} bytes after decompression \
+                     (the memory limit); refusing to allocate"
+                ),
+            ));
         }
     }
     Ok(())
+}
+
+/// Bytes the messages of one shard will take once decoded, from their headers.
+fn declared_bytes(path: &Path, shard: &ShardMessages) -> Result<u64> {
+    let bad = |detail: String| CheckpointError::corrupt(path, detail);
+    let bytes = shard.data.as_slice();
+    let mut total: u64 = 0;
+    for message in shard.batches.iter().chain(&shard.dictionaries) {
+        let header =
+            root_as_message(&bytes[message.header.clone()]).map_err(|e| bad(e.to_string()))?;
+        let batch = header
+            .header_as_record_batch()
+            .or_else(|| header.header_as_dictionary_batch().and_then(|d| d.data()))
+            .ok_or_else(|| bad("record batch header missing".into()))?;
+        let body = &bytes[message.body.clone()];
+        let compressed = batch.compression().is_some();
+        for buffer in batch.buffers().into_iter().flatten() {
+            let (offset, length) = (buffer.offset(), buffer.length());
+            let inside = offset >= 0
+                && length >= 0
+                && offset
+                    .checked_add(length)
+                    .is_some_and(|end| end as usize <= body.len());
+            if !inside {
+                return Err(bad(format!(
+                    "a buffer at offset {offset} (length {length}) lies outside its message body of {} bytes",
+                    body.len()
+                )));
+            }
+            let declared = match (compressed, length) {
+                (false, _) | (true, 0) => length as u64,
+                (true, 1..=7) => {
+                    return Err(bad(
+                        "a compressed buffer is shorter than its length prefix".into()
+                    ))
+                }
+                (true, _) => {
+                    let start = offset as usize;
+                    let prefix =
+                        i64::from_le_bytes(body[start..start + 8].try_into().expect("8 bytes"));
+                    // -1: stored raw after the prefix.
+                    if prefix == -1 {
+                        length as u64 - 8
+                    } else {
+                        u64::try_from(prefix).unwrap_or(u64::MAX)
+                    }
+                }
+            };
+            total = total.saturating_add(declared);
+        }
+    }
+    Ok(total)
+}
+
+/// Decodes one shard file's bytes on the calling thread, with every check a
+/// checkpoint load makes but the checksum (the fuzzers' entry point).
+pub fn decode_shard_bytes(
+    path: &Path,
+    bytes: Vec<u8>,
+    max_decoded_bytes: u64,
+) -> Result<Vec<RecordBatch>> {
+    let shard = split_messages(path, Buffer::from_vec(bytes))?;
+    let declared = declared_bytes(path, &shard)?;
+    if declared > max_decoded_bytes {
+        return Err(CheckpointError::corrupt(
+            path,
+            "declares more bytes than allowed; refusing to allocate",
+        ));
+    }
+    let schema = Arc::new(shard.schema.clone());
+    if !shard.dictionaries.is_empty() {
+        return decode_with_stream_reader(path, &shard);
+    }
+    shard
+        .batches
+        .iter()
+        .map(|m| decode_message(path, &shard, m, &schema))
+        .collect()
 }
 
 /// Decodes every record-batch message of every shard, in order, in parallel.
@@ -327,7 +376,7 @@ fn decode_all(
     // A task is a message, or a whole dictionary-encoded shard.
     let mut tasks: Vec<(usize, Option<usize>)> = Vec::new();
     for (s, shard) in shards.iter().enumerate() {
-        if shard.has_dictionaries {
+        if !shard.dictionaries.is_empty() {
             tasks.push((s, None));
         } else {
             tasks.extend((0..shard.batches.len()).map(|m| (s, Some(m))));
@@ -360,23 +409,39 @@ fn decode_message(
         .data
         .slice_with_length(message.body.start, message.body.len());
     let no_dictionaries: HashMap<i64, ArrayRef> = HashMap::new();
-    read_record_batch(
-        &body,
-        batch,
-        schema.clone(),
-        &no_dictionaries,
-        None,
-        &shard.version,
-    )
-    .map_err(|e| CheckpointError::arrow_corrupt(path, e))
+    decoding_arrow(path, || {
+        read_record_batch(
+            &body,
+            batch,
+            schema.clone(),
+            &no_dictionaries,
+            None,
+            &shard.version,
+        )
+    })
 }
 
-fn decode_with_stream_reader(path: &PathBuf, shard: &ShardMessages) -> Result<Vec<RecordBatch>> {
-    let reader = StreamReader::try_new(Cursor::new(shard.data.as_slice()), None)
-        .map_err(|e| CheckpointError::arrow_corrupt(path, e))?;
-    reader
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| CheckpointError::arrow_corrupt(path, e))
+fn decode_with_stream_reader(path: &Path, shard: &ShardMessages) -> Result<Vec<RecordBatch>> {
+    decoding_arrow(path, || {
+        StreamReader::try_new(Cursor::new(shard.data.as_slice()), None)?.collect()
+    })
+}
+
+/// Runs an arrow decoder on checkpoint bytes. arrow-rs asserts on some
+/// malformed input (a misaligned buffer, found by fuzzing) instead of
+/// returning an error: for us that is a damaged file, so both become
+/// `Corrupt` naming it, never a crash or an "internal error".
+fn decoding_arrow<T>(
+    path: &Path,
+    decode: impl FnOnce() -> std::result::Result<T, arrow_schema::ArrowError>,
+) -> Result<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode)) {
+        Ok(decoded) => decoded.map_err(|e| CheckpointError::arrow_corrupt(path, e)),
+        Err(panic) => Err(CheckpointError::corrupt(
+            path,
+            format!("arrow could not decode it: {}", panic_message(&panic)),
+        )),
+    }
 }
 
 /// Runs `f(0..n)` on up to `threads` threads; results in index order. A
@@ -428,4 +493,39 @@ where
     })?;
     results.sort_unstable_by_key(|(i, _)| *i);
     Ok(results.into_iter().map(|(_, v)| v).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A shard whose first compressed buffer claims to inflate to 1 TiB.
+    fn bomb() -> Vec<u8> {
+        let mut bytes = include_bytes!("../../fuzz/seeds/shard/zstd_text.arrow").to_vec();
+        let shard = split_messages(Path::new("seed"), Buffer::from_vec(bytes.clone())).unwrap();
+        let message = &shard.batches[0];
+        let header = root_as_message(&bytes[message.header.clone()]).unwrap();
+        let batch = header.header_as_record_batch().unwrap();
+        assert!(
+            batch.compression().is_some(),
+            "the seed must be zstd-compressed"
+        );
+        let buffer = batch
+            .buffers()
+            .unwrap()
+            .iter()
+            .find(|b| b.length() >= 8)
+            .unwrap();
+        let at = message.body.start + buffer.offset() as usize;
+        bytes[at..at + 8].copy_from_slice(&(1i64 << 40).to_le_bytes());
+        bytes
+    }
+
+    #[test]
+    fn a_decompression_bomb_is_refused_before_allocating() {
+        let err =
+            decode_shard_bytes(Path::new("bomb.arrow"), bomb(), physical_memory()).unwrap_err();
+        assert!(matches!(err, CheckpointError::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains("refusing to allocate"), "{err}");
+    }
 }

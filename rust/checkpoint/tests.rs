@@ -355,3 +355,16 @@ fn injected_faults_leave_the_previous_checkpoint() {
         );
     }
 }
+
+#[test]
+fn a_shard_that_makes_arrow_assert_is_reported_as_corrupt() {
+    // Found by the `shard` fuzz target: arrow-buffer's alignment assertion.
+    let bytes = include_bytes!("testdata/misaligned_buffer.arrow").to_vec();
+    let path = Path::new("misaligned_buffer.arrow");
+    let err = reader::decode_shard_bytes(path, bytes, 1 << 30).unwrap_err();
+    assert!(matches!(err, CheckpointError::Corrupt { .. }), "{err}");
+    assert!(
+        err.to_string().contains("arrow could not decode it"),
+        "{err}"
+    );
+}

@@ -1,1 +1,14 @@
 //! Job-event core: lock-free queue, flush thread, JSON lines.
+//!
+//! * [`json`]: the byte-level pieces of `json.dumps` output (string escaping
+//!   with `ensure_ascii`, Python's float `repr`), so lines match the
+//!   reference's byte for byte.
+//! * [`writer`]: a bounded multi-producer queue drained by one background
+//!   thread into the JSONL file, one `write()` per batch of whole lines.
+//! * [`analysis`]: a linear-time resumption analysis over a JSONL event log.
+//!
+//! Nothing here touches Python; the PyO3 layer lives in `bindings::events`.
+
+pub mod analysis;
+pub mod json;
+pub mod writer;

@@ -8,6 +8,12 @@ Modules: ``corpus`` (the default Data-Juicer-shaped corpus, user data),
 medians), ``report`` (table, targets, plot), ``cli`` (arguments).
 """
 
-from data_juicer_accel.bench.runner import BenchConfig, Runner
-
 __all__ = ["BenchConfig", "Runner"]
+
+
+def __getattr__(name):  # lazy: importing the package (the CLI does) loads no numpy
+    if name in __all__:
+        from data_juicer_accel.bench import runner
+
+        return getattr(runner, name)
+    raise AttributeError(name)

@@ -1,4 +1,9 @@
-"""Arguments of ``data-juicer-accel bench``."""
+"""``data-juicer-accel bench``: the subcommand's arguments and entry point.
+
+Imports nothing heavy at module level (the CLI imports every subcommand; the
+bench's own dependencies -- numpy, zstandard, matplotlib -- are the ``bench``
+extra, loaded only when it runs).
+"""
 
 from __future__ import annotations
 
@@ -7,14 +12,31 @@ import json
 import os
 import sys
 
+NAME = "bench"
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
+
+def _size(text: str) -> int:
     from data_juicer_accel.bench.corpus import parse_size
 
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    help_text = "benchmark checkpoints and job events against what users would pick instead"
+    parser = subparsers.add_parser(NAME, help=help_text, description=help_text)
+    add_arguments(parser)
+    parser.set_defaults(run=run)
+    return parser
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--size",
-        type=parse_size,
-        default=parse_size("1GB"),
+        type=_size,
+        default=10**9,
         help="in-memory size of the default corpus (default 1GB; e.g. 256MB)",
     )
     p.add_argument("--data", metavar="PATH", help="benchmark your own jsonl / parquet / Arrow file instead")

@@ -17,7 +17,7 @@ import sys
 import uuid
 from abc import ABC, abstractmethod
 from enum import Enum
-from typing import Any, Optional
+from typing import Any
 
 import pyarrow as pa
 from loguru import logger
@@ -29,6 +29,7 @@ __all__ = [
     "CheckpointManager",
     "CheckpointStrategy",
     "DEFAULT_ZSTD_LEVEL",
+    "RayCheckpointManager",
 ]
 
 #: zstd level of the shards. Level 1 compresses text ~5.7x at ~0.5 GB/s per
@@ -44,6 +45,8 @@ _STATE_FILE = "state.json"
 _INFO_FILE = "dataset_info.json"
 _OP_RECORD_FILE = "ckpt_op.json"
 _NESTED_MODULE = "data_juicer.core.data.dj_dataset"
+#: What a checkpoint can hold, as recorded in its manifest.
+_KINDS = ("arrow", "hf", "nested")
 
 
 class CheckpointManagerBase(ABC):
@@ -75,7 +78,7 @@ class CheckpointManagerBase(ABC):
         """
 
     @abstractmethod
-    def load_checkpoint(self, **kwargs) -> Optional[Any]:
+    def load_checkpoint(self, **kwargs) -> Any | None:
         """
         Load a dataset checkpoint.
 
@@ -200,7 +203,7 @@ class CheckpointManager(CheckpointManagerBase):
         all_the_same = True
         dif1, dif2 = None, None
 
-        for record_op, config_op in zip(self.op_record, prefix_process):
+        for record_op, config_op in zip(self.op_record, prefix_process, strict=False):
             if record_op != config_op:
                 all_the_same = False
                 dif1, dif2 = record_op, config_op
@@ -221,7 +224,7 @@ class CheckpointManager(CheckpointManagerBase):
             self.op_record = []
             return False
 
-    def _read_op_record(self) -> Optional[list]:
+    def _read_op_record(self) -> list | None:
         """The op record, or None (with a warning) when it cannot be used.
 
         The reference raises on a damaged ``ckpt_op.json``; a damaged record
@@ -308,10 +311,22 @@ class CheckpointManager(CheckpointManagerBase):
         :param kwargs: Additional arguments (not used, kept for interface compatibility)
         :return: a dataset stored in checkpoint file.
         """
-        loaded = _native.read_checkpoint(self.ckpt_ds_dir, verify=self.verify_on_load)
+        try:
+            loaded = _native.read_checkpoint(self.ckpt_ds_dir, verify=self.verify_on_load)
+        except _native.CheckpointCorruptError as damage:
+            if not _rewritten_by_another_writer(self.ckpt_ds_dir):
+                raise
+            logger.warning(
+                f"{self.ckpt_ds_dir} was saved again by another writer (e.g. the original Data-Juicer) after "
+                f"data-juicer-accel saved it, so its manifest is stale ({damage}); loading it through datasets."
+            )
+            loaded = None
         if loaded is None:
             return _load_foreign_checkpoint(self.ckpt_ds_dir)
         kind = json.loads(loaded.manifest)["kind"]
+        if kind not in _KINDS:
+            manifest_path = os.path.join(self.ckpt_ds_dir, _native.MANIFEST_FILE)
+            raise _native.CheckpointCorruptError(f"corrupted checkpoint file {manifest_path}: unknown kind {kind!r}")
         table = pa.RecordBatchReader.from_stream(loaded).read_all()
         if kind == "arrow":
             return table
@@ -350,7 +365,7 @@ class _ArrowSource:
     def stream(self) -> Any:
         return self.data
 
-    def rows_per_shard(self, num_proc) -> Optional[int]:
+    def rows_per_shard(self, num_proc) -> int | None:
         if self.table is None or self.table.num_rows == 0:
             return None  # a stream of unknown length: shards close by size
         shards = _num_shards(self.table.nbytes, self.table.num_rows, num_proc)
@@ -369,19 +384,9 @@ class _ArrowSource:
         return json.dumps(state, indent=2, sort_keys=True).encode()
 
     def info_json(self) -> bytes:
-        # Features let datasets.load_from_disk read the checkpoint too; they
-        # need `datasets`, which pyarrow users may not have.
-        info: dict = {}
-        try:
-            from datasets import DatasetInfo, Features
-            from datasets.utils.py_utils import asdict
-
-            schema = self.table.schema if self.table is not None else None
-            if schema is not None:
-                info = asdict(DatasetInfo(features=Features.from_arrow_schema(schema)))
-        except Exception as e:  # noqa: BLE001 - optional, any failure means "no features"
-            logger.debug(f"No HF features for this checkpoint: {e}")
-        return json.dumps({k: info[k] for k in sorted(info)}, indent=2).encode()
+        # No features: datasets.load_from_disk infers them from the Arrow
+        # schema, and importing datasets here would cost half a second.
+        return b"{}"
 
 
 class _HFSource:
@@ -402,7 +407,7 @@ class _HFSource:
             return self.table  # zero-copy: Rust reads the table's own buffers
         return _gathered_rows(self.table, indices.column(0))
 
-    def rows_per_shard(self, num_proc) -> Optional[int]:
+    def rows_per_shard(self, num_proc) -> int | None:
         if self.num_rows == 0:
             return None
         return math.ceil(self.num_rows / _num_shards(self.nbytes, self.num_rows, num_proc))
@@ -492,6 +497,24 @@ def _to_hf_dataset(table: pa.Table, loaded: Any, nested: bool):
     return nested_cls(ds) if nested_cls is not None else ds
 
 
+def _rewritten_by_another_writer(path: str) -> bool:
+    """Whether ``datasets.save_to_disk`` rewrote our ``latest/`` in place.
+
+    Our commit writes the shards, then the metadata, then the manifest: all
+    older than the manifest. ``save_to_disk`` rewrites ``state.json`` and every
+    data file it lists, so all of them are newer. Damage to single files (a
+    flipped byte, a truncation) never makes that pattern, and keeps raising.
+    """
+    try:
+        manifest_time = os.stat(os.path.join(path, _native.MANIFEST_FILE)).st_mtime_ns
+        with open(os.path.join(path, _STATE_FILE)) as f:
+            listed = [entry["filename"] for entry in json.load(f)["_data_files"]]
+        newer = [os.stat(os.path.join(path, name)).st_mtime_ns > manifest_time for name in [_STATE_FILE, *listed]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return bool(listed) and all(newer)
+
+
 def _load_foreign_checkpoint(path: str):
     """A ``latest/`` without our manifest: written by the original Data-Juicer."""
     if not os.path.isdir(path):
@@ -506,3 +529,6 @@ def _load_foreign_checkpoint(path: str):
             f"{path} holds a checkpoint written by the original Data-Juicer; loading it needs `datasets`"
         ) from e
     return datasets.load_from_disk(path)
+
+
+from data_juicer_accel.utils.ray_ckpt import RayCheckpointManager  # noqa: E402  (Ray imported lazily)

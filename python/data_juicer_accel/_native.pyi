@@ -1,0 +1,137 @@
+"""Type stubs for the native module ``data_juicer_accel._native`` (Rust, PyO3)."""
+
+from os import PathLike
+from pathlib import Path
+from typing import Any, Protocol, final
+
+__version__: str
+
+class ArrowStreamExportable(Protocol):
+    """Any object exporting the Arrow C stream interface (pyarrow, polars, duckdb, ...)."""
+
+    def __arrow_c_stream__(self, requested_schema: object | None = None) -> object: ...
+
+# ------------------------------------------------------------------ checkpoints
+
+MANIFEST_FILE: str
+FORMAT_VERSION: int
+
+class CheckpointCorruptError(ValueError):
+    """A checkpoint file does not hold what its manifest promises (the message names the file)."""
+
+class CheckpointLockedError(OSError):
+    """Another process is saving into the same checkpoint directory."""
+
+@final
+class CheckpointWriter:
+    """Writes one checkpoint into a staging directory beside ``latest/`` and commits it atomically.
+
+    Takes the directory's lock and clears leftovers of interrupted saves on creation. Dropped or
+    aborted without ``commit``, the staging directory is removed and the lock released.
+    """
+
+    def __new__(
+        cls,
+        ckpt_dir: str | Any,
+        *,
+        compression: str = "zstd",
+        level: int = 1,
+        threads: int = 1,
+        chunk_bytes: int = 8388608,
+        max_shard_bytes: int = 524288000,
+    ) -> CheckpointWriter: ...
+    @property
+    def staging_dir(self) -> str | None: ...
+    def write_data(self, data: ArrowStreamExportable, *, rows_per_shard: int | None = None) -> int:
+        """Streams ``data`` into zstd Arrow IPC shards (GIL released). Returns the rows written."""
+    @property
+    def shard_files(self) -> list[str]: ...
+    def add_file(self, name: str, data: bytes) -> None:
+        """Adds a small file (state.json, ckpt_op.json, ...) to the checkpoint, fsynced."""
+    def commit(self, kind: str) -> str:
+        """Writes the manifest and swaps the checkpoint in as ``latest/``. Returns its path."""
+    def abort(self) -> None:
+        """Removes the staging directory and releases the lock (no-op after ``commit``)."""
+
+@final
+class LoadedCheckpoint:
+    """A verified checkpoint in memory; hands its table out once via ``__arrow_c_stream__``."""
+
+    @property
+    def manifest(self) -> str: ...
+    @property
+    def num_rows(self) -> int: ...
+    def file(self, name: str) -> bytes | None: ...
+    def __arrow_c_stream__(self, requested_schema: object | None = None) -> object: ...
+
+def read_checkpoint(path: str | Any, *, verify: bool = True, threads: int | None = None) -> LoadedCheckpoint | None:
+    """Loads the checkpoint in ``path`` (a ``latest/`` directory); None when it has no manifest."""
+
+def read_manifest(path: str | Any) -> str | None:
+    """The validated manifest of the checkpoint in ``path`` as JSON text, or None."""
+
+# ------------------------------------------------------------------ Ray shard files
+
+def write_shard_files(
+    dir: str | Any,
+    data: ArrowStreamExportable,
+    *,
+    prefix: str,
+    compression: str = "zstd",
+    level: int = 1,
+    threads: int = 1,
+    chunk_bytes: int = 8388608,
+    max_shard_bytes: int = 524288000,
+) -> list[dict[str, Any]]:
+    """Writes ``data`` as ``{prefix}-data-NNNNN-of-NNNNN.arrow`` shards into the existing ``dir``
+    (fsynced, GIL released; no lock, manifest or commit). Returns one manifest entry per shard:
+    ``file``, ``bytes``, ``xxh3_64``, ``rows``, ``raw_bytes``."""
+
+def read_shard_file(
+    path: str | Any, *, bytes: int, xxh3_64: str, rows: int | None = None, verify: bool = True
+) -> LoadedCheckpoint:
+    """Reads one shard file verified against its manifest entry; ``manifest`` is that entry as JSON."""
+
+# ------------------------------------------------------------------ events
+
+@final
+class EventSink:
+    """The native half of one EventLogger: a bounded lock-free queue, a flush
+    thread writing it to the JSONL file, and the Event builder of the fast path."""
+
+    def __new__(
+        cls,
+        path: str | PathLike[str],
+        event_class: type,
+        fields: list[str],
+        flush_interval: float = 0.1,
+        queue_size: int = 65536,
+    ) -> EventSink: ...
+    def log_fields(
+        self,
+        event_type: Any,
+        message: Any,
+        kwargs: dict[str, Any] | None,
+        job_id: Any,
+        events: Any,
+    ) -> Any | None:
+        """Build the Event, append it to ``events``, queue its line and return it;
+        ``None`` (nothing done) when ``kwargs`` holds a name ``Event()`` rejects."""
+    def log_event(self, event: Any, job_id: Any, events: Any) -> None:
+        """Set ``event.job_id``, append the event to ``events`` and queue its line."""
+    def flush(self, fsync: bool = False) -> None:
+        """Write every queued line (and fsync); raises OSError if a write failed."""
+    def close(self) -> None:
+        """Flush, fsync and stop the flush thread; later events raise ValueError."""
+    def _after_fork_in_child(self) -> None: ...
+    @property
+    def batches_written(self) -> int: ...
+    @property
+    def path(self) -> Path: ...
+
+def analyze_events_file(path: str | PathLike[str]) -> dict[str, Any]:
+    """Fold a JSONL event log into ``total_events``, ``job_status``,
+    ``partition_states``, ``checkpoints`` and ``job_start_events``."""
+
+def events_file_has_type(path: str | PathLike[str], event_type: str) -> bool:
+    """Whether the log holds an event of ``event_type`` (broken lines skipped)."""

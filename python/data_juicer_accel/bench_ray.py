@@ -1,0 +1,177 @@
+"""Bench case ``ray``: ``RayCheckpointManager`` save/load against the
+reference's ``write_parquet`` / ``read_parquet`` on the same Ray dataset.
+
+Both sides get the same materialized dataset (in the object store, split in
+blocks) and run on the same local Ray cluster; a save ends when the write
+tasks are done and (ours) the manifest is committed, a load ends when every
+block is materialized again. MB are the Arrow bytes of the dataset in memory.
+After an untimed warm-up (workers started, both code paths imported), the
+figure of each round is kept, the median reported.
+
+Run::
+
+    python -m data_juicer_accel.bench_ray [--size-mb 64] [--rounds 3]
+
+It starts a local Ray cluster with 2 CPUs (unless one is already running in
+this process) and shuts it down at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pyarrow as pa
+
+__all__ = ["run_ray_bench", "main", "make_table"]
+
+_BLOCKS = 8
+
+
+def make_table(size_mb: int, seed: int = 0) -> pa.Table:
+    """Data-Juicer-shaped rows (text, meta struct, stats) of about ``size_mb`` MB."""
+    rng = random.Random(seed)
+    vocab = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 10))) for _ in range(5000)]
+    texts: list[str] = []
+    total = 0
+    target = size_mb << 20
+    while total < target:
+        text = " ".join(rng.choices(vocab, k=rng.randint(20, 400)))
+        texts.append(text)
+        total += len(text) + 40
+    n = len(texts)
+    return pa.table(
+        {
+            "text": texts,
+            "meta": [{"source": f"crawl-{i % 13}", "n": i} for i in range(n)],
+            "__dj__stats__": [{"text_len": len(t), "num_words": t.count(" ") + 1} for t in texts],
+        }
+    )
+
+
+def _dir_mb(path: str) -> float:
+    total = 0
+    for root, _, files in os.walk(path):
+        total += sum(os.path.getsize(os.path.join(root, f)) for f in files)
+    return total / (1 << 20)
+
+
+def _timed(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def run_ray_bench(size_mb: int, rounds: int) -> list[dict]:
+    """One row per implementation: ``name``, ``save_mb_s``, ``load_mb_s``,
+    ``disk_mb`` (median of ``rounds``), and ``save_ratio``, ``load_ratio``,
+    ``disk_ratio``: the row's figure divided by ours (ours = 1.0)."""
+    import ray
+
+    from data_juicer_accel.utils.ray_ckpt import RayCheckpointManager
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(
+            address="local",
+            num_cpus=2,
+            include_dashboard=False,
+            object_store_memory=max(512, 8 * size_mb) << 20,
+            log_to_driver=False,
+            configure_logging=False,
+        )
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    try:
+        table = make_table(size_mb)
+        mb = table.nbytes / (1 << 20)
+        dataset = ray.data.from_arrow(table).repartition(_BLOCKS).materialize()
+        del table
+        results: dict[str, dict[str, list[float]]] = {}
+        root = tempfile.mkdtemp(prefix="dja-bench-ray-")
+        try:
+            # Warm-up, untimed: workers started and both code paths imported on them.
+            small = ray.data.from_arrow(make_table(1)).repartition(2).materialize()
+            RayCheckpointManager(os.path.join(root, "warm")).save_checkpoint(small, 0)
+            RayCheckpointManager(os.path.join(root, "warm")).load_checkpoint(0).materialize()
+            small.write_parquet(os.path.join(root, "warm.parquet"))
+            ray.data.read_parquet(os.path.join(root, "warm.parquet")).materialize()
+            for r in range(max(1, rounds)):
+                # ours
+                manager = RayCheckpointManager(os.path.join(root, f"ours-{r}"))
+                save = _timed(lambda m=manager: m.save_checkpoint(dataset, 0, "bench", 0))
+                load = _timed(lambda m=manager: m.load_checkpoint(0, "bench", 0).materialize())
+                disk = _dir_mb(manager.ckpt_dir)
+                _record(results, "data-juicer-accel (zstd Arrow IPC)", save, load, disk)
+                # the reference: what its RayCheckpointManager does
+                path = os.path.join(root, f"ref-{r}", "checkpoint_op_0000_partition_0000.parquet")
+                save = _timed(lambda p=path: dataset.write_parquet(p))
+                load = _timed(lambda p=path: ray.data.read_parquet(p).materialize())
+                disk = _dir_mb(path)
+                _record(results, "reference (Ray write_parquet/read_parquet)", save, load, disk)
+                shutil.rmtree(os.path.join(root, f"ours-{r}"), ignore_errors=True)
+                shutil.rmtree(os.path.join(root, f"ref-{r}"), ignore_errors=True)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+    finally:
+        if started:
+            ray.shutdown()
+
+    rows = []
+    for name, figures in results.items():
+        rows.append(
+            {
+                "name": name,
+                "mb": round(mb, 1),
+                "save_mb_s": round(mb / statistics.median(figures["save"]), 1),
+                "load_mb_s": round(mb / statistics.median(figures["load"]), 1),
+                "disk_mb": round(statistics.median(figures["disk"]), 2),
+            }
+        )
+    ours = rows[0]
+    for row in rows:
+        for key, ratio in (("save_mb_s", "save_ratio"), ("load_mb_s", "load_ratio"), ("disk_mb", "disk_ratio")):
+            row[ratio] = round(row[key] / ours[key], 2) if ours[key] else float("nan")
+    return rows
+
+
+def _record(results, name: str, save: float, load: float, disk: float) -> None:
+    entry = results.setdefault(name, {"save": [], "load": [], "disk": []})
+    entry["save"].append(save)
+    entry["load"].append(load)
+    entry["disk"].append(disk)
+
+
+def format_table(rows: list[dict]) -> str:
+    header = ["case", "save MB/s", "load MB/s", "disk MB", "save x", "load x", "disk x"]
+    keys = ["name", "save_mb_s", "load_mb_s", "disk_mb", "save_ratio", "load_ratio", "disk_ratio"]
+    body = [[str(r[k]) for k in keys] for r in rows]
+    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(header)]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        )
+
+    out = [line(header), *(line(b) for b in body)]
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mb", type=int, default=64, help="dataset size in memory (default 64)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds; the median is reported (default 3)")
+    args = parser.parse_args(argv)
+    rows = run_ray_bench(args.size_mb, args.rounds)
+    print(f"ray: {rows[0]['mb']} MB in {_BLOCKS} blocks, 2 CPUs, median of {args.rounds} round(s); x = vs ours")
+    print(format_table(rows))
+
+
+if __name__ == "__main__":
+    main()

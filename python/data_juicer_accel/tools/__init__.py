@@ -1,0 +1,1 @@
+"""Subcommands of the ``data-juicer-accel`` command line (see ``cli.py``)."""

@@ -1,0 +1,381 @@
+"""``data-juicer-accel inspect CKPT_DIR``: what a Data-Juicer checkpoint holds.
+
+CKPT_DIR is a checkpoint directory (the one holding ``latest/`` and
+``ckpt_op.json``, i.e. ``<work_dir>/<job_id>/ckpt``), its ``latest/``, or the
+job's work directory. Checkpoints written by this package are described from
+their manifest; ones written by the original Data-Juicer (``datasets``
+``save_to_disk``) are said to be so and described from their ``state.json``
+and Arrow files.
+
+Exit codes: 0 readable checkpoint, 1 damaged checkpoint, 2 no checkpoint there
+(missing, foreign or unusable directory, bad arguments).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from data_juicer_accel.tools._format import error, human_bytes, key_values, print_json, table
+
+NAME = "inspect"
+
+EXIT_OK = 0
+EXIT_DAMAGED = 1
+EXIT_NOT_A_CHECKPOINT = 2
+
+_OP_RECORD_FILE = "ckpt_op.json"
+_STATE_FILE = "state.json"
+
+
+class _NotACheckpoint(Exception):
+    pass
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        NAME,
+        help="describe a checkpoint: ops recorded, rows, shards, sizes, ratio, format",
+        description=(
+            "Describe a Data-Juicer checkpoint (CKPT_DIR: <work_dir>/<job_id>/ckpt, its latest/, "
+            "or the job's work dir). Exit code 1 on a damaged checkpoint, 2 when there is none."
+        ),
+    )
+    parser.add_argument("ckpt_dir", metavar="CKPT_DIR")
+    parser.add_argument(
+        "--config",
+        metavar="YAML",
+        help="a Data-Juicer config: show which of its ops this checkpoint lets a run skip",
+    )
+    parser.add_argument(
+        "--job-id",
+        help="job id used to resolve the config's work_dir (default: the directory above ckpt/)",
+    )
+    parser.add_argument("--verify", action="store_true", help="read every file and check every checksum")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.set_defaults(run=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        ckpt_dir, latest = _resolve(args.ckpt_dir)
+    except _NotACheckpoint as e:
+        return _fail(args, str(e), EXIT_NOT_A_CHECKPOINT)
+
+    report: dict[str, Any] = {"ckpt_dir": ckpt_dir, "latest_dir": latest, "problems": []}
+    report["ops_recorded"] = _op_record(ckpt_dir, report["problems"])
+    try:
+        _describe_data(latest, report)
+    except _NotACheckpoint as e:
+        return _fail(args, str(e), EXIT_NOT_A_CHECKPOINT)
+
+    if args.verify:
+        report["verify"] = _verify(latest, report)
+        if not report["verify"]["ok"]:
+            report["problems"].append(report["verify"]["error"])
+
+    if args.config:
+        try:
+            report["config"] = _config_plan(ckpt_dir, args.config, args.job_id)
+        except Exception as e:  # a config Data-Juicer itself rejects
+            return _fail(args, f"cannot load config {args.config}: {type(e).__name__}: {e}", EXIT_NOT_A_CHECKPOINT)
+
+    report["damaged"] = bool(report["problems"])
+    if args.json:
+        print_json(report)
+    else:
+        _print_report(report)
+    return EXIT_DAMAGED if report["damaged"] else EXIT_OK
+
+
+# --------------------------------------------------------------------------
+
+
+def _fail(args, message: str, code: int) -> int:
+    error(message)
+    if getattr(args, "json", False):
+        print_json({"error": message, "exit_code": code})
+    return code
+
+
+def _resolve(path: str) -> tuple[str, str]:
+    """(checkpoint dir, its latest/) for a checkpoint dir, a latest/ or a job work dir."""
+    from data_juicer_accel import _native
+
+    path = os.path.abspath(path)
+    if not os.path.exists(path):
+        raise _NotACheckpoint(f"{path}: no such directory")
+    if not os.path.isdir(path):
+        raise _NotACheckpoint(f"{path}: not a directory")
+    if os.path.isdir(os.path.join(path, "latest")):
+        return path, os.path.join(path, "latest")
+    if os.path.exists(os.path.join(path, _native.MANIFEST_FILE)) or os.path.exists(os.path.join(path, _STATE_FILE)):
+        return os.path.dirname(path), path
+    if os.path.isdir(os.path.join(path, "ckpt", "latest")):
+        return os.path.join(path, "ckpt"), os.path.join(path, "ckpt", "latest")
+    if os.path.exists(os.path.join(path, _OP_RECORD_FILE)):
+        raise _NotACheckpoint(f"{path}: has an op record ({_OP_RECORD_FILE}) but no latest/ dataset")
+    raise _NotACheckpoint(
+        f"{path}: not a Data-Juicer checkpoint directory (expected latest/ and {_OP_RECORD_FILE}, "
+        f"as in <work_dir>/<job_id>/ckpt)"
+    )
+
+
+def _op_record(ckpt_dir: str, problems: list[str]) -> list[dict[str, Any]] | None:
+    path = os.path.join(ckpt_dir, _OP_RECORD_FILE)
+    if not os.path.exists(path):
+        problems.append(f"{path}: missing (a run cannot resume from this checkpoint)")
+        return None
+    try:
+        with open(path) as f:
+            record = json.load(f)
+    except (OSError, ValueError) as e:
+        problems.append(f"{path}: unreadable op record ({e})")
+        return None
+    if not isinstance(record, list) or not all(isinstance(op, dict) and op for op in record):
+        problems.append(f"{path}: not a list of op configs")
+        return None
+    return [{"name": next(iter(op)), "args": op[next(iter(op))]} for op in record]
+
+
+def _describe_data(latest: str, report: dict[str, Any]) -> None:
+    from data_juicer_accel import _native
+
+    try:
+        manifest_json = _native.read_manifest(latest)
+    except ValueError as e:  # CheckpointCorruptError: a manifest that does not validate
+        report["writer"] = "data-juicer-accel"
+        report["problems"].append(str(e))
+        return
+    if manifest_json is not None:
+        _describe_ours(latest, json.loads(manifest_json), report)
+    else:
+        _describe_foreign(latest, report)
+
+
+def _describe_ours(latest: str, manifest: dict[str, Any], report: dict[str, Any]) -> None:
+    shards = manifest.get("shards", [])
+    total = sum(s["bytes"] for s in shards)
+    raw = sum(s.get("raw_bytes", 0) for s in shards)
+    report.update(
+        writer="data-juicer-accel",
+        format_version=manifest.get("format_version"),
+        kind=manifest.get("kind"),
+        codec=manifest.get("codec"),
+        level=manifest.get("level"),
+        num_rows=manifest.get("num_rows"),
+        shards=shards,
+        files=manifest.get("files", []),
+        total_bytes=total,
+        raw_bytes=raw,
+        compression_ratio=(raw / total) if total else None,
+    )
+    # Cheap damage check: every listed file is there with its recorded size.
+    resized = 0
+    for entry in [*shards, *manifest.get("files", [])]:
+        path = os.path.join(latest, entry["file"])
+        try:
+            size = os.path.getsize(path)
+        except OSError:
+            report["problems"].append(f"{path}: missing")
+            continue
+        if "bytes" in entry and size != entry["bytes"]:
+            resized += 1
+            report["problems"].append(f"{path}: {size} bytes, manifest says {entry['bytes']}")
+    if resized and _datasets_loadable(latest):
+        report["problems"].append(
+            "the files were rewritten after data-juicer-accel wrote this manifest, apparently by datasets "
+            "save_to_disk (unpatched Data-Juicer saving over this checkpoint leaves the manifest behind, stale)"
+        )
+
+
+def _datasets_loadable(latest: str) -> bool:
+    """Whether ``state.json`` names data files that are all there."""
+    try:
+        with open(os.path.join(latest, _STATE_FILE)) as f:
+            names = [d["filename"] for d in json.load(f)["_data_files"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return bool(names) and all(os.path.exists(os.path.join(latest, n)) for n in names)
+
+
+def _describe_foreign(latest: str, report: dict[str, Any]) -> None:
+    """A ``latest/`` written by ``datasets.save_to_disk`` (original Data-Juicer)."""
+    state_path = os.path.join(latest, _STATE_FILE)
+    if not os.path.exists(state_path):
+        raise _NotACheckpoint(
+            f"{latest}: neither a data-juicer-accel checkpoint (no manifest) nor a datasets one (no {_STATE_FILE})"
+        )
+    report.update(writer="data-juicer (datasets save_to_disk)", format_version=None, kind="hf", codec="none")
+    try:
+        with open(state_path) as f:
+            state = json.load(f)
+        data_files = [d["filename"] for d in state["_data_files"]]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        report["problems"].append(f"{state_path}: unreadable ({e})")
+        return
+    shards, rows_total = [], 0
+    for name in data_files:
+        path = os.path.join(latest, name)
+        entry: dict[str, Any] = {"file": name, "bytes": None, "rows": None}
+        try:
+            entry["bytes"] = os.path.getsize(path)
+            entry["rows"] = _arrow_stream_rows(path)
+            rows_total += entry["rows"]
+        except (OSError, ValueError) as e:  # pyarrow.ArrowInvalid is a ValueError
+            report["problems"].append(f"{path}: {e}")
+        shards.append(entry)
+    total = sum(s["bytes"] or 0 for s in shards)
+    report.update(
+        num_rows=rows_total if not report["problems"] else None,
+        shards=shards,
+        files=sorted(n for n in os.listdir(latest) if n not in data_files),
+        total_bytes=total,
+        raw_bytes=total,
+        compression_ratio=1.0 if total else None,
+    )
+
+
+def _arrow_stream_rows(path: str) -> int:
+    """Rows of an Arrow IPC stream file, from its batch headers (memory-mapped)."""
+    import pyarrow as pa
+
+    with pa.memory_map(path) as source:
+        reader = pa.ipc.open_stream(source)
+        return sum(batch.num_rows for batch in reader)
+
+
+def _verify(latest: str, report: dict[str, Any]) -> dict[str, Any]:
+    if report.get("writer") == "data-juicer-accel":
+        from data_juicer_accel import _native
+
+        try:
+            loaded = _native.read_checkpoint(latest, verify=True)
+        except (ValueError, OSError) as e:
+            return {"ok": False, "checked": "checksums", "error": str(e)}
+        if loaded is None:
+            return {"ok": False, "checked": "checksums", "error": f"{latest}: manifest disappeared"}
+        return {"ok": True, "checked": "every file's xxh3-64 checksum, every shard decoded", "rows": loaded.num_rows}
+    # datasets writes no checksums: the most that can be checked is that it loads.
+    try:
+        import datasets
+
+        ds = datasets.load_from_disk(latest)
+        rows = len(ds)
+    except Exception as e:
+        return {"ok": False, "checked": "datasets.load_from_disk", "error": f"{latest}: {type(e).__name__}: {e}"}
+    return {"ok": True, "checked": "loads with datasets.load_from_disk (no checksums in this format)", "rows": rows}
+
+
+def _config_plan(ckpt_dir: str, config: str, job_id: str | None) -> dict[str, Any]:
+    """Which ops of ``config`` a run would skip, by CheckpointManager's own rule."""
+    from loguru import logger
+
+    from data_juicer_accel.utils.ckpt_utils import CheckpointManager
+
+    job_id = job_id or os.path.basename(os.path.dirname(ckpt_dir))
+    # This runs in the CLI's own process: Data-Juicer's config loading and the
+    # manager's "Skip op" lines would bury the report, so stderr gets errors
+    # only, and the manager's warnings (why a checkpoint is not usable) are kept.
+    import data_juicer.config  # noqa: F401  (importing Data-Juicer sets up its own log handlers)
+
+    logger.remove()
+    logger.add(sys.stderr, level="ERROR")
+    process_list = _load_process_list(config, job_id)
+    messages: list[str] = []
+    logger.remove()  # again: Data-Juicer may have set up its own handlers meanwhile
+    logger.add(sys.stderr, level="ERROR")
+    logger.add(
+        lambda m: messages.append(m.record["message"]),
+        level="WARNING",
+        format="{message}",
+        filter="data_juicer_accel",
+    )
+    manager = CheckpointManager(ckpt_dir, process_list)
+    names = [next(iter(op)) for op in process_list]
+    skipped = len(manager.op_record) if manager.ckpt_available else 0
+    return {
+        "path": os.path.abspath(config),
+        "job_id": job_id,
+        "checkpoint_usable": bool(manager.ckpt_available),
+        "would_skip": names[:skipped],
+        "would_run": [next(iter(op)) for op in manager.get_left_process_list()],
+        "reason": " ".join(messages) or None,
+    }
+
+
+def _load_process_list(config: str, job_id: str) -> list[dict[str, Any]]:
+    """The config's ``process`` list as Data-Juicer's executor sees it (defaults
+    filled in, work_dir resolved): what its op record is compared with."""
+    from data_juicer.config import init_configs
+
+    cfg = init_configs(["--config", config, "--job_id", job_id], load_configs_only=True)
+    return list(cfg.process or [])
+
+
+def _print_report(r: dict[str, Any]) -> None:
+    ratio = r.get("compression_ratio")
+    head = [
+        ("checkpoint", r["ckpt_dir"]),
+        ("written by", r.get("writer")),
+        ("format version", r.get("format_version")),
+        ("kind", r.get("kind")),
+        ("codec", f"{r.get('codec')} (level {r['level']})" if r.get("level") is not None else r.get("codec")),
+        ("rows", r.get("num_rows")),
+        ("shards", len(r.get("shards") or [])),
+        ("size on disk", human_bytes(r.get("total_bytes"))),
+        ("uncompressed", human_bytes(r.get("raw_bytes"))),
+        ("compression ratio", f"{ratio:.2f}x" if ratio else None),
+    ]
+    print(key_values(head))
+    if r.get("writer", "").startswith("data-juicer ("):
+        print("note: written by the original Data-Juicer, not by data-juicer-accel (no manifest, no checksums)")
+
+    if r.get("shards"):
+        print("\nShards:")
+        rows = [
+            [
+                s["file"],
+                s.get("rows"),
+                human_bytes(s.get("bytes")),
+                human_bytes(s.get("raw_bytes")) if "raw_bytes" in s else None,
+                f"{s['raw_bytes'] / s['bytes']:.2f}x" if s.get("raw_bytes") and s.get("bytes") else None,
+                f"{s['xxh3_64']:016x}" if isinstance(s.get("xxh3_64"), int) else s.get("xxh3_64"),
+            ]
+            for s in r["shards"]
+        ]
+        print(table(["file", "rows", "bytes", "raw", "ratio", "xxh3-64"], rows, right={1, 2, 3, 4}))
+    if r.get("files"):
+        files = [f["file"] if isinstance(f, dict) else f for f in r["files"]]
+        print(f"\nOther files: {', '.join(files)}")
+
+    ops = r.get("ops_recorded")
+    print(f"\nOps recorded ({len(ops) if ops is not None else 0}):")
+    if ops:
+        rows = [[i, op["name"], len(op["args"] or {})] for i, op in enumerate(ops, 1)]
+        print(table(["#", "op", "args"], rows, right={0, 2}))
+    else:
+        print("  none")
+
+    if "config" in r:
+        c = r["config"]
+        print(f"\nConfig {c['path']} (job id {c['job_id']}):")
+        if c["checkpoint_usable"]:
+            print(f"  would skip ({len(c['would_skip'])}): {', '.join(c['would_skip']) or '-'}")
+        else:
+            print("  checkpoint not usable with this config: every op would run")
+            if c.get("reason"):
+                print(f"  reason: {c['reason']}")
+        print(f"  would run  ({len(c['would_run'])}): {', '.join(c['would_run']) or '-'}")
+
+    if "verify" in r:
+        v = r["verify"]
+        print(f"\nVerify: {'OK' if v['ok'] else 'FAILED'} ({v['checked']})")
+    if r["problems"]:
+        print("\nDAMAGED:")
+        for p in r["problems"]:
+            print(f"  {p}")

@@ -1,0 +1,350 @@
+"""RayCheckpointManager on a real local Ray cluster (started here, 2 CPUs,
+one session for the module): round trips, the partitioned executor's call
+pattern, a worker SIGKILLed mid-write, the reference's parquet checkpoints,
+and the ``_log_event`` calls compared with the reference's."""
+
+from __future__ import annotations
+
+import glob
+import os
+import signal
+import sys
+import time
+import types
+
+import pyarrow as pa
+import pytest
+
+ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'data-juicer-accel[ray]')")
+pytest.importorskip("ray.data", reason="ray[data] is not installed (pip install 'data-juicer-accel[ray]')")
+
+from data_juicer_accel import _native  # noqa: E402
+from data_juicer_accel.utils.ckpt_utils import CheckpointStrategy, RayCheckpointManager  # noqa: E402
+from tests.conftest import requires_reference, text_table  # noqa: E402
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_cluster():
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        object_store_memory=256 << 20,
+        log_to_driver=False,
+        configure_logging=False,
+    )
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    yield
+    ray.shutdown()
+
+
+def numbered(rows: int = 1200, blocks: int = 6) -> ray.data.Dataset:
+    table = text_table(rows).append_column("id", pa.array(range(rows), pa.int64()))
+    return ray.data.from_arrow(table).repartition(blocks)
+
+
+def ids(ds) -> list[int]:
+    return sorted(pa.concat_tables(ray.get(ds.to_arrow_refs()))["id"].to_pylist())
+
+
+def as_table(ds) -> pa.Table:
+    return pa.concat_tables(ray.get(ds.to_arrow_refs())).sort_by("id")
+
+
+def listing(path) -> list[str]:
+    return sorted(os.listdir(path))
+
+
+class RecordingLogger:
+    """Test double of the caller's contract: an object with ``_log_event``."""
+
+    def __init__(self):
+        self.calls: list[dict] = []
+
+    def _log_event(self, **kwargs):
+        self.calls.append(kwargs)
+
+
+class Op:
+    def __init__(self, name):
+        self._name = name
+
+
+class Wrapped:
+    """Shaped like Data-Juicer's RayDataset: the Ray dataset in ``.data``."""
+
+    def __init__(self, data):
+        self.data = data
+
+
+def test_save_writes_shards_on_the_workers_and_load_reads_them_back(tmp_path):
+    m = RayCheckpointManager(str(tmp_path))
+    ds = numbered()
+    expected = as_table(ds)
+    path = m.save_checkpoint(ds, 3, "words_num_filter", 0)
+    assert path == str(tmp_path / "checkpoint_op_0003_partition_0000.accel")
+    assert listing(tmp_path) == ["checkpoint_op_0003_partition_0000.accel"]  # no staging left
+    files = listing(path)
+    assert _native.MANIFEST_FILE in files
+    shards = [f for f in files if f.endswith(".arrow")]
+    assert len(shards) == 6, "one shard per block"
+    # Written by several Ray tasks: every shard name starts with its task index.
+    assert len({f.split("-")[0] for f in shards}) > 1
+
+    loaded = m.load_checkpoint(3, "words_num_filter", 0)
+    assert isinstance(loaded, ray.data.Dataset)
+    assert loaded.count() == 1200
+    assert as_table(loaded).equals(expected)
+    # The shards are ordinary zstd Arrow IPC streams.
+    one = pa.ipc.open_stream(pa.OSFile(os.path.join(path, shards[0]))).read_all()
+    assert one.schema.equals(expected.schema)
+
+
+def test_load_reads_on_the_workers(tmp_path):
+    m = RayCheckpointManager(str(tmp_path))
+    m.save_checkpoint(numbered(600, 4), 0)
+    loaded = m.load_checkpoint(0)
+
+    # Each read task runs in a Ray worker process, not in the driver.
+    pids = set(loaded.map_batches(lambda b: {"pid": [os.getpid()] * len(b["id"])}).unique("pid"))
+    assert pids and os.getpid() not in pids
+
+
+def test_relative_checkpoint_dir(tmp_path, monkeypatch):
+    """Ray workers run elsewhere than the driver's working directory."""
+    monkeypatch.chdir(tmp_path)
+    m = RayCheckpointManager("ckpt")
+    assert m.save_checkpoint(numbered(200, 2), 0) == os.path.join("ckpt", "checkpoint_op_0000_partition_0000.accel")
+    assert m.find_latest_checkpoint(0)[2] == os.path.join("ckpt", "checkpoint_op_0000_partition_0000.accel")
+    assert m.load_checkpoint(0).count() == 200
+
+
+def test_empty_dataset_keeps_its_schema(tmp_path):
+    m = RayCheckpointManager(str(tmp_path))
+    ds = ray.data.from_arrow(text_table(10).slice(0, 0))
+    m.save_checkpoint(ds, 0)
+    loaded = m.load_checkpoint(0)
+    assert loaded.count() == 0
+    assert loaded.schema().names == ["text", "meta", "__dj__stats__"]
+
+
+def test_resave_of_the_same_op_replaces_the_checkpoint(tmp_path):
+    m = RayCheckpointManager(str(tmp_path))
+    m.save_checkpoint(numbered(100, 2), 1)
+    m.save_checkpoint(numbered(300, 3), 1)
+    assert listing(tmp_path) == ["checkpoint_op_0001_partition_0000.accel"]
+    assert m.load_checkpoint(1).count() == 300
+
+
+def test_partitioned_executor_call_pattern(tmp_path):
+    """What ``RayExecutorPartitioned._process_with_checkpointing`` does, with
+    its positional calls, then the resume of the same job by a new manager."""
+    events = RecordingLogger()
+    ops = [Op(n) for n in ["a_mapper", "b_filter", "c_mapper", "d_filter", "e_mapper"]]
+
+    def process(partition_id, dataset, manager, fail_after_op=None):
+        latest = manager.find_latest_checkpoint(partition_id)
+        current = dataset
+        for start_idx, end_idx, group_ops in manager.group_operations_for_checkpointing(ops):
+            if latest and latest[0] >= end_idx:
+                continue
+            if latest and latest[0] >= start_idx:
+                current = manager.load_checkpoint(latest[0], latest[1], partition_id, cfg=None)
+                assert current is not None
+                current = Wrapped(current)
+                group_ops = ops[latest[0] + 1 : end_idx]
+                if not group_ops:
+                    continue
+            for i in range(len(group_ops)):
+                op_idx = end_idx - len(group_ops) + i
+                if fail_after_op is not None and op_idx > fail_after_op:
+                    raise KeyboardInterrupt("job stopped")
+                current = Wrapped(current.data.map_batches(lambda b, k=op_idx: {**b, "id": b["id"] + 0 * k}))
+            current.data = current.data.materialize()
+            last_op_idx = end_idx - 1
+            if manager.should_checkpoint(last_op_idx, ops[last_op_idx]._name):
+                manager.save_checkpoint(current, last_op_idx, ops[last_op_idx]._name, partition_id, cfg=None)
+        return current
+
+    def manager():
+        return RayCheckpointManager(
+            str(tmp_path), True, CheckpointStrategy.EVERY_N_OPS, 2, None, events
+        )  # positional, as the executor's call order
+
+    partitions = {0: numbered(400, 2), 1: numbered(200, 2)}
+    with pytest.raises(KeyboardInterrupt):
+        process(0, Wrapped(partitions[0]), manager(), fail_after_op=2)
+    assert listing(tmp_path) == ["checkpoint_op_0001_partition_0000.accel"]
+    assert [e["operation_idx"] for e in events.calls] == [1]
+
+    # Resume: op groups (0,2) (2,4) (4,5); the checkpoint after op 1 is loaded.
+    done = process(0, Wrapped(partitions[0]), manager())
+    assert ids(done.data) == list(range(400))
+    done1 = process(1, Wrapped(partitions[1]), manager())
+    assert ids(done1.data) == list(range(200))
+    assert listing(tmp_path) == [
+        "checkpoint_op_0001_partition_0000.accel",
+        "checkpoint_op_0001_partition_0001.accel",
+        "checkpoint_op_0003_partition_0000.accel",
+        "checkpoint_op_0003_partition_0001.accel",
+    ]
+    kinds = [(e["event_type"].value, e["partition_id"], e["operation_idx"]) for e in events.calls]
+    assert kinds == [
+        ("checkpoint_save", 0, 1),
+        ("checkpoint_load", 0, 1),
+        ("checkpoint_save", 0, 3),
+        ("checkpoint_save", 1, 1),
+        ("checkpoint_save", 1, 3),
+    ]
+    assert manager().find_latest_checkpoint(1) == (
+        3,
+        "op_0003",
+        str(tmp_path / "checkpoint_op_0003_partition_0001.accel"),
+    )
+
+
+def _kill_in_write(staging_glob: str, marker: str, kill_id: int):
+    """A map UDF fused into the write tasks: on the block holding ``kill_id``
+    it waits until other blocks' shards are in the staging directory, notes
+    how many, and SIGKILLs its own worker process."""
+
+    def udf(batch):
+        if kill_id in set(batch["id"].tolist()):
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not glob.glob(staging_glob):
+                time.sleep(0.05)
+            with open(marker, "w") as f:
+                f.write(str(len(glob.glob(staging_glob))))
+            os.kill(os.getpid(), signal.SIGKILL)
+        return batch
+
+    return udf
+
+
+def test_worker_killed_mid_write_leaves_no_checkpoint(tmp_path):
+    m = RayCheckpointManager(str(tmp_path))
+    m.write_ray_remote_args = {"max_retries": 0}
+    m.save_checkpoint(numbered(600, 3), 0, "first", 0)
+
+    name = m.resolve_checkpoint_filename(1, 0)
+    staging_glob = str(tmp_path / f".{name}.staging-*" / "*.arrow")
+    marker = str(tmp_path.parent / f"{tmp_path.name}-killed")
+    ds = numbered(1200, 6).map_batches(_kill_in_write(staging_glob, marker, kill_id=1199), max_retries=0)
+    # The UDF is fused into the write tasks (MapBatches(udf)->Write): the kill lands in one.
+    with pytest.raises(ray.exceptions.WorkerCrashedError):
+        m.save_checkpoint(ds, 1, "second", 0)
+
+    # The worker was killed while the checkpoint was half written ...
+    assert int(open(marker).read()) >= 1
+    # ... and the checkpoint is absent, never half there.
+    assert listing(tmp_path) == ["checkpoint_op_0000_partition_0000.accel"]
+    assert m.find_latest_checkpoint(0) == (0, "op_0000", str(tmp_path / "checkpoint_op_0000_partition_0000.accel"))
+    assert m.load_checkpoint(1, "second", 0) is None
+    assert m.load_checkpoint(0).count() == 600
+
+
+def test_a_damaged_shard_fails_the_read_loudly(tmp_path):
+    m = RayCheckpointManager(str(tmp_path))
+    path = m.save_checkpoint(numbered(300, 2), 0)
+    shard = sorted(glob.glob(os.path.join(path, "*.arrow")))[0]
+    data = bytearray(open(shard, "rb").read())
+    data[len(data) // 2] ^= 0xFF
+    open(shard, "wb").write(bytes(data))
+    loaded = m.load_checkpoint(0)
+    with pytest.raises(Exception, match="xxh3"):
+        loaded.materialize()
+
+
+@requires_reference
+def test_reference_checkpoints_are_found_and_loaded(tmp_path):
+    from data_juicer.utils.ckpt_utils import RayCheckpointManager as Ref
+
+    ds = numbered(500, 2)
+    ref_path = Ref(str(tmp_path)).save_checkpoint(ds, 2, "b_filter", 0)
+    assert ref_path.endswith("checkpoint_op_0002_partition_0000.parquet")
+
+    m = RayCheckpointManager(str(tmp_path))
+    assert m.find_latest_checkpoint(0) == (2, "op_0002", ref_path)
+    assert as_table(m.load_checkpoint(2, "op_0002", 0)).equals(as_table(ds))
+    # After the switch, ours is written for later ops and wins.
+    ours = m.save_checkpoint(ds, 3, "c_mapper", 0)
+    assert m.find_latest_checkpoint(0) == (3, "op_0003", ours)
+
+
+def reference_event_module(monkeypatch):
+    """The reference's ``event_logging_mixin`` loaded from its file and put in
+    ``sys.modules``, so that the reference's ``from
+    data_juicer.core.executor.event_logging_mixin import EventType`` finds it
+    without importing the ``data_juicer.core.executor`` package (whose lazy
+    loader may pip-install packages)."""
+    import importlib.util
+
+    import data_juicer
+
+    path = os.path.join(os.path.dirname(data_juicer.__file__), "core", "executor", "event_logging_mixin.py")
+    name = "data_juicer.core.executor.event_logging_mixin"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setitem(sys.modules, name, module)
+    return module
+
+
+@requires_reference
+def test_log_event_calls_match_the_reference(tmp_path, monkeypatch):
+    from data_juicer.utils.ckpt_utils import RayCheckpointManager as Ref
+
+    executor_imported_before = "data_juicer.core.executor" in sys.modules  # other tests may import it
+    ref_events = reference_event_module(monkeypatch)
+    ds = numbered(200, 2)
+    ref_log, our_log = RecordingLogger(), RecordingLogger()
+    ref = Ref(str(tmp_path / "ref"), event_logger=ref_log)
+    ours = RayCheckpointManager(str(tmp_path / "ours"), event_logger=our_log)
+    for manager in (ref, ours):
+        manager.save_checkpoint(ds, 4, "d_filter", 7)
+        manager.save_checkpoint(ds, 5, None, 7)
+        assert manager.load_checkpoint(4, "d_filter", 7) is not None
+        assert manager.load_checkpoint(5, None, 7) is not None
+        assert manager.load_checkpoint(6, None, 7) is None  # absent: no event
+
+    def normalised(calls, root, suffix):
+        out = []
+        for c in calls:
+            c = dict(c, metadata=dict(c["metadata"]))
+            c["metadata"]["checkpoint_path"] = c["metadata"]["checkpoint_path"].replace(str(root), "<dir>")
+            c["metadata"]["checkpoint_path"] = c["metadata"]["checkpoint_path"].replace(suffix, "<ext>")
+            out.append(c)
+        return out
+
+    assert len(ref_log.calls) == 4
+    assert normalised(our_log.calls, tmp_path / "ours", ".accel") == normalised(
+        ref_log.calls, tmp_path / "ref", ".parquet"
+    )
+    # The reference's executor is loaded: the event type is its own enum.
+    assert all(isinstance(c["event_type"], ref_events.EventType) for c in our_log.calls)
+    if not executor_imported_before:
+        assert "data_juicer.core.executor" not in sys.modules, "the executor package (lazy installers) was imported"
+
+
+def test_load_with_cfg_wraps_in_data_juicers_ray_dataset(tmp_path, monkeypatch):
+    """With ``cfg``, the result is ``RayDataset(ray_dataset, cfg=cfg)`` as in the
+    reference. ``RayDataset`` is a recording stand-in: importing the real one
+    imports ``data_juicer.core``, whose executors may pip-install packages."""
+    made = []
+
+    class RayDataset:
+        def __init__(self, dataset, cfg=None):
+            made.append((dataset, cfg))
+            self.data = dataset
+
+    stub = types.ModuleType("data_juicer.core.data.ray_dataset")
+    stub.RayDataset = RayDataset
+    monkeypatch.setitem(sys.modules, "data_juicer.core.data.ray_dataset", stub)
+    cfg = object()
+    m = RayCheckpointManager(str(tmp_path))
+    m.save_checkpoint(Wrapped(numbered(100, 2)), 0, "a", 0, cfg=cfg)
+    loaded = m.load_checkpoint(0, "a", 0, cfg=cfg)
+    assert isinstance(loaded, RayDataset)
+    assert made == [(loaded.data, cfg)] and isinstance(loaded.data, ray.data.Dataset)
+    assert loaded.data.count() == 100
