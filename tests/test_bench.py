@@ -138,3 +138,32 @@ def test_bench_command_end_to_end(tmp_path):
     if ev.load_accel() is None:
         assert ev.NOT_AVAILABLE in proc.stdout
     assert report.render(results)
+
+
+def test_bench_only_ray_compares_with_the_reference_on_real_ray(tmp_path):
+    pytest.importorskip("ray")
+    out = tmp_path / "ray.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "data_juicer_accel",
+            "bench",
+            "--only",
+            "ray",
+            "--size",
+            "8MB",
+            "--rounds",
+            "1",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(out.read_text())["ray"]
+    assert [r["name"] for r in rows][0].startswith("data-juicer-accel")
+    assert any("write_parquet" in r["name"] for r in rows)
+    assert all(r["save_mb_s"] > 0 and r["load_mb_s"] > 0 for r in rows)
