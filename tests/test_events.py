@@ -10,7 +10,6 @@ import dataclasses
 import enum
 import functools
 import gc
-import importlib.util
 import inspect
 import json
 import multiprocessing
@@ -30,25 +29,16 @@ import pytest
 from loguru import logger
 
 import data_juicer_accel.core.executor.event_logging_mixin as accel
+from data_juicer_accel.bench.events import load_reference
 
-REFERENCE_FILE = os.path.join("data_juicer", "core", "executor", "event_logging_mixin.py")
 VOLATILE_KEYS = {"timestamp", "event_id", "process_id", "thread_id"}
 
 
-def load_reference():
-    """py-data-juicer 1.6.1's module, loaded from its file: importing the
-    ``data_juicer.core.executor`` package would run its lazy installers."""
-    for base in sys.path:
-        path = os.path.join(base, REFERENCE_FILE)
-        if os.path.exists(path):
-            spec = importlib.util.spec_from_file_location("dj_reference_event_logging_mixin", path)
-            module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
-            return module
-    raise RuntimeError("py-data-juicer 1.6.1 is not installed")
-
-
+# py-data-juicer 1.6.1's module, loaded from its file: importing the
+# ``data_juicer.core.executor`` package would run its lazy installers.
 reference = load_reference()
+if reference is None:
+    pytest.skip("py-data-juicer 1.6.1 is not installed", allow_module_level=True)
 
 
 def make_executor(module, work_dir, job_id="job-1", **event_logging):
