@@ -340,11 +340,9 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
 
 mod ray_shards {
     use std::fs;
-    use std::io::Cursor;
     use std::path::{Path, PathBuf};
 
     use arrow_array::{RecordBatch, RecordBatchReader};
-    use arrow_ipc::reader::StreamReader;
     use arrow_schema::{ArrowError, SchemaRef};
     use pyo3::prelude::*;
     use pyo3::types::PyDict;
@@ -408,34 +406,8 @@ mod ray_shards {
         entry: &FileEntry,
         verify: bool,
     ) -> Result<(SchemaRef, Vec<RecordBatch>)> {
-        let actual = fs::metadata(path).at(path)?.len();
-        if actual != entry.bytes {
-            return Err(CheckpointError::corrupt(
-                path,
-                format!(
-                    "file is {actual} bytes, the manifest says {} (truncated or replaced)",
-                    entry.bytes
-                ),
-            ));
-        }
-        let bytes = fs::read(path).at(path)?;
-        if verify {
-            let hash = checksum_hex(xxhash_rust::xxh3::xxh3_64(&bytes));
-            if hash != entry.xxh3_64 {
-                return Err(CheckpointError::corrupt(
-                    path,
-                    format!(
-                        "xxh3 checksum is {hash}, the manifest says {}",
-                        entry.xxh3_64
-                    ),
-                ));
-            }
-        }
-        // The schema message alone; the batches go through the bomb checks.
-        let schema = StreamReader::try_new(Cursor::new(&bytes[..]), None)
-            .map_err(|e| CheckpointError::arrow_corrupt(path, e))?
-            .schema();
-        let batches = reader::decode_shard_bytes(path, bytes, reader::physical_memory())?;
+        let bytes = reader::read_verified_file(path, entry, verify)?;
+        let (schema, batches) = reader::decode_shard_bytes(path, bytes, reader::physical_memory())?;
         let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
         if let Some(expected) = entry.rows {
             if rows != expected {

@@ -105,23 +105,28 @@ pub fn read_checkpoint(dir: &Path, opts: &ReadOptions) -> Result<Option<LoadedCh
 }
 
 fn read_verified(dir: &Path, entry: &FileEntry, verify: bool) -> Result<Vec<u8>> {
-    let path = dir.join(&entry.file);
-    let actual = fs::metadata(&path).at(&path)?.len();
+    read_verified_file(&dir.join(&entry.file), entry, verify)
+}
+
+/// Reads the file at `path` whole, after checking its size against `entry`,
+/// and (with `verify`) its xxh3.
+pub fn read_verified_file(path: &Path, entry: &FileEntry, verify: bool) -> Result<Vec<u8>> {
+    let actual = fs::metadata(path).at(path)?.len();
     if actual != entry.bytes {
         return Err(CheckpointError::corrupt(
-            &path,
+            path,
             format!(
                 "file is {actual} bytes, the manifest says {} (truncated or replaced)",
                 entry.bytes
             ),
         ));
     }
-    let bytes = fs::read(&path).at(&path)?;
+    let bytes = fs::read(path).at(path)?;
     if verify {
         let hash = checksum_hex(xxhash_rust::xxh3::xxh3_64(&bytes));
         if hash != entry.xxh3_64 {
             return Err(CheckpointError::corrupt(
-                &path,
+                path,
                 format!(
                     "xxh3 checksum is {hash}, the manifest says {}",
                     entry.xxh3_64
@@ -345,7 +350,7 @@ pub fn decode_shard_bytes(
     path: &Path,
     bytes: Vec<u8>,
     max_decoded_bytes: u64,
-) -> Result<Vec<RecordBatch>> {
+) -> Result<(SchemaRef, Vec<RecordBatch>)> {
     let shard = split_messages(path, Buffer::from_vec(bytes))?;
     let declared = declared_bytes(path, &shard)?;
     if declared > max_decoded_bytes {
@@ -355,14 +360,16 @@ pub fn decode_shard_bytes(
         ));
     }
     let schema = Arc::new(shard.schema.clone());
-    if !shard.dictionaries.is_empty() {
-        return decode_with_stream_reader(path, &shard);
-    }
-    shard
-        .batches
-        .iter()
-        .map(|m| decode_message(path, &shard, m, &schema))
-        .collect()
+    let batches = if shard.dictionaries.is_empty() {
+        shard
+            .batches
+            .iter()
+            .map(|m| decode_message(path, &shard, m, &schema))
+            .collect::<Result<_>>()?
+    } else {
+        decode_with_stream_reader(path, &shard)?
+    };
+    Ok((schema, batches))
 }
 
 /// Decodes every record-batch message of every shard, in order, in parallel.
