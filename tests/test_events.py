@@ -6,6 +6,7 @@ pids, thread ids) is normalised away. No timing assertions: where something
 must happen "eventually" the tests poll with a generous limit.
 """
 
+import collections
 import dataclasses
 import enum
 import functools
@@ -23,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from types import SimpleNamespace
 
 import pytest
@@ -148,6 +150,26 @@ def test_public_methods_exist_with_reference_signatures():
     assert data_juicer_accel.EventLoggingMixin is accel.EventLoggingMixin
 
 
+class only_loguru_sink:
+    """``with only_loguru_sink(level, messages):`` -- loguru's sinks replaced by
+    one collecting messages at ``level`` (None: no sink), restored after.
+
+    pytest keeps loguru's default DEBUG sink on stderr, which sends every
+    event down the verbose path; a job runs with INFO or WARNING instead."""
+
+    def __init__(self, level, messages):
+        self.level, self.messages = level, messages
+
+    def __enter__(self):
+        logger.remove()
+        if self.level is not None:
+            logger.add(lambda m: self.messages.append(m.record["message"]), level=self.level)
+
+    def __exit__(self, *exc):
+        logger.remove()
+        logger.add(sys.stderr, level="DEBUG")
+
+
 def run_scripted(module, work_dir, messages):
     sink = logger.add(lambda m: messages.append(m.record["message"]), level="INFO")
     try:
@@ -158,10 +180,22 @@ def run_scripted(module, work_dir, messages):
     return executor
 
 
-def test_scripted_job_matches_the_reference(tmp_path):
+# DEBUG: the default stderr sink stays (verbose path); INFO: one native
+# call, the Event built for the loguru line; WARNING: one native call, the
+# Event built only when ``events`` is read.
+@pytest.mark.parametrize("min_level", ["DEBUG", "INFO", "WARNING"])
+def test_scripted_job_matches_the_reference(tmp_path, min_level):
     ref_messages, our_messages = [], []
-    ref = run_scripted(reference, str(tmp_path / "ref"), ref_messages)
-    ours = run_scripted(accel, str(tmp_path / "ours"), our_messages)
+    if min_level == "DEBUG":
+        ref = run_scripted(reference, str(tmp_path / "ref"), ref_messages)
+        ours = run_scripted(accel, str(tmp_path / "ours"), our_messages)
+    else:
+        with only_loguru_sink(min_level, ref_messages):
+            ref = make_executor(reference, str(tmp_path / "ref"))
+            scripted_job(ref, reference)
+        with only_loguru_sink(min_level, our_messages):
+            ours = make_executor(accel, str(tmp_path / "ours"))
+            scripted_job(ours, accel)
     ours.event_logger.flush()
 
     ref_lines, our_lines = read_lines(ref.event_logger.jsonl_file), read_lines(ours.event_logger.jsonl_file)
@@ -348,6 +382,53 @@ def test_event_objects_and_overrides_take_the_reference_path(tmp_path):
         "job_id": "job-1",
         "partition_id": 4,
     }
+
+
+def test_events_keep_the_newest_in_order_as_one_set_of_objects(tmp_path):
+    executor = make_executor(accel, str(tmp_path))
+    with only_loguru_sink(None, []):
+        for i in range(10_050):
+            executor._log_event(accel.EventType.OP_START, f"m{i}", operation_idx=i)
+            if i == 10_020:  # an Event object between fast-path ones
+                executor.event_logger.log_event(accel.Event(accel.EventType.OP_COMPLETE, 1.0, "object"))
+    events = executor.event_logger.events
+    assert events.maxlen == 10_000 and len(events) == 10_000
+    messages = [e.message for e in events]
+    assert messages[0] == "m51" and messages[-1] == "m10049"
+    assert messages[messages.index("m10020") + 1] == "object"
+    assert all(type(e) is accel.Event for e in events)
+    assert [list(vars(e)) for e in events][0] == [f.name for f in dataclasses.fields(accel.Event)]
+    # Read twice: the same objects, and changes to them stay.
+    events[-1].status = "seen"
+    assert executor.event_logger.events[-1] is events[-1]
+    assert executor.get_events(limit=1)[0].status == "seen"
+
+    # A replaced deque receives what is logged next, with its own maxlen.
+    executor.event_logger.events = collections.deque(maxlen=3)
+    with only_loguru_sink(None, []):
+        for i in range(5):
+            executor._log_event(accel.EventType.OP_COMPLETE, f"n{i}")
+    assert [e.message for e in executor.event_logger.events] == ["n2", "n3", "n4"]
+    assert events[-1].message == "m10049"  # the old deque was left alone
+    executor.event_logger.flush()
+    assert len(read_lines(executor.event_logger.jsonl_file)) == 10_050 + 1 + 5
+
+
+def test_a_cycle_through_logged_values_is_collected(tmp_path):
+    executor = make_executor(accel, str(tmp_path))
+
+    class Args(dict):
+        pass
+
+    args = Args(lang="en")
+    args["executor"] = executor  # executor -> logger -> sink -> args -> executor
+    with only_loguru_sink(None, []):
+        executor._log_event(accel.EventType.OP_START, "m", op_args=args)
+    executor.event_logger.flush()
+    collected = weakref.ref(args)
+    del executor, args
+    gc.collect()
+    assert collected() is None
 
 
 def test_generated_event_ids_follow_the_reference_pattern(tmp_path):

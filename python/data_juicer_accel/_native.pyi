@@ -106,6 +106,7 @@ class EventSink:
         fields: list[str],
         flush_interval: float = 0.1,
         queue_size: int = 65536,
+        events_maxlen: int | None = None,
     ) -> EventSink: ...
     def log_fields(
         self,
@@ -113,12 +114,18 @@ class EventSink:
         message: Any,
         kwargs: dict[str, Any] | None,
         job_id: Any,
-        events: Any,
+        return_event: bool,
     ) -> Any | None:
-        """Build the Event, append it to ``events``, queue its line and return it;
-        ``None`` (nothing done) when ``kwargs`` holds a name ``Event()`` rejects."""
-    def log_event(self, event: Any, job_id: Any, events: Any) -> None:
-        """Set ``event.job_id``, append the event to ``events`` and queue its line."""
+        """Make the event's fields, queue its line and keep it for ``events``; return
+        the Event (built now) if ``return_event`` else True; ``None`` (nothing
+        done) when ``kwargs`` holds a name ``Event()`` rejects."""
+    def log_event(self, event: Any, job_id: Any) -> None:
+        """Set ``event.job_id``, keep the event for ``events`` and queue its line."""
+    def move_events_into(self, events: Any) -> None:
+        """Append the events logged since the last call to ``events``, in order,
+        building the Event objects left as fields; callers serialise calls."""
+    def set_events_maxlen(self, maxlen: int | None) -> None:
+        """How many events ``events`` keeps; older fields are dropped unbuilt."""
     def flush(self, fsync: bool = False) -> None:
         """Write every queued line (and fsync); raises OSError if a write failed."""
     def close(self) -> None:
@@ -128,6 +135,16 @@ class EventSink:
     def batches_written(self) -> int: ...
     @property
     def path(self) -> Path: ...
+
+@final
+class LogEventFastPath:
+    """``EventLoggingMixin._log_event`` in one native call, for a package
+    EventLogger whose ``log_event`` is not replaced and no DEBUG sink."""
+
+    def __new__(cls, loguru_core: Any, package_log_event: Any) -> LogEventFastPath: ...
+    def log(self, executor: Any, event_type: Any, message: Any, kwargs: dict[str, Any] | None) -> Any | None:
+        """Log the event; return True, or the Event when an INFO sink wants its
+        line; ``None`` (nothing done) when the Python method must run."""
 
 def analyze_events_file(path: str | PathLike[str]) -> dict[str, Any]:
     """Fold a JSONL event log into ``total_events``, ``job_status``,

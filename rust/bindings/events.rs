@@ -8,8 +8,10 @@
 //! Python exceptions, write errors an `OSError` naming the file.
 
 use std::cell::Cell;
+use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use pyo3::exceptions::{PyOSError, PyValueError};
@@ -17,9 +19,10 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple, PyType};
+use pyo3::{PyTraverseError, PyVisit};
 
 use crate::events::analysis::{self, Analysis, PartitionState, Raw};
-use crate::events::json::{write_f64, write_str};
+use crate::events::json::{write_f64, write_i64, write_str};
 use crate::events::writer::{current_pid, EventWriter, PushError, WriteError, WriterConfig};
 
 /// Job-level events are fsynced before the logging call returns.
@@ -44,6 +47,7 @@ static JSON_DUMPS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<EventSink>()?;
+    m.add_class::<LogEventFastPath>()?;
     m.add_function(wrap_pyfunction!(analyze_events_file, m)?)?;
     m.add_function(wrap_pyfunction!(events_file_has_type, m)?)?;
     Ok(())
@@ -83,10 +87,48 @@ pub struct EventSink {
     /// `Event`'s field names in declaration order, as Python and Rust strings.
     fields: Vec<Py<PyString>>,
     field_names: Vec<String>,
+    /// `"name": ` per field, as the line spells it.
+    member_prefixes: Vec<Vec<u8>>,
+    event_type_index: Option<usize>,
     roles: Vec<Role>,
     /// `{field: None for field in fields}`, copied for each event's `__dict__`.
     none_fields: Py<PyDict>,
+    /// What the fast path needs of each `EventType` member seen so far.
+    event_kinds: Mutex<Vec<Arc<EventKind>>>,
+    /// Events logged but not yet moved into `EventLogger.events`. The lock
+    /// is only taken with the GIL held and no Python code runs under it
+    /// (which could switch threads), so it is never held by another thread
+    /// when Python forks, nor waited for by a thread holding the GIL.
+    remembered: Mutex<VecDeque<Remembered>>,
+    /// `events.maxlen`: older entries are dropped from `remembered`.
+    events_maxlen: AtomicUsize,
 }
+
+/// One logged event on its way to `EventLogger.events`.
+enum Remembered {
+    /// An `Event` object that exists already (built for loguru, or passed
+    /// to `log_event`).
+    Built(Py<PyAny>),
+    /// The values of `Event`'s fields, in declaration order; the object is
+    /// built when `events` is read, if the deque still keeps it then.
+    Fields(Box<[Option<Py<PyAny>>]>),
+}
+
+/// An event type as the fast path writes it, worked out once per member
+/// rather than once per event (an `isinstance` and an attribute lookup).
+struct EventKind {
+    /// The member itself, held so that its address stays its identity.
+    member: Py<PyAny>,
+    /// `str(member.value)`: the prefix of generated event ids.
+    name: String,
+    /// `member.value` as JSON.
+    json: Vec<u8>,
+    /// A job-level event, fsynced before the call returns.
+    durable: bool,
+}
+
+/// Event types remembered per sink; `EventType` has 26 members.
+const MAX_EVENT_KINDS: usize = 64;
 
 /// Who provides a field's value on the fast path.
 #[derive(Clone, Copy, PartialEq)]
@@ -168,9 +210,9 @@ impl EventSink {
 impl EventSink {
     /// `path`: the JSONL file; `event_class`: the `Event` dataclass;
     /// `fields`: its field names in order; `flush_interval` in seconds;
-    /// `queue_size` in events.
+    /// `queue_size` in events; `events_maxlen`: the `events` deque's maxlen.
     #[new]
-    #[pyo3(signature = (path, event_class, fields, flush_interval=0.1, queue_size=65536))]
+    #[pyo3(signature = (path, event_class, fields, flush_interval=0.1, queue_size=65536, events_maxlen=None))]
     fn new(
         py: Python<'_>,
         path: PathBuf,
@@ -178,6 +220,7 @@ impl EventSink {
         fields: Vec<Bound<'_, PyString>>,
         flush_interval: f64,
         queue_size: usize,
+        events_maxlen: Option<usize>,
     ) -> PyResult<Self> {
         if !(flush_interval.is_finite() && flush_interval > 0.0) {
             return Err(PyValueError::new_err(
@@ -217,18 +260,33 @@ impl EventSink {
             event_class: event_class.unbind(),
             object_new,
             roles: field_names.iter().map(|name| Role::of(name)).collect(),
+            member_prefixes: field_names
+                .iter()
+                .map(|name| {
+                    let mut prefix = Vec::with_capacity(name.len() + 4);
+                    write_str(&mut prefix, name);
+                    prefix.extend_from_slice(b": ");
+                    prefix
+                })
+                .collect(),
+            event_type_index: field_names.iter().position(|name| name == "event_type"),
             fields: interned,
             field_names,
             none_fields: none_fields.unbind(),
+            event_kinds: Mutex::new(Vec::new()),
+            remembered: Mutex::new(VecDeque::new()),
+            events_maxlen: AtomicUsize::new(events_maxlen.unwrap_or(usize::MAX)),
         })
     }
 
-    /// The fast path of `EventLoggingMixin._log_event`: builds the `Event`
-    /// (timestamp, ids, pid and thread id made here), appends it to
-    /// `events`, queues its line and returns it. Returns `None`, having done
-    /// nothing, when `kwargs` holds a name `Event()` would reject, so the
-    /// caller can take the reference's path and raise its `TypeError`.
-    #[pyo3(signature = (event_type, message, kwargs, job_id, events))]
+    /// The fast path of `EventLoggingMixin._log_event`: makes the event's
+    /// fields (timestamp, ids, pid and thread id made here), queues its line
+    /// and keeps it for `events`. Returns the `Event` when `return_event`
+    /// (built now; otherwise only when `events` is read), else `True`.
+    /// Returns `None`, having done nothing, when `kwargs` holds a name
+    /// `Event()` would reject, so the caller can take the reference's path
+    /// and raise its `TypeError`.
+    #[pyo3(signature = (event_type, message, kwargs, job_id, return_event))]
     fn log_fields<'py>(
         &self,
         py: Python<'py>,
@@ -236,7 +294,7 @@ impl EventSink {
         message: Bound<'py, PyAny>,
         kwargs: Option<Bound<'py, PyDict>>,
         job_id: Bound<'py, PyAny>,
-        events: Bound<'py, PyAny>,
+        return_event: bool,
     ) -> PyResult<Option<Bound<'py, PyAny>>> {
         let mut values: Vec<Option<Bound<'py, PyAny>>> = vec![None; self.fields.len()];
         if let Some(kwargs) = &kwargs {
@@ -255,26 +313,12 @@ impl EventSink {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
-        let type_value = enum_value(py, &event_type)?;
-        let type_name = match type_value.cast::<PyString>() {
-            Ok(name) => Some(name.to_str()?),
-            Err(_) => None,
-        };
+        let kind = self.event_kind(py, &event_type)?;
         for (index, role) in self.roles.iter().enumerate() {
             let value = match role {
                 Role::Plain => continue,
                 Role::EventId if values[index].is_some() => continue,
-                Role::EventId => {
-                    let type_text = match type_name {
-                        Some(name) => name.to_owned(),
-                        None => type_value.str()?.to_str()?.to_owned(),
-                    };
-                    PyString::new(
-                        py,
-                        &format!("{type_text}_{}_{:08x}", now as i64, random_u32()),
-                    )
-                    .into_any()
-                }
+                Role::EventId => PyString::new(py, &generated_event_id(&kind.name, now)).into_any(),
                 Role::JobId => job_id.clone(),
                 Role::Computed => match self.field_names[index].as_str() {
                     "event_type" => event_type.clone(),
@@ -286,51 +330,53 @@ impl EventSink {
             };
             values[index] = Some(value);
         }
-        let mut line = Vec::with_capacity(512);
+        let mut line = self.writer()?.line_buffer();
         line.push(b'{');
-        let mut first = true;
-        for (name, value) in self.field_names.iter().zip(&values) {
-            if let Some(value) = value {
-                if !value.is_none() {
-                    write_member(py, &mut line, &mut first, name, value)?;
-                }
+        for (index, value) in values.iter().enumerate() {
+            let Some(value) = value else { continue };
+            if value.is_none() {
+                continue;
+            }
+            if line.len() > 1 {
+                line.extend_from_slice(b", ");
+            }
+            line.extend_from_slice(&self.member_prefixes[index]);
+            if Some(index) == self.event_type_index {
+                line.extend_from_slice(&kind.json);
+            } else {
+                encode(py, &mut line, value, 0)?;
             }
         }
         line.extend_from_slice(b"}\n");
 
-        // The instance dict: a copy of {field: None} with the given fields set.
-        let dict = self.none_fields.bind(py).copy()?;
-        for (field, value) in self.fields.iter().zip(values) {
-            if let Some(value) = value {
-                dict.set_item(field.bind(py), value)?;
-            }
-        }
-        let event = self
-            .object_new
-            .bind(py)
-            .call1((self.event_class.bind(py),))?;
-        event.setattr(intern!(py, "__dict__"), dict)?;
-        events.call_method1(intern!(py, "append"), (&event,))?;
-        let durable = type_name.is_some_and(|t| DURABLE_EVENT_TYPES.contains(&t));
-        self.push(py, line, durable)?;
-        Ok(Some(event))
+        let result = if return_event {
+            let event =
+                self.build_event(py, values.iter().map(|v| v.clone().map(Bound::unbind)))?;
+            self.remember(Remembered::Built(event.clone().unbind()));
+            event
+        } else {
+            let fields = values.into_iter().map(|v| v.map(Bound::unbind)).collect();
+            self.remember(Remembered::Fields(fields));
+            PyBool::new(py, true).to_owned().into_any()
+        };
+        self.push(py, line, kind.durable)?;
+        Ok(Some(result))
     }
 
-    /// `EventLogger.log_event(event)`: sets `event.job_id`, appends the event
-    /// to `events` and queues the line the reference writes for it (the
+    /// `EventLogger.log_event(event)`: sets `event.job_id`, keeps the event
+    /// for `events` and queues the line the reference writes for it (the
     /// non-`None` entries of `event.__dict__`, enums as their value).
     fn log_event(
         &self,
         py: Python<'_>,
         event: Bound<'_, PyAny>,
         job_id: Bound<'_, PyAny>,
-        events: Bound<'_, PyAny>,
     ) -> PyResult<()> {
         event.setattr(intern!(py, "job_id"), job_id)?;
-        events.call_method1(intern!(py, "append"), (&event,))?;
+        self.remember(Remembered::Built(event.clone().unbind()));
         let dict = event.getattr(intern!(py, "__dict__"))?;
         let dict = dict.cast::<PyDict>()?;
-        let mut line = Vec::with_capacity(256);
+        let mut line = self.writer()?.line_buffer();
         line.push(b'{');
         let mut first = true;
         let mut durable = false;
@@ -350,6 +396,64 @@ impl EventSink {
         }
         line.extend_from_slice(b"}\n");
         self.push(py, line, durable)
+    }
+
+    /// Appends the events logged since the last call to `events` (a deque),
+    /// in logging order, building the `Event` objects the fast path left as
+    /// fields. Callers serialise calls (EventLogger holds a lock for it).
+    fn move_events_into(&self, py: Python<'_>, events: Bound<'_, PyAny>) -> PyResult<()> {
+        let remembered = match self.remembered.lock() {
+            Ok(mut queue) => std::mem::take(&mut *queue),
+            Err(_) => return Err(PyValueError::new_err("event memory is poisoned")),
+        };
+        if remembered.is_empty() {
+            return Ok(());
+        }
+        let built = PyList::empty(py);
+        for entry in remembered {
+            match entry {
+                Remembered::Built(event) => built.append(event)?,
+                Remembered::Fields(fields) => {
+                    built.append(self.build_event(py, fields.into_vec().into_iter())?)?
+                }
+            }
+        }
+        events.call_method1(intern!(py, "extend"), (built,))?;
+        Ok(())
+    }
+
+    /// How many events `events` keeps (its `maxlen`; `None`: all). Older
+    /// fields are dropped unbuilt, as the deque would drop their events.
+    #[pyo3(signature = (maxlen))]
+    fn set_events_maxlen(&self, maxlen: Option<usize>) {
+        self.events_maxlen
+            .store(maxlen.unwrap_or(usize::MAX), Ordering::Relaxed);
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        // A queue locked by a logging thread is skipped: an edge left out
+        // only keeps objects alive longer, never frees one in use.
+        if let Ok(queue) = self.remembered.try_lock() {
+            for entry in queue.iter() {
+                match entry {
+                    Remembered::Built(event) => visit.call(event)?,
+                    Remembered::Fields(fields) => {
+                        for value in fields.iter().flatten() {
+                            visit.call(value)?;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        let dropped = self
+            .remembered
+            .lock()
+            .map(|mut queue| std::mem::take(&mut *queue));
+        drop(dropped); // outside the lock: dropping may run Python code
     }
 
     /// Writes everything queued so far; with `fsync`, makes it durable.
@@ -384,7 +488,172 @@ impl EventSink {
     }
 }
 
+/// loguru's numeric levels: below these, `_log_event` writes DEBUG lines
+/// or an INFO line of its own.
+const DEBUG_LEVEL: f64 = 10.0;
+const INFO_LEVEL: f64 = 20.0;
+
+/// `EventLoggingMixin._log_event` for the common case, in one native call:
+/// the executor's `EventLogger` is the package's own (its `log_event` not
+/// replaced) and no loguru sink takes DEBUG. Everything else, and every
+/// error, is left to the Python method, which behaves as the reference.
+#[pyclass(frozen, module = "data_juicer_accel._native")]
+pub struct LogEventFastPath {
+    /// loguru's `logger._core`, whose `min_level` is the lowest level any
+    /// sink accepts (`inf` with none).
+    loguru_core: Py<PyAny>,
+    /// `EventLogger.log_event` as defined by the package.
+    package_log_event: Py<PyAny>,
+}
+
+#[pymethods]
+impl LogEventFastPath {
+    #[new]
+    fn new(loguru_core: Py<PyAny>, package_log_event: Py<PyAny>) -> Self {
+        LogEventFastPath {
+            loguru_core,
+            package_log_event,
+        }
+    }
+
+    /// Logs the event of `executor._log_event(event_type, message, **kwargs)`
+    /// and returns `True`, or the `Event` when an INFO sink wants its line.
+    /// Returns `None`, having done nothing, when the Python method must run.
+    fn log<'py>(
+        &self,
+        py: Python<'py>,
+        executor: Bound<'py, PyAny>,
+        event_type: Bound<'py, PyAny>,
+        message: Bound<'py, PyAny>,
+        kwargs: Option<Bound<'py, PyDict>>,
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let Some(min_level) = self.min_log_level(py) else {
+            return Ok(None);
+        };
+        if min_level <= DEBUG_LEVEL {
+            return Ok(None);
+        }
+        let Some((sink, job_id)) = self.package_logger_of(py, &executor) else {
+            return Ok(None);
+        };
+        let wants_event = min_level <= INFO_LEVEL;
+        sink.get()
+            .log_fields(py, event_type, message, kwargs, job_id, wants_event)
+    }
+}
+
+impl LogEventFastPath {
+    fn min_log_level(&self, py: Python<'_>) -> Option<f64> {
+        let level = self
+            .loguru_core
+            .bind(py)
+            .getattr(intern!(py, "min_level"))
+            .ok()?;
+        level.extract::<f64>().ok()
+    }
+
+    /// The sink and job id of `executor.event_logger` when it is a package
+    /// `EventLogger` whose `log_event` is the package's.
+    fn package_logger_of<'py>(
+        &self,
+        py: Python<'py>,
+        executor: &Bound<'py, PyAny>,
+    ) -> Option<(Bound<'py, EventSink>, Bound<'py, PyAny>)> {
+        let event_logger = executor.getattr(intern!(py, "event_logger")).ok()?;
+        let log_event = event_logger
+            .get_type()
+            .getattr(intern!(py, "log_event"))
+            .ok()?;
+        if !log_event.is(self.package_log_event.bind(py)) {
+            return None;
+        }
+        let instance_dict = event_logger.getattr(intern!(py, "__dict__")).ok()?;
+        let instance_dict = instance_dict.cast::<PyDict>().ok()?;
+        if instance_dict.contains(intern!(py, "log_event")).ok()? {
+            return None;
+        }
+        let sink = instance_dict.get_item(intern!(py, "_sink")).ok()??;
+        let sink = sink.cast_into::<EventSink>().ok()?;
+        let job_id = instance_dict.get_item(intern!(py, "job_id")).ok()??;
+        Some((sink, job_id))
+    }
+}
+
 impl EventSink {
+    /// Keeps `entry` for `events`, dropping the oldest beyond `maxlen`.
+    fn remember(&self, entry: Remembered) {
+        let maxlen = self.events_maxlen.load(Ordering::Relaxed);
+        let evicted = match self.remembered.lock() {
+            Ok(mut queue) => {
+                queue.push_back(entry);
+                (queue.len() > maxlen).then(|| queue.pop_front()).flatten()
+            }
+            Err(_) => None,
+        };
+        drop(evicted); // outside the lock: dropping may run Python code
+    }
+
+    /// An `Event` whose `__dict__` is `{field: value}` for every field, in
+    /// declaration order, as `Event(...)` would make it.
+    fn build_event<'py>(
+        &self,
+        py: Python<'py>,
+        values: impl Iterator<Item = Option<Py<PyAny>>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let dict = self.none_fields.bind(py).copy()?;
+        for (field, value) in self.fields.iter().zip(values) {
+            if let Some(value) = value {
+                dict.set_item(field.bind(py), value)?;
+            }
+        }
+        let event = self
+            .object_new
+            .bind(py)
+            .call1((self.event_class.bind(py),))?;
+        event.setattr(intern!(py, "__dict__"), dict)?;
+        Ok(event)
+    }
+
+    /// The cached [`EventKind`] of `event_type`, worked out on first sight.
+    /// Only enum members are cached: other values may be mutable.
+    fn event_kind(
+        &self,
+        py: Python<'_>,
+        event_type: &Bound<'_, PyAny>,
+    ) -> PyResult<Arc<EventKind>> {
+        let known = |kinds: &Vec<Arc<EventKind>>| {
+            kinds
+                .iter()
+                .find(|kind| kind.member.as_ptr() == event_type.as_ptr())
+                .cloned()
+        };
+        if let Some(kind) = self.event_kinds.lock().ok().and_then(|kinds| known(&kinds)) {
+            return Ok(kind);
+        }
+        let value = enum_value(py, event_type)?;
+        let name = match value.cast::<PyString>() {
+            Ok(text) => text.to_str()?.to_owned(),
+            Err(_) => value.str()?.to_str()?.to_owned(),
+        };
+        let mut json = Vec::new();
+        encode(py, &mut json, &value, 0)?;
+        let kind = Arc::new(EventKind {
+            member: event_type.clone().unbind(),
+            durable: value.is_instance_of::<PyString>()
+                && DURABLE_EVENT_TYPES.contains(&name.as_str()),
+            name,
+            json,
+        });
+        if event_type.is_instance(enum_type(py)?)? {
+            if let Ok(mut kinds) = self.event_kinds.lock() {
+                if kinds.len() < MAX_EVENT_KINDS && known(&kinds).is_none() {
+                    kinds.push(Arc::clone(&kind));
+                }
+            }
+        }
+        Ok(kind)
+    }
+
     fn field_index(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> Option<usize> {
         // Keyword names are usually the interned strings themselves.
         if let Some(index) = self.fields.iter().position(|f| f.bind(py).is(key)) {
@@ -417,6 +686,24 @@ impl Drop for EventSink {
 fn current_thread_ident() -> u64 {
     // SAFETY: pthread_self has no preconditions.
     unsafe { libc::pthread_self() as u64 }
+}
+
+/// `f"{event_type.value}_{int(time.time())}_{uuid4().hex[:8]}"`, as the
+/// reference names events logged without an id.
+fn generated_event_id(type_name: &str, now: f64) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut seconds = itoa::Buffer::new();
+    let seconds = seconds.format(now as i64);
+    let mut id = String::with_capacity(type_name.len() + seconds.len() + 10);
+    id.push_str(type_name);
+    id.push('_');
+    id.push_str(seconds);
+    id.push('_');
+    let random = random_u32();
+    for shift in (0..8).rev() {
+        id.push(char::from(HEX[((random >> (shift * 4)) & 0xf) as usize]));
+    }
+    id
 }
 
 /// Eight hex digits for generated event ids (the reference uses
@@ -514,7 +801,7 @@ fn encode(
         }
         out.push(b'}');
     } else if value.is_instance(enum_type(py)?)? {
-        encode(py, out, &value.getattr(intern!(py, "value"))?, depth + 1)?;
+        encode(py, out, &enum_value(py, value)?, depth + 1)?;
     } else {
         encode_str(py, out, &value.str()?)?;
     }
@@ -565,7 +852,7 @@ fn encode_key(py: Python<'_>, out: &mut Vec<u8>, key: &Bound<'_, PyAny>) -> PyRe
 /// `int.__repr__` (not the subclass's repr: `IntEnum` members are numbers).
 fn encode_int(py: Python<'_>, out: &mut Vec<u8>, int: &Bound<'_, PyInt>) -> PyResult<()> {
     if let Ok(small) = int.extract::<i64>() {
-        let _ = std::io::Write::write_fmt(out, format_args!("{small}"));
+        write_i64(out, small);
     } else {
         let repr = py
             .get_type::<PyInt>()

@@ -4,7 +4,17 @@
 //! writes floats with `float.__repr__`; reproducing both keeps our lines
 //! byte-identical to the reference's, not merely equal once parsed.
 
-use std::fmt::Write as _;
+/// Bytes `json.dumps` does not copy as they are: controls, `"`, `\\`, DEL
+/// and everything non-ASCII.
+const NEEDS_ESCAPE: [bool; 256] = {
+    let mut table = [true; 256];
+    let mut byte = 0x20;
+    while byte < 0x7f {
+        table[byte] = byte == b'"' as usize || byte == b'\\' as usize;
+        byte += 1;
+    }
+    table
+};
 
 /// Appends `s` as a JSON string literal, escaped exactly like
 /// `json.dumps(s)` (ASCII only, `\uXXXX` with surrogate pairs above the BMP).
@@ -15,7 +25,7 @@ pub fn write_str(out: &mut Vec<u8>, s: &str) {
     while i < bytes.len() {
         let byte = bytes[i];
         // Printable ASCII other than the quote and backslash goes as is.
-        if (0x20..0x7f).contains(&byte) && byte != b'"' && byte != b'\\' {
+        if !NEEDS_ESCAPE[usize::from(byte)] {
             i += 1;
             continue;
         }
@@ -75,6 +85,11 @@ pub fn write_f64(out: &mut Vec<u8>, value: f64) {
     }
 }
 
+/// Appends an integer in decimal (`int.__repr__` for this range).
+pub fn write_i64(out: &mut Vec<u8>, value: i64) {
+    out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+}
+
 /// Python's `repr(float)` for a finite value.
 pub fn float_repr(value: f64) -> String {
     let mut out = Vec::with_capacity(24);
@@ -82,80 +97,40 @@ pub fn float_repr(value: f64) -> String {
     String::from_utf8(out).expect("float digits are ASCII")
 }
 
-/// A fixed buffer for `{:e}` output, so formatting allocates nothing.
-struct StackBuf {
-    bytes: [u8; 40],
-    len: usize,
-}
-
-impl std::fmt::Write for StackBuf {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        let end = self.len + s.len();
-        if end > self.bytes.len() {
-            return Err(std::fmt::Error);
-        }
-        self.bytes[self.len..end].copy_from_slice(s.as_bytes());
-        self.len = end;
-        Ok(())
-    }
-}
-
+/// Python's `repr` of a finite float. zmij finds the same shortest
+/// round-trip digits as CPython (ties to even, as CPython's dtoa; `{:e}`
+/// differs there) and lays them out nearly alike (`0.001234`, `12.0`,
+/// `1.5e+16`). Two differences are mended: one-digit exponents (`1e-7`,
+/// repr `1e-07`), and magnitudes in [1e-5, 1e-4), which zmij writes
+/// positionally (`0.0000123`) and repr with an exponent (`1.23e-05`).
 fn push_float_repr(out: &mut Vec<u8>, value: f64) {
-    // `{:e}` gives the shortest round-trip digits, e.g. "-1.2345e-7"
-    // (at most 17 digits, a sign, a point and "e-324": it fits in 40 bytes).
-    let mut sci = StackBuf {
-        bytes: [0; 40],
-        len: 0,
+    let mut buffer = zmij::Buffer::new();
+    let text = buffer.format_finite(value).as_bytes();
+    let (sign, unsigned) = match text.strip_prefix(b"-") {
+        Some(rest) => (&b"-"[..], rest),
+        None => (&b""[..], text),
     };
-    write!(sci, "{value:e}").expect("a float's {:e} form fits in 40 bytes");
-    let sci = &sci.bytes[..sci.len];
-    let e_at = sci
-        .iter()
-        .position(|b| *b == b'e')
-        .expect("LowerExp always has an exponent");
-    let exp: i32 = std::str::from_utf8(&sci[e_at + 1..])
-        .ok()
-        .and_then(|e| e.parse().ok())
-        .unwrap_or(0);
-    let mut mantissa = &sci[..e_at];
-    if let Some(rest) = mantissa.strip_prefix(b"-") {
-        out.push(b'-');
-        mantissa = rest;
-    }
-    let mut digits = [0u8; 24];
-    let mut n = 0;
-    for &b in mantissa.iter().filter(|b| **b != b'.') {
-        digits[n] = b;
-        n += 1;
-    }
-    let digits = &digits[..n];
-    if (-4..16).contains(&exp) {
-        if exp < 0 {
-            out.extend_from_slice(b"0.");
-            out.extend(std::iter::repeat_n(b'0', (-exp - 1) as usize));
-            out.extend_from_slice(digits);
-        } else {
-            let int_len = exp as usize + 1;
-            if digits.len() <= int_len {
-                out.extend_from_slice(digits);
-                out.extend(std::iter::repeat_n(b'0', int_len - digits.len()));
-                out.extend_from_slice(b".0");
-            } else {
-                out.extend_from_slice(&digits[..int_len]);
+    if let Some(fraction) = unsigned.strip_prefix(b"0.0000") {
+        if value != 0.0 {
+            // 1e-5 <= |value| < 1e-4: fraction is "d..." after 4 zeros.
+            out.extend_from_slice(sign);
+            out.push(fraction[0]);
+            if fraction.len() > 1 {
                 out.push(b'.');
-                out.extend_from_slice(&digits[int_len..]);
+                out.extend_from_slice(&fraction[1..]);
             }
+            out.extend_from_slice(b"e-05");
+            return;
         }
-    } else {
-        out.push(digits[0]);
-        if digits.len() > 1 {
-            out.push(b'.');
-            out.extend_from_slice(&digits[1..]);
+    }
+    match text.iter().rposition(|b| *b == b'e') {
+        // "1.5e-7": the exponent's sign is followed by a single digit.
+        Some(e_at) if text.len() - e_at == 3 => {
+            out.extend_from_slice(&text[..e_at + 2]);
+            out.push(b'0');
+            out.push(text[e_at + 2]);
         }
-        let _ = std::io::Write::write_fmt(
-            out,
-            format_args!("e{}{:02}", if exp < 0 { '-' } else { '+' }, exp.abs()),
-        );
+        _ => out.extend_from_slice(text),
     }
 }
 
@@ -200,9 +175,41 @@ mod tests {
         for (value, expected) in cases {
             assert_eq!(float_repr(value), expected, "repr of {value}");
         }
+        for digits in ["1.5e-05", "9.99e-05", "1.2345678901234568e-05", "-1e-05"] {
+            let value: f64 = digits.parse().unwrap();
+            assert_eq!(float_repr(value), digits);
+        }
         let mut out = Vec::new();
         write_f64(&mut out, f64::NAN);
         write_f64(&mut out, f64::NEG_INFINITY);
         assert_eq!(out, b"NaN-Infinity");
+    }
+
+    /// Every float in the fixture (random bit patterns, values around each
+    /// power of ten, ties) is written exactly as CPython's `repr` wrote it.
+    #[test]
+    fn floats_match_python_repr_on_the_fixture() {
+        let fixture = include_str!("testdata/float_repr.txt");
+        let mut checked = 0;
+        for line in fixture.lines().filter(|l| !l.starts_with('#')) {
+            let (bits, expected) = line.split_once(' ').unwrap();
+            let value = f64::from_bits(u64::from_str_radix(bits, 16).unwrap());
+            assert_eq!(float_repr(value), expected, "bits {bits}");
+            checked += 1;
+        }
+        assert!(checked > 3000, "fixture has {checked} values");
+    }
+
+    #[test]
+    fn integers_are_written_in_decimal() {
+        let mut out = Vec::new();
+        for value in [0, -1, 42, i64::MIN, i64::MAX] {
+            write_i64(&mut out, value);
+            out.push(b' ');
+        }
+        assert_eq!(
+            out,
+            b"0 -1 42 -9223372036854775808 9223372036854775807 ".to_vec()
+        );
     }
 }

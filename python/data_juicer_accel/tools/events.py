@@ -99,12 +99,15 @@ def _classes():
         """An ``EventLogger`` over an existing events file: its events loaded,
         no sink, no new file; logging to it is refused."""
 
+        #: A plain deque attribute here, not the native-backed property.
+        events = None
+
         def __init__(self, events_file: Path, job_id: str):  # no super().__init__: it would create a file
             self.log_dir = self.jsonl_dir = events_file.parent
             self.jsonl_file = events_file
             self.job_id = job_id
             self.events = deque()
-            self.event_lock = threading.Lock()
+            self.event_lock = self._events_read_lock = threading.Lock()
             self.unknown_event_types: Counter = Counter()
             names = {f.name for f in fields(Event)}
             for record in _read_lines(events_file):

@@ -201,7 +201,10 @@ class EventLogger:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         # Use provided job_id or generate a simple timestamp-based one
         self.job_id = job_id or f"{datetime.utcnow().strftime('%Y%m%d_%H%M%S')}-{uuid4().hex[:6]}"
-        self.events: deque = deque(maxlen=10000)
+        # What ``events`` returns. Logging keeps events natively; they are
+        # moved in (built as Event objects) when ``events`` is read.
+        self._events: deque = deque(maxlen=10000)
+        self._events_read_lock = threading.Lock()
         # Kept for callers that use it; logging itself takes no Python lock.
         self.event_lock = threading.Lock()
 
@@ -219,13 +222,28 @@ class EventLogger:
             _EVENT_FIELDS,
             flush_interval=DEFAULT_FLUSH_INTERVAL if flush_interval is None else float(flush_interval),
             queue_size=DEFAULT_QUEUE_SIZE if queue_size is None else int(queue_size),
+            events_maxlen=self._events.maxlen,
         )
         _live_loggers.add(self)
 
+    @property
+    def events(self) -> deque:
+        """The newest 10,000 events, oldest first, as the reference's deque."""
+        with self._events_read_lock:
+            self._sink.move_events_into(self._events)
+        return self._events
+
+    @events.setter
+    def events(self, value: deque) -> None:
+        with self._events_read_lock:
+            self._sink.move_events_into(self._events)
+            self._events = value
+            self._sink.set_events_maxlen(getattr(value, "maxlen", None))
+
     def log_event(self, event: Event):
         """Log an event (to memory, loguru, and JSONL for resumability)."""
-        # Sets event.job_id, appends to self.events, queues the JSON line.
-        self._sink.log_event(event, self.job_id, self.events)
+        # Sets event.job_id, keeps it for self.events, queues the JSON line.
+        self._sink.log_event(event, self.job_id)
         if _min_log_level() <= _INFO:
             logger.info(self._format_event_for_logging(event))
 
@@ -245,8 +263,10 @@ class EventLogger:
         """The in-memory events, copied atomically (producers take no lock)."""
         while True:
             try:
-                return list(self.events)
-            except RuntimeError:  # appended to while being copied
+                events = self.events
+                with self._events_read_lock:
+                    return list(events)
+            except RuntimeError:  # appended to by a caller while being copied
                 continue
 
     def find_latest_events_file(self, work_dir: str) -> Optional[Path]:
@@ -423,6 +443,17 @@ class EventLogger:
 
 
 _FAST_LOG_EVENT = EventLogger.log_event
+
+
+def _native_fast_path() -> Optional["_native.LogEventFastPath"]:
+    """The one-call ``_log_event``, or None with a loguru it cannot read."""
+    core = getattr(logger, "_core", None)
+    if core is None or not isinstance(getattr(core, "min_level", None), (int, float)):
+        return None
+    return _native.LogEventFastPath(core, _FAST_LOG_EVENT)
+
+
+_FAST_PATH = _native_fast_path()
 
 
 def _write_json_atomically(path: str, data: Dict[str, Any]) -> None:
@@ -603,6 +634,15 @@ class EventLoggingMixin:
 
     def _log_event(self, event_type: EventType, message: str, **kwargs):
         """Log an event if event logging is enabled."""
+        # The common case in one native call: a package EventLogger and no
+        # DEBUG sink. It returns None, having done nothing, for the rest.
+        if _FAST_PATH is not None:
+            logged = _FAST_PATH.log(self, event_type, message, kwargs)
+            if logged is True:
+                return
+            if logged is not None:  # an INFO sink takes the event's line
+                logger.info(self.event_logger._format_event_for_logging(logged))
+                return
         event_logger = self.event_logger
         if event_logger is None:
             logger.warning(f"Event logger is None, cannot log event: {event_type.value}")
@@ -617,8 +657,9 @@ class EventLoggingMixin:
         # The fast path builds the Event, its ids and its line in Rust. A
         # logger whose log_event was replaced (subclass, patch) gets an Event.
         if type(event_logger).log_event is _FAST_LOG_EVENT and "log_event" not in event_logger.__dict__:
-            event = event_logger._sink.log_fields(event_type, message, kwargs, event_logger.job_id, event_logger.events)
-            if event is not None and min_level <= _INFO:
+            wants_event = min_level <= _INFO
+            event = event_logger._sink.log_fields(event_type, message, kwargs, event_logger.job_id, wants_event)
+            if event is not None and wants_event:
                 logger.info(event_logger._format_event_for_logging(event))
         if event is None:  # slow path, or a keyword Event() rejects: its TypeError
             self._log_event_object(event_logger, event_type, message, kwargs)
