@@ -28,16 +28,6 @@ use crate::events::writer::{current_pid, EventWriter, PushError, WriteError, Wri
 /// Job-level events are fsynced before the logging call returns.
 const DURABLE_EVENT_TYPES: [&str; 4] = ["job_start", "job_complete", "job_failed", "job_restart"];
 
-/// Fields of `Event` the fast path fills itself; a caller passing one of
-/// them as a keyword gets the reference's `TypeError` via the slow path.
-const RESERVED_FIELDS: [&str; 5] = [
-    "event_type",
-    "timestamp",
-    "message",
-    "process_id",
-    "thread_id",
-];
-
 /// Containers nested deeper than this are written as `str(value)`, which
 /// also ends self-referencing structures (where `json.dumps` raises).
 const MAX_DEPTH: usize = 200;
@@ -84,12 +74,10 @@ pub struct EventSink {
     config: WriterConfig,
     event_class: Py<PyType>,
     object_new: Py<PyAny>,
-    /// `Event`'s field names in declaration order, as Python and Rust strings.
+    /// `Event`'s field names in declaration order.
     fields: Vec<Py<PyString>>,
-    field_names: Vec<String>,
     /// `"name": ` per field, as the line spells it.
     member_prefixes: Vec<Vec<u8>>,
-    event_type_index: Option<usize>,
     roles: Vec<Role>,
     /// `{field: None for field in fields}`, copied for each event's `__dict__`.
     none_fields: Py<PyDict>,
@@ -139,8 +127,12 @@ enum Role {
     EventId,
     /// Always the logger's job id.
     JobId,
-    /// Made by the call itself; a keyword of that name is a TypeError.
-    Computed,
+    // Made by the call itself; a keyword of that name is a TypeError.
+    EventType,
+    Timestamp,
+    Message,
+    ProcessId,
+    ThreadId,
 }
 
 impl Role {
@@ -148,7 +140,11 @@ impl Role {
         match field {
             "event_id" => Role::EventId,
             "job_id" => Role::JobId,
-            name if RESERVED_FIELDS.contains(&name) => Role::Computed,
+            "event_type" => Role::EventType,
+            "timestamp" => Role::Timestamp,
+            "message" => Role::Message,
+            "process_id" => Role::ProcessId,
+            "thread_id" => Role::ThreadId,
             _ => Role::Plain,
         }
     }
@@ -269,9 +265,7 @@ impl EventSink {
                     prefix
                 })
                 .collect(),
-            event_type_index: field_names.iter().position(|name| name == "event_type"),
             fields: interned,
-            field_names,
             none_fields: none_fields.unbind(),
             event_kinds: Mutex::new(Vec::new()),
             remembered: Mutex::new(VecDeque::new()),
@@ -296,17 +290,20 @@ impl EventSink {
         job_id: Bound<'py, PyAny>,
         return_event: bool,
     ) -> PyResult<Option<Bound<'py, PyAny>>> {
-        let mut values: Vec<Option<Bound<'py, PyAny>>> = vec![None; self.fields.len()];
+        let mut values: Vec<Option<Py<PyAny>>> = Vec::with_capacity(self.roles.len());
+        values.resize_with(self.roles.len(), || None);
         if let Some(kwargs) = &kwargs {
             for (key, value) in kwargs.iter() {
                 let Some(index) = self.field_index(py, &key) else {
                     return Ok(None);
                 };
                 match self.roles[index] {
-                    Role::Computed => return Ok(None),
+                    Role::Plain | Role::EventId if !value.is_none() => {
+                        values[index] = Some(value.unbind())
+                    }
+                    Role::Plain | Role::EventId => {}
                     Role::JobId => {} // overwritten by log_event in the reference
-                    _ if value.is_none() => {}
-                    _ => values[index] = Some(value),
+                    _computed => return Ok(None),
                 }
             }
         }
@@ -314,26 +311,25 @@ impl EventSink {
             .duration_since(UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
         let kind = self.event_kind(py, &event_type)?;
-        for (index, role) in self.roles.iter().enumerate() {
+        for (slot, role) in values.iter_mut().zip(&self.roles) {
             let value = match role {
                 Role::Plain => continue,
-                Role::EventId if values[index].is_some() => continue,
+                Role::EventId if slot.is_some() => continue,
                 Role::EventId => PyString::new(py, &generated_event_id(&kind.name, now)).into_any(),
                 Role::JobId => job_id.clone(),
-                Role::Computed => match self.field_names[index].as_str() {
-                    "event_type" => event_type.clone(),
-                    "timestamp" => PyFloat::new(py, now).into_any(),
-                    "message" => message.clone(),
-                    "process_id" => current_pid().into_pyobject(py)?.into_any(),
-                    _ => current_thread_ident().into_pyobject(py)?.into_any(),
-                },
+                Role::EventType => event_type.clone(),
+                Role::Timestamp => PyFloat::new(py, now).into_any(),
+                Role::Message => message.clone(),
+                Role::ProcessId => current_pid().into_pyobject(py)?.into_any(),
+                Role::ThreadId => current_thread_ident().into_pyobject(py)?.into_any(),
             };
-            values[index] = Some(value);
+            *slot = Some(value.unbind());
         }
         let mut line = self.writer()?.line_buffer();
         line.push(b'{');
         for (index, value) in values.iter().enumerate() {
             let Some(value) = value else { continue };
+            let value = value.bind(py);
             if value.is_none() {
                 continue;
             }
@@ -341,7 +337,7 @@ impl EventSink {
                 line.extend_from_slice(b", ");
             }
             line.extend_from_slice(&self.member_prefixes[index]);
-            if Some(index) == self.event_type_index {
+            if self.roles[index] == Role::EventType {
                 line.extend_from_slice(&kind.json);
             } else {
                 encode(py, &mut line, value, 0)?;
@@ -350,13 +346,14 @@ impl EventSink {
         line.extend_from_slice(b"}\n");
 
         let result = if return_event {
-            let event =
-                self.build_event(py, values.iter().map(|v| v.clone().map(Bound::unbind)))?;
+            let copies = values
+                .iter()
+                .map(|v| v.as_ref().map(|value| value.clone_ref(py)));
+            let event = self.build_event(py, copies)?;
             self.remember(Remembered::Built(event.clone().unbind()));
             event
         } else {
-            let fields = values.into_iter().map(|v| v.map(Bound::unbind)).collect();
-            self.remember(Remembered::Fields(fields));
+            self.remember(Remembered::Fields(values.into_boxed_slice()));
             PyBool::new(py, true).to_owned().into_any()
         };
         self.push(py, line, kind.durable)?;
