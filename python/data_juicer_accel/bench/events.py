@@ -162,6 +162,42 @@ def events_case(module, work_dir: str, n_events: int, threads: int, sink: str, c
     return n_events / seconds
 
 
+class _NoLoggingCaller:
+    """Takes ``_log_event`` calls and does nothing: the caller's own cost."""
+
+    event_logger = None
+
+    def _log_event(self, event_type, message, **kwargs):
+        pass
+
+
+def _without_logging(module, call: str):
+    """An executor on which ``call`` runs with no logging behind it: for
+    ``_log_event`` a no-op method; for ``log_op_start`` the module's own
+    body (1.6.1's, the same in both packages) ending in a no-op ``_log_event``."""
+    if call == "_log_event":
+        return _NoLoggingCaller()
+
+    class BodyOnly(module.EventLoggingMixin):
+        event_logger = None
+
+        def __init__(self):  # no event logger, no files
+            pass
+
+        def _log_event(self, event_type, message, **kwargs):
+            pass
+
+    return BodyOnly()
+
+
+def interpreter_floor(module, n_events: int, threads: int, call: str) -> float:
+    """Seconds per call of the bench's loop with the logging removed: what no
+    event logger can go below, on one thread or shared by ``threads``."""
+    n_events = n_events // threads * threads
+    executor = _without_logging(module, call)
+    return log_events(executor, n_events, threads, call, module.EventType.OP_START) / n_events
+
+
 def loguru_info_floor(work_dir: str, n: int = 20_000) -> float:
     """Seconds one loguru ``logger.info`` of a typical event line takes with
     an INFO file sink: the least an event costs when INFO goes to a file."""

@@ -344,6 +344,19 @@ class Runner:
         if present:
             floor = [ev.loguru_info_floor(os.path.join(base, f"loguru-{r}")) for r in range(cfg.rounds)]
             out["loguru_info_file_us"] = median(floor) * 1e6
+            # The same loops with the logging removed, on the reference's
+            # log_op_start body when it is there (ours is a copy of it).
+            body_module = present.get("reference") or present["accel"]
+            floors: dict = {}
+            for _ in range(cfg.rounds):
+                for call in ev.CALLS:
+                    for threads in (1, 4):
+                        seconds = ev.interpreter_floor(body_module, cfg.events, threads, call)
+                        floors.setdefault(call, {}).setdefault(str(threads), []).append(seconds)
+            out["no_logging_us"] = {
+                call: {threads: median(values) * 1e6 for threads, values in by_threads.items()}
+                for call, by_threads in floors.items()
+            }
         if present:
             self.progress.step(f"writing a {cfg.analysis_events:,}-event log")
             log_dir = os.path.join(base, "analysis")
