@@ -6,11 +6,12 @@ and the ``_log_event`` calls compared with the reference's."""
 from __future__ import annotations
 
 import glob
+import json
 import os
 import signal
+import subprocess
 import sys
 import time
-import types
 
 import pyarrow as pa
 import pytest
@@ -327,24 +328,48 @@ def test_log_event_calls_match_the_reference(tmp_path, monkeypatch):
         assert "data_juicer.core.executor" not in sys.modules, "the executor package (lazy installers) was imported"
 
 
-def test_load_with_cfg_wraps_in_data_juicers_ray_dataset(tmp_path, monkeypatch):
-    """With ``cfg``, the result is ``RayDataset(ray_dataset, cfg=cfg)`` as in the
-    reference. ``RayDataset`` is a recording stand-in: importing the real one
-    imports ``data_juicer.core``, whose executors may pip-install packages."""
-    made = []
+REAL_RAY_DATASET_SCRIPT = r"""
+import json, sys
+import ray
+from jsonargparse import Namespace
 
-    class RayDataset:
-        def __init__(self, dataset, cfg=None):
-            made.append((dataset, cfg))
-            self.data = dataset
+ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+from data_juicer.core.data.ray_dataset import RayDataset
+from data_juicer_accel.utils.ckpt_utils import RayCheckpointManager
 
-    stub = types.ModuleType("data_juicer.core.data.ray_dataset")
-    stub.RayDataset = RayDataset
-    monkeypatch.setitem(sys.modules, "data_juicer.core.data.ray_dataset", stub)
-    cfg = object()
-    m = RayCheckpointManager(str(tmp_path))
-    m.save_checkpoint(Wrapped(numbered(100, 2)), 0, "a", 0, cfg=cfg)
-    loaded = m.load_checkpoint(0, "a", 0, cfg=cfg)
-    assert isinstance(loaded, RayDataset)
-    assert made == [(loaded.data, cfg)] and isinstance(loaded.data, ray.data.Dataset)
-    assert loaded.data.count() == 100
+cfg = Namespace(auto_op_parallelism=False)
+manager = RayCheckpointManager(sys.argv[1])
+manager.save_checkpoint(RayDataset(ray.data.range(100, override_num_blocks=2), cfg=cfg), 0, "a", 0, cfg=cfg)
+loaded = manager.load_checkpoint(0, "a", 0, cfg=cfg)
+print(json.dumps({
+    "class": f"{type(loaded).__module__}.{type(loaded).__qualname__}",
+    "ids": sorted(row["id"] for row in loaded.data.take_all()),
+    "auto_op_parallelism": loaded._auto_proc,
+}))
+"""
+
+
+@requires_reference
+def test_load_with_cfg_returns_data_juicers_real_ray_dataset(tmp_path):
+    """With ``cfg``, the result is Data-Juicer's own ``RayDataset(ray_dataset,
+    cfg=cfg)``, as in the reference. Importing it imports ``data_juicer.core``,
+    so this runs in a subprocess set up like the end-to-end runs: pip cannot
+    download, and a torch stand-in keeps the lazy loaders from wanting torch."""
+    from tests.test_integration_e2e import _dj_env, write_support_files
+
+    support = write_support_files(tmp_path / "support")
+    proc = subprocess.run(
+        [sys.executable, "-c", REAL_RAY_DATASET_SCRIPT, str(tmp_path / "ckpt")],
+        env=_dj_env(support, fail=False),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result == {
+        "class": "data_juicer.core.data.ray_dataset.RayDataset",
+        "ids": list(range(100)),
+        "auto_op_parallelism": False,
+    }
+    assert "Installing" not in proc.stderr and "pip install" not in proc.stderr
