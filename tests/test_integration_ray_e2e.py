@@ -1,0 +1,181 @@
+"""End to end on Data-Juicer's own partitioned Ray executor, patched and not.
+
+``dj-process`` with ``executor_type: ray_partitioned`` on a local Ray cluster
+(started by each run, 2 CPUs): the executor checkpoints every op of every
+partition through ``RayCheckpointManager``. Runs, one after another:
+
+* an uninterrupted unpatched run: the export every other run must reproduce;
+* a patched run ending at ``dja_fail_when_told_mapper`` (op 2), then the same
+  job resumed patched: it must load our op-1 checkpoints and finish;
+* an unpatched run ending at the same op, resumed patched: our manager must
+  load the reference's ``.parquet`` checkpoints.
+
+The environment is the one of ``test_integration_e2e`` (no downloads, torch
+stand-in), plus the support directory on ``PYTHONPATH`` so that Ray workers
+can import the test op.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("data_juicer")
+pytest.importorskip("ray")
+
+from tests.test_integration_e2e import JOB, REFERENCE_MAIN, _dj_env, write_support_files  # noqa: E402
+
+RUN_TIMEOUT = 300
+PARTITIONS = 2
+
+
+def write_ray_config(root: Path, support: dict[str, Path]) -> Path:
+    cfg = root / "config.yaml"
+    cfg.write_text(
+        f"""project_name: dja-ray-e2e
+dataset_path: {support["data"]}
+export_path: {root}/out/result.jsonl
+work_dir: {root}/work
+executor_type: ray_partitioned
+ray_address: local
+np: 2
+open_monitor: false
+skip_op_error: false
+custom_operator_paths: ['{support["ops"]}']
+partition:
+  mode: manual
+  num_of_partitions: {PARTITIONS}
+checkpoint:
+  enabled: true
+  strategy: every_op
+process:
+  - whitespace_normalization_mapper:
+  - clean_email_mapper:
+  - dja_fail_when_told_mapper:
+  - text_length_filter:
+      min_len: 20
+"""
+    )
+    return cfg
+
+
+def run_ray_dj(kind: str, cfg: Path, log: Path, support: dict[str, Path], fail: bool = False) -> int:
+    """One ``dj-process`` on the partitioned Ray executor; its return code."""
+    head = (
+        [sys.executable, "-m", "data_juicer_accel", "dj-process"]
+        if kind == "acc"
+        else [sys.executable, "-c", REFERENCE_MAIN]
+    )
+    env = _dj_env(support, fail)
+    # Ray workers import the test op by module name.
+    env["PYTHONPATH"] = os.pathsep.join([str(support["ops"].parent), env["PYTHONPATH"]])
+    with open(log, "w") as out:
+        return subprocess.run(
+            [*head, "--config", str(cfg), "--job_id", JOB],
+            env=env,
+            cwd=cfg.parent,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            timeout=RUN_TIMEOUT,
+        ).returncode
+
+
+def exported_texts(root: Path) -> list[str]:
+    """The export (a directory of JSON-lines files), as sorted texts."""
+    texts = []
+    for part in sorted((root / "out" / "result.jsonl").iterdir()):
+        with open(part) as f:
+            texts += [json.loads(line)["text"] for line in f if line.strip()]
+    return sorted(texts)
+
+
+def checkpoint_names(root: Path) -> list[str]:
+    return sorted(p.name for p in (root / "work" / JOB / "checkpoints").glob("checkpoint_op_*"))
+
+
+def events(root: Path) -> list[dict]:
+    out = []
+    for path in sorted((root / "work" / JOB).glob("events_*.jsonl")):
+        with open(path) as f:
+            out += [json.loads(line) for line in f if line.strip()]
+    return out
+
+
+@pytest.fixture(scope="module")
+def ray_runs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("dj_ray_e2e")
+    support = write_support_files(base / "support")
+    runs: dict = {"base": base}
+
+    def family(name: str, first: str, then: str) -> None:
+        root = base / name
+        root.mkdir()
+        cfg = write_ray_config(root, support)
+        runs[name] = {"root": root, "fail_rc": run_ray_dj(first, cfg, root / "fail.log", support, fail=True)}
+        runs[name]["after_fail"] = checkpoint_names(root)
+        runs[name]["resume_rc"] = run_ray_dj(then, cfg, root / "resume.log", support)
+
+    full = base / "full"
+    full.mkdir()
+    runs["full"] = {"root": full, "rc": run_ray_dj("ref", write_ray_config(full, support), full / "run.log", support)}
+    family("acc", "acc", "acc")
+    family("ref_then_acc", "ref", "acc")
+    yield runs
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def log_of(root: Path, name: str) -> str:
+    return (root / f"{name}.log").read_text(errors="replace")
+
+
+def expected_names(ops: range, suffix: str) -> list[str]:
+    return sorted(f"checkpoint_op_{op:04d}_partition_{p:04d}{suffix}" for op in ops for p in range(PARTITIONS))
+
+
+def test_the_uninterrupted_reference_run_exports_rows(ray_runs):
+    full = ray_runs["full"]
+    assert full["rc"] == 0, log_of(full["root"], "run")[-3000:]
+    texts = exported_texts(full["root"])
+    assert 100 < len(texts) < 200
+    assert not any("@example.com" in t for t in texts)
+
+
+def test_a_patched_run_checkpoints_each_op_in_our_format_until_it_fails(ray_runs):
+    acc = ray_runs["acc"]
+    assert acc["fail_rc"] != 0
+    assert acc["after_fail"] == expected_names(range(2), ".accel")
+
+
+def test_the_patched_resume_loads_our_checkpoints_and_exports_what_the_reference_exports(ray_runs):
+    acc = ray_runs["acc"]
+    assert acc["resume_rc"] == 0, log_of(acc["root"], "resume")[-3000:]
+    loads = [e for e in events(acc["root"]) if e["event_type"] == "checkpoint_load"]
+    assert sorted((e["partition_id"], e["operation_idx"]) for e in loads) == [(p, 1) for p in range(PARTITIONS)]
+    assert all(e["metadata"]["checkpoint_path"].endswith(".accel") for e in loads)
+    assert checkpoint_names(acc["root"]) == expected_names(range(4), ".accel")
+    assert exported_texts(acc["root"]) == exported_texts(ray_runs["full"]["root"])
+
+
+def test_the_reference_checkpoints_resume_under_the_patch(ray_runs):
+    cross = ray_runs["ref_then_acc"]
+    assert cross["fail_rc"] != 0
+    assert cross["after_fail"] == expected_names(range(2), ".parquet")
+    assert cross["resume_rc"] == 0, log_of(cross["root"], "resume")[-3000:]
+    log = log_of(cross["root"], "resume")
+    for partition in range(PARTITIONS):
+        assert f"Partition {partition}: Successfully loaded checkpoint, resuming from operation 2" in log
+    assert exported_texts(cross["root"]) == exported_texts(ray_runs["full"]["root"])
+
+
+def test_nothing_was_installed_by_the_ray_runs(ray_runs):
+    logs = sorted(ray_runs["base"].rglob("*.log"))
+    assert len(logs) == 5
+    for log in logs:
+        text = log.read_text(errors="replace")
+        assert "not found, installing" not in text and "Installing " not in text, log
