@@ -8,7 +8,9 @@ partition through ``RayCheckpointManager``. Runs, one after another:
 * a patched run ending at ``dja_fail_when_told_mapper`` (op 2), then the same
   job resumed patched: it must load our op-1 checkpoints and finish;
 * an unpatched run ending at the same op, resumed patched: our manager must
-  load the reference's ``.parquet`` checkpoints.
+  load the reference's ``.parquet`` checkpoints;
+* the (unpartitioned) ``ray`` executor, unpatched and patched: same export,
+  same events, the patched ones through this package's event logger.
 
 The environment is the one of ``test_integration_e2e`` (no downloads, torch
 stand-in), plus the support directory on ``PYTHONPATH`` so that Ray workers
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -35,14 +38,14 @@ RUN_TIMEOUT = 300
 PARTITIONS = 2
 
 
-def write_ray_config(root: Path, support: dict[str, Path]) -> Path:
+def write_ray_config(root: Path, support: dict[str, Path], executor_type: str = "ray_partitioned") -> Path:
     cfg = root / "config.yaml"
     cfg.write_text(
         f"""project_name: dja-ray-e2e
 dataset_path: {support["data"]}
 export_path: {root}/out/result.jsonl
 work_dir: {root}/work
-executor_type: ray_partitioned
+executor_type: {executor_type}
 ray_address: local
 np: 2
 open_monitor: false
@@ -126,6 +129,11 @@ def ray_runs(tmp_path_factory):
     runs["full"] = {"root": full, "rc": run_ray_dj("ref", write_ray_config(full, support), full / "run.log", support)}
     family("acc", "acc", "acc")
     family("ref_then_acc", "ref", "acc")
+    for kind in ("ref", "acc"):
+        root = base / f"ray_{kind}"
+        root.mkdir()
+        cfg = write_ray_config(root, support, executor_type="ray")
+        runs[f"ray_{kind}"] = {"root": root, "rc": run_ray_dj(kind, cfg, root / "run.log", support)}
     yield runs
     shutil.rmtree(base, ignore_errors=True)
 
@@ -173,9 +181,29 @@ def test_the_reference_checkpoints_resume_under_the_patch(ray_runs):
     assert exported_texts(cross["root"]) == exported_texts(ray_runs["full"]["root"])
 
 
+def test_the_ray_executor_logs_the_reference_events_through_the_patch(ray_runs):
+    ref, acc = ray_runs["ray_ref"], ray_runs["ray_acc"]
+    assert ref["rc"] == 0, log_of(ref["root"], "run")[-3000:]
+    assert acc["rc"] == 0, log_of(acc["root"], "run")[-3000:]
+    assert exported_texts(acc["root"]) == exported_texts(ref["root"]) == exported_texts(ray_runs["full"]["root"])
+
+    def shape(root):
+        # Paths under each run's root and durations differ by nature.
+        def message(event):
+            return re.sub(r"\d+\.\d+", "<NUM>", event["message"].replace(str(root), ""))
+
+        return [(e["event_type"], e.get("operation_name"), message(e)) for e in events(root)]
+
+    assert shape(acc["root"]) == shape(ref["root"])
+    types = [event_type for event_type, _, _ in shape(acc["root"])]
+    assert "job_start" in types and types[-1] == "job_complete"
+    assert "data_juicer_accel.core.executor.event_logging_mixin" in log_of(acc["root"], "run")
+    assert "data_juicer_accel" not in log_of(ref["root"], "run")
+
+
 def test_nothing_was_installed_by_the_ray_runs(ray_runs):
     logs = sorted(ray_runs["base"].rglob("*.log"))
-    assert len(logs) == 5
+    assert len(logs) == 7
     for log in logs:
         text = log.read_text(errors="replace")
         assert "not found, installing" not in text and "Installing " not in text, log
