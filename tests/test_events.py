@@ -414,6 +414,20 @@ def test_events_keep_the_newest_in_order_as_one_set_of_objects(tmp_path):
     assert len(read_lines(executor.event_logger.jsonl_file)) == 10_050 + 1 + 5
 
 
+def test_a_subclass_may_set_events_before_and_after_init(tmp_path):
+    class Early(accel.EventLogger):
+        def __init__(self, *args, **kwargs):
+            self.events = collections.deque(maxlen=5)  # overwritten by __init__, as in 1.6.1
+            super().__init__(*args, **kwargs)
+            self.events = collections.deque(maxlen=2)
+
+    event_logger = Early(str(tmp_path))
+    for i in range(3):
+        event_logger.log_event(accel.Event(accel.EventType.OP_START, float(i), f"m{i}"))
+    assert [e.message for e in event_logger.events] == ["m1", "m2"]
+    event_logger.close()
+
+
 def test_a_cycle_through_logged_values_is_collected(tmp_path):
     executor = make_executor(accel, str(tmp_path))
 

@@ -235,6 +235,9 @@ class EventLogger:
 
     @events.setter
     def events(self, value: deque) -> None:
+        if "_sink" not in self.__dict__:  # a subclass setting it before __init__ ran
+            self._events = value
+            return
         with self._events_read_lock:
             self._sink.move_events_into(self._events)
             self._events = value
