@@ -414,6 +414,19 @@ def test_events_keep_the_newest_in_order_as_one_set_of_objects(tmp_path):
     assert len(read_lines(executor.event_logger.jsonl_file)) == 10_050 + 1 + 5
 
 
+def test_events_survive_a_failed_read(tmp_path):
+    executor = make_executor(accel, str(tmp_path))
+    with only_loguru_sink(None, []):
+        for i in range(3):
+            executor._log_event(accel.EventType.OP_START, f"m{i}")
+    with pytest.raises(AttributeError):
+        executor.event_logger._sink.move_events_into(object())  # no extend(): nothing may be lost
+    with only_loguru_sink(None, []):
+        executor._log_event(accel.EventType.OP_START, "m3")
+    assert [e.message for e in executor.event_logger.events][-4:] == ["m0", "m1", "m2", "m3"]
+    executor.event_logger.close()
+
+
 def test_a_subclass_may_set_events_before_and_after_init(tmp_path):
     class Early(accel.EventLogger):
         def __init__(self, *args, **kwargs):

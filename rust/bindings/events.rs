@@ -397,26 +397,24 @@ impl EventSink {
 
     /// Appends the events logged since the last call to `events` (a deque),
     /// in logging order, building the `Event` objects the fast path left as
-    /// fields. Callers serialise calls (EventLogger holds a lock for it).
+    /// fields. Callers serialise calls (EventLogger holds a lock for it). If
+    /// building or appending fails, the events are kept for the next call.
     fn move_events_into(&self, py: Python<'_>, events: Bound<'_, PyAny>) -> PyResult<()> {
-        let remembered = match self.remembered.lock() {
+        let mut taken = match self.remembered.lock() {
             Ok(mut queue) => std::mem::take(&mut *queue),
             Err(_) => return Err(PyValueError::new_err("event memory is poisoned")),
         };
-        if remembered.is_empty() {
+        if taken.is_empty() {
             return Ok(());
         }
-        let built = PyList::empty(py);
-        for entry in remembered {
-            match entry {
-                Remembered::Built(event) => built.append(event)?,
-                Remembered::Fields(fields) => {
-                    built.append(self.build_event(py, fields.into_vec().into_iter())?)?
-                }
-            }
+        let moved = self.build_all(py, &mut taken).and_then(|built| {
+            events.call_method1(intern!(py, "extend"), (built,))?;
+            Ok(())
+        });
+        if moved.is_err() {
+            self.keep_in_front(taken);
         }
-        events.call_method1(intern!(py, "extend"), (built,))?;
-        Ok(())
+        moved
     }
 
     /// How many events `events` keeps (its `maxlen`; `None`: all). Older
@@ -577,6 +575,42 @@ impl LogEventFastPath {
 }
 
 impl EventSink {
+    /// Turns every kept entry into a built `Event` (in place, so that a
+    /// failure loses nothing) and lists them in order.
+    fn build_all<'py>(
+        &self,
+        py: Python<'py>,
+        taken: &mut VecDeque<Remembered>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let built = PyList::empty(py);
+        for entry in taken.iter_mut() {
+            if let Remembered::Fields(fields) = entry {
+                let values = fields
+                    .iter()
+                    .map(|v| v.as_ref().map(|value| value.clone_ref(py)));
+                *entry = Remembered::Built(self.build_event(py, values)?.unbind());
+            }
+            if let Remembered::Built(event) = entry {
+                built.append(event.bind(py))?;
+            }
+        }
+        Ok(built)
+    }
+
+    /// Puts `taken` back before what was logged meanwhile, keeping `maxlen`.
+    fn keep_in_front(&self, mut taken: VecDeque<Remembered>) {
+        let maxlen = self.events_maxlen.load(Ordering::Relaxed);
+        let mut evicted = Vec::new();
+        if let Ok(mut queue) = self.remembered.lock() {
+            taken.append(&mut queue);
+            while taken.len() > maxlen {
+                evicted.extend(taken.pop_front());
+            }
+            *queue = taken;
+        }
+        drop(evicted); // outside the lock: dropping may run Python code
+    }
+
     /// Keeps `entry` for `events`, dropping the oldest beyond `maxlen`.
     fn remember(&self, entry: Remembered) {
         let maxlen = self.events_maxlen.load(Ordering::Relaxed);
