@@ -198,9 +198,10 @@ def interpreter_floor(module, n_events: int, threads: int, call: str) -> float:
     return log_events(executor, n_events, threads, call, module.EventType.OP_START) / n_events
 
 
-def loguru_info_floor(work_dir: str, n: int = 20_000) -> float:
-    """Seconds one loguru ``logger.info`` of a typical event line takes with
-    an INFO file sink: the least an event costs when INFO goes to a file."""
+def loguru_info_floor(work_dir: str, n: int = 20_000, threads: int = 1) -> float:
+    """Seconds per line of loguru ``logger.info`` calls of a typical event
+    line with an INFO file sink, from ``threads`` threads at once: the least
+    an event costs when INFO goes to a file."""
     from loguru import logger
 
     os.makedirs(work_dir, exist_ok=True)
@@ -209,12 +210,24 @@ def loguru_info_floor(work_dir: str, n: int = 20_000) -> float:
         "OP_IDX[7] | MSG[Operation language_id_score_filter (idx 7) started on partition 1] | "
         'META[{"operation_class": "language_id_score_filter"}]'
     )
-    with loguru_sinks("info-file", work_dir):
+    per_thread = n // threads
+    barrier = threading.Barrier(threads + 1)
+
+    def work():
         info = logger.info
-        start = time.perf_counter()
-        for _ in range(n):
+        barrier.wait()
+        for _ in range(per_thread):
             info(line)
-        return (time.perf_counter() - start) / n
+
+    with loguru_sinks("info-file", work_dir):
+        workers = [threading.Thread(target=work) for _ in range(threads)]
+        for w in workers:
+            w.start()
+        barrier.wait()
+        start = time.perf_counter()
+        for w in workers:
+            w.join()
+        return (time.perf_counter() - start) / (per_thread * threads)
 
 
 # --------------------------------------------------------------------------

@@ -344,6 +344,8 @@ class Runner:
         if present:
             floor = [ev.loguru_info_floor(os.path.join(base, f"loguru-{r}")) for r in range(cfg.rounds)]
             out["loguru_info_file_us"] = median(floor) * 1e6
+            floor4 = [ev.loguru_info_floor(os.path.join(base, f"loguru4-{r}"), threads=4) for r in range(cfg.rounds)]
+            out["loguru_info_file_us_4_threads"] = median(floor4) * 1e6
             # The same loops with the logging removed, on the reference's
             # log_op_start body when it is there (ours is a copy of it).
             body_module = present.get("reference") or present["accel"]
