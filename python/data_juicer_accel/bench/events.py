@@ -107,16 +107,35 @@ def count_lines(path) -> int:
         return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
 
 
+def run_timed(threads: int, work, finish=None) -> float:
+    """Seconds from releasing ``threads`` threads running ``work(t)`` at once
+    until all have returned and ``finish()`` (if given) has run."""
+    barrier = threading.Barrier(threads + 1)
+
+    def body(t):
+        barrier.wait()
+        work(t)
+
+    workers = [threading.Thread(target=body, args=(t,)) for t in range(threads)]
+    for w in workers:
+        w.start()
+    barrier.wait()
+    start = time.perf_counter()
+    for w in workers:
+        w.join()
+    if finish is not None:
+        finish()
+    return time.perf_counter() - start
+
+
 def log_events(executor, n_events: int, threads: int, call: str = "log_op_start", event_type=None) -> float:
     """Seconds to log ``n_events`` (split over ``threads`` threads) and have
     them all in the JSONL file."""
     per_thread = n_events // threads
-    barrier = threading.Barrier(threads + 1)
     op_args = {"lang": "en", "min_score": 0.5}
     name = "language_id_score_filter"
 
     def work(t):
-        barrier.wait()
         if call == "log_op_start":
             log = executor.log_op_start
             for i in range(per_thread):
@@ -133,17 +152,7 @@ def log_events(executor, n_events: int, threads: int, call: str = "log_op_start"
                     op_args=op_args,
                 )
 
-    workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
-    for w in workers:
-        w.start()
-    barrier.wait()
-    start = time.perf_counter()
-    for w in workers:
-        w.join()
-    flush = getattr(executor.event_logger, "flush", None)
-    if flush is not None:
-        flush()
-    return time.perf_counter() - start
+    return run_timed(threads, work, getattr(executor.event_logger, "flush", None))
 
 
 def events_case(module, work_dir: str, n_events: int, threads: int, sink: str, call: str = "log_op_start") -> float:
@@ -211,23 +220,14 @@ def loguru_info_floor(work_dir: str, n: int = 20_000, threads: int = 1) -> float
         'META[{"operation_class": "language_id_score_filter"}]'
     )
     per_thread = n // threads
-    barrier = threading.Barrier(threads + 1)
 
-    def work():
+    def work(_t):
         info = logger.info
-        barrier.wait()
         for _ in range(per_thread):
             info(line)
 
     with loguru_sinks("info-file", work_dir):
-        workers = [threading.Thread(target=work) for _ in range(threads)]
-        for w in workers:
-            w.start()
-        barrier.wait()
-        start = time.perf_counter()
-        for w in workers:
-            w.join()
-        return (time.perf_counter() - start) / (per_thread * threads)
+        return run_timed(threads, work) / (per_thread * threads)
 
 
 # --------------------------------------------------------------------------
