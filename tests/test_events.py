@@ -495,6 +495,20 @@ def test_lines_reach_the_disk_within_the_flush_interval(tmp_path):
     assert read_lines(executor.event_logger.jsonl_file)[0]["event_type"] == "op_start"
 
 
+@pytest.mark.parametrize("flush_interval", [0, -1, float("nan"), float("inf"), 86_401, 1e300])
+def test_a_flush_interval_out_of_range_is_a_value_error(tmp_path, flush_interval):
+    with pytest.raises(ValueError, match="flush_interval must be a positive number of seconds, at most 86400"):
+        accel.EventLogger(str(tmp_path), flush_interval=flush_interval)
+
+
+def test_a_flush_interval_of_a_day_is_accepted(tmp_path):
+    event_logger = accel.EventLogger(str(tmp_path), flush_interval=86_400)
+    event_logger.log_event(accel.Event(accel.EventType.OP_START, time.time(), "kept"))
+    event_logger.flush()
+    assert read_lines(event_logger.jsonl_file)[0]["message"] == "kept"
+    event_logger.close()
+
+
 def test_readers_see_every_event_logged_before_them(tmp_path):
     executor = make_executor(accel, str(tmp_path), flush_interval=3600)
     executor._log_event(accel.EventType.JOB_COMPLETE, "done")  # durable anyway
