@@ -1,8 +1,10 @@
 //! The event queue and its flush thread.
 //!
 //! Producers copy whole JSON lines (bytes, already serialised) into one
-//! shared pending buffer; one background thread takes that buffer whole and
-//! writes it to the JSONL file. The thread holds no Python object, so it can
+//! shared pending buffer, under a mutex held only for the copy (producers
+//! calling from Python hold the GIL already, so only the flush thread's swap
+//! once per batch can meet them there); one background thread takes that
+//! buffer whole and writes it to the JSONL file. The thread holds no Python object, so it can
 //! run (and be joined) while the interpreter is finalising.
 //!
 //! * One `write()` per batch on an `O_APPEND` descriptor: batches are whole
