@@ -143,17 +143,19 @@ def _dj_env(support: dict[str, Path], fail: bool) -> dict[str, str]:
     return env
 
 
+def dj_command(kind: str) -> list[str]:
+    """``acc``: ``python -m data_juicer_accel dj-process``; ``ref``: Data-Juicer's
+    own entry point, unpatched."""
+    if kind == "acc":
+        return [sys.executable, "-m", "data_juicer_accel", "dj-process"]
+    return [sys.executable, "-c", REFERENCE_MAIN]
+
+
 def run_dj(
     kind: str, cfg: Path, export: Path, log: Path, support: dict[str, Path], fail: bool = False
 ) -> subprocess.CompletedProcess:
-    """One dj-process: ``acc`` through ``python -m data_juicer_accel dj-process``,
-    ``ref`` through Data-Juicer's own entry point, unpatched."""
-    head = (
-        [sys.executable, "-m", "data_juicer_accel", "dj-process"]
-        if kind == "acc"
-        else [sys.executable, "-c", REFERENCE_MAIN]
-    )
-    cmd = [*head, "--config", str(cfg), "--job_id", JOB, "--export_path", str(export)]
+    """One dj-process (see ``dj_command``)."""
+    cmd = [*dj_command(kind), "--config", str(cfg), "--job_id", JOB, "--export_path", str(export)]
     with open(log, "w") as out:
         return subprocess.run(
             cmd,

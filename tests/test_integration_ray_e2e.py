@@ -24,7 +24,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -32,9 +31,16 @@ import pytest
 pytest.importorskip("data_juicer")
 pytest.importorskip("ray")
 
-from tests.test_integration_e2e import JOB, REFERENCE_MAIN, _dj_env, write_support_files  # noqa: E402
+from tests.test_integration_e2e import (  # noqa: E402
+    JOB,
+    RUN_TIMEOUT,
+    _dj_env,
+    dj_command,
+    log_text,
+    read_jsonl,
+    write_support_files,
+)
 
-RUN_TIMEOUT = 300
 PARTITIONS = 2
 
 
@@ -70,17 +76,12 @@ process:
 
 def run_ray_dj(kind: str, cfg: Path, log: Path, support: dict[str, Path], fail: bool = False) -> int:
     """One ``dj-process`` on the partitioned Ray executor; its return code."""
-    head = (
-        [sys.executable, "-m", "data_juicer_accel", "dj-process"]
-        if kind == "acc"
-        else [sys.executable, "-c", REFERENCE_MAIN]
-    )
     env = _dj_env(support, fail)
     # Ray workers import the test op by module name.
     env["PYTHONPATH"] = os.pathsep.join([str(support["ops"].parent), env["PYTHONPATH"]])
     with open(log, "w") as out:
         return subprocess.run(
-            [*head, "--config", str(cfg), "--job_id", JOB],
+            [*dj_command(kind), "--config", str(cfg), "--job_id", JOB],
             env=env,
             cwd=cfg.parent,
             stdout=out,
@@ -103,11 +104,7 @@ def checkpoint_names(root: Path) -> list[str]:
 
 
 def events(root: Path) -> list[dict]:
-    out = []
-    for path in sorted((root / "work" / JOB).glob("events_*.jsonl")):
-        with open(path) as f:
-            out += [json.loads(line) for line in f if line.strip()]
-    return out
+    return [e for path in sorted((root / "work" / JOB).glob("events_*.jsonl")) for e in read_jsonl(path)]
 
 
 @pytest.fixture(scope="module")
@@ -138,17 +135,13 @@ def ray_runs(tmp_path_factory):
     shutil.rmtree(base, ignore_errors=True)
 
 
-def log_of(root: Path, name: str) -> str:
-    return (root / f"{name}.log").read_text(errors="replace")
-
-
 def expected_names(ops: range, suffix: str) -> list[str]:
     return sorted(f"checkpoint_op_{op:04d}_partition_{p:04d}{suffix}" for op in ops for p in range(PARTITIONS))
 
 
 def test_the_uninterrupted_reference_run_exports_rows(ray_runs):
     full = ray_runs["full"]
-    assert full["rc"] == 0, log_of(full["root"], "run")[-3000:]
+    assert full["rc"] == 0, log_text(full["root"], "run")[-3000:]
     texts = exported_texts(full["root"])
     assert 100 < len(texts) < 200
     assert not any("@example.com" in t for t in texts)
@@ -162,7 +155,7 @@ def test_a_patched_run_checkpoints_each_op_in_our_format_until_it_fails(ray_runs
 
 def test_the_patched_resume_loads_our_checkpoints_and_exports_what_the_reference_exports(ray_runs):
     acc = ray_runs["acc"]
-    assert acc["resume_rc"] == 0, log_of(acc["root"], "resume")[-3000:]
+    assert acc["resume_rc"] == 0, log_text(acc["root"], "resume")[-3000:]
     loads = [e for e in events(acc["root"]) if e["event_type"] == "checkpoint_load"]
     assert sorted((e["partition_id"], e["operation_idx"]) for e in loads) == [(p, 1) for p in range(PARTITIONS)]
     assert all(e["metadata"]["checkpoint_path"].endswith(".accel") for e in loads)
@@ -174,8 +167,8 @@ def test_the_reference_checkpoints_resume_under_the_patch(ray_runs):
     cross = ray_runs["ref_then_acc"]
     assert cross["fail_rc"] != 0
     assert cross["after_fail"] == expected_names(range(2), ".parquet")
-    assert cross["resume_rc"] == 0, log_of(cross["root"], "resume")[-3000:]
-    log = log_of(cross["root"], "resume")
+    assert cross["resume_rc"] == 0, log_text(cross["root"], "resume")[-3000:]
+    log = log_text(cross["root"], "resume")
     for partition in range(PARTITIONS):
         assert f"Partition {partition}: Successfully loaded checkpoint, resuming from operation 2" in log
     assert exported_texts(cross["root"]) == exported_texts(ray_runs["full"]["root"])
@@ -183,8 +176,8 @@ def test_the_reference_checkpoints_resume_under_the_patch(ray_runs):
 
 def test_the_ray_executor_logs_the_reference_events_through_the_patch(ray_runs):
     ref, acc = ray_runs["ray_ref"], ray_runs["ray_acc"]
-    assert ref["rc"] == 0, log_of(ref["root"], "run")[-3000:]
-    assert acc["rc"] == 0, log_of(acc["root"], "run")[-3000:]
+    assert ref["rc"] == 0, log_text(ref["root"], "run")[-3000:]
+    assert acc["rc"] == 0, log_text(acc["root"], "run")[-3000:]
     assert exported_texts(acc["root"]) == exported_texts(ref["root"]) == exported_texts(ray_runs["full"]["root"])
 
     def shape(root):
@@ -197,8 +190,8 @@ def test_the_ray_executor_logs_the_reference_events_through_the_patch(ray_runs):
     assert shape(acc["root"]) == shape(ref["root"])
     types = [event_type for event_type, _, _ in shape(acc["root"])]
     assert "job_start" in types and types[-1] == "job_complete"
-    assert "data_juicer_accel.core.executor.event_logging_mixin" in log_of(acc["root"], "run")
-    assert "data_juicer_accel" not in log_of(ref["root"], "run")
+    assert "data_juicer_accel.core.executor.event_logging_mixin" in log_text(acc["root"], "run")
+    assert "data_juicer_accel" not in log_text(ref["root"], "run")
 
 
 def test_nothing_was_installed_by_the_ray_runs(ray_runs):
