@@ -117,38 +117,40 @@ struct Made {
 }
 
 impl Made {
-    /// The value of a field with `role`, when this call made it.
-    fn value<'py>(&self, py: Python<'py>, role: Role) -> PyResult<Option<Bound<'py, PyAny>>> {
-        Ok(Some(match role {
-            Role::Timestamp => PyFloat::new(py, self.timestamp).into_any(),
-            Role::ProcessId => self.process_id.into_pyobject(py)?.into_any(),
-            Role::ThreadId => self.thread_id.into_pyobject(py)?.into_any(),
-            Role::EventId => match &self.event_id {
-                Some(id) => PyString::new(py, id).into_any(),
-                None => return Ok(None),
-            },
-            _ => return Ok(None),
-        }))
+    /// Whether this call made the value of a field with `role`.
+    fn has(&self, role: Role) -> bool {
+        match role {
+            Role::Timestamp | Role::ProcessId | Role::ThreadId => true,
+            Role::EventId => self.event_id.is_some(),
+            _ => false,
+        }
     }
 
-    /// Writes the JSON of a field with `role` when this call made it, as
-    /// `json.dumps` writes the Python value.
-    fn write(&self, out: &mut Vec<u8>, role: Role) -> bool {
-        match role {
-            Role::Timestamp => write_f64(out, self.timestamp),
-            Role::ProcessId => {
+    /// The value of a field with `role`, when this call made it.
+    fn value<'py>(&self, py: Python<'py>, role: Role) -> PyResult<Option<Bound<'py, PyAny>>> {
+        Ok(match (role, &self.event_id) {
+            (Role::Timestamp, _) => Some(PyFloat::new(py, self.timestamp).into_any()),
+            (Role::ProcessId, _) => Some(self.process_id.into_pyobject(py)?.into_any()),
+            (Role::ThreadId, _) => Some(self.thread_id.into_pyobject(py)?.into_any()),
+            (Role::EventId, Some(id)) => Some(PyString::new(py, id).into_any()),
+            _ => None,
+        })
+    }
+
+    /// Writes the JSON of a field this call made (see [`has`](Self::has)),
+    /// as `json.dumps` writes the Python value.
+    fn write(&self, out: &mut Vec<u8>, role: Role) {
+        match (role, &self.event_id) {
+            (Role::Timestamp, _) => write_f64(out, self.timestamp),
+            (Role::ProcessId, _) => {
                 out.extend_from_slice(itoa::Buffer::new().format(self.process_id).as_bytes())
             }
-            Role::ThreadId => {
+            (Role::ThreadId, _) => {
                 out.extend_from_slice(itoa::Buffer::new().format(self.thread_id).as_bytes())
             }
-            Role::EventId => match &self.event_id {
-                Some(id) => write_str(out, id),
-                None => return false,
-            },
-            _ => return false,
+            (Role::EventId, Some(id)) => write_str(out, id),
+            _ => {}
         }
-        true
     }
 }
 
@@ -389,23 +391,21 @@ impl EventSink {
         line.push(b'{');
         for (index, (value, &role)) in values.iter().zip(&self.roles).enumerate() {
             let value = value.as_ref().map(|v| v.bind(py));
-            let present = match role {
-                Role::EventType | Role::Timestamp | Role::ProcessId | Role::ThreadId => true,
-                Role::EventId if made.event_id.is_some() => true,
-                _ => value.is_some_and(|v| !v.is_none()), // None is left out, as the reference does
-            };
-            if !present {
+            let made_here = made.has(role);
+            // None is left out, as the reference does.
+            if role != Role::EventType && !made_here && value.is_none_or(|v| v.is_none()) {
                 continue;
             }
             if line.len() > 1 {
                 line.extend_from_slice(b", ");
             }
             line.extend_from_slice(&self.member_prefixes[index]);
-            match value {
-                _ if role == Role::EventType => line.extend_from_slice(&kind.json),
-                _ if made.write(&mut line, role) => {}
-                Some(value) => encode(py, &mut line, value, 0)?,
-                None => {}
+            if role == Role::EventType {
+                line.extend_from_slice(&kind.json);
+            } else if made_here {
+                made.write(&mut line, role);
+            } else if let Some(value) = value {
+                encode(py, &mut line, value, 0)?;
             }
         }
         line.extend_from_slice(b"}\n");
