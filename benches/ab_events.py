@@ -18,7 +18,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 ONE_RUN = """
-import sys, tempfile
+import shutil, sys, tempfile
 from loguru import logger
 sys.path.insert(0, sys.argv[1])
 import event_loop
@@ -26,11 +26,15 @@ from data_juicer_accel.bench import events as bench_events
 build, n = sys.argv[2], int(sys.argv[3])
 assert event_loop.events.__file__.startswith(build), event_loop.events.__file__
 logger.remove()
-executor = event_loop.Executor(tempfile.mkdtemp(prefix="dja-ab-"))
-event_loop.loop(executor, 20_000)
-executor.event_logger.flush()
-seconds = bench_events.log_events(executor, n, 1, "_log_event", event_loop.events.EventType.OP_START)
-executor.event_logger.close()
+work_dir = tempfile.mkdtemp(prefix="dja-ab-")
+try:
+    executor = event_loop.Executor(work_dir)
+    event_loop.loop(executor, 20_000)
+    executor.event_logger.flush()
+    seconds = bench_events.log_events(executor, n, 1, "_log_event", event_loop.events.EventType.OP_START)
+    executor.event_logger.close()
+finally:
+    shutil.rmtree(work_dir, ignore_errors=True)
 print(seconds / n * 1e6)
 """
 

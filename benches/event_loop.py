@@ -9,6 +9,7 @@ Loguru has no sink, as in the bench's "no INFO sink" case (a DEBUG sink would
 send every event down the verbose Python path).
 """
 
+import shutil
 import sys
 import tempfile
 import timeit
@@ -55,12 +56,16 @@ def breakdown(executor: Executor, n: int = 300_000) -> None:
 
 def main() -> None:
     logger.remove()
-    executor = Executor(tempfile.mkdtemp(prefix="dja-event-loop-"))
-    if "--breakdown" in sys.argv[1:]:
-        breakdown(executor)
-    else:
-        loop(executor, int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000)
-    executor.event_logger.close()
+    work_dir = tempfile.mkdtemp(prefix="dja-event-loop-")
+    try:
+        executor = Executor(work_dir)
+        if "--breakdown" in sys.argv[1:]:
+            breakdown(executor)
+        else:
+            loop(executor, int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000)
+        executor.event_logger.close()
+    finally:  # a million events are ~330 MB
+        shutil.rmtree(work_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":

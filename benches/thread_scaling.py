@@ -20,6 +20,7 @@ interval (``sys.getswitchinterval()``), not from the work done per event.
 """
 
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -66,7 +67,7 @@ def us_per_event(module, placement: str, threads: int, n: int) -> float:
         bench_events.close_executor(executor)
     path = executor.event_logger.jsonl_file
     lines = bench_events.count_lines(path)
-    os.remove(path)
+    shutil.rmtree(work_dir, ignore_errors=True)
     if lines != per_thread * threads + 1:
         raise AssertionError(f"{path}: {lines} lines for {per_thread * threads + 1} events")
     return seconds / (per_thread * threads) * 1e6

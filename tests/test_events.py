@@ -384,6 +384,78 @@ def test_event_objects_and_overrides_take_the_reference_path(tmp_path):
     }
 
 
+def _log_event_calls(ev):
+    """Call shapes ``_log_event`` takes, and ones that raise ``TypeError``."""
+    taken = [
+        lambda ex: ex._log_event(ev.OP_START, "positional", partition_id=1, op_args={"k": [1, 2.5]}),
+        lambda ex: ex._log_event(event_type=ev.OP_START, message="keywords", operation_idx=2),
+        lambda ex: ex._log_event(ev.OP_START, message="mixed"),
+        lambda ex: type(ex)._log_event(ex, ev.OP_COMPLETE, "through the class", duration=0.5),
+        lambda ex: ex._log_event(ev.OP_START, "given id", event_id="my-id", job_id="overwritten"),
+        lambda ex: ex._log_event(ev.OP_START, "none values left out", partition_id=None, event_id=None),
+    ]
+    refused = [
+        lambda ex: ex._log_event(ev.OP_START),
+        lambda ex: ex._log_event(ev.OP_START, "m", "one too many"),
+        lambda ex: ex._log_event(ev.OP_START, "m", message="twice"),
+        lambda ex: ex._log_event(ev.OP_START, "m", not_a_field=1),
+        lambda ex: ex._log_event(ev.OP_START, "m", timestamp=1.0),
+        lambda ex: ex._log_event(),
+    ]
+    return taken, refused
+
+
+# With no DEBUG sink, ``_log_event`` is a method of C; what its fast path
+# does not take goes to the Python method with the arguments as given.
+@pytest.mark.parametrize("min_level", [None, "INFO", "WARNING"])
+def test_log_event_takes_and_refuses_what_the_reference_does(tmp_path, min_level):
+    outcomes = {}
+    for module in (reference, accel):
+        messages = []
+        with only_loguru_sink(min_level, messages):
+            executor = make_executor(module, str(tmp_path / module.__name__))
+            taken, refused = _log_event_calls(module.EventType)
+            returned = [call(executor) for call in taken]
+            errors = []
+            for call in refused:
+                with pytest.raises(TypeError) as error:
+                    call(executor)
+                errors.append(str(error.value).replace(module.__name__, "<module>"))
+        if module is accel:
+            executor.event_logger.flush()
+        lines = read_lines(executor.event_logger.jsonl_file)[-len(taken) :]
+        assert [line.get("event_id") for line in lines if line["message"] == "given id"] == ["my-id"]
+        events = [normalise(event_dict(e)) for e in executor.event_logger.events]
+        event_lines = [m for m in messages if m.startswith("EVENT[")]
+        outcomes[module] = returned, errors, [normalise(x) for x in lines], events[-len(taken) :], len(event_lines)
+    assert outcomes[accel] == outcomes[reference]
+    if accel._FAST_PATH is not None:
+        assert not inspect.isfunction(accel.EventLoggingMixin._log_event)
+
+
+def test_an_override_of_log_event_reaches_the_method_through_super(tmp_path):
+    seen = []
+
+    class Overriding(accel.EventLoggingMixin):
+        def __init__(self):
+            self.cfg = SimpleNamespace(job_id="job-1", event_logging={"enabled": True})
+            self.work_dir = str(tmp_path)
+            self.executor_type = "default"
+            super().__init__()
+
+        def _log_event(self, event_type, message, **kwargs):
+            seen.append((event_type, message, kwargs))
+            super()._log_event(event_type, message, **kwargs)
+
+    with only_loguru_sink("WARNING", []):
+        executor = Overriding()
+        executor.log_op_start(0, "op", 1, {"lang": "en"})
+    executor.event_logger.flush()
+    assert [(t, kwargs["operation_name"]) for t, _, kwargs in seen] == [(accel.EventType.OP_START, "op")]
+    (line,) = [x for x in read_lines(executor.event_logger.jsonl_file) if x["event_type"] == "op_start"]
+    assert (line["operation_name"], line["operation_idx"], line["job_id"]) == ("op", 1, "job-1")
+
+
 def test_events_keep_the_newest_in_order_as_one_set_of_objects(tmp_path):
     executor = make_executor(accel, str(tmp_path))
     with only_loguru_sink(None, []):
@@ -517,7 +589,9 @@ def test_readers_see_every_event_logged_before_them(tmp_path):
     assert executor.analyze_resumption_state("job-1")["total_events"] == 2
 
 
-def test_write_errors_surface_as_oserror_naming_the_file(tmp_path):
+# DEBUG: the Python method; None: the native one.
+@pytest.mark.parametrize("min_level", ["DEBUG", None])
+def test_write_errors_surface_as_oserror_naming_the_file(tmp_path, min_level):
     work_dir = tmp_path / "job"
     executor = make_executor(accel, str(work_dir), flush_interval=3600)
     executor.log_op_start(0, "op", 0, {})
@@ -525,7 +599,7 @@ def test_write_errors_surface_as_oserror_naming_the_file(tmp_path):
     with pytest.raises(OSError) as raised:
         executor.event_logger.flush()
     assert "events_" in str(raised.value)
-    with pytest.raises(OSError):
+    with only_loguru_sink(min_level, []), pytest.raises(OSError):
         executor.log_op_start(0, "op", 1, {})
     work_dir.mkdir()
     executor.event_logger.flush()  # the kept event is written on retry
@@ -541,12 +615,13 @@ def test_a_collected_logger_flushes(tmp_path):
     assert len(read_lines(path)) == 1
 
 
-def test_close_flushes_and_refuses_later_events(tmp_path):
+@pytest.mark.parametrize("min_level", ["DEBUG", None])
+def test_close_flushes_and_refuses_later_events(tmp_path, min_level):
     executor = make_executor(accel, str(tmp_path), flush_interval=3600)
     executor.log_op_start(0, "op", 0, {})
     executor.event_logger.close()
     assert len(read_lines(executor.event_logger.jsonl_file)) == 1
-    with pytest.raises(ValueError):
+    with only_loguru_sink(min_level, []), pytest.raises(ValueError, match="closed"):
         executor.log_op_start(0, "op", 1, {})
 
 

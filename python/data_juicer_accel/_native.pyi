@@ -146,6 +146,11 @@ class LogEventFastPath:
         """Log the event; return True, or the Event when an INFO sink wants its
         line; ``None`` (nothing done) when the Python method must run."""
 
+def log_event_method(fast_path: LogEventFastPath, python_method: Any, log_info_line: Any) -> Any:
+    """A method descriptor for ``EventLoggingMixin._log_event``: the fast path
+    in one C call, ``python_method`` for every call it declines, and
+    ``log_info_line(executor, event)`` for events an INFO sink wants."""
+
 def analyze_events_file(path: str | PathLike[str]) -> dict[str, Any]:
     """Fold a JSONL event log into ``total_events``, ``job_status``,
     ``partition_states``, ``checkpoints`` and ``job_start_events``."""

@@ -103,6 +103,28 @@ enum Remembered {
     Fields(Box<[Option<Py<PyAny>>]>, Made),
 }
 
+/// What a fast-path call did with an event.
+pub(super) enum Logged<'py> {
+    /// Queued and kept for `events`; no `Event` object was built.
+    Queued,
+    /// Queued and kept; the `Event` was built because an INFO sink wants it.
+    Built(Bound<'py, PyAny>),
+    /// Nothing done: the Python method must run (and raise what the
+    /// reference raises, if anything).
+    Declined,
+}
+
+impl<'py> Logged<'py> {
+    /// `True`, the `Event`, or `None`: what the Python-facing methods return.
+    fn into_python(self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
+        match self {
+            Logged::Queued => Some(PyBool::new(py, true).to_owned().into_any()),
+            Logged::Built(event) => Some(event),
+            Logged::Declined => None,
+        }
+    }
+}
+
 /// The field values `log_fields` makes itself, kept as Rust values: their
 /// Python objects (a float, two ints, a str) are made only when `events` is
 /// read or loguru wants the event. Making them per event, and freeing them
@@ -347,79 +369,9 @@ impl EventSink {
         job_id: Bound<'py, PyAny>,
         return_event: bool,
     ) -> PyResult<Option<Bound<'py, PyAny>>> {
-        let mut values: Vec<Option<Py<PyAny>>> = Vec::with_capacity(self.roles.len());
-        values.resize_with(self.roles.len(), || None);
-        if let Some(kwargs) = &kwargs {
-            for (key, value) in kwargs.iter() {
-                let Some(index) = self.field_index(py, &key) else {
-                    return Ok(None);
-                };
-                match self.roles[index] {
-                    Role::Plain | Role::EventId if !value.is_none() => {
-                        values[index] = Some(value.unbind())
-                    }
-                    Role::Plain | Role::EventId => {}
-                    Role::JobId => {} // overwritten by log_event in the reference
-                    _computed => return Ok(None),
-                }
-            }
-        }
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64());
-        let kind = self.event_kind(py, &event_type)?;
-        let mut made = Made {
-            timestamp: now,
-            event_id: None,
-            process_id: current_pid(),
-            thread_id: current_thread_ident(),
-        };
-        for (slot, role) in values.iter_mut().zip(&self.roles) {
-            let value = match role {
-                Role::EventId if slot.is_none() => {
-                    made.event_id = Some(generated_event_id(&kind.name, now));
-                    continue;
-                }
-                Role::JobId => job_id.clone(),
-                Role::EventType => event_type.clone(),
-                Role::Message => message.clone(),
-                _ => continue, // the caller's, or made here
-            };
-            *slot = Some(value.unbind());
-        }
-        let mut line = self.writer()?.line_buffer();
-        line.push(b'{');
-        for (index, (value, &role)) in values.iter().zip(&self.roles).enumerate() {
-            let value = value.as_ref().map(|v| v.bind(py));
-            let made_here = made.has(role);
-            // None is left out, as the reference does.
-            if role != Role::EventType && !made_here && value.is_none_or(|v| v.is_none()) {
-                continue;
-            }
-            if line.len() > 1 {
-                line.extend_from_slice(b", ");
-            }
-            line.extend_from_slice(&self.member_prefixes[index]);
-            if role == Role::EventType {
-                line.extend_from_slice(&kind.json);
-            } else if made_here {
-                made.write(&mut line, role);
-            } else if let Some(value) = value {
-                encode(py, &mut line, value, 0)?;
-            }
-        }
-        line.extend_from_slice(b"}\n");
-
-        let result = if return_event {
-            let event = self.build_event(py, self.field_values(py, &values, &made)?)?;
-            self.remember(Remembered::Built(event.clone().unbind()));
-            event
-        } else {
-            self.remember(Remembered::Fields(values.into_boxed_slice(), made));
-            PyBool::new(py, true).to_owned().into_any()
-        };
-        self.push(py, line, kind.durable)?;
-        Ok(Some(result))
+        let keywords = kwargs.iter().flat_map(|kwargs| kwargs.iter());
+        self.log_keywords(py, event_type, message, keywords, job_id, return_event)
+            .map(|logged| logged.into_python(py))
     }
 
     /// `EventLogger.log_event(event)`: sets `event.job_id`, keeps the event
@@ -545,6 +497,92 @@ impl EventSink {
     }
 }
 
+impl EventSink {
+    /// [`log_fields`](Self::log_fields) with the caller's keyword arguments
+    /// as `(name, value)` pairs, from a dict or from a vectorcall's arrays.
+    pub(super) fn log_keywords<'py>(
+        &self,
+        py: Python<'py>,
+        event_type: Bound<'py, PyAny>,
+        message: Bound<'py, PyAny>,
+        keywords: impl Iterator<Item = (Bound<'py, PyAny>, Bound<'py, PyAny>)>,
+        job_id: Bound<'py, PyAny>,
+        return_event: bool,
+    ) -> PyResult<Logged<'py>> {
+        let mut values: Vec<Option<Py<PyAny>>> = Vec::with_capacity(self.roles.len());
+        values.resize_with(self.roles.len(), || None);
+        for (key, value) in keywords {
+            let Some(index) = self.field_index(py, &key) else {
+                return Ok(Logged::Declined);
+            };
+            match self.roles[index] {
+                Role::Plain | Role::EventId if !value.is_none() => {
+                    values[index] = Some(value.unbind())
+                }
+                Role::Plain | Role::EventId => {}
+                Role::JobId => {} // overwritten by log_event in the reference
+                _computed => return Ok(Logged::Declined),
+            }
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        let kind = self.event_kind(py, &event_type)?;
+        let mut made = Made {
+            timestamp: now,
+            event_id: None,
+            process_id: current_pid(),
+            thread_id: current_thread_ident(),
+        };
+        for (slot, role) in values.iter_mut().zip(&self.roles) {
+            let value = match role {
+                Role::EventId if slot.is_none() => {
+                    made.event_id = Some(generated_event_id(&kind.name, now));
+                    continue;
+                }
+                Role::JobId => job_id.clone(),
+                Role::EventType => event_type.clone(),
+                Role::Message => message.clone(),
+                _ => continue, // the caller's, or made here
+            };
+            *slot = Some(value.unbind());
+        }
+        let mut line = self.writer()?.line_buffer();
+        line.push(b'{');
+        for (index, (value, &role)) in values.iter().zip(&self.roles).enumerate() {
+            let value = value.as_ref().map(|v| v.bind(py));
+            let made_here = made.has(role);
+            // None is left out, as the reference does.
+            if role != Role::EventType && !made_here && value.is_none_or(|v| v.is_none()) {
+                continue;
+            }
+            if line.len() > 1 {
+                line.extend_from_slice(b", ");
+            }
+            line.extend_from_slice(&self.member_prefixes[index]);
+            if role == Role::EventType {
+                line.extend_from_slice(&kind.json);
+            } else if made_here {
+                made.write(&mut line, role);
+            } else if let Some(value) = value {
+                encode(py, &mut line, value, 0)?;
+            }
+        }
+        line.extend_from_slice(b"}\n");
+
+        let logged = if return_event {
+            let event = self.build_event(py, self.field_values(py, &values, &made)?)?;
+            self.remember(Remembered::Built(event.clone().unbind()));
+            Logged::Built(event)
+        } else {
+            self.remember(Remembered::Fields(values.into_boxed_slice(), made));
+            Logged::Queued
+        };
+        self.push(py, line, kind.durable)?;
+        Ok(logged)
+    }
+}
+
 /// loguru's numeric levels: below these, `_log_event` writes DEBUG lines
 /// or an INFO line of its own.
 const DEBUG_LEVEL: f64 = 10.0;
@@ -584,22 +622,36 @@ impl LogEventFastPath {
         message: Bound<'py, PyAny>,
         kwargs: Option<Bound<'py, PyDict>>,
     ) -> PyResult<Option<Bound<'py, PyAny>>> {
-        let Some(min_level) = self.min_log_level(py) else {
-            return Ok(None);
-        };
-        if min_level <= DEBUG_LEVEL {
-            return Ok(None);
-        }
-        let Some((sink, job_id)) = self.package_logger_of(py, &executor) else {
-            return Ok(None);
-        };
-        let wants_event = min_level <= INFO_LEVEL;
-        sink.get()
-            .log_fields(py, event_type, message, kwargs, job_id, wants_event)
+        let keywords = kwargs.iter().flat_map(|kwargs| kwargs.iter());
+        self.log_keywords(py, &executor, event_type, message, keywords)
+            .map(|logged| logged.into_python(py))
     }
 }
 
 impl LogEventFastPath {
+    /// [`log`](Self::log) with the keyword arguments as `(name, value)` pairs.
+    pub(super) fn log_keywords<'py>(
+        &self,
+        py: Python<'py>,
+        executor: &Bound<'py, PyAny>,
+        event_type: Bound<'py, PyAny>,
+        message: Bound<'py, PyAny>,
+        keywords: impl Iterator<Item = (Bound<'py, PyAny>, Bound<'py, PyAny>)>,
+    ) -> PyResult<Logged<'py>> {
+        let Some(min_level) = self.min_log_level(py) else {
+            return Ok(Logged::Declined);
+        };
+        if min_level <= DEBUG_LEVEL {
+            return Ok(Logged::Declined);
+        }
+        let Some((sink, job_id)) = self.package_logger_of(py, executor) else {
+            return Ok(Logged::Declined);
+        };
+        let wants_event = min_level <= INFO_LEVEL;
+        sink.get()
+            .log_keywords(py, event_type, message, keywords, job_id, wants_event)
+    }
+
     fn min_log_level(&self, py: Python<'_>) -> Option<f64> {
         let level = self
             .loguru_core

@@ -2,11 +2,13 @@
 
 mod checkpoint;
 mod events;
+mod log_event_method;
 
 use pyo3::prelude::*;
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     checkpoint::register(m)?;
     events::register(m)?;
+    m.add_function(wrap_pyfunction!(log_event_method::log_event_method, m)?)?;
     Ok(())
 }

@@ -637,15 +637,8 @@ class EventLoggingMixin:
 
     def _log_event(self, event_type: EventType, message: str, **kwargs):
         """Log an event if event logging is enabled."""
-        # The common case in one native call: a package EventLogger and no
-        # DEBUG sink. It returns None, having done nothing, for the rest.
-        if _FAST_PATH is not None:
-            logged = _FAST_PATH.log(self, event_type, message, kwargs)
-            if logged is True:
-                return
-            if logged is not None:  # an INFO sink takes the event's line
-                logger.info(self.event_logger._format_event_for_logging(logged))
-                return
+        # With a loguru it can read, the class holds a native method instead
+        # (set below the class), which calls this one for what it declines.
         event_logger = self.event_logger
         if event_logger is None:
             logger.warning(f"Event logger is None, cannot log event: {event_type.value}")
@@ -1471,6 +1464,19 @@ class EventLoggingMixin:
             "start_time": start_time,
             "current_time": current_time,
         }
+
+
+def _log_info_line(executor, event) -> None:
+    """The INFO line of an event the native ``_log_event`` logged, for an INFO sink."""
+    logger.info(executor.event_logger._format_event_for_logging(event))
+
+
+if _FAST_PATH is not None:
+    # One C call per event for the common case (a package EventLogger, no
+    # DEBUG sink), with no Python frame and no kwargs dict: see
+    # rust/bindings/log_event_method.rs. The Python method above runs for
+    # everything else.
+    EventLoggingMixin._log_event = _native.log_event_method(_FAST_PATH, EventLoggingMixin._log_event, _log_info_line)
 
 
 #: Checkpoint event types the analysis recognises: the reference's
