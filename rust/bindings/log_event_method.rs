@@ -33,6 +33,10 @@ struct Installed {
 
 /// The latest [`Installed`]. Replaced ones are leaked (one per import of
 /// the Python module), so a call in progress never loses its reference.
+/// The C function cannot tell which descriptor it was called through: after
+/// a second import (`importlib.reload`), instances of the first module's
+/// classes are declined by the new fast path (their logger's `log_event` is
+/// not the new module's) and take the new Python method, which works on them.
 static INSTALLED: AtomicPtr<Installed> = AtomicPtr::new(ptr::null_mut());
 
 const NAME: &CStr = c"_log_event";
