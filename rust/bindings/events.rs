@@ -509,21 +509,9 @@ impl EventSink {
         job_id: Bound<'py, PyAny>,
         return_event: bool,
     ) -> PyResult<Logged<'py>> {
-        let mut values: Vec<Option<Py<PyAny>>> = Vec::with_capacity(self.roles.len());
-        values.resize_with(self.roles.len(), || None);
-        for (key, value) in keywords {
-            let Some(index) = self.field_index(py, &key) else {
-                return Ok(Logged::Declined);
-            };
-            match self.roles[index] {
-                Role::Plain | Role::EventId if !value.is_none() => {
-                    values[index] = Some(value.unbind())
-                }
-                Role::Plain | Role::EventId => {}
-                Role::JobId => {} // overwritten by log_event in the reference
-                _computed => return Ok(Logged::Declined),
-            }
-        }
+        let Some(mut values) = self.caller_values(py, keywords) else {
+            return Ok(Logged::Declined);
+        };
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
@@ -547,12 +535,56 @@ impl EventSink {
             };
             *slot = Some(value.unbind());
         }
+        let line = self.event_line(py, &values, &made, &kind)?;
+        let logged = if return_event {
+            let event = self.build_event(py, self.field_values(py, &values, &made)?)?;
+            self.remember(Remembered::Built(event.clone().unbind()));
+            Logged::Built(event)
+        } else {
+            self.remember(Remembered::Fields(values.into_boxed_slice(), made));
+            Logged::Queued
+        };
+        self.push(py, line, kind.durable)?;
+        Ok(logged)
+    }
+
+    /// The caller's keyword values by field, `None` left out; or `None`
+    /// when a name is one `Event()` rejects or one the call makes itself.
+    fn caller_values<'py>(
+        &self,
+        py: Python<'py>,
+        keywords: impl Iterator<Item = (Bound<'py, PyAny>, Bound<'py, PyAny>)>,
+    ) -> Option<Vec<Option<Py<PyAny>>>> {
+        let mut values: Vec<Option<Py<PyAny>>> = Vec::with_capacity(self.roles.len());
+        values.resize_with(self.roles.len(), || None);
+        for (key, value) in keywords {
+            let index = self.field_index(py, &key)?;
+            match self.roles[index] {
+                Role::Plain | Role::EventId if !value.is_none() => {
+                    values[index] = Some(value.unbind())
+                }
+                Role::Plain | Role::EventId => {}
+                Role::JobId => {} // overwritten by log_event in the reference
+                _computed => return None,
+            }
+        }
+        Some(values)
+    }
+
+    /// The JSON line of an event, fields in declaration order, `None` left
+    /// out as the reference does.
+    fn event_line(
+        &self,
+        py: Python<'_>,
+        values: &[Option<Py<PyAny>>],
+        made: &Made,
+        kind: &EventKind,
+    ) -> PyResult<Vec<u8>> {
         let mut line = self.writer()?.line_buffer();
         line.push(b'{');
         for (index, (value, &role)) in values.iter().zip(&self.roles).enumerate() {
             let value = value.as_ref().map(|v| v.bind(py));
             let made_here = made.has(role);
-            // None is left out, as the reference does.
             if role != Role::EventType && !made_here && value.is_none_or(|v| v.is_none()) {
                 continue;
             }
@@ -569,17 +601,7 @@ impl EventSink {
             }
         }
         line.extend_from_slice(b"}\n");
-
-        let logged = if return_event {
-            let event = self.build_event(py, self.field_values(py, &values, &made)?)?;
-            self.remember(Remembered::Built(event.clone().unbind()));
-            Logged::Built(event)
-        } else {
-            self.remember(Remembered::Fields(values.into_boxed_slice(), made));
-            Logged::Queued
-        };
-        self.push(py, line, kind.durable)?;
-        Ok(logged)
+        Ok(line)
     }
 }
 
