@@ -138,8 +138,9 @@ class EventSink:
 
 @final
 class LogEventFastPath:
-    """``EventLoggingMixin._log_event`` in one native call, for a package
-    EventLogger whose ``log_event`` is not replaced and no DEBUG sink."""
+    """The fast path of ``EventLoggingMixin._log_event``, for a package
+    EventLogger whose ``log_event`` is not replaced and no DEBUG sink; what
+    ``log_event_method`` runs first."""
 
     def __new__(cls, loguru_core: Any, package_log_event: Any) -> LogEventFastPath: ...
     def log(self, executor: Any, event_type: Any, message: Any, kwargs: dict[str, Any] | None) -> Any | None:

@@ -449,7 +449,8 @@ _FAST_LOG_EVENT = EventLogger.log_event
 
 
 def _native_fast_path() -> Optional["_native.LogEventFastPath"]:
-    """The one-call ``_log_event``, or None with a loguru it cannot read."""
+    """The fast path of the C ``_log_event`` (set below EventLoggingMixin), or
+    None with a loguru it cannot read."""
     core = getattr(logger, "_core", None)
     if core is None or not isinstance(getattr(core, "min_level", None), (int, float)):
         return None
