@@ -632,11 +632,21 @@ mod tests {
             .collect()
     }
 
+    /// A writer of `name` (a path relative to a fresh temporary directory,
+    /// which the caller keeps alive) and that file's path.
+    fn open_in_tempdir(
+        name: &str,
+        config: WriterConfig,
+    ) -> (tempfile::TempDir, PathBuf, EventWriter) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(name);
+        let writer = EventWriter::open(&path, config).unwrap();
+        (dir, path, writer)
+    }
+
     #[test]
     fn file_is_created_lazily_and_flush_writes_everything() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("events.jsonl");
-        let writer = EventWriter::open(&path, WriterConfig::default()).unwrap();
+        let (_dir, path, writer) = open_in_tempdir("events.jsonl", WriterConfig::default());
         assert!(!path.exists());
         for i in 0..100 {
             writer
@@ -652,13 +662,11 @@ mod tests {
 
     #[test]
     fn lines_are_written_after_the_interval_without_flush() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("events.jsonl");
         let config = WriterConfig {
             flush_interval: Duration::from_millis(10),
             ..WriterConfig::default()
         };
-        let writer = EventWriter::open(&path, config).unwrap();
+        let (_dir, path, writer) = open_in_tempdir("events.jsonl", config);
         writer.try_push(b"{}\n".to_vec()).unwrap();
         // Poll instead of asserting a duration: the tick must come eventually.
         let start = Instant::now();
@@ -671,14 +679,13 @@ mod tests {
 
     #[test]
     fn many_producers_keep_their_order_and_lose_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("events.jsonl");
         let config = WriterConfig {
             queue_capacity: 16,
             max_batch_bytes: 512,
             ..WriterConfig::default()
         };
-        let writer = Arc::new(EventWriter::open(&path, config).unwrap());
+        let (_dir, path, writer) = open_in_tempdir("events.jsonl", config);
+        let writer = Arc::new(writer);
         let threads: Vec<_> = (0..4)
             .map(|t| {
                 let writer = Arc::clone(&writer);
@@ -731,9 +738,7 @@ mod tests {
 
     #[test]
     fn written_line_buffers_come_back_for_reuse() {
-        let dir = tempfile::tempdir().unwrap();
-        let writer =
-            EventWriter::open(dir.path().join("e.jsonl"), WriterConfig::default()).unwrap();
+        let (_dir, _path, writer) = open_in_tempdir("e.jsonl", WriterConfig::default());
         let mut line = writer.line_buffer();
         line.extend_from_slice(b"{}\n");
         let address = line.as_ptr();
@@ -750,14 +755,12 @@ mod tests {
 
     #[test]
     fn a_full_queue_gets_room_back_once_its_lines_are_written() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("events.jsonl");
         let config = WriterConfig {
             queue_capacity: 2,
             flush_interval: Duration::from_secs(3600),
             ..WriterConfig::default()
         };
-        let writer = EventWriter::open(&path, config).unwrap();
+        let (_dir, path, writer) = open_in_tempdir("events.jsonl", config);
         writer.try_push(b"1\n".to_vec()).unwrap();
         writer.try_push(b"2\n".to_vec()).unwrap();
         let Err(PushError::Full(line)) = writer.try_push(b"3\n".to_vec()) else {
@@ -772,13 +775,11 @@ mod tests {
 
     #[test]
     fn a_producer_waiting_for_room_gets_the_write_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("gone").join("events.jsonl");
         let config = WriterConfig {
             queue_capacity: 1,
             ..WriterConfig::default()
         };
-        let writer = EventWriter::open(&path, config).unwrap();
+        let (dir, path, writer) = open_in_tempdir("gone/events.jsonl", config);
         writer.try_push(b"{\"kept\": true}\n".to_vec()).unwrap();
         // Rather than waiting forever for room that a failing write never
         // frees, the producer is told why.
@@ -793,9 +794,7 @@ mod tests {
 
     #[test]
     fn close_is_idempotent_and_refuses_later_lines() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("events.jsonl");
-        let writer = EventWriter::open(&path, WriterConfig::default()).unwrap();
+        let (_dir, path, writer) = open_in_tempdir("events.jsonl", WriterConfig::default());
         writer.try_push(b"{}\n".to_vec()).unwrap();
         writer.close().unwrap();
         writer.close().unwrap();
