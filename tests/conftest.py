@@ -1,19 +1,62 @@
-"""Shared fixtures. The reference (py-data-juicer 1.6.1) is optional: tests
-that compare against it are skipped when it is not installed."""
+"""Shared fixtures and the one rule for optional dependencies.
+
+The reference (py-data-juicer 1.6.1), HF ``datasets``, Ray and the bench's
+modules are optional: a test that needs one is skipped when it is missing,
+except with ``CI=true``, where the missing module fails the test. CI installs
+every extra, so there a missing module means a broken setup, and a skip would
+hide the comparison the suite exists for."""
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
+import os
 import re
+from types import ModuleType
+from typing import NoReturn
 
 import pyarrow as pa
 import pytest
 from loguru import logger
 
+IN_CI = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+# What to install for each optional top-level module the tests import.
+INSTALL_HINTS = {
+    "data_juicer": "pip install --no-deps py-data-juicer==1.6.1",
+    "ray": "pip install -e '.[ray]'",
+}
+DEFAULT_HINT = "pip install -e '.[test]'"
+
+
+def missing(what: str, hint: str = DEFAULT_HINT, detail: str = "not installed") -> NoReturn:
+    """Skip the current test (or module) because ``what`` is missing; with
+    CI=true fail it instead."""
+    message = f"needs {what}, {detail} ({hint})"
+    if IN_CI:
+        pytest.fail(f"{message}; CI=true requires it", pytrace=False)
+    pytest.skip(message, allow_module_level=True)
+
+
+def require(module: str) -> ModuleType:
+    """Import and return ``module``, which the calling test needs: like
+    ``pytest.importorskip``, but failing under CI=true."""
+    hint = INSTALL_HINTS.get(module.split(".")[0], DEFAULT_HINT)
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        missing(module, hint, f"cannot import it: {error}")
+
+
 HAS_REFERENCE = importlib.util.find_spec("data_juicer") is not None
-requires_reference = pytest.mark.skipif(
-    not HAS_REFERENCE, reason="py-data-juicer 1.6.1 not installed (pip install --no-deps py-data-juicer==1.6.1)"
-)
+
+
+@pytest.fixture
+def reference_installed() -> None:
+    require("data_juicer")
+
+
+requires_reference = pytest.mark.usefixtures("reference_installed")
 
 
 def text_table(rows: int = 2000, seed: int = 0) -> pa.Table:

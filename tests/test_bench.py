@@ -11,8 +11,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-pytest.importorskip("numpy")
-pytest.importorskip("zstandard")
+from tests.conftest import missing, require
+
+require("numpy")
+require("zstandard")
 
 from data_juicer_accel import cli  # noqa: E402
 from data_juicer_accel.bench import checkpoints as ck  # noqa: E402
@@ -89,7 +91,7 @@ def test_competitors_round_trip(key, tmp_path):
 def test_write_event_log_is_analysable_by_the_reference(tmp_path):
     reference = ev.load_reference()
     if reference is None:
-        pytest.skip("py-data-juicer not installed")
+        missing("py-data-juicer 1.6.1")
     path = str(tmp_path / "events_x.jsonl")
     lines = ev.write_event_log(path, 3000, partitions=20)
     _, result = ev.analysis_case(reference, str(tmp_path / "ref"), path)
@@ -102,7 +104,7 @@ def test_write_event_log_is_analysable_by_the_reference(tmp_path):
 def test_events_case_counts_every_line(tmp_path):
     reference = ev.load_reference()
     if reference is None:
-        pytest.skip("py-data-juicer not installed")
+        missing("py-data-juicer 1.6.1")
     rate = ev.events_case(reference, str(tmp_path / "r"), 200, 4, "info-file")
     assert rate > 0
     assert os.path.getsize(tmp_path / "r" / "info.log") > 0
@@ -122,7 +124,7 @@ def test_bench_command_end_to_end(tmp_path):
     args = [sys.executable, "-m", "data_juicer_accel", "bench", "--size", "3MB", "--rounds", "1"]
     args += ["--small-rounds", "1", "--events", "2000", "--analysis-events", "2000", "--no-progress"]
     args += ["--json", str(out_json), "--workdir", str(tmp_path / "w")]
-    if pytest.importorskip("matplotlib"):
+    if require("matplotlib"):
         args += ["--plot", str(tmp_path / "p.png")]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
@@ -146,7 +148,7 @@ def test_bench_command_end_to_end(tmp_path):
 
 
 def test_bench_only_ray_compares_with_the_reference_on_real_ray(tmp_path):
-    pytest.importorskip("ray")
+    require("ray")
     out = tmp_path / "ray.json"
     proc = subprocess.run(
         [

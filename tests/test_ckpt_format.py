@@ -11,7 +11,7 @@ import pytest
 
 from data_juicer_accel import _native
 from data_juicer_accel.utils.ckpt_utils import CheckpointManager
-from tests.conftest import requires_reference, text_table
+from tests.conftest import require, requires_reference, text_table
 
 OPS = [{"a_mapper": {}}]
 
@@ -53,7 +53,7 @@ def test_python_generator_stream_round_trip(tmp_path, table):
 
 
 def test_polars_dataframe_via_arrow_c_stream(tmp_path, table):
-    pl = pytest.importorskip("polars")
+    pl = require("polars")
     df = pl.DataFrame({"text": ["a", "b", None], "n": [1, 2, 3]})
     m = manager(tmp_path)
     m.save_ckpt(df)

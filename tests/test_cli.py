@@ -20,7 +20,7 @@ import pytest
 
 from data_juicer_accel.core.executor.event_logging_mixin import EventLoggingMixin
 from data_juicer_accel.utils.ckpt_utils import CheckpointManager
-from tests.conftest import text_table
+from tests.conftest import require, text_table
 
 OPS = [{"first_mapper": {"a": 1}}, {"second_filter": {"b": 2}}]
 
@@ -46,8 +46,8 @@ def our_ckpt(tmp_path) -> Path:
 @pytest.fixture
 def ref_ckpt(tmp_path) -> Path:
     """A ckpt/ written by the reference CheckpointManager (datasets save_to_disk)."""
-    ckpt_utils = pytest.importorskip("data_juicer.utils.ckpt_utils")
-    datasets = pytest.importorskip("datasets")
+    ckpt_utils = require("data_juicer.utils.ckpt_utils")
+    datasets = require("datasets")
     ckpt = tmp_path / "ref" / "ckpt"
     manager = ckpt_utils.CheckpointManager(str(ckpt), OPS, num_proc=1)
     manager.record(OPS[0])
@@ -178,7 +178,7 @@ def test_inspect_missing_and_foreign_directories(tmp_path):
 
 
 def test_inspect_config_that_does_not_match_the_record(our_ckpt, tmp_path):
-    pytest.importorskip("data_juicer")
+    require("data_juicer")
     cfg = tmp_path / "other.yaml"
     cfg.write_text(
         f"""dataset_path: {tmp_path}/data.jsonl
@@ -352,7 +352,7 @@ def test_follow_timeout_and_missing_dir(tmp_path):
 
 
 def test_dj_process_wrapper_passes_arguments_to_data_juicer():
-    pytest.importorskip("data_juicer")
+    require("data_juicer")
     proc = cli("dj-process", "--help", timeout=180)
     assert proc.returncode == 0, proc.stderr
     assert "--config" in proc.stdout and "--use_checkpoint" in proc.stdout

@@ -32,6 +32,7 @@ from loguru import logger
 
 import data_juicer_accel.core.executor.event_logging_mixin as accel
 from data_juicer_accel.bench.events import load_reference
+from tests.conftest import missing
 
 VOLATILE_KEYS = {"timestamp", "event_id", "process_id", "thread_id"}
 
@@ -40,7 +41,7 @@ VOLATILE_KEYS = {"timestamp", "event_id", "process_id", "thread_id"}
 # ``data_juicer.core.executor`` package would run its lazy installers.
 reference = load_reference()
 if reference is None:
-    pytest.skip("py-data-juicer 1.6.1 is not installed", allow_module_level=True)
+    missing("py-data-juicer 1.6.1")
 
 
 def make_executor(module, work_dir, job_id="job-1", **event_logging):

@@ -48,7 +48,9 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("data_juicer")
+from tests.conftest import require
+
+require("data_juicer")
 
 from data_juicer_accel import _native  # noqa: E402
 
@@ -353,7 +355,7 @@ def test_our_checkpoint_resumes_under_unpatched_data_juicer(e2e):
     assert read_jsonl(fam["root"] / "out_cross" / "result.jsonl") == read_jsonl(e2e["full"]["export"])
     assert_resumed_after_two_ops(fam["cross_dir"], events_of(fam["cross_dir"])[-1], log_text(fam["root"], "cross"))
     # save_to_disk rewrote latest/ in place: datasets loads the new rows.
-    datasets = pytest.importorskip("datasets")
+    datasets = require("datasets")
     assert len(datasets.load_from_disk(str(fam["cross_dir"] / "ckpt" / "latest"))) == len(
         read_jsonl(e2e["full"]["export"])
     )

@@ -12,9 +12,9 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
+from tests.conftest import require
 
-pytest.importorskip("data_juicer")
+require("data_juicer")
 
 
 def run_py(code: str) -> subprocess.CompletedProcess:

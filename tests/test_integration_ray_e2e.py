@@ -28,8 +28,10 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("data_juicer")
-pytest.importorskip("ray")
+from tests.conftest import require
+
+require("data_juicer")
+require("ray")
 
 from tests.test_integration_e2e import (  # noqa: E402
     JOB,

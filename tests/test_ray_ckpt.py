@@ -16,8 +16,10 @@ import time
 import pyarrow as pa
 import pytest
 
-ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'data-juicer-accel[ray]')")
-pytest.importorskip("ray.data", reason="ray[data] is not installed (pip install 'data-juicer-accel[ray]')")
+from tests.conftest import require
+
+ray = require("ray")
+require("ray.data")
 
 from data_juicer_accel import _native  # noqa: E402
 from data_juicer_accel.utils.ckpt_utils import CheckpointStrategy, RayCheckpointManager  # noqa: E402

@@ -63,7 +63,7 @@ def _dir_mb(path: str) -> float:
     return total / (1 << 20)
 
 
-def _timed(fn: Callable[[], Any]) -> float:
+def _timed(fn: Callable[..., Any]) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
@@ -99,7 +99,7 @@ def run_ray_bench(size_mb: int, rounds: int) -> list[dict]:
             # Warm-up, untimed: workers started and both code paths imported on them.
             small = ray.data.from_arrow(make_table(1)).repartition(2).materialize()
             RayCheckpointManager(os.path.join(root, "warm")).save_checkpoint(small, 0)
-            RayCheckpointManager(os.path.join(root, "warm")).load_checkpoint(0).materialize()
+            RayCheckpointManager(os.path.join(root, "warm")).load_checkpoint(0).materialize()  # type: ignore[union-attr]
             small.write_parquet(os.path.join(root, "warm.parquet"))
             ray.data.read_parquet(os.path.join(root, "warm.parquet")).materialize()
             for r in range(max(1, rounds)):

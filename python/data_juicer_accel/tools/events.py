@@ -375,7 +375,7 @@ def _follow(work_dir: str, timeout: float | None, interval: float, as_json: bool
                 print(json.dumps(record, default=str), flush=True)
             else:
                 print(_format_event(record), flush=True)
-            end = _END_EVENTS.get(record.get("event_type"))
+            end = _END_EVENTS.get(str(record.get("event_type")))
             if end is not None:
                 return end
         if deadline is not None and time.monotonic() >= deadline:

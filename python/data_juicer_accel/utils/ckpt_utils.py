@@ -129,7 +129,7 @@ class CheckpointManager(CheckpointManagerBase):
         self.ckpt_op_record = os.path.join(self.ckpt_dir, _OP_RECORD_FILE)
         self.process_list = original_process_list
         self.num_proc = num_proc
-        self.op_record = []
+        self.op_record: list = []
         self.zstd_level = zstd_level
         self.verify_on_load = verify_on_load
 
@@ -372,7 +372,7 @@ class _ArrowSource:
         return math.ceil(self.table.num_rows / shards)
 
     def state_json(self, shard_files: list) -> bytes:
-        state = {
+        state: dict[str, Any] = {
             "_data_files": [{"filename": name} for name in shard_files],
             "_fingerprint": uuid.uuid4().hex[:16],
             "_format_columns": None,

@@ -267,11 +267,11 @@ def _datasource(directory: str, manifest: dict[str, Any], verify: bool):
                     metadata = BlockMetadata(**meta)
                     extra = {"schema": schema}
                 except TypeError:  # Ray < 2.47: the schema is part of the metadata
-                    metadata = BlockMetadata(schema=schema, **meta)
+                    metadata = BlockMetadata(schema=schema, **meta)  # type: ignore[call-arg]
                     extra = {}
                 if per_task_row_limit is not None:
                     extra["per_task_row_limit"] = per_task_row_limit
-                tasks.append(ReadTask(lambda group=group: _read_shards(directory, group, verify), metadata, **extra))
+                tasks.append(ReadTask(lambda group=group: _read_shards(directory, group, verify), metadata, **extra))  # type: ignore[misc]
             return tasks
 
         def get_name(self) -> str:
@@ -393,7 +393,7 @@ class RayCheckpointManager(CheckpointManagerBase):
 
     # -------------------------------------------------------------- save / load
 
-    def save_checkpoint(
+    def save_checkpoint(  # type: ignore[override]  # the reference's signature
         self,
         dataset: Any,  # RayDataset or ray.data.Dataset
         op_idx: int,
@@ -450,7 +450,7 @@ class RayCheckpointManager(CheckpointManagerBase):
         logger.info(f"Saved checkpoint: {checkpoint_path}")
         return checkpoint_path
 
-    def load_checkpoint(
+    def load_checkpoint(  # type: ignore[override]  # the reference's signature
         self,
         op_idx: int,
         op_name: str | None = None,

@@ -57,7 +57,7 @@ def _min_log_level() -> float:
     """The lowest level any loguru sink accepts (``inf`` with no sink), so
     that lines nobody would see are not even formatted."""
     try:
-        return logger._core.min_level
+        return logger._core.min_level  # type: ignore[attr-defined]
     except AttributeError:  # a loguru without the attribute: always format
         return 0
 
@@ -382,7 +382,7 @@ class EventLogger:
             return "No events logged yet."
 
         # Count event types
-        event_counts = defaultdict(int)
+        event_counts: Dict[str, int] = defaultdict(int)
         error_count = 0
         warning_count = 0
 
@@ -423,7 +423,7 @@ class EventLogger:
     @classmethod
     def list_available_jobs(cls, work_dir: str) -> List[Dict[str, Any]]:
         """List available jobs for resumption from a work directory."""
-        available_jobs = []
+        available_jobs: List[Dict[str, Any]] = []
 
         if not os.path.exists(work_dir):
             return available_jobs
@@ -470,6 +470,9 @@ def _write_json_atomically(path: str, data: Dict[str, Any]) -> None:
 
 class EventLoggingMixin:
     """Mixin to add event logging capabilities to any executor."""
+
+    cfg: Any  # set by the executor
+    work_dir: str  # set by the executor
 
     def __init__(self, *args, **kwargs):
         """Initialize the mixin."""
@@ -1445,7 +1448,7 @@ class EventLoggingMixin:
 
         # Calculate overall progress
         if total_partitions == 0:
-            progress_percentage = 0
+            progress_percentage: float = 0
         else:
             progress_percentage = (completed_partitions / total_partitions) * 100
 
@@ -1477,7 +1480,9 @@ if _FAST_PATH is not None:
     # DEBUG sink), with no Python frame and no kwargs dict: see
     # rust/bindings/log_event_method.rs. The Python method above runs for
     # everything else.
-    EventLoggingMixin._log_event = _native.log_event_method(_FAST_PATH, EventLoggingMixin._log_event, _log_info_line)
+    EventLoggingMixin._log_event = _native.log_event_method(  # type: ignore[method-assign]
+        _FAST_PATH, EventLoggingMixin._log_event, _log_info_line
+    )
 
 
 #: Checkpoint event types the analysis recognises: the reference's
