@@ -122,7 +122,7 @@ def command_line(args: argparse.Namespace) -> str:
     parts = ["data-juicer-accel", "bench"]
     if args.size != 10**9:
         parts += ["--size", f"{args.size / 10**6:g}MB"]
-    defaults = {"rounds": 3, "num_proc": os.cpu_count() or 1, "small_rounds": 5}
+    defaults: dict[str, object] = {"rounds": 3, "num_proc": os.cpu_count() or 1, "small_rounds": 5}
     defaults.update({"events": 200_000, "analysis_events": 100_000, "data": None, "only": None})
     for name, default in defaults.items():
         value = getattr(args, name)

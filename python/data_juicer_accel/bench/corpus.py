@@ -179,7 +179,7 @@ def load_user_data(path: str) -> pa.Table:
 def table_buffers(table: pa.Table, piece: int = 8 << 20) -> list:
     """The table's bytes as memoryviews of at most ``piece`` bytes, zero-copy
     (the units a writer compresses)."""
-    views = []
+    views: list[memoryview] = []
     for column in table.columns:
         for chunk in column.chunks:
             for buf in chunk.buffers():

@@ -38,6 +38,8 @@ def machine_line(results: dict) -> str:
 def summary_markdown(results: dict) -> str:
     rows = results.get("checkpoints") or []
     ours = next((r for r in rows if r["key"] == "accel"), None)
+    if ours is None:
+        return "This run measured no checkpoints (run the bench without `--only`)."
     body = []
     for r in rows:
         bound = report.save_bound(results, r)

@@ -142,10 +142,10 @@ def headline(results: dict, where: bool = True) -> list[str]:
         )
     if results.get("wall_seconds"):
         disk = results.get("temp_disk") or {}
-        where = f" in {disk['dir']}" + (", removed at the end" if disk.get("removed") else "") if disk and where else ""
+        place = f" in {disk['dir']}" + (", removed at the end" if disk.get("removed") else "") if disk and where else ""
         lines.append(
             f"This run took {_duration(results['wall_seconds'])} and used at most "
-            f"{_size(disk.get('peak_bytes', 0))} of temporary disk{where}."
+            f"{_size(disk.get('peak_bytes', 0))} of temporary disk{place}."
         )
     return lines
 
