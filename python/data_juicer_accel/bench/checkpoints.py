@@ -150,7 +150,7 @@ class HFDatasets(Competitor):
         try:
             import datasets  # noqa: F401
         except ImportError as e:
-            return f"`datasets` cannot be imported ({e}); pip install 'data-juicer-accel[bench]'"
+            return f"`datasets` cannot be imported ({e}); it comes with the bench extra, or: pip install datasets"
         return None
 
     def prepare(self, table):

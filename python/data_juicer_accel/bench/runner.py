@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -138,6 +139,12 @@ class Runner:
         impls = ev.implementations() if cfg.run_events else {}
         self.base = base
         self.disk_peak = 0
+        if cfg.progress:
+            print(
+                f"temporary files go to {base} ({'removed at the end' if owned else 'kept'}); at most about the "
+                "size of the data at once (Data-Juicer's checkpoint is uncompressed)",
+                file=sys.stderr,
+            )
         self.progress = Progress(self._plan(comps, impls), enabled=cfg.progress)
         started = time.monotonic()
         try:
