@@ -35,8 +35,12 @@ def _block_params():
 
 @pytest.mark.parametrize("code", list(_block_params()))
 def test_every_python_block_runs_as_written(code, tmp_path):
+    """And a block ending in ``print(...)  # shown: why`` prints what is shown."""
     proc = run_block(code, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    shown = re.search(r"^print\(.*\)\s+# (.*)\Z", code.strip(), re.M)
+    if shown:
+        assert proc.stdout.strip().splitlines()[-1] == shown.group(1).split(": ")[0]
 
 
 def test_the_drop_in_snippet_saves_then_resumes(tmp_path):
