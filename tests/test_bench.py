@@ -144,7 +144,7 @@ def test_bench_command_end_to_end(tmp_path):
     if ev.load_accel() is None:
         assert ev.NOT_AVAILABLE in proc.stdout
     else:
-        # The floors the event targets are bounded by: the loops with no logging.
+        # The floors that bound the event ratios: the loops with no logging.
         floors = results["events"]["no_logging_us"]
         assert set(floors) == set(ev.CALLS) and all(f["1"] > 0 and f["4"] > 0 for f in floors.values())
         assert "with the logging removed" in proc.stdout
