@@ -123,28 +123,79 @@ def test_bench_command_end_to_end(tmp_path):
     out_json = tmp_path / "r.json"
     args = [sys.executable, "-m", "data_juicer_accel", "bench", "--size", "3MB", "--rounds", "1"]
     args += ["--small-rounds", "1", "--events", "2000", "--analysis-events", "2000", "--no-progress"]
-    args += ["--json", str(out_json), "--workdir", str(tmp_path / "w")]
+    args += ["--num-proc", "2", "--json", str(out_json), "--workdir", str(tmp_path / "w")]
     if require("matplotlib"):
         args += ["--plot", str(tmp_path / "p.png")]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert "checkpoint writer" in proc.stdout
-    assert "targets (issue #7)" in proc.stdout
+    assert proc.stdout.startswith("data-juicer-accel saves ")
+    assert "temporary disk" in proc.stdout.split("\n\n")[0]
+    for word in ("issue", "MISSED", "target"):
+        assert word not in proc.stdout
     results = json.loads(out_json.read_text())
     keys = [r["key"] for r in results["checkpoints"]]
     assert keys[0] == "accel" and {"ipc", "ipc_sharded", "parquet"} <= set(keys)
     assert all(r["disk_MB"] > 0 and r["save_MBps"] > 0 for r in results["checkpoints"])
     assert results["small"]["rows"] == 1000
-    assert results["targets"]
+    # The zstd ceiling is sampled after every save, with the writers' threads.
+    assert results["ceiling"]["samples"] == len(keys) and results["ceiling"]["threads"] == 2
+    assert results["temp_disk"]["peak_bytes"] > 0 and not (tmp_path / "w" / "ckpt-accel-0").exists()
+    assert results["command"].startswith("data-juicer-accel bench --size 3MB --rounds 1")
     assert (tmp_path / "p.png").stat().st_size > 0
     if ev.load_accel() is None:
         assert ev.NOT_AVAILABLE in proc.stdout
     else:
-        # The floors the event targets are bounded by: the loops with no logging.
+        # The floors that bound the event ratios: the loops with no logging.
         floors = results["events"]["no_logging_us"]
         assert set(floors) == set(ev.CALLS) and all(f["1"] > 0 and f["4"] > 0 for f in floors.values())
         assert "with the logging removed" in proc.stdout
     assert report.render(results)
+
+
+BENCH_WITHOUT = """
+import sys
+for name in {blocked!r}:
+    sys.modules[name] = None  # as if not installed: importing it raises ImportError
+from data_juicer_accel.cli import main
+sys.exit(main(["bench", "--only", "checkpoints", "--size", "2MB", "--rounds", "1", "--small-rounds", "1",
+               "--no-progress", "--num-proc", "2", "--json", {out!r}]))
+"""
+
+
+def _bench_without(blocked, tmp_path):
+    out = str(tmp_path / "r.json")
+    code = BENCH_WITHOUT.format(blocked=blocked, out=out)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout, json.loads(open(out).read())
+
+
+def test_without_py_data_juicer_the_row_is_its_save_to_disk_call(tmp_path):
+    require("datasets")
+    stdout, results = _bench_without(["data_juicer"], tmp_path)
+    reference = results["checkpoints"][1]
+    assert reference["key"] == "hf"
+    assert reference["label"] == ck.HFDatasets.label
+    assert "as Data-Juicer 1.6.1 calls it" in stdout
+    assert "py-data-juicer cannot be imported" in stdout.split("\n\n")[0]  # said in the headline
+    assert stdout.startswith("data-juicer-accel saves ")
+
+
+def test_a_writer_that_cannot_run_is_listed_with_the_reason(tmp_path):
+    stdout, results = _bench_without(["data_juicer", "datasets"], tmp_path)
+    assert [s["key"] for s in results["skipped"]] == ["hf"]
+    assert "not measured: " + ck.HFDatasets.label + " -- `datasets` cannot be imported" in stdout
+    assert {r["key"] for r in results["checkpoints"]} == {"accel", "ipc", "ipc_sharded", "parquet"}
+
+
+def test_one_table_renderer_for_the_terminal_and_markdown():
+    from data_juicer_accel.tools._format import table
+
+    plain = table(["a", "bb"], [["x", 1], ["yy", None]], right={1})
+    assert plain.splitlines() == ["a   bb", "--  --", "x    1", "yy   -"]
+    md = table(["a", "bb"], [["x", 1]], right={1}, markdown=True)
+    assert md.splitlines() == ["| a | bb |", "|---|---:|", "| x |  1 |"]
 
 
 def test_bench_only_ray_compares_with_the_reference_on_real_ray(tmp_path):

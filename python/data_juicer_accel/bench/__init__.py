@@ -5,7 +5,8 @@ would otherwise use (py-data-juicer 1.6.1, HF datasets, pyarrow IPC, parquet).
 Modules: ``corpus`` (the default Data-Juicer-shaped corpus, user data),
 ``checkpoints`` (the competitors), ``events`` (event logging cases),
 ``measure`` (timing, RSS sampling, zstd ceiling), ``runner`` (rounds,
-medians), ``report`` (table, targets, plot), ``cli`` (arguments).
+medians), ``report`` (headline, tables, plot), ``readme`` (the README's
+figures from a run's JSON), ``cli`` (arguments).
 """
 
 __all__ = ["BenchConfig", "Runner"]

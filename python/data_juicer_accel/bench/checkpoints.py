@@ -50,6 +50,8 @@ def _ipc_options() -> pa.ipc.IpcWriteOptions:
 class Competitor:
     key = ""
     label = ""
+    #: For the stand-in of py-data-juicer: why py-data-juicer itself was not used.
+    instead_of_dj: str | None = None
     #: What ``save`` includes beyond writing bytes (shown in the notes).
     note = ""
 
@@ -110,8 +112,8 @@ class DataJuicer(Competitor):
         try:
             import data_juicer
             from data_juicer.utils.ckpt_utils import CheckpointManager  # noqa: F401
-        except Exception as e:  # noqa: BLE001 - any import failure means "not installed"
-            return f"py-data-juicer not importable ({e.__class__.__name__})"
+        except Exception as e:  # noqa: BLE001 - any import failure means "cannot be used"
+            return f"py-data-juicer cannot be imported ({e.__class__.__name__}: {e})"
         version = getattr(data_juicer, "__version__", "?")
         if version != "1.6.1":
             self.label = f"py-data-juicer {version} CheckpointManager"
@@ -134,22 +136,30 @@ class DataJuicer(Competitor):
 
 
 class HFDatasets(Competitor):
+    """Data-Juicer 1.6.1's save without Data-Juicer: the one call its
+    ``CheckpointManager.save_ckpt`` makes, with the same arguments."""
+
     key = "hf"
-    label = "HF datasets save_to_disk"
-    note = "what py-data-juicer calls: uncompressed Arrow, a spawn pool when num_proc > 1; load memory-maps"
+    label = "datasets.save_to_disk(path, num_proc=...) as Data-Juicer 1.6.1 calls it"
+    note = (
+        "ds.save_to_disk(ckpt_dir/latest, num_proc=min(num_proc, rows)), the call of 1.6.1's save_ckpt: "
+        "uncompressed Arrow, a spawn pool when num_proc > 1; load memory-maps"
+    )
 
     def available(self):
         try:
             import datasets  # noqa: F401
-        except ImportError:
-            return "datasets not installed"
+        except ImportError as e:
+            return f"`datasets` cannot be imported ({e}); it comes with the bench extra, or: pip install datasets"
         return None
 
     def prepare(self, table):
         return _hf_dataset(table)
 
     def save(self, data, path):
-        data.save_to_disk(os.path.join(path, "latest"), num_proc=self.num_proc if self.num_proc > 1 else None)
+        # data_juicer/utils/ckpt_utils.py 1.6.1, CheckpointManager.save_ckpt:
+        #   ds.save_to_disk(self.ckpt_ds_dir, num_proc=min(self.num_proc, left_sample_num))
+        data.save_to_disk(os.path.join(path, "latest"), num_proc=min(self.num_proc, len(data)))
 
     def load(self, path):
         import datasets
@@ -222,8 +232,24 @@ class Parquet(Competitor):
         return pq.read_table(os.path.join(path, "data.parquet"))
 
 
-def competitors(num_proc: int) -> list[Competitor]:
-    """This package first; the reference (or HF when it is missing) second."""
+#: Writers whose bytes are zstd level ``ZSTD_LEVEL``: the zstd ceiling bounds them.
+ZSTD_WRITERS = ("accel", "ipc", "ipc_sharded", "parquet")
+
+
+def reference(num_proc: int) -> Competitor:
+    """py-data-juicer 1.6.1's CheckpointManager, or -- when py-data-juicer
+    cannot be imported -- the ``save_to_disk`` call it makes, labelled so.
+    The reason py-data-juicer was not used is in ``instead_of_dj``."""
     dj = DataJuicer(num_proc)
-    reference = dj if dj.available() is None else HFDatasets(num_proc)
-    return [Accel(num_proc), reference, PyArrowIPC(num_proc), PyArrowIPCSharded(num_proc), Parquet(num_proc)]
+    why = dj.available()
+    if why is None:
+        return dj
+    hf = HFDatasets(num_proc)
+    hf.instead_of_dj = why
+    return hf
+
+
+def competitors(num_proc: int) -> list[Competitor]:
+    """Every writer, this package first and the reference second; the caller
+    asks each ``available()`` and reports the ones that cannot run."""
+    return [Accel(num_proc), reference(num_proc), PyArrowIPC(num_proc), PyArrowIPCSharded(num_proc), Parquet(num_proc)]

@@ -105,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     results = Runner(cfg).run()
+    results["command"] = command_line(args)
     print(report.render(results))
     if args.json:
         report.write_json(results, args.json)
@@ -113,6 +114,21 @@ def run(args: argparse.Namespace) -> int:
         report.plot(results, args.plot)
         print(f"plot written to {args.plot}")
     return 0
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The command that reproduces this run (its options that differ from
+    the defaults; where the files go is left out)."""
+    parts = ["data-juicer-accel", "bench"]
+    if args.size != 10**9:
+        parts += ["--size", f"{args.size / 10**6:g}MB"]
+    defaults: dict[str, object] = {"rounds": 3, "num_proc": os.cpu_count() or 1, "small_rounds": 5}
+    defaults.update({"events": 200_000, "analysis_events": 100_000, "data": None, "only": None})
+    for name, default in defaults.items():
+        value = getattr(args, name)
+        if value != default:
+            parts += [f"--{name.replace('_', '-')}", str(value)]
+    return " ".join(parts)
 
 
 def _run_ray(args: argparse.Namespace) -> int:

@@ -1,45 +1,38 @@
-"""The printed table, the targets of issue #7, and the optional plot."""
+"""What ``data-juicer-accel bench`` prints: a headline, then the tables, each
+ratio beside the bound that limits it; and the optional JSON and plot."""
 
 from __future__ import annotations
 
 import json
 
+from data_juicer_accel.tools._format import table
+
 MB = 1e6
+CALLS = ("_log_event", "log_op_start")
+SINKS = ("none", "info-file")
+DJ = "Data-Juicer 1.6.1"
 
 
 def _fmt(value, spec: str, missing: str = "-") -> str:
     return missing if value is None else format(value, spec)
 
 
-def _table(headers: list[str], rows: list[list[str]], align: str | None = None) -> str:
-    """A GitHub-markdown table (reads fine in a terminal too)."""
-    align = align or "l" + "r" * (len(headers) - 1)
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-
-    def line(cells):
-        out = []
-        for cell, width, a in zip(cells, widths, align, strict=True):
-            out.append(cell.ljust(width) if a == "l" else cell.rjust(width))
-        return "| " + " | ".join(out) + " |"
-
-    sep = (
-        "|"
-        + "|".join(("-" * (w + 1) + ":") if a == "r" else ("-" * (w + 2)) for w, a in zip(widths, align, strict=True))
-        + "|"
-    )
-    return "\n".join([line(headers), sep, *(line(r) for r in rows)])
-
-
 def _by_key(rows, key):
     return next((r for r in rows if r["key"] == key), None)
 
 
-def _reference_key(rows):
-    return next((r["key"] for r in rows if r["key"] in ("dj", "hf")), None)
+def _reference(rows):
+    """The Data-Juicer row: py-data-juicer itself, or its save_to_disk call."""
+    return next((r for r in rows if r["key"] in ("dj", "hf")), None)
 
 
-CALLS = ("_log_event", "log_op_start")
-SINKS = ("none", "info-file")
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes} min {secs} s" if minutes else f"{secs} s"
+
+
+def _size(nbytes: float) -> str:
+    return f"{nbytes / 1e9:.1f} GB" if nbytes >= 1e9 else f"{nbytes / MB:,.0f} MB"
 
 
 def event_rate(results, impl, sink, threads, call="_log_event"):
@@ -49,294 +42,267 @@ def event_rate(results, impl, sink, threads, call="_log_event"):
     return None
 
 
-def targets(results: dict) -> list[dict]:
-    """Issue #7's targets, each with the measured figure and whether it is met."""
-    out = []
-
-    def add(name, measured, goal, higher=True, unit="x", digits=2, bound=None):
-        met = None if measured is None else (measured >= goal if higher else measured <= goal)
-        out.append(
-            {
-                "bound": bound,
-                "target": name,
-                "measured": measured,
-                "goal": goal,
-                "higher_is_better": higher,
-                "unit": unit,
-                "met": met,
-                "digits": digits,
-            }
-        )
-
-    rows = results.get("checkpoints")
+def save_bound(results, row) -> float | None:
+    """The best save ratio against ``row`` any zstd writer can reach here:
+    zstd alone on the same bytes and threads, over ``row``'s speed."""
     ceiling = (results.get("ceiling") or {}).get("all_cores_MBps")
+    return ceiling / row["save_MBps"] if ceiling else None
 
-    def save_bound(row):
-        """The best save ratio against ``row`` that zstd alone on this run's
-        cores allows."""
-        return None if not ceiling else ceiling / row["save_MBps"]
 
-    if rows:
-        ours = _by_key(rows, "accel")
-        ref = _by_key(rows, _reference_key(rows))
-        ipc = _by_key(rows, "ipc")
-        sharded = _by_key(rows, "ipc_sharded")
-        if ref:
-            add(f"save >= 15x {ref['label']}", ours["save_MBps"] / ref["save_MBps"], 15, bound=save_bound(ref))
-        if ipc:
-            add(
-                "save >= 1.8x one pyarrow IPC zstd writer",
-                ours["save_MBps"] / ipc["save_MBps"],
-                1.8,
-                bound=save_bound(ipc),
+def ceiling_share(results, row) -> float | None:
+    """A zstd writer's best save as a share of the zstd ceiling (at most 1:
+    the ceiling is the best of samples taken with the writers, see runner)."""
+    ceiling = (results.get("ceiling") or {}).get("all_cores_MBps")
+    if not ceiling or not row.get("zstd"):
+        return None
+    return row.get("save_best_MBps", row["save_MBps"]) / ceiling
+
+
+def event_floor_us(results, sink, threads, call) -> float | None:
+    """Microseconds per event with no event logger at all: the bench's loop
+    with the logging removed, plus one loguru info() per event when INFO
+    goes to a file. No event logger can go below it."""
+    evs = results.get("events", {})
+    floor = evs.get("no_logging_us", {}).get(call, {}).get(str(threads))
+    if floor is None or sink == "none":
+        return floor
+    loguru = evs.get("loguru_info_file_us" if threads == 1 else "loguru_info_file_us_4_threads")
+    return floor + loguru if loguru else None
+
+
+def event_bound(results, sink, threads, call) -> float | None:
+    """The best events/s ratio against the reference the floor allows."""
+    ref = event_rate(results, "reference", sink, threads, call)
+    floor = event_floor_us(results, sink, threads, call)
+    return (1e6 / ref) / floor if ref and floor else None
+
+
+def headline(results: dict, where: bool = True) -> list[str]:
+    """The first lines of the output (and of the README): what the run shows.
+    ``where``: name the temporary directory (not in the README)."""
+    lines = []
+    rows = results.get("checkpoints") or []
+    ours, ref = _by_key(rows, "accel"), _reference(rows)
+    stand_in = results.get("reference_stand_in")
+    name = DJ if ref is None or ref["key"] == "dj" else f"{DJ}'s save_to_disk call"
+    if ours and ref:
+        lines.append(
+            f"data-juicer-accel saves {ours['save_MBps'] / ref['save_MBps']:.1f}x faster than {name}, "
+            f"{ref['disk_MB'] / ours['disk_MB']:.1f}x smaller on disk, crash-safe."
+        )
+        bound = save_bound(results, ref)
+        ceiling = results.get("ceiling") or {}
+        lines.append(
+            f"  save: {ours['save_MBps']:,.0f} MB/s against {ref['save_MBps']:,.0f} MB/s"
+            + (
+                f"; at most {bound:.1f}x is possible here: zstd level {ceiling['level']} alone on this machine "
+                f"({ceiling['threads']} threads) compresses {ceiling['all_cores_MBps']:,.0f} MB/s"
+                if bound
+                else ""
             )
-        if sharded:
-            add(
-                "save >= 0.95x pyarrow IPC sharded over threads",
-                ours["save_MBps"] / sharded["save_MBps"],
-                0.95,
-                bound=save_bound(sharded),
+        )
+        lines.append(
+            f"  on disk: {ours['disk_MB']:,.0f} MB against {ref['disk_MB']:,.0f} MB, which Data-Juicer writes "
+            "uncompressed"
+            + (
+                f"; zstd level {ceiling['level']} alone shrinks the same bytes {ceiling['ratio']:.2f}x"
+                if ceiling.get("ratio")
+                else ""
             )
-            add(
-                "on-disk size equal (within 1%: manifest, metadata files) or smaller than pyarrow IPC sharded",
-                ours["disk_MB"] / sharded["disk_MB"],
-                1.01,
-                higher=False,
-                digits=4,
-            )
-        if ipc:
-            add("load >= 2x one pyarrow IPC zstd reader", ours["load_MBps"] / ipc["load_MBps"], 2.0)
-        if sharded:
-            add("load >= 1.0x pyarrow IPC sharded over threads", ours["load_MBps"] / sharded["load_MBps"], 1.0)
-        if ours.get("peak_above_pct") is not None:
-            add("peak memory above the dataset during a save <= 25%", ours["peak_above_pct"], 25, False, "%")
+        )
+        lines.append(
+            "  crash-safe: a save killed at any moment leaves the previous checkpoint loadable (checksummed "
+            "manifest, atomic commit); Data-Juicer 1.6.1 can pair rows with the wrong op record"
+        )
+    elif ours:
+        lines.append(f"data-juicer-accel saves {ours['save_MBps']:,.0f} MB/s; no Data-Juicer row (see below).")
+    if stand_in and ref:
+        lines.append(f"  the Data-Juicer row is {stand_in['label']}: {stand_in['why']}")
     small = results.get("small")
     if small:
-        cases = small["cases"]
-        ours = _by_key(cases, "accel")
-        ref = _by_key(cases, _reference_key(cases))
-        if ref:
-            add(
-                f"small-checkpoint save latency <= 1/5 of {ref['label']}",
-                ours["save_ms"] / ref["save_ms"],
-                0.2,
-                False,
-                "x",
+        s_ours, s_ref = _by_key(small["cases"], "accel"), _reference(small["cases"])
+        if s_ours and s_ref:
+            lines.append(
+                f"  a {small['rows']:,}-row checkpoint saves in {s_ours['save_ms']:,.1f} ms against "
+                f"{s_ref['save_ms']:,.0f} ms ({s_ref['save_ms'] / s_ours['save_ms']:.0f}x)"
             )
-        ref1 = _by_key(cases, (_reference_key(cases) or "") + "_np1")
-        if ref1:
-            add("  (same, against the reference at num_proc=1)", ours["save_ms"] / ref1["save_ms"], 0.2, False, "x")
-    events = results.get("events", {})
-    loguru_us = events.get("loguru_info_file_us")
-    no_logging_us = events.get("no_logging_us", {})
-    if events.get("rates"):
+    a1, r1 = event_rate(results, "accel", "none", 1), event_rate(results, "reference", "none", 1)
+    if a1 and r1:
+        bound = event_bound(results, "none", 1, "_log_event")
+        lines.append(
+            f"  job events: {a1 / r1:.0f}x the events/s of {DJ} (one thread, no INFO log sink)"
+            + (f"; at most {bound:.0f}x: the same loop with the logging removed" if bound else "")
+        )
+    analysis = {a["impl"]: a for a in results.get("events", {}).get("analysis", [])}
+    if {"accel", "reference"} <= set(analysis):
+        a, r = analysis["accel"], analysis["reference"]
+        lines.append(
+            f"  resuming a job: analyze_resumption_state reads a {a['events']:,}-event log "
+            f"{r['seconds'] / a['seconds']:.0f}x faster"
+        )
+    if results.get("wall_seconds"):
+        disk = results.get("temp_disk") or {}
+        place = f" in {disk['dir']}" + (", removed at the end" if disk.get("removed") else "") if disk and where else ""
+        lines.append(
+            f"This run took {_duration(results['wall_seconds'])} and used at most "
+            f"{_size(disk.get('peak_bytes', 0))} of temporary disk{place}."
+        )
+    return lines
+
+
+def _machine(results: dict) -> list[str]:
+    m = results.get("machine", {})
+    cfg = results.get("config", {})
+    out = []
+    load = m.get("loadavg_start")
+    out.append(
+        f"machine: {m.get('cpus')} cores, {m.get('memory_gb', '?')} GB, {m.get('platform')}, "
+        f"Python {m.get('python')}, pyarrow {m.get('pyarrow')}"
+        + (f"; load average at start {load[0]:.2f}" if load else "")
+    )
+    if m.get("other_processes_cores") is not None:
+        out.append(f"CPU used by other processes during the run: {m['other_processes_cores']:.2f} cores on average")
+    out.append(f"rounds: {cfg.get('rounds')} (interleaved; medians shown); num_proc = {cfg.get('num_proc')}")
+    corpus = results.get("corpus")
+    if corpus:
+        ratio = corpus.get("text_zstd3_ratio")
+        out.append(
+            f"data: {corpus['source']}\n      {corpus['rows']:,} rows, {corpus['bytes'] / MB:,.0f} MB in memory"
+            + (f"; text compresses {ratio:.2f}x with zstd level 3 (python-zstandard)" if ratio else "")
+        )
+    return out
+
+
+def _checkpoint_table(results: dict) -> list[str]:
+    rows = results["checkpoints"]
+    ours = _by_key(rows, "accel")
+    ceiling = results.get("ceiling")
+    headers = ["checkpoint writer", "save MB/s", "load MB/s", "on disk MB", "ratio", "peak mem +MB (% data)"]
+    headers += ["accel save x", "at most", "accel load x", "% of zstd ceiling", "save CPU-s/GB", "load CPU-s/GB"]
+    body = []
+    for r in rows:
+        bound = save_bound(results, r)
+        share = ceiling_share(results, r)
+        body.append(
+            [
+                r["label"],
+                f"{r['save_MBps']:,.0f}",
+                f"{r['load_MBps']:,.0f}",
+                f"{r['disk_MB']:,.0f}",
+                _fmt(r["ratio"], ".2f"),
+                "-" if r["peak_above_MB"] is None else f"{r['peak_above_MB']:,.0f} ({r['peak_above_pct']:.0f}%)",
+                "-" if r is ours else f"{ours['save_MBps'] / r['save_MBps']:.2f}",
+                "-" if r is ours or bound is None else f"{bound:.2f}",
+                "-" if r is ours else f"{ours['load_MBps'] / r['load_MBps']:.2f}",
+                "-" if share is None else f"{100 * share:.0f}%",
+                _fmt(r.get("save_cpu_s_per_GB"), ".2f"),
+                _fmt(r.get("load_cpu_s_per_GB"), ".2f"),
+            ]
+        )
+    out = [table(headers, body, right=set(range(1, len(headers))))]
+    if ceiling:
+        out.append(
+            f"'at most': the best save ratio any zstd writer can reach here -- zstd level {ceiling['level']} alone "
+            f"on this machine\n  (python-zstandard, the same bytes in 8 MiB pieces, {ceiling['threads']} threads like "
+            f"the writers, measured after every save, best of {ceiling.get('samples', 1)}): "
+            f"{ceiling['all_cores_MBps']:,.0f} MB/s; on one thread {ceiling['one_thread_MBps']:,.0f} MB/s.\n"
+            "  '% of zstd ceiling': a zstd writer's best save against it; writers that do not compress show '-'."
+        )
+    return out
+
+
+def _small_table(results: dict) -> list[str]:
+    small = results["small"]
+    ours = _by_key(small["cases"], "accel")
+    body = [
+        [
+            c["label"],
+            f"{c['save_ms']:,.1f}",
+            f"{c['load_ms']:,.1f}",
+            "-" if c is ours else f"{c['save_ms'] / ours['save_ms']:.1f}",
+            "-" if c is ours else f"{c['load_ms'] / ours['load_ms']:.1f}",
+        ]
+        for c in small["cases"]
+    ]
+    rounds = results.get("config", {}).get("small_rounds")
+    return [
+        f"small checkpoint: {small['rows']:,} rows ({small['bytes'] / MB:.1f} MB), median of {rounds} rounds "
+        "after a warm-up",
+        table(["checkpoint writer", "save ms", "load ms", "accel save x", "accel load x"], body, right={1, 2, 3, 4}),
+    ]
+
+
+def _event_tables(results: dict) -> list[str]:
+    evs = results["events"]
+    out = [f"events: {name} skipped -- {why}" for name, why in evs.get("skipped", {}).items()]
+    if evs.get("rates"):
+        body = []
         for call in CALLS:
             for sink in SINKS:
-                a1, r1 = event_rate(results, "accel", sink, 1, call), event_rate(results, "reference", sink, 1, call)
-                if a1 and r1:
-                    # Even free logging leaves the call itself (no_logging_us) and, with an
-                    # INFO file sink, one loguru info() per event.
-                    floor = no_logging_us.get(call, {}).get("1")
-                    if floor is not None and sink == "info-file":
-                        floor = floor + loguru_us if loguru_us else None
-                    bound = 1e6 / r1 / floor if floor else None
-                    add(f"events >= 20x the reference, 1 thread ({call}, {sink} sink)", a1 / r1, 20, bound=bound)
-        for call in CALLS:
-            for sink in SINKS:
-                a1, a4 = event_rate(results, "accel", sink, 1, call), event_rate(results, "accel", sink, 4, call)
-                if a1 and a4:
-                    # What the same four threads do without this package: the loop with no
-                    # logging, or loguru's info() alone with an INFO file sink.
-                    floors = no_logging_us.get(call, {})
-                    loguru_4t = events.get("loguru_info_file_us_4_threads")
-                    if sink == "none":
-                        bound = floors["1"] / floors["4"] if floors.get("4") else None
-                    else:
-                        bound = loguru_us / loguru_4t if loguru_us and loguru_4t else None
-                    add(
-                        f"no slowdown on 4 threads, 4t/1t rate within 5% ({call}, {sink} sink)",
-                        a4 / a1,
-                        0.95,
-                        bound=bound,
-                    )
+                for impl in ("accel", "reference"):
+                    r1, r4 = event_rate(results, impl, sink, 1, call), event_rate(results, impl, sink, 4, call)
+                    if r1 is None:
+                        continue
+                    cells = [call, "no INFO sink" if sink == "none" else "INFO file sink"]
+                    cells += ["data-juicer-accel" if impl == "accel" else "py-data-juicer 1.6.1"]
+                    cells += [f"{r1:,.0f}", _fmt(r4, ",.0f")]
+                    for threads, rate in ((1, r1), (4, r4)):
+                        ref = event_rate(results, "reference", sink, threads, call)
+                        bound = event_bound(results, sink, threads, call)
+                        ours = impl == "accel" and ref and rate
+                        cells += [f"{rate / ref:.1f}" if ours else "-", _fmt(bound if ours else None, ".1f")]
+                    body.append(cells)
+        headers = ["call", "loguru", "event logger", "1 thread ev/s", "4 threads ev/s"]
+        headers += ["x ref (1 t)", "at most", "x ref (4 t)", "at most"]
+        out.append("events per second, from the first call until every line is in the JSONL file")
+        out.append(table(headers, body, right=set(range(3, len(headers)))))
+        out.append(
+            "'at most': the reference's time per event over the time of the same loop with the logging removed\n"
+            "  (plus one loguru info() per event with an INFO file sink): what no event logger can go below."
+        )
+        if evs.get("loguru_info_file_us"):
+            four = evs.get("loguru_info_file_us_4_threads")
+            out.append(
+                f"  one loguru logger.info() of an event line to a file sink: {evs['loguru_info_file_us']:.1f} us"
+                + (f"; from 4 threads at once: {four:.1f} us per line" if four else "")
+            )
+        for call, by_threads in evs.get("no_logging_us", {}).items():
+            out.append(
+                f"  the {call} loop with the logging removed: {by_threads['1']:.2f} us per call on 1 thread, "
+                f"{by_threads['4']:.2f} us on 4 threads"
+            )
+    if evs.get("analysis"):
+        ref = next((a for a in evs["analysis"] if a["impl"] == "reference"), None)
+        body = [
+            [
+                "data-juicer-accel" if a["impl"] == "accel" else "py-data-juicer 1.6.1",
+                f"{a['events']:,}",
+                f"{a['partitions']:,}",
+                f"{a['seconds']:.3f}",
+                "-" if a["impl"] != "accel" or ref is None else f"{ref['seconds'] / a['seconds']:.0f}",
+            ]
+            for a in evs["analysis"]
+        ]
+        out.append("analyze_resumption_state on a large event log")
+        out.append(table(["implementation", "events", "partitions", "seconds", "x ref"], body, right={1, 2, 3, 4}))
     return out
 
 
 def render(results: dict) -> str:
-    parts = []
-    m = results.get("machine", {})
-    cfg = results.get("config", {})
-    load = m.get("loadavg_start")
-    others = m.get("other_processes_cores")
-    parts.append(
-        f"machine: {m.get('cpus')} cores, {m.get('memory_gb', '?')} GB, {m.get('platform')}, Python {m.get('python')},"
-        f" pyarrow {m.get('pyarrow')}; load average at start {load[0]:.2f}"
-        if load
-        else ""
-    )
-    if others is not None:
-        parts.append(f"CPU used by other processes during the run: {others:.2f} cores on average")
-    parts.append(f"rounds: {cfg.get('rounds')} (interleaved; medians shown); num_proc = {cfg.get('num_proc')}")
-
-    corpus = results.get("corpus")
-    if corpus:
-        ratio = corpus.get("text_zstd3_ratio")
-        parts.append(
-            f"\ndata: {corpus['source']}\n      {corpus['rows']:,} rows, {corpus['bytes'] / MB:,.0f} MB in memory"
-            + (f"; text compresses {ratio:.2f}x with zstd level 3 (python-zstandard)" if ratio else "")
-        )
-    rows = results.get("checkpoints")
-    ceiling = results.get("ceiling")
-    if rows:
-        ours = _by_key(rows, "accel")
-        headers = [
-            "checkpoint writer",
-            "save MB/s",
-            "load MB/s",
-            "on disk MB",
-            "ratio",
-            "peak mem +MB (% data)",
-            "accel save x",
-            "accel load x",
-            "% zstd ceiling",
-            "save CPU-s/GB",
-            "load CPU-s/GB",
-        ]
-        body = []
-        for r in rows:
-            peak = "-" if r["peak_above_MB"] is None else f"{r['peak_above_MB']:,.0f} ({r['peak_above_pct']:.0f}%)"
-            body.append(
-                [
-                    r["label"],
-                    f"{r['save_MBps']:,.0f}",
-                    f"{r['load_MBps']:,.0f}",
-                    f"{r['disk_MB']:,.0f}",
-                    f"{r['ratio']:.2f}",
-                    peak,
-                    "-" if r is ours else f"{ours['save_MBps'] / r['save_MBps']:.2f}",
-                    "-" if r is ours else f"{ours['load_MBps'] / r['load_MBps']:.2f}",
-                    f"{100 * r['save_MBps'] / ceiling['all_cores_MBps']:.0f}%" if ceiling else "-",
-                    _fmt(r.get("save_cpu_s_per_GB"), ".2f"),
-                    _fmt(r.get("load_cpu_s_per_GB"), ".2f"),
-                ]
-            )
-        parts.append("\n" + _table(headers, body))
-        if ceiling:
-            parts.append(
-                f"\nceiling: zstd level {ceiling['level']} alone on the same bytes (8 MiB pieces, python-zstandard): "
-                f"{ceiling['one_thread_MBps']:,.0f} MB/s on one thread, {ceiling['all_cores_MBps']:,.0f} MB/s on "
-                f"{ceiling['threads']} threads (ratio {ceiling['ratio']:.2f}); "
-                f"{ceiling.get('cpu_s_per_GB', float('nan')):.2f} CPU-s/GB"
-            )
-    small = results.get("small")
-    if small:
-        ours = _by_key(small["cases"], "accel")
-        body = [
-            [
-                c["label"],
-                f"{c['save_ms']:,.1f}",
-                f"{c['load_ms']:,.1f}",
-                "-" if c is ours else f"{c['save_ms'] / ours['save_ms']:.1f}",
-                "-" if c is ours else f"{c['load_ms'] / ours['load_ms']:.1f}",
-            ]
-            for c in small["cases"]
-        ]
-        parts.append(
-            f"\nsmall checkpoint: {small['rows']:,} rows ({small['bytes'] / MB:.1f} MB), median of "
-            f"{cfg.get('small_rounds')} rounds after a warm-up\n"
-            + _table(["checkpoint writer", "save ms", "load ms", "accel save x", "accel load x"], body)
-        )
-    evs = results.get("events")
-    if evs is not None:
-        for name, why in evs.get("skipped", {}).items():
-            parts.append(f"\nevents ({name}): skipped -- {why}")
-        if evs.get("rates"):
-            body = []
-            for call in CALLS:
-                for sink in SINKS:
-                    for impl in ("accel", "reference"):
-                        r1, r4 = event_rate(results, impl, sink, 1, call), event_rate(results, impl, sink, 4, call)
-                        if r1 is None:
-                            continue
-                        ref1 = event_rate(results, "reference", sink, 1, call)
-                        ref4 = event_rate(results, "reference", sink, 4, call)
-                        label = "data-juicer-accel" if impl == "accel" else "py-data-juicer 1.6.1"
-                        body.append(
-                            [
-                                call,
-                                "no INFO sink" if sink == "none" else "INFO file sink",
-                                label,
-                                f"{r1:,.0f}",
-                                _fmt(r4, ",.0f"),
-                                "-" if impl != "accel" or not ref1 else f"{r1 / ref1:.1f}",
-                                "-" if impl != "accel" or not ref4 or r4 is None else f"{r4 / ref4:.1f}",
-                            ]
-                        )
-            parts.append(
-                "\nevents per second, from the first call until every line is in the JSONL file\n"
-                + _table(
-                    ["call", "loguru", "event logger", "1 thread ev/s", "4 threads ev/s", "x ref (1 t)", "x ref (4 t)"],
-                    body,
-                    align="lllrrrr",
-                )
-            )
-            if evs.get("loguru_info_file_us"):
-                four = evs.get("loguru_info_file_us_4_threads")
-                parts.append(
-                    f"one loguru logger.info() of an event line to a file sink alone: {evs['loguru_info_file_us']:.1f} "
-                    f"us ({1e6 / evs['loguru_info_file_us']:,.0f} lines/s)"
-                    + (f"; from 4 threads at once: {four:.1f} us per line" if four else "")
-                )
-            for call, by_threads in evs.get("no_logging_us", {}).items():
-                parts.append(
-                    f"the {call} loop with the logging removed (a no-op _log_event): "
-                    f"{by_threads['1']:.2f} us per call on 1 thread, {by_threads['4']:.2f} us on 4 threads"
-                )
-        if evs.get("analysis"):
-            ref = next((a for a in evs["analysis"] if a["impl"] == "reference"), None)
-            body = [
-                [
-                    "data-juicer-accel" if a["impl"] == "accel" else "py-data-juicer 1.6.1",
-                    f"{a['events']:,}",
-                    f"{a['partitions']:,}",
-                    f"{a['seconds']:.3f}",
-                    "-" if a["impl"] != "accel" or ref is None else f"{ref['seconds'] / a['seconds']:.0f}",
-                ]
-                for a in evs["analysis"]
-            ]
-            parts.append(
-                "\nanalyze_resumption_state on a large event log\n"
-                + _table(["implementation", "events", "partitions", "seconds", "x ref"], body)
-            )
-    tg = targets(results)
-    if tg:
-        body = []
-        for t in tg:
-            measured = (
-                "-"
-                if t["measured"] is None
-                else (f"{t['measured']:.1f}%" if t["unit"] == "%" else f"{t['measured']:.{t['digits']}f}x")
-            )
-            goal = f"{'>=' if t['higher_is_better'] else '<='} {t['goal']:g}{'%' if t['unit'] == '%' else 'x'}"
-            status = "-" if t["met"] is None else ("met" if t["met"] else "MISSED")
-            bound = "-" if t.get("bound") is None else f"{t['bound']:.2f}x"
-            body.append([t["target"], goal, measured, status, bound])
-        parts.append(
-            "\ntargets (issue #7), as ratios measured in this run. 'bound': the best ratio the measured floor allows --"
-            "\nfor saves, zstd level 1 alone on this run's cores (ceiling MB/s / competitor MB/s); for events, the"
-            "\nsame loop with the logging removed, plus one loguru info() per event with an INFO file sink (reference"
-            "\nus per event / floor us per event); for 4 threads, what the same threads do without this package:"
-            "\nthe no-logging loop's 4t/1t rate, or loguru info() alone from 4 threads with an INFO file sink\n"
-            + _table(["target", "goal", "measured", "", "bound"], body, align="lrrlr")
-        )
-    if results.get("wall_seconds"):
-        parts.append(f"\nwall time: {results['wall_seconds']:.0f} s")
-    return "\n".join(p for p in parts if p)
+    """Headline, the competitors that could not run and why, then the details."""
+    parts = ["\n".join(headline(results))]
+    parts += [f"not measured: {s['label']} -- {s['why']}" for s in results.get("skipped", [])]
+    parts.append("\n".join(_machine(results)))
+    if results.get("checkpoints"):
+        parts.append("\n".join(_checkpoint_table(results)))
+    if results.get("small"):
+        parts.append("\n".join(_small_table(results)))
+    if results.get("events") is not None:
+        parts.append("\n".join(_event_tables(results)))
+    return "\n\n".join(p for p in parts if p)
 
 
 def write_json(results: dict, path: str) -> None:
-    results = dict(results)
-    results["targets"] = targets(results)
     with open(path, "w") as f:
         json.dump(results, f, indent=2, default=str)
 

@@ -18,8 +18,10 @@ def human_bytes(n: int | float | None) -> str:
     return f"{value:.1f} TiB"  # unreachable
 
 
-def table(headers: list[str], rows: list[list[Any]], right: set[int] | None = None) -> str:
-    """A table with a header rule; columns in ``right`` are right-aligned."""
+def table(headers: list[str], rows: list[list[Any]], right: set[int] | None = None, markdown: bool = False) -> str:
+    """The one table renderer of every subcommand: a header, a rule, the rows;
+    columns in ``right`` are right-aligned, None shows as "-". ``markdown``
+    draws a GitHub table (for README.md) instead of the plain terminal one."""
     right = right or set()
     cells = [[("-" if c is None else str(c)) for c in row] for row in rows]
     widths = [len(h) for h in headers]
@@ -29,9 +31,13 @@ def table(headers: list[str], rows: list[list[Any]], right: set[int] | None = No
 
     def line(values: list[str]) -> str:
         out = [v.rjust(widths[i]) if i in right else v.ljust(widths[i]) for i, v in enumerate(values)]
-        return "  ".join(out).rstrip()
+        return "| " + " | ".join(out) + " |" if markdown else "  ".join(out).rstrip()
 
-    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in cells)])
+    if markdown:
+        rule = "|" + "|".join("-" * (w + 1) + ":" if i in right else "-" * (w + 2) for i, w in enumerate(widths)) + "|"
+    else:
+        rule = line(["-" * w for w in widths])
+    return "\n".join([line(headers), rule, *(line(r) for r in cells)])
 
 
 def key_values(pairs: list[tuple[str, Any]]) -> str:
