@@ -129,18 +129,24 @@ unsafe fn call<'py>(
             "_log_event called before it was set up",
         ));
     };
+    // SAFETY: CPython passes `self` as a live object (the caller's contract).
     let executor = unsafe { Bound::from_borrowed_ptr(py, executor) };
     let keyword_names = match kwnames.is_null() {
         true => None,
+        // SAFETY: a non-null `kwnames` is a live tuple of the keyword names.
         false => Some(unsafe { Bound::from_borrowed_ptr(py, kwnames) }.cast_into::<PyTuple>()?),
     };
     let positional_count = usize::try_from(nargs).unwrap_or(0);
     let count = positional_count + keyword_names.as_ref().map_or(0, |names| names.len());
     let arguments = match count {
         0 => &[][..],
+        // SAFETY: `args` holds the positional then the keyword values,
+        // `count` pointers in all, alive for this call.
         _ => unsafe { std::slice::from_raw_parts(args, count) },
     };
     let (positional, keyword_values) = arguments.split_at(positional_count);
+    // SAFETY: every pointer in `arguments` is a live object, borrowed
+    // from the caller for this call.
     let bind = |arg: &*mut ffi::PyObject| unsafe { Bound::from_borrowed_ptr(py, *arg) };
     let keywords = || {
         let names = keyword_names.iter().flat_map(|names| names.iter());
