@@ -5,6 +5,8 @@
 //! * [`events`]: the lock-free job-event buffer and its flush thread.
 //! * [`bindings`]: the PyO3 layer; the only place that touches Python.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod bindings;
 pub mod checkpoint;
 pub mod events;

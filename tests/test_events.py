@@ -564,13 +564,13 @@ def test_job_level_events_are_on_disk_when_the_call_returns(tmp_path):
 def test_lines_reach_the_disk_within_the_flush_interval(tmp_path):
     executor = make_executor(accel, str(tmp_path), flush_interval=0.05)
     executor.log_op_start(0, "op", 0, {})
-    wait_for(lambda: executor.event_logger.jsonl_file.exists())
+    wait_for(lambda: read_lines(executor.event_logger.jsonl_file))
     assert read_lines(executor.event_logger.jsonl_file)[0]["event_type"] == "op_start"
 
 
-@pytest.mark.parametrize("flush_interval", [0, -1, float("nan"), float("inf"), 86_401, 1e300])
+@pytest.mark.parametrize("flush_interval", [-1, float("nan"), float("inf"), 86_401, 1e300, -0.0001])
 def test_a_flush_interval_out_of_range_is_a_value_error(tmp_path, flush_interval):
-    with pytest.raises(ValueError, match="flush_interval must be a positive number of seconds, at most 86400"):
+    with pytest.raises(ValueError, match="flush_interval must be 0 .* or a positive number of seconds, at most 86400"):
         accel.EventLogger(str(tmp_path), flush_interval=flush_interval)
 
 

@@ -107,7 +107,11 @@ class EventSink:
         flush_interval: float = 0.1,
         queue_size: int = 65536,
         events_maxlen: int | None = None,
-    ) -> EventSink: ...
+        write_through: bool = False,
+    ) -> EventSink:
+        """Create the file at ``path`` and start its flush thread. With
+        ``write_through`` or ``flush_interval=0`` each logging call has its line
+        in the file before it returns (as in a forked child, always)."""
     def log_fields(
         self,
         event_type: Any,

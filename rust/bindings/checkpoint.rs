@@ -68,7 +68,7 @@ fn detached<T: Send>(
     py: Python<'_>,
     f: impl FnOnce() -> checkpoint::Result<T> + Send,
 ) -> PyResult<T> {
-    py.detach(|| {
+    super::gil::detach(py, || {
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
             .unwrap_or_else(|payload| Err(CheckpointError::from_panic(payload)))
     })

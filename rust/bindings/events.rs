@@ -9,12 +9,14 @@
 
 use std::cell::Cell;
 use std::collections::VecDeque;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use pyo3::exceptions::{PyOSError, PyValueError};
+use pyo3::exceptions::{PyOSError, PyTypeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -24,6 +26,8 @@ use pyo3::{PyTraverseError, PyVisit};
 use crate::events::analysis::{self, Analysis, PartitionState, Raw};
 use crate::events::json::{write_f64, write_i64, write_str};
 use crate::events::writer::{current_pid, EventWriter, PushError, WriteError, WriterConfig};
+
+use super::gil::{detach, guarded};
 
 /// Job-level events are fsynced before the logging call returns.
 const DURABLE_EVENT_TYPES: [&str; 4] = ["job_start", "job_complete", "job_failed", "job_restart"];
@@ -43,14 +47,35 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     Ok(())
 }
 
+/// The one place events build an `OSError`: `OSError(errno, message,
+/// path)` when the system gave an errno, else `OSError(message)` with the
+/// path in the message.
+fn new_os_error(errno: Option<i32>, message: String, path: &Path) -> PyErr {
+    match errno {
+        Some(errno) => PyOSError::new_err((errno, message, path.display().to_string())),
+        None => PyOSError::new_err(format!("{message}: {}", path.display())),
+    }
+}
+
+/// A failed write of the flush thread.
 fn os_error(error: &WriteError) -> PyErr {
-    let path = error.path.display().to_string();
     match error.errno {
-        Some(errno) => {
-            PyOSError::new_err((errno, format!("writing events: {}", error.message), path))
-        }
+        Some(errno) => new_os_error(
+            Some(errno),
+            format!("writing events: {}", error.message),
+            &error.path,
+        ),
         None => PyOSError::new_err(error.to_string()),
     }
+}
+
+/// A failed file operation: `action` (e.g. "reading") on `path`.
+fn io_os_error(action: &str, path: &Path, error: &std::io::Error) -> PyErr {
+    new_os_error(
+        error.raw_os_error(),
+        format!("{action} {}: {error}", path.display()),
+        path,
+    )
 }
 
 fn push_error(error: PushError, path: &std::path::Path) -> PyErr {
@@ -59,7 +84,97 @@ fn push_error(error: PushError, path: &std::path::Path) -> PyErr {
         PushError::Closed => {
             PyValueError::new_err(format!("event logger for {} is closed", path.display()))
         }
-        PushError::Full(_) => PyOSError::new_err("event queue full"),
+        PushError::Full(_) => new_os_error(None, "event queue full".to_string(), path),
+    }
+}
+
+/// How a sink writes, from `EventSink(...)`'s arguments.
+struct SinkConfig {
+    writer: WriterConfig,
+    write_through: bool,
+}
+
+impl SinkConfig {
+    /// `flush_interval` 0 means write-through; otherwise it is the longest
+    /// time a line waits in memory.
+    fn new(flush_interval: f64, queue_size: usize, write_through: bool) -> PyResult<Self> {
+        // Longer intervals would overflow the flush thread's deadlines.
+        let buffered = flush_interval > 0.0 && flush_interval <= MAX_FLUSH_INTERVAL_SECONDS;
+        if !(buffered || flush_interval == 0.0) {
+            return Err(PyValueError::new_err(format!(
+                "flush_interval must be 0 (write each event before logging returns) or a \
+                 positive number of seconds, at most {MAX_FLUSH_INTERVAL_SECONDS} (one day), \
+                 not {flush_interval}"
+            )));
+        }
+        let mut writer = WriterConfig {
+            queue_capacity: queue_size.max(1),
+            ..WriterConfig::default()
+        };
+        if buffered {
+            writer.flush_interval = Duration::from_secs_f64(flush_interval);
+        }
+        Ok(SinkConfig {
+            writer,
+            write_through: write_through || !buffered,
+        })
+    }
+}
+
+/// Opens (creating) the JSONL file for appending, as the flush thread does.
+fn open_append(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .append(true)
+        .create(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)
+}
+
+/// The writers of this process's sinks, flushed once more by a C `atexit`
+/// handler, which runs after the interpreter is gone: a daemon thread may
+/// have logged after Python's own exit hooks flushed, and its lines must
+/// not stay in memory. The flush thread holds no Python object, so it can
+/// still write then.
+mod live_writers {
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+    use std::sync::{Mutex, MutexGuard, Once};
+
+    use crate::events::writer::EventWriter;
+
+    /// Addresses of writers that are alive (leaked ones, replaced in a
+    /// forked child, stay valid and are skipped as not this process's).
+    static LIVE: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+    static FLUSH_AT_EXIT: Once = Once::new();
+
+    fn live() -> MutexGuard<'static, Vec<usize>> {
+        LIVE.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(super) fn add(writer: *mut EventWriter) {
+        FLUSH_AT_EXIT.call_once(|| {
+            // SAFETY: registers a plain function without captured state.
+            unsafe { libc::atexit(flush_all_at_exit) };
+        });
+        live().push(writer as usize);
+    }
+
+    /// Forgets `writer`; called before it is freed.
+    pub(super) fn remove(writer: *mut EventWriter) {
+        live().retain(|&address| address != writer as usize);
+    }
+
+    extern "C" fn flush_all_at_exit() {
+        let _ = catch_unwind(AssertUnwindSafe(|| {
+            let writers = live();
+            for &address in writers.iter() {
+                // SAFETY: listed writers are alive: `remove` runs (under
+                // this lock) before a writer is freed.
+                let writer = unsafe { &*(address as *const EventWriter) };
+                if writer.owned_by_current_process() {
+                    let _ = writer.flush(false);
+                }
+            }
+        }));
     }
 }
 
@@ -72,6 +187,9 @@ pub struct EventSink {
     writer: AtomicPtr<EventWriter>,
     path: PathBuf,
     config: WriterConfig,
+    /// Each call has its line in the file before it returns: asked for
+    /// (`flush_interval=0`), in a worker process, or in a forked child.
+    write_through: AtomicBool,
     event_class: Py<PyType>,
     object_new: Py<PyAny>,
     /// `Event`'s field names in declaration order.
@@ -228,91 +346,17 @@ impl Role {
 }
 
 impl EventSink {
-    /// The writer of the current process, restarting it after a fork that
-    /// `os.register_at_fork` did not see.
-    fn writer(&self) -> PyResult<&EventWriter> {
-        let current = self.writer.load(Ordering::Acquire);
-        // SAFETY: writers are only freed by `Drop`, when no `&self` exists;
-        // replaced ones are leaked, so the pointer stays valid.
-        let writer = unsafe { &*current };
-        if writer.owned_by_current_process() {
-            return Ok(writer);
-        }
-        let fresh = Box::into_raw(Box::new(self.open_writer()?));
-        match self
-            .writer
-            .compare_exchange(current, fresh, Ordering::AcqRel, Ordering::Acquire)
-        {
-            Ok(_) => Ok(unsafe { &*fresh }),
-            Err(winner) => {
-                // Another thread of this child restarted it first.
-                drop(unsafe { Box::from_raw(fresh) });
-                Ok(unsafe { &*winner })
-            }
-        }
-    }
-
-    fn open_writer(&self) -> PyResult<EventWriter> {
-        EventWriter::open(&self.path, self.config.clone()).map_err(|e| {
-            PyOSError::new_err(format!(
-                "starting the event flush thread for {}: {e}",
-                self.path.display()
-            ))
-        })
-    }
-
-    /// Queues `line`, waiting without the GIL when the queue is full, and
-    /// makes job-level events durable before returning.
-    fn push(&self, py: Python<'_>, line: Vec<u8>, durable: bool) -> PyResult<()> {
-        let writer = self.writer()?;
-        match writer.try_push(line) {
-            Ok(()) => {}
-            Err(PushError::Full(line)) => py
-                .detach(|| writer.push_blocking(line))
-                .map_err(|e| push_error(e, &self.path))?,
-            Err(other) => return Err(push_error(other, &self.path)),
-        }
-        if durable {
-            py.detach(|| writer.flush(true)).map_err(|e| os_error(&e))?;
-        }
-        Ok(())
-    }
-}
-
-#[pymethods]
-impl EventSink {
-    /// `path`: the JSONL file; `event_class`: the `Event` dataclass;
-    /// `fields`: its field names in order; `flush_interval` in seconds;
-    /// `queue_size` in events; `events_maxlen`: the `events` deque's maxlen.
-    #[new]
-    #[pyo3(signature = (path, event_class, fields, flush_interval=0.1, queue_size=65536, events_maxlen=None))]
-    fn new(
+    /// The sink of `EventSink(...)` once its arguments are checked: creates
+    /// the file (so that it exists from the logger's construction) and
+    /// starts the flush thread.
+    fn create(
         py: Python<'_>,
         path: PathBuf,
         event_class: Bound<'_, PyType>,
         fields: Vec<Bound<'_, PyString>>,
-        flush_interval: f64,
-        queue_size: usize,
+        sink_config: SinkConfig,
         events_maxlen: Option<usize>,
     ) -> PyResult<Self> {
-        // Longer intervals would overflow the flush thread's deadlines.
-        if !(flush_interval > 0.0 && flush_interval <= MAX_FLUSH_INTERVAL_SECONDS) {
-            return Err(PyValueError::new_err(format!(
-                "flush_interval must be a positive number of seconds, at most \
-                 {MAX_FLUSH_INTERVAL_SECONDS} (one day), not {flush_interval}"
-            )));
-        }
-        let config = WriterConfig {
-            flush_interval: Duration::from_secs_f64(flush_interval),
-            queue_capacity: queue_size.max(1),
-            ..WriterConfig::default()
-        };
-        let writer = EventWriter::open(&path, config.clone()).map_err(|e| {
-            PyOSError::new_err(format!(
-                "starting the event flush thread for {}: {e}",
-                path.display()
-            ))
-        })?;
         let object_new = py
             .get_type::<PyAny>()
             .getattr(intern!(py, "__new__"))?
@@ -328,10 +372,16 @@ impl EventSink {
             none_fields.set_item(&key, py.None())?;
             interned.push(key.unbind());
         }
+        detach(py, || open_append(&path)).map_err(|e| io_os_error("creating", &path, &e))?;
+        let writer = EventWriter::open(&path, sink_config.writer.clone())
+            .map_err(|e| io_os_error("starting the event flush thread for", &path, &e))?;
+        let writer = Box::into_raw(Box::new(writer));
+        live_writers::add(writer);
         Ok(EventSink {
-            writer: AtomicPtr::new(Box::into_raw(Box::new(writer))),
+            writer: AtomicPtr::new(writer),
             path,
-            config,
+            config: sink_config.writer,
+            write_through: AtomicBool::new(sink_config.write_through),
             event_class: event_class.unbind(),
             object_new,
             roles: field_names.iter().map(|name| Role::of(name)).collect(),
@@ -352,6 +402,90 @@ impl EventSink {
         })
     }
 
+    /// The writer of the current process, restarting it after a fork that
+    /// `os.register_at_fork` did not see.
+    fn writer(&self) -> PyResult<&EventWriter> {
+        let current = self.writer.load(Ordering::Acquire);
+        // SAFETY: writers are only freed by `Drop`, when no `&self` exists;
+        // replaced ones are leaked, so the pointer stays valid.
+        let writer = unsafe { &*current };
+        if writer.owned_by_current_process() {
+            return Ok(writer);
+        }
+        // A forked child may end by `os._exit` or a signal at any moment:
+        // nothing it logs may wait in memory.
+        self.write_through.store(true, Ordering::Relaxed);
+        let fresh = Box::into_raw(Box::new(self.open_writer()?));
+        match self
+            .writer
+            .compare_exchange(current, fresh, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => {
+                live_writers::add(fresh);
+                // SAFETY: `fresh` is now the sink's writer, freed only by `Drop`.
+                Ok(unsafe { &*fresh })
+            }
+            Err(winner) => {
+                // Another thread of this child restarted it first.
+                // SAFETY: `fresh` came from `Box::into_raw` above and was
+                // never shared.
+                drop(unsafe { Box::from_raw(fresh) });
+                // SAFETY: as for `current`: the winner is freed only by `Drop`.
+                Ok(unsafe { &*winner })
+            }
+        }
+    }
+
+    fn open_writer(&self) -> PyResult<EventWriter> {
+        EventWriter::open(&self.path, self.config.clone())
+            .map_err(|e| io_os_error("starting the event flush thread for", &self.path, &e))
+    }
+
+    /// Queues `line`, waiting without the GIL when the queue is full; writes
+    /// it before returning in write-through mode, and makes job-level events
+    /// durable before returning.
+    fn push(&self, py: Python<'_>, line: Vec<u8>, durable: bool) -> PyResult<()> {
+        let writer = self.writer()?;
+        match writer.try_push(line) {
+            Ok(()) => {}
+            Err(PushError::Full(line)) => {
+                detach(py, || writer.push_blocking(line)).map_err(|e| push_error(e, &self.path))?
+            }
+            Err(other) => return Err(push_error(other, &self.path)),
+        }
+        if durable || self.write_through.load(Ordering::Relaxed) {
+            detach(py, || writer.flush(durable)).map_err(|e| os_error(&e))?;
+        }
+        Ok(())
+    }
+}
+
+#[pymethods]
+impl EventSink {
+    /// `path`: the JSONL file, created here; `event_class`: the `Event`
+    /// dataclass; `fields`: its field names in order; `flush_interval` in
+    /// seconds, 0 for write-through; `queue_size` in events;
+    /// `events_maxlen`: the `events` deque's maxlen; `write_through`: each
+    /// call writes its line before returning (as does `flush_interval=0`).
+    #[new]
+    #[pyo3(signature = (path, event_class, fields, flush_interval=0.1, queue_size=65536, events_maxlen=None, write_through=false))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        path: PathBuf,
+        event_class: Bound<'_, PyType>,
+        fields: Vec<Bound<'_, PyString>>,
+        flush_interval: f64,
+        queue_size: usize,
+        events_maxlen: Option<usize>,
+        write_through: bool,
+    ) -> PyResult<Self> {
+        guarded("EventSink()", || {
+            let sink_config = SinkConfig::new(flush_interval, queue_size, write_through)?;
+            Self::create(py, path, event_class, fields, sink_config, events_maxlen)
+        })
+    }
+
     /// The fast path of `EventLoggingMixin._log_event`: makes the event's
     /// fields (timestamp, ids, pid and thread id made here), queues its line
     /// and keeps it for `events`. Returns the `Event` when `return_event`
@@ -369,9 +503,11 @@ impl EventSink {
         job_id: Bound<'py, PyAny>,
         return_event: bool,
     ) -> PyResult<Option<Bound<'py, PyAny>>> {
-        let keywords = kwargs.iter().flat_map(|kwargs| kwargs.iter());
-        self.log_keywords(py, event_type, message, keywords, job_id, return_event)
-            .map(|logged| logged.into_python(py))
+        guarded("EventSink.log_fields", || {
+            let keywords = kwargs.iter().flat_map(|kwargs| kwargs.iter());
+            self.log_keywords(py, event_type, message, keywords, job_id, return_event)
+                .map(|logged| logged.into_python(py))
+        })
     }
 
     /// `EventLogger.log_event(event)`: sets `event.job_id`, keeps the event
@@ -383,30 +519,9 @@ impl EventSink {
         event: Bound<'_, PyAny>,
         job_id: Bound<'_, PyAny>,
     ) -> PyResult<()> {
-        event.setattr(intern!(py, "job_id"), job_id)?;
-        self.remember(Remembered::Built(event.clone().unbind()));
-        let dict = event.getattr(intern!(py, "__dict__"))?;
-        let dict = dict.cast::<PyDict>()?;
-        let mut line = self.writer()?.line_buffer();
-        line.push(b'{');
-        let mut first = true;
-        let mut durable = false;
-        for (key, value) in dict.iter() {
-            if value.is_none() {
-                continue;
-            }
-            let key = key.str()?;
-            let key = key.to_str()?;
-            if key == "event_type" {
-                let type_value = enum_value(py, &value)?;
-                if let Ok(name) = type_value.cast::<PyString>() {
-                    durable = DURABLE_EVENT_TYPES.contains(&name.to_str()?);
-                }
-            }
-            write_member(py, &mut line, &mut first, key, &value)?;
-        }
-        line.extend_from_slice(b"}\n");
-        self.push(py, line, durable)
+        guarded("EventSink.log_event", || {
+            self.log_event_object(py, event, job_id)
+        })
     }
 
     /// Appends the events logged since the last call to `events` (a deque),
@@ -414,21 +529,9 @@ impl EventSink {
     /// fields. Callers serialise calls (EventLogger holds a lock for it). If
     /// building or appending fails, the events are kept for the next call.
     fn move_events_into(&self, py: Python<'_>, events: Bound<'_, PyAny>) -> PyResult<()> {
-        let mut taken = match self.remembered.lock() {
-            Ok(mut queue) => std::mem::take(&mut *queue),
-            Err(_) => return Err(PyValueError::new_err("event memory is poisoned")),
-        };
-        if taken.is_empty() {
-            return Ok(());
-        }
-        let moved = self.build_all(py, &mut taken).and_then(|built| {
-            events.call_method1(intern!(py, "extend"), (built,))?;
-            Ok(())
-        });
-        if moved.is_err() {
-            self.keep_in_front(taken);
-        }
-        moved
+        guarded("EventSink.move_events_into", || {
+            self.move_remembered_into(py, events)
+        })
     }
 
     /// How many events `events` keeps (its `maxlen`; `None`: all). Older
@@ -469,26 +572,34 @@ impl EventSink {
     /// Raises `OSError` if a write failed.
     #[pyo3(signature = (fsync=false))]
     fn flush(&self, py: Python<'_>, fsync: bool) -> PyResult<()> {
-        let writer = self.writer()?;
-        py.detach(|| writer.flush(fsync)).map_err(|e| os_error(&e))
+        guarded("EventSink.flush", || {
+            let writer = self.writer()?;
+            detach(py, || writer.flush(fsync)).map_err(|e| os_error(&e))
+        })
     }
 
     /// Flushes, fsyncs and stops the flush thread; later events are refused.
     fn close(&self, py: Python<'_>) -> PyResult<()> {
-        let writer = self.writer()?;
-        py.detach(|| writer.close()).map_err(|e| os_error(&e))
+        guarded("EventSink.close", || {
+            let writer = self.writer()?;
+            detach(py, || writer.close()).map_err(|e| os_error(&e))
+        })
     }
 
     /// Restarts the flush thread in a forked child. The parent's queued lines
     /// are left to the parent (the child would write them twice).
     fn _after_fork_in_child(&self) -> PyResult<()> {
-        self.writer().map(|_| ())
+        guarded("EventSink._after_fork_in_child", || {
+            self.writer().map(|_| ())
+        })
     }
 
     /// Number of `write()` calls made so far by this process's flush thread.
     #[getter]
     fn batches_written(&self) -> PyResult<u64> {
-        Ok(self.writer()?.batches_written())
+        guarded("EventSink.batches_written", || {
+            Ok(self.writer()?.batches_written())
+        })
     }
 
     #[getter]
@@ -498,6 +609,61 @@ impl EventSink {
 }
 
 impl EventSink {
+    /// [`log_event`](Self::log_event).
+    fn log_event_object(
+        &self,
+        py: Python<'_>,
+        event: Bound<'_, PyAny>,
+        job_id: Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        event.setattr(intern!(py, "job_id"), job_id)?;
+        self.remember(Remembered::Built(event.clone().unbind()));
+        let dict = event.getattr(intern!(py, "__dict__"))?;
+        let dict = dict.cast::<PyDict>()?;
+        let mut line = self.writer()?.line_buffer();
+        line.push(b'{');
+        let mut first = true;
+        let mut durable = false;
+        let items = StableItems::of(dict);
+        for item in items.list.iter() {
+            let (key, value) = item.extract::<(Bound<'_, PyAny>, Bound<'_, PyAny>)>()?;
+            if value.is_none() {
+                continue;
+            }
+            let key = key.str()?;
+            let key = key.to_str()?;
+            if key == "event_type" {
+                let type_value = enum_value(py, &value)?;
+                if let Ok(name) = type_value.cast::<PyString>() {
+                    durable = DURABLE_EVENT_TYPES.contains(&name.to_str()?);
+                }
+            }
+            write_member(py, &mut line, &mut first, key, &value)?;
+            items.check_unchanged()?;
+        }
+        line.extend_from_slice(b"}\n");
+        self.push(py, line, durable)
+    }
+
+    /// [`move_events_into`](Self::move_events_into).
+    fn move_remembered_into(&self, py: Python<'_>, events: Bound<'_, PyAny>) -> PyResult<()> {
+        let mut taken = match self.remembered.lock() {
+            Ok(mut queue) => std::mem::take(&mut *queue),
+            Err(_) => return Err(PyValueError::new_err("event memory is poisoned")),
+        };
+        if taken.is_empty() {
+            return Ok(());
+        }
+        let moved = self.build_all(py, &mut taken).and_then(|built| {
+            events.call_method1(intern!(py, "extend"), (built,))?;
+            Ok(())
+        });
+        if moved.is_err() {
+            self.keep_in_front(taken);
+        }
+        moved
+    }
+
     /// [`log_fields`](Self::log_fields) with the caller's keyword arguments
     /// as `(name, value)` pairs, from a dict or from a vectorcall's arrays.
     pub(super) fn log_keywords<'py>(
@@ -644,9 +810,11 @@ impl LogEventFastPath {
         message: Bound<'py, PyAny>,
         kwargs: Option<Bound<'py, PyDict>>,
     ) -> PyResult<Option<Bound<'py, PyAny>>> {
-        let keywords = kwargs.iter().flat_map(|kwargs| kwargs.iter());
-        self.log_keywords(py, &executor, event_type, message, keywords)
-            .map(|logged| logged.into_python(py))
+        guarded("LogEventFastPath.log", || {
+            let keywords = kwargs.iter().flat_map(|kwargs| kwargs.iter());
+            self.log_keywords(py, &executor, event_type, message, keywords)
+                .map(|logged| logged.into_python(py))
+        })
     }
 }
 
@@ -855,6 +1023,7 @@ impl Drop for EventSink {
         if current.is_null() {
             return;
         }
+        live_writers::remove(current);
         // SAFETY: `Drop` has the only reference; the pointer came from Box.
         let writer = unsafe { Box::from_raw(current) };
         if writer.owned_by_current_process() {
@@ -891,23 +1060,27 @@ fn generated_event_id(type_name: &str, now: f64) -> String {
 
 /// Eight hex digits for generated event ids (the reference uses
 /// `uuid4().hex[:8]`); a per-thread xorshift seeded from time, pid and the
-/// thread, enough for ids that only need to differ.
+/// thread, enough for ids that only need to differ. A forked child's copy
+/// of the state is reseeded (its pid differs from the seeding one), or
+/// parent and child would generate the same ids.
 fn random_u32() -> u32 {
     thread_local! {
-        static STATE: Cell<u64> = const { Cell::new(0) };
+        /// The xorshift state and the pid that seeded it.
+        static STATE: Cell<(u64, u32)> = const { Cell::new((0, 0)) };
     }
     STATE.with(|state| {
-        let mut x = state.get();
-        if x == 0 {
+        let (mut x, seeded_by) = state.get();
+        let pid = current_pid();
+        if x == 0 || seeded_by != pid {
             let nanos = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64);
-            x = nanos ^ (u64::from(std::process::id()) << 32) ^ current_thread_ident() | 1;
+            x = nanos ^ (u64::from(pid) << 32) ^ current_thread_ident() | 1;
         }
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        state.set(x);
+        state.set((x, pid));
         (x >> 16) as u32
     })
 }
@@ -945,6 +1118,34 @@ fn write_member(
     encode(py, out, value, 0)
 }
 
+/// A dict's items, listed before any of them is written: writing a value
+/// may run its `__str__`, which may change the dict.
+struct StableItems<'a, 'py> {
+    dict: &'a Bound<'py, PyDict>,
+    list: Bound<'py, PyList>,
+}
+
+impl<'a, 'py> StableItems<'a, 'py> {
+    fn of(dict: &'a Bound<'py, PyDict>) -> Self {
+        StableItems {
+            dict,
+            list: dict.items(),
+        }
+    }
+
+    /// A `TypeError` once the dict changed size: only a value that is not
+    /// JSON (one whose `str()` is written) can change it, and the reference
+    /// raises `TypeError` for such a value.
+    fn check_unchanged(&self) -> PyResult<()> {
+        if self.dict.len() == self.list.len() {
+            return Ok(());
+        }
+        Err(PyTypeError::new_err(
+            "a value being written as JSON changed the dictionary holding it",
+        ))
+    }
+}
+
 /// Writes `value` as `json.dumps` would; where `json.dumps` raises
 /// (sets, custom objects, non-string keys it cannot convert, cycles) the
 /// value's `str()` is written instead. Enums are written as their value.
@@ -974,13 +1175,16 @@ fn encode(
         encode_items(py, out, tuple.iter(), depth)?;
     } else if let Ok(dict) = value.cast::<PyDict>() {
         out.push(b'{');
-        for (i, (key, item)) in dict.iter().enumerate() {
+        let items = StableItems::of(dict);
+        for (i, item) in items.list.iter().enumerate() {
+            let (key, item) = item.extract::<(Bound<'_, PyAny>, Bound<'_, PyAny>)>()?;
             if i > 0 {
                 out.extend_from_slice(b", ");
             }
             encode_key(py, out, &key)?;
             out.extend_from_slice(b": ");
             encode(py, out, &item, depth + 1)?;
+            items.check_unchanged()?;
         }
         out.push(b'}');
     } else if value.is_instance(enum_type(py)?)? {
@@ -1205,26 +1409,19 @@ fn analysis_to_py<'py>(py: Python<'py>, analysis: &Analysis) -> PyResult<Bound<'
 /// first, reduced).
 #[pyfunction]
 fn analyze_events_file<'py>(py: Python<'py>, path: PathBuf) -> PyResult<Bound<'py, PyDict>> {
-    let analysis = py.detach(|| analysis::analyze_file(&path)).map_err(|e| {
-        PyOSError::new_err((
-            e.raw_os_error().unwrap_or(0),
-            e.to_string(),
-            path.display().to_string(),
-        ))
-    })?;
-    analysis_to_py(py, &analysis)
+    guarded("analyze_events_file", || {
+        let analysis = detach(py, || analysis::analyze_file(&path))
+            .map_err(|e| io_os_error("reading events from", &path, &e))?;
+        analysis_to_py(py, &analysis)
+    })
 }
 
 /// Whether the log at `path` holds an event of type `event_type`; broken
 /// lines (a partial last line) are skipped, a missing file holds none.
 #[pyfunction]
 fn events_file_has_type(py: Python<'_>, path: PathBuf, event_type: String) -> PyResult<bool> {
-    py.detach(|| analysis::file_has_event_type(&path, &event_type))
-        .map_err(|e| {
-            PyOSError::new_err((
-                e.raw_os_error().unwrap_or(0),
-                e.to_string(),
-                path.display().to_string(),
-            ))
-        })
+    guarded("events_file_has_type", || {
+        detach(py, || analysis::file_has_event_type(&path, &event_type))
+            .map_err(|e| io_os_error("reading events from", &path, &e))
+    })
 }

@@ -8,7 +8,6 @@
 //! declines (see [`LogEventFastPath`]) goes to the Python method with the
 //! arguments as given, so behaviour and errors stay the reference's.
 
-use std::any::Any;
 use std::ffi::CStr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr;
@@ -16,11 +15,11 @@ use std::sync::atomic::{AtomicPtr, Ordering};
 
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::ffi;
-use pyo3::panic::PanicException;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
 use super::events::{LogEventFastPath, Logged};
+use super::gil::panic_error;
 
 /// What the method hands on to Python.
 struct Installed {
@@ -95,7 +94,7 @@ unsafe extern "C" fn log_event(
             let result = catch_unwind(AssertUnwindSafe(|| unsafe {
                 call(py, executor, args, nargs, kwnames)
             }))
-            .unwrap_or_else(|payload| Err(panic_exception(payload.as_ref())));
+            .unwrap_or_else(|payload| Err(panic_error("_log_event", &payload)));
             match result {
                 Ok(value) => value.into_ptr(),
                 Err(error) => {
@@ -108,7 +107,7 @@ unsafe extern "C" fn log_event(
     outcome.unwrap_or_else(|payload| {
         // SAFETY: CPython called this function with the GIL held.
         let py = unsafe { Python::assume_attached() };
-        panic_exception(payload.as_ref()).restore(py);
+        panic_error("_log_event", &payload).restore(py);
         ptr::null_mut()
     })
 }
@@ -130,18 +129,24 @@ unsafe fn call<'py>(
             "_log_event called before it was set up",
         ));
     };
+    // SAFETY: CPython passes `self` as a live object (the caller's contract).
     let executor = unsafe { Bound::from_borrowed_ptr(py, executor) };
     let keyword_names = match kwnames.is_null() {
         true => None,
+        // SAFETY: a non-null `kwnames` is a live tuple of the keyword names.
         false => Some(unsafe { Bound::from_borrowed_ptr(py, kwnames) }.cast_into::<PyTuple>()?),
     };
     let positional_count = usize::try_from(nargs).unwrap_or(0);
     let count = positional_count + keyword_names.as_ref().map_or(0, |names| names.len());
     let arguments = match count {
         0 => &[][..],
+        // SAFETY: `args` holds the positional then the keyword values,
+        // `count` pointers in all, alive for this call.
         _ => unsafe { std::slice::from_raw_parts(args, count) },
     };
     let (positional, keyword_values) = arguments.split_at(positional_count);
+    // SAFETY: every pointer in `arguments` is a live object, borrowed
+    // from the caller for this call.
     let bind = |arg: &*mut ffi::PyObject| unsafe { Bound::from_borrowed_ptr(py, *arg) };
     let keywords = || {
         let names = keyword_names.iter().flat_map(|names| names.iter());
@@ -176,17 +181,4 @@ unsafe fn call<'py>(
         .python_method
         .bind(py)
         .call(method_args, kwargs.as_ref())
-}
-
-/// The `PanicException` PyO3 would raise for a panic with `payload`.
-fn panic_exception(payload: &(dyn Any + Send)) -> PyErr {
-    let message = match (
-        payload.downcast_ref::<&str>(),
-        payload.downcast_ref::<String>(),
-    ) {
-        (Some(text), _) => (*text).to_owned(),
-        (_, Some(text)) => text.clone(),
-        _ => "panic in _log_event".to_owned(),
-    };
-    PanicException::new_err(message)
 }

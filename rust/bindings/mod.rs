@@ -2,6 +2,7 @@
 
 mod checkpoint;
 mod events;
+mod gil;
 mod log_event_method;
 
 use pyo3::prelude::*;

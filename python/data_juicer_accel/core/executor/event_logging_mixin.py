@@ -15,8 +15,13 @@ lines. What differs is underneath:
   take no Python lock and open no file.
 * Lines reach the disk within ``cfg.event_logging.flush_interval`` seconds
   (default 0.1); job-level events are written and fsynced before the call
-  returns; ``flush()``/``close()`` exist; everything is flushed at exit, at
-  garbage collection and at the end of a multiprocessing child.
+  returns; ``flush()``/``close()`` exist; everything is flushed at exit and
+  at garbage collection.
+* Write-through, where a process may end without exit hooks: with
+  ``flush_interval: 0``, in a worker process (started by ``multiprocessing``
+  or ``multiprocess``, any start method, pools and ``ProcessPoolExecutor``
+  included) and in any process forked from the one that imported this
+  module, each logging call has its line in the file before it returns.
 * The loguru INFO line is only formatted when some sink accepts INFO.
 * ``analyze_resumption_state`` reads the log in Rust in linear time.
 
@@ -29,12 +34,13 @@ import atexit
 import json
 import os
 import re
+import sys
 import threading
 import time
 import weakref
 from collections import defaultdict, deque
 from dataclasses import dataclass, fields
-from datetime import datetime
+from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
 from typing import Any, Dict, Generator, List, Optional
@@ -150,42 +156,52 @@ def _flush_all_loggers() -> None:
     _each_live_logger(lambda event_logger: event_logger.flush())
 
 
+#: Set in a child forked from this process, which may end by ``os._exit``
+#: or a signal without running any exit hook.
+_forked_child = False
+
+
 def _restart_after_fork() -> None:
-    """In a forked child: start a fresh flush thread per logger. Lines the
-    parent had queued stay the parent's to write."""
+    """In a forked child: start a fresh flush thread per logger, writing
+    through from now on. Lines the parent had queued stay the parent's."""
+    global _forked_child
+    _forked_child = True
     _each_live_logger(lambda event_logger: event_logger._sink._after_fork_in_child())
 
 
-def _flush_at_multiprocessing_exit(_token) -> None:
-    # multiprocessing children leave through os._exit(), skipping atexit;
-    # their own exit hook (util._exit_function) runs Finalize callbacks.
-    from multiprocessing import util
+def _in_worker_process() -> bool:
+    """Whether this process may end without exit hooks (``Pool.terminate``,
+    ``os._exit``): a forked child, or a process started by ``multiprocessing``
+    or ``multiprocess`` (HF datasets' pools) with any start method. Loggers
+    made here write each line through before the logging call returns."""
+    if _forked_child:
+        return True
+    for name in ("multiprocessing", "multiprocess"):
+        module = sys.modules.get(name)
+        parent_process = getattr(module, "parent_process", None)
+        if parent_process is not None and parent_process() is not None:
+            return True
+    return False
 
-    util.Finalize(None, _flush_all_loggers, exitpriority=-10)
+
+def _utc_stamp() -> str:
+    """The UTC time as ``YYYYmmdd_HHMMSS`` (the reference's job id and file stamp)."""
+    return datetime.now(timezone.utc).strftime("%Y%m%d_%H%M%S")
 
 
-class _AfterForkToken:
-    """Weak-referenceable key for multiprocessing's after-fork registry."""
-
-
-_AFTER_FORK_TOKEN = _AfterForkToken()
 atexit.register(_flush_all_loggers)
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_restart_after_fork)
-try:
-    from multiprocessing import util as _mp_util
-
-    _mp_util.register_after_fork(_AFTER_FORK_TOKEN, _flush_at_multiprocessing_exit)
-except ImportError:  # pragma: no cover - multiprocessing is in the stdlib
-    pass
 
 
 class EventLogger:
     """Event logging system with real-time capabilities and JSONL event log for resumability.
 
     Events go to the in-memory ``events`` deque at once and to ``jsonl_file``
-    through a Rust queue and flush thread: within ``flush_interval`` seconds,
-    at ``flush()``/``close()``, at exit, or at once for job-level events.
+    (created here) through a Rust queue and flush thread: within
+    ``flush_interval`` seconds, at ``flush()``/``close()``, at exit, or at once
+    for job-level events. With ``flush_interval=0``, and in worker processes,
+    each event's line is in the file before ``log_event`` returns.
     """
 
     def __init__(
@@ -200,7 +216,7 @@ class EventLogger:
         self.log_dir = Path(log_dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         # Use provided job_id or generate a simple timestamp-based one
-        self.job_id = job_id or f"{datetime.utcnow().strftime('%Y%m%d_%H%M%S')}-{uuid4().hex[:6]}"
+        self.job_id = job_id or f"{_utc_stamp()}-{uuid4().hex[:6]}"
         # What ``events`` returns. Logging keeps events natively; they are
         # moved in (built as Event objects) when ``events`` is read.
         self._events: deque = deque(maxlen=10000)
@@ -213,7 +229,7 @@ class EventLogger:
         self.jsonl_dir.mkdir(parents=True, exist_ok=True)
 
         # Create timestamped events file
-        timestamp = datetime.utcnow().strftime("%Y%m%d_%H%M%S")
+        timestamp = _utc_stamp()
         self.jsonl_file = self.jsonl_dir / f"events_{timestamp}.jsonl"
 
         self._sink = _native.EventSink(
@@ -223,6 +239,7 @@ class EventLogger:
             flush_interval=DEFAULT_FLUSH_INTERVAL if flush_interval is None else float(flush_interval),
             queue_size=DEFAULT_QUEUE_SIZE if queue_size is None else int(queue_size),
             events_maxlen=self._events.maxlen,
+            write_through=_in_worker_process(),
         )
         _live_loggers.add(self)
 
@@ -484,8 +501,8 @@ class EventLoggingMixin:
         """Setup event logging for the executor.
 
         Keys of ``cfg.event_logging``: ``enabled`` (default True),
-        ``flush_interval`` (seconds, default 0.1), ``queue_size`` (events,
-        default 65536).
+        ``flush_interval`` (seconds, default 0.1; 0 writes each event before
+        the logging call returns), ``queue_size`` (events, default 65536).
         """
         # Get event logging configuration
         event_config = getattr(self.cfg, "event_logging", {})
