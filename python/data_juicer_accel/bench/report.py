@@ -141,12 +141,12 @@ def headline(results: dict, where: bool = True) -> list[str]:
             f"{r['seconds'] / a['seconds']:.0f}x faster"
         )
     if results.get("wall_seconds"):
-        disk = results.get("temp_disk") or {}
-        place = f" in {disk['dir']}" + (", removed at the end" if disk.get("removed") else "") if disk and where else ""
-        lines.append(
-            f"This run took {_duration(results['wall_seconds'])} and used at most "
-            f"{_size(disk.get('peak_bytes', 0))} of temporary disk{place}."
-        )
+        disk = results.get("temp_disk")
+        used = ""
+        if disk:
+            place = f" in {disk['dir']}" + (", removed at the end" if disk.get("removed") else "") if where else ""
+            used = f" and used at most {_size(disk['peak_bytes'])} of temporary disk{place}"
+        lines.append(f"This run took {_duration(results['wall_seconds'])}{used}.")
     return lines
 
 
