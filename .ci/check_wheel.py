@@ -27,6 +27,12 @@ def version_tuple(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in text.split("."))
 
 
+def wheel_tags(filename: str) -> set[tuple[str, str, str]]:
+    """The (python, abi, platform) tags a wheel's file name declares, in any order."""
+    python, abi, platform = filename.removesuffix(".whl").split("-")[-3:]
+    return {(p, a, q) for p in python.split(".") for a in abi.split(".") for q in platform.split(".")}
+
+
 def readelf(*args: str) -> str:
     return subprocess.run(["readelf", "--wide", *args], capture_output=True, text=True, check=True).stdout
 
@@ -50,7 +56,7 @@ def check_extension(so_path: str, max_bytes: int, max_glibc: str) -> list[str]:
 def check_wheel(path: str, tag: str, max_bytes: int, max_glibc: str) -> list[str]:
     print(f"{os.path.basename(path)}: {os.path.getsize(path) / 1e6:.2f} MB")
     problems = []
-    if not os.path.basename(path).endswith(f"-{tag}.whl"):
+    if wheel_tags(os.path.basename(path)) != wheel_tags(f"x-0-{tag}.whl"):
         problems.append(f"wheel tag is not {tag}")
     with zipfile.ZipFile(path) as wheel:
         names = wheel.namelist()

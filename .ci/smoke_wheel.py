@@ -46,6 +46,8 @@ def check_checkpoint(work_dir: str) -> None:
 
     report = command("inspect", ckpt_dir, "--verify")
     assert not report["damaged"], report["problems"]
+    assert report["num_rows"] == table.num_rows and report["verify"]["ok"], report
+    assert [op["name"] for op in report["ops_recorded"]] == ["whitespace_normalization_mapper"], report
     print(f"checkpoint: saved, resumed and verified in {ckpt_dir}")
 
 
@@ -61,7 +63,8 @@ def check_events(work_dir: str) -> None:
     assert logged == ["job_start", "op_start", "job_complete"], logged
 
     report = command("events", job_dir)
-    assert report, "empty events report"
+    assert report["job_status"] == "completed", report
+    assert report["event_counts"] == {"job_start": 1, "op_start": 1, "job_complete": 1}, report
     print(f"events: {len(logged)} written and reported from {events.jsonl_file}")
 
 
