@@ -2,7 +2,7 @@
 
 mod checkpoint;
 mod events;
-mod gil;
+pub(crate) mod gil;
 mod log_event_method;
 
 use pyo3::prelude::*;

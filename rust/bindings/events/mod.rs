@@ -1,0 +1,38 @@
+//! Bindings of the event core.
+//!
+//! `EventSink` is what `EventLogger` holds: it turns one event into a JSON
+//! line (serialised here, in the calling thread, so the flush thread never
+//! sees a Python object), builds the `Event` dataclass for the in-memory
+//! deque, and hands the line to the queue of an [`EventWriter`]. Nothing
+//! here panics across the boundary: errors become Python exceptions, write
+//! errors an `OSError` naming the file.
+//!
+//! * [`sink`]: `EventSink`, the queue and write-through rules of one logger;
+//! * [`fast_path`]: `LogEventFastPath`, behind the C `_log_event` method;
+//! * [`json_encoder`]: Python values to JSON as `json.dumps` writes them;
+//! * [`analysis`]: the Rust log analysis as the reference's Python values;
+//! * [`errors`]: every `OSError` events raise; [`ids`]: generated event
+//!   ids; [`live_writers`]: the flush at C exit.
+//!
+//! [`EventWriter`]: crate::events::writer::EventWriter
+
+mod analysis;
+mod errors;
+mod fast_path;
+mod ids;
+mod json_encoder;
+mod live_writers;
+mod sink;
+
+use pyo3::prelude::*;
+
+pub(crate) use fast_path::LogEventFastPath;
+pub(crate) use sink::{EventSink, Logged};
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<EventSink>()?;
+    m.add_class::<LogEventFastPath>()?;
+    m.add_function(wrap_pyfunction!(analysis::analyze_events_file, m)?)?;
+    m.add_function(wrap_pyfunction!(analysis::events_file_has_type, m)?)?;
+    Ok(())
+}
