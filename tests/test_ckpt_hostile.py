@@ -416,3 +416,17 @@ def test_ctrl_c_interrupts_a_long_save_and_keeps_the_previous_checkpoint(tmp_pat
     assert "interrupted after" in out.stdout, out.stderr[-2000:]
     assert load(tmp_path).num_rows == 25
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".latest")]
+
+
+def test_inspect_does_not_block_on_a_fifo_op_record(tmp_path, table, capsys):
+    saved(tmp_path, table)
+    os.unlink(tmp_path / "ckpt_op.json")
+    os.mkfifo(tmp_path / "ckpt_op.json")
+    from data_juicer_accel.cli import main
+
+    codes: list = []
+    runner = threading.Thread(target=lambda: codes.append(main(["inspect", str(tmp_path)])), daemon=True)
+    runner.start()
+    runner.join(timeout=60)
+    assert codes, "inspect blocked on a FIFO"
+    assert "ckpt_op.json" in capsys.readouterr().out
