@@ -6,8 +6,9 @@ Change one word in an import::
     from data_juicer_accel.utils.ckpt_utils import CheckpointManager    # after
 """
 
-from data_juicer_accel._native import CheckpointCorruptError, CheckpointLockedError, __version__
+from data_juicer_accel._native import __version__
 from data_juicer_accel.core.executor.event_logging_mixin import Event, EventLogger, EventLoggingMixin, EventType
+from data_juicer_accel.errors import CheckpointCorruptError, CheckpointLockedError
 from data_juicer_accel.patch import patch_data_juicer
 from data_juicer_accel.utils.ckpt_utils import CheckpointManager, CheckpointManagerBase, CheckpointStrategy
 

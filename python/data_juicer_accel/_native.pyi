@@ -4,6 +4,9 @@ from os import PathLike
 from pathlib import Path
 from typing import Any, Protocol, final
 
+from data_juicer_accel.errors import CheckpointCorruptError as CheckpointCorruptError
+from data_juicer_accel.errors import CheckpointLockedError as CheckpointLockedError
+
 __version__: str
 
 class ArrowStreamExportable(Protocol):
@@ -15,12 +18,6 @@ class ArrowStreamExportable(Protocol):
 
 MANIFEST_FILE: str
 FORMAT_VERSION: int
-
-class CheckpointCorruptError(ValueError):
-    """A checkpoint file does not hold what its manifest promises (the message names the file)."""
-
-class CheckpointLockedError(OSError):
-    """Another process is saving into the same checkpoint directory."""
 
 @final
 class CheckpointWriter:
@@ -69,6 +66,9 @@ def read_checkpoint(path: str | Any, *, verify: bool = True, threads: int | None
 
 def read_manifest(path: str | Any) -> str | None:
     """The validated manifest of the checkpoint in ``path`` as JSON text, or None."""
+
+def xxh3_64_hex(data: bytes) -> str:
+    """The xxh3-64 of ``data`` as the manifest writes it (16 lower-case hex digits)."""
 
 # ------------------------------------------------------------------ Ray shard files
 

@@ -8,12 +8,16 @@
 use std::collections::HashMap;
 use std::ffi::CStr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
 
 use arrow_array::ffi_stream::{FFI_ArrowArrayStream, RecordBatchStreamReader};
 use arrow_array::{RecordBatch, RecordBatchIterator, RecordBatchReader};
-use arrow_schema::SchemaRef;
-use pyo3::create_exception;
-use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTypeError, PyValueError};
+use arrow_schema::{ArrowError, SchemaRef};
+use pyo3::exceptions::{
+    PyKeyboardInterrupt, PyMemoryError, PyOSError, PyRuntimeError, PyTypeError, PyValueError,
+};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyCapsule};
 
@@ -22,18 +26,9 @@ use crate::checkpoint::{
     WrittenShard,
 };
 
-create_exception!(
-    _native,
-    CheckpointCorruptError,
-    PyValueError,
-    "A checkpoint file does not hold what its manifest promises (the message names the file)."
-);
-create_exception!(
-    _native,
-    CheckpointLockedError,
-    PyOSError,
-    "Another process is saving into the same checkpoint directory."
-);
+// Defined in Python (data_juicer_accel/errors.py) so that they pickle.
+pyo3::import_exception!(data_juicer_accel.errors, CheckpointCorruptError);
+pyo3::import_exception!(data_juicer_accel.errors, CheckpointLockedError);
 
 const STREAM_CAPSULE: &CStr = c"arrow_array_stream";
 
@@ -59,7 +54,75 @@ pub fn to_py_err(err: CheckpointError) -> PyErr {
         e @ CheckpointError::Corrupt { .. } => CheckpointCorruptError::new_err(e.to_string()),
         e @ CheckpointError::Locked { .. } => CheckpointLockedError::new_err(e.to_string()),
         e @ CheckpointError::Input(_) => PyValueError::new_err(e.to_string()),
+        e @ CheckpointError::OutOfMemory { .. } => PyMemoryError::new_err(e.to_string()),
+        CheckpointError::Cancelled => PyKeyboardInterrupt::new_err(()),
         e @ CheckpointError::Internal(_) => PyRuntimeError::new_err(e.to_string()),
+    }
+}
+
+/// How often a long call looks for Ctrl-C.
+const SIGNAL_POLL: Duration = Duration::from_millis(100);
+
+/// Runs `f` on a worker thread without the GIL while this thread checks
+/// for Ctrl-C. On one, `cancel` is raised, `f` is waited for (it stops at
+/// its next piece of work) and the KeyboardInterrupt is raised.
+fn interruptible<T: Send>(
+    py: Python<'_>,
+    f: impl FnOnce(Arc<AtomicBool>) -> checkpoint::Result<T> + Send,
+) -> PyResult<T> {
+    let cancel = Arc::new(AtomicBool::new(false));
+    let (done, result) = mpsc::channel();
+    std::thread::scope(|scope| {
+        let worker_cancel = cancel.clone();
+        scope.spawn(move || {
+            let outcome =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(worker_cancel)))
+                    .unwrap_or_else(|payload| Err(CheckpointError::from_panic(payload)));
+            let _ = done.send(outcome);
+        });
+        let mut interrupt: Option<PyErr> = None;
+        let mut result = result;
+        loop {
+            // A Receiver is Send but not Sync: hand it over and back.
+            let (received, back) = py.detach(move || (result.recv_timeout(SIGNAL_POLL), result));
+            result = back;
+            match received {
+                Ok(outcome) => {
+                    return match interrupt {
+                        Some(err) => Err(err),
+                        None => outcome.map_err(to_py_err),
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if interrupt.is_none() {
+                        if let Err(err) = py.check_signals() {
+                            cancel.store(true, Ordering::Relaxed);
+                            interrupt = Some(err);
+                        }
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(PyRuntimeError::new_err("checkpoint worker thread vanished"))
+                }
+            }
+        }
+    })
+}
+
+/// Ends a stream of batches early once `cancel` is raised.
+struct Cancellable<I> {
+    inner: I,
+    cancel: Arc<AtomicBool>,
+}
+
+impl<I: Iterator<Item = Result<RecordBatch, ArrowError>>> Iterator for Cancellable<I> {
+    type Item = Result<RecordBatch, ArrowError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.cancel.load(Ordering::Relaxed) {
+            return Some(Err(ArrowError::ExternalError("interrupted".into())));
+        }
+        self.inner.next()
     }
 }
 
@@ -180,8 +243,12 @@ impl CheckpointWriter {
         options.rows_per_shard = rows_per_shard;
         let dir = self.staging()?.dir().to_path_buf();
         let schema = stream.schema();
-        let shards = detached(py, move || {
-            checkpoint::write_shards(&dir, schema, stream, &options)
+        let shards = interruptible(py, move |cancel| {
+            let input = Cancellable {
+                inner: stream,
+                cancel,
+            };
+            checkpoint::write_shards(&dir, schema, input, &options)
         })?;
         let rows = shards.iter().map(|s| s.rows).sum();
         self.shards = Some(shards);
@@ -289,12 +356,15 @@ fn read_checkpoint(
     verify: bool,
     threads: Option<usize>,
 ) -> PyResult<Option<LoadedCheckpoint>> {
-    let options = reader::ReadOptions {
-        verify,
-        threads: threads.unwrap_or_else(reader::default_threads).max(1),
-        ..Default::default()
-    };
-    let loaded = detached(py, || reader::read_checkpoint(&path, &options))?;
+    let loaded = interruptible(py, |cancel| {
+        let options = reader::ReadOptions {
+            verify,
+            threads: threads.unwrap_or_else(reader::default_threads).max(1),
+            cancel: Some(cancel),
+            ..Default::default()
+        };
+        reader::read_checkpoint(&path, &options)
+    })?;
     Ok(loaded.map(|l| LoadedCheckpoint {
         manifest_json: l.manifest.to_json(),
         num_rows: l.manifest.num_rows,
@@ -307,6 +377,12 @@ fn read_checkpoint(
 #[pyfunction]
 fn read_manifest(py: Python<'_>, path: PathBuf) -> PyResult<Option<String>> {
     Ok(detached(py, || manifest::Manifest::read(&path))?.map(|m| m.to_json()))
+}
+
+/// The xxh3-64 of `data` as the manifest writes it (16 lower-case hex digits).
+#[pyfunction]
+fn xxh3_64_hex(data: &[u8]) -> String {
+    manifest::checksum_hex(xxhash_rust::xxh3::xxh3_64(data))
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -325,6 +401,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<LoadedCheckpoint>()?;
     m.add_function(wrap_pyfunction!(read_checkpoint, m)?)?;
     m.add_function(wrap_pyfunction!(read_manifest, m)?)?;
+    m.add_function(wrap_pyfunction!(xxh3_64_hex, m)?)?;
     ray_shards::register(m)
 }
 

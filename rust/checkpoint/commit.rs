@@ -14,11 +14,14 @@ use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::symlink;
+use std::os::unix::fs::{symlink, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Once;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use super::dirfd::read_bounded;
 use super::error::{CheckpointError, IoContext, Result};
 use super::fault;
 use super::manifest::{checksum_hex, FileEntry, Manifest, MANIFEST_FILE};
@@ -29,6 +32,8 @@ const LOCK_FILE: &str = ".accel.lock";
 const STAGING_PREFIX: &str = ".latest.staging-";
 const OLD_PREFIX: &str = ".latest.old-";
 const LINK_PREFIX: &str = ".ckpt_op.json.link-";
+/// An op record of the original Data-Juicer is a few KB; copy no more.
+const MAX_OP_RECORD_BYTES: u64 = 64 << 20;
 
 /// A checkpoint being written. Dropped without `commit`, it removes itself.
 pub struct Staging {
@@ -37,6 +42,8 @@ pub struct Staging {
     files: Vec<FileEntry>,
     _lock: DirLock,
     committed: bool,
+    /// A child forked during the save must not remove the parent's files.
+    owner_pid: u32,
 }
 
 impl Staging {
@@ -58,6 +65,7 @@ impl Staging {
             files: Vec::new(),
             _lock: lock,
             committed: false,
+            owner_pid: std::process::id(),
         })
     }
 
@@ -97,7 +105,8 @@ impl Staging {
             link_op_record(&self.ckpt_dir, &latest)?;
         }
         fault::check("before_swap", &latest).at(&latest)?;
-        let previous = swap_in(&self.dir, &latest)?;
+        let target = swap_target(&self.ckpt_dir)?;
+        let previous = swap_in(&self.dir, &target)?;
         self.committed = true;
         fault::check("after_swap", &latest).at(&latest)?;
         sync_dir(&self.ckpt_dir)?;
@@ -111,7 +120,7 @@ impl Staging {
 
 impl Drop for Staging {
     fn drop(&mut self) {
-        if !self.committed {
+        if !self.committed && self.owner_pid == std::process::id() {
             let _ = fs::remove_dir_all(&self.dir);
         }
     }
@@ -131,6 +140,30 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
 
 pub fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).at(dir)
+}
+
+/// Where the new checkpoint goes: `ckpt_dir/latest`, or, when `latest` is a
+/// symlink to a directory inside `ckpt_dir` (the original Data-Juicer saves
+/// through one), that directory, so the link keeps working.
+fn swap_target(ckpt_dir: &Path) -> Result<PathBuf> {
+    let latest = ckpt_dir.join(LATEST);
+    match fs::symlink_metadata(&latest) {
+        Ok(meta) if meta.file_type().is_symlink() => {}
+        _ => return Ok(latest),
+    }
+    let root = fs::canonicalize(ckpt_dir).at(ckpt_dir)?;
+    let target = fs::canonicalize(&latest).at(&latest)?;
+    if target == root || !target.starts_with(&root) {
+        return Err(CheckpointError::io(
+            &latest,
+            io::Error::other(format!(
+                "is a symbolic link to {}, outside the checkpoint directory {}",
+                target.display(),
+                root.display()
+            )),
+        ));
+    }
+    Ok(target)
 }
 
 /// Puts `staging` at `latest`. Returns where the previous `latest/` now is.
@@ -211,8 +244,10 @@ fn link_op_record(ckpt_dir: &Path, latest: &Path) -> Result<()> {
         return Ok(());
     }
     let inner = latest.join(OP_RECORD);
-    if record.is_file() && latest.is_dir() && !inner.exists() {
-        let bytes = fs::read(&record).at(&record)?;
+    let record_is_regular = fs::symlink_metadata(&record).is_ok_and(|m| m.file_type().is_file());
+    if record_is_regular && latest.is_dir() && !inner.exists() {
+        let file = File::open(&record).at(&record)?;
+        let bytes = read_bounded(file, MAX_OP_RECORD_BYTES, None).at(&record)?;
         write_synced(&inner, &bytes)?;
         sync_dir(latest)?;
     }
@@ -226,7 +261,7 @@ fn link_op_record(ckpt_dir: &Path, latest: &Path) -> Result<()> {
 /// died between the two renames of the non-atomic fallback, restores the
 /// previous `latest/`. Runs under the directory lock.
 fn remove_leftovers(ckpt_dir: &Path) -> Result<()> {
-    let latest = ckpt_dir.join(LATEST);
+    let latest = swap_target(ckpt_dir)?;
     for entry in fs::read_dir(ckpt_dir).at(ckpt_dir)? {
         let path = entry.at(ckpt_dir)?.path();
         let name = path
@@ -246,8 +281,14 @@ fn remove_leftovers(ckpt_dir: &Path) -> Result<()> {
 
 /// An exclusive `flock` on `ckpt_dir/.accel.lock`, released when dropped or
 /// when the process dies. A second saver gets `CheckpointError::Locked`.
+///
+/// A `flock` belongs to the open file, which a forked child shares: a child
+/// forked during a save would keep the lock after the parent's save ended.
+/// So the child's copy of the descriptor is pointed at /dev/null right after
+/// a fork (see [`release_locks_in_child`]).
 struct DirLock {
     _file: File,
+    slot: Option<usize>,
 }
 
 impl DirLock {
@@ -257,8 +298,16 @@ impl DirLock {
             .create(true)
             .truncate(false)
             .write(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open(&path)
-            .at(&path)?;
+            .map_err(|e| lock_open_error(&path, e))?;
+        let is_regular = file.metadata().at(&path)?.file_type().is_file();
+        if !is_regular {
+            return Err(CheckpointError::io(
+                &path,
+                io::Error::other("the lock file is not a regular file"),
+            ));
+        }
         // SAFETY: flock on a file descriptor we own.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             let err = io::Error::last_os_error();
@@ -270,6 +319,63 @@ impl DirLock {
                 CheckpointError::io(&path, err)
             });
         }
-        Ok(DirLock { _file: file })
+        let slot = remember_held_lock(file.as_raw_fd());
+        Ok(DirLock { _file: file, slot })
+    }
+}
+
+impl Drop for DirLock {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot {
+            HELD_LOCKS[slot].store(-1, Ordering::SeqCst);
+        }
+    }
+}
+
+fn lock_open_error(path: &Path, err: io::Error) -> CheckpointError {
+    if err.raw_os_error() == Some(libc::ELOOP) {
+        CheckpointError::io(
+            path,
+            io::Error::other("is a symbolic link; the lock file is never followed through one"),
+        )
+    } else {
+        CheckpointError::io(path, err)
+    }
+}
+
+/// Descriptors of the locks this process holds; lock-free, because the
+/// fork handler may not take a mutex another thread held at the fork.
+static HELD_LOCKS: [AtomicI32; 64] = [const { AtomicI32::new(-1) }; 64];
+
+fn remember_held_lock(fd: libc::c_int) -> Option<usize> {
+    static HANDLER: Once = Once::new();
+    HANDLER.call_once(|| {
+        // SAFETY: registers a function that only makes async-signal-safe calls.
+        unsafe { libc::pthread_atfork(None, None, Some(release_locks_in_child)) };
+    });
+    HELD_LOCKS.iter().position(|slot| {
+        slot.compare_exchange(-1, fd, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+    })
+}
+
+/// In a freshly forked child: points every inherited lock descriptor at
+/// /dev/null, which drops the child's share of the locked file (unlocking
+/// it would unlock the parent too). The descriptor number stays valid, so
+/// the child closing it later harms nothing.
+extern "C" fn release_locks_in_child() {
+    for slot in &HELD_LOCKS {
+        let fd = slot.swap(-1, Ordering::SeqCst);
+        if fd < 0 {
+            continue;
+        }
+        // SAFETY: open, dup3 and close are async-signal-safe.
+        unsafe {
+            let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+            if null >= 0 {
+                libc::dup3(null, fd, libc::O_CLOEXEC);
+                libc::close(null);
+            }
+        }
     }
 }

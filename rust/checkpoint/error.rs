@@ -17,6 +17,15 @@ pub enum CheckpointError {
     Input(String),
     /// Another writer holds the checkpoint directory's lock.
     Locked { path: PathBuf },
+    /// Not enough memory for what a checkpoint needs once decoded.
+    OutOfMemory {
+        path: PathBuf,
+        needed: u64,
+        /// What the process may still use, and which limit says so.
+        available: Option<(u64, String)>,
+    },
+    /// The caller interrupted the operation (Ctrl-C).
+    Cancelled,
     /// A bug in this crate (a caught panic); never the caller's fault.
     Internal(String),
 }
@@ -67,6 +76,24 @@ impl fmt::Display for CheckpointError {
                 "another process is saving a checkpoint into {} (its lock file is held)",
                 path.display()
             ),
+            CheckpointError::OutOfMemory {
+                path,
+                needed,
+                available,
+            } => {
+                write!(
+                    f,
+                    "loading {} needs {needed} bytes of memory once decompressed",
+                    path.display()
+                )?;
+                match available {
+                    Some((bytes, limit)) => {
+                        write!(f, ", but this process may use only {bytes} more ({limit})")
+                    }
+                    None => f.write_str(", and that much could not be allocated"),
+                }
+            }
+            CheckpointError::Cancelled => f.write_str("interrupted"),
             CheckpointError::Internal(msg) => {
                 write!(
                     f,

@@ -4,12 +4,11 @@
 //! without one was never committed by this package (it may be a checkpoint of
 //! the original Data-Juicer, which the Python layer loads through `datasets`).
 
-use std::fs;
-use std::io::Read;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use super::dirfd::{read_bounded, CheckpointDir};
 use super::error::{CheckpointError, IoContext, Result};
 
 pub const MANIFEST_FILE: &str = "accel_manifest.json";
@@ -71,16 +70,20 @@ impl Manifest {
 
     /// Reads and validates `dir/accel_manifest.json`; `Ok(None)` when absent.
     pub fn read(dir: &Path) -> Result<Option<Manifest>> {
-        let path = dir.join(MANIFEST_FILE);
-        let file = match fs::File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(CheckpointError::io(&path, e)),
+        match CheckpointDir::open(dir)? {
+            Some(handle) => Self::read_in(&handle),
+            None => Ok(None),
+        }
+    }
+
+    /// Reads and validates the manifest of an open checkpoint directory; it
+    /// must be a regular file of at most 64 MiB.
+    pub fn read_in(dir: &CheckpointDir) -> Result<Option<Manifest>> {
+        let path = dir.path().join(MANIFEST_FILE);
+        let Some((file, _)) = dir.open_regular(MANIFEST_FILE)? else {
+            return Ok(None);
         };
-        let mut text = Vec::new();
-        file.take(MAX_MANIFEST_BYTES + 1)
-            .read_to_end(&mut text)
-            .at(&path)?;
+        let text = read_bounded(file, MAX_MANIFEST_BYTES + 1, None).at(&path)?;
         if text.len() as u64 > MAX_MANIFEST_BYTES {
             return Err(CheckpointError::corrupt(
                 &path,

@@ -2,9 +2,11 @@
 //! Pure Rust; the bindings module is its only door to Python.
 
 pub mod commit;
+pub mod dirfd;
 pub mod error;
 pub mod fault;
 pub mod manifest;
+pub mod memory;
 pub mod reader;
 pub mod writer;
 

@@ -12,7 +12,7 @@ use std::fs;
 use std::io::Cursor;
 use std::ops::Range;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 
@@ -22,16 +22,22 @@ use arrow_ipc::reader::{read_record_batch, StreamReader};
 use arrow_ipc::{root_as_message, MessageHeader, MetadataVersion};
 use arrow_schema::{Schema, SchemaRef};
 
+use super::dirfd::CheckpointDir;
 use super::error::{panic_message, CheckpointError, IoContext, Result};
 use super::manifest::{checksum_hex, FileEntry, Manifest};
+use super::memory::{available_memory, failed_allocation_size};
 
 #[derive(Debug, Clone)]
 pub struct ReadOptions {
-    /// Check every file's size and xxh3 against the manifest.
+    /// Check every file's xxh3 against the manifest (sizes always are).
     pub verify: bool,
     pub threads: usize,
-    /// Refuse a checkpoint whose messages declare more decompressed bytes.
+    /// Refuse a checkpoint whose messages declare more decompressed bytes;
+    /// the memory the process may still use (see [`available_memory`]) is
+    /// always a limit too.
     pub max_decoded_bytes: u64,
+    /// Raised by the caller to stop a load early (Ctrl-C).
+    pub cancel: Option<Arc<AtomicBool>>,
 }
 
 impl Default for ReadOptions {
@@ -39,7 +45,17 @@ impl Default for ReadOptions {
         ReadOptions {
             verify: true,
             threads: default_threads(),
-            max_decoded_bytes: physical_memory(),
+            max_decoded_bytes: u64::MAX,
+            cancel: None,
+        }
+    }
+}
+
+impl ReadOptions {
+    fn cancelled(&self) -> Result<()> {
+        match &self.cancel {
+            Some(c) if c.load(Ordering::Relaxed) => Err(CheckpointError::Cancelled),
+            _ => Ok(()),
         }
     }
 }
@@ -72,30 +88,53 @@ pub struct LoadedCheckpoint {
     pub files: HashMap<String, Vec<u8>>,
 }
 
+/// How often a load starts over because a save replaced `latest/` under it.
+const GENERATION_RETRIES: usize = 20;
+
 /// Reads the checkpoint in `dir`; `Ok(None)` when it has no manifest.
+///
+/// All files come from one open handle on `dir`, so they belong to one
+/// generation. Should a save by another process swap in a new `latest/`
+/// and delete the old one while it is being read, the load starts over on
+/// the new one: it returns the old checkpoint or the new one, whole.
 pub fn read_checkpoint(dir: &Path, opts: &ReadOptions) -> Result<Option<LoadedCheckpoint>> {
-    let Some(manifest) = Manifest::read(dir)? else {
+    let mut attempt = 0;
+    loop {
+        let Some(handle) = CheckpointDir::open(dir)? else {
+            return Ok(None);
+        };
+        let result = read_generation(&handle, opts);
+        let retry = match &result {
+            Ok(Some(_)) | Err(CheckpointError::Cancelled) => false,
+            Ok(None) | Err(_) => attempt < GENERATION_RETRIES && handle.replaced(),
+        };
+        if !retry {
+            return result;
+        }
+        attempt += 1;
+    }
+}
+
+fn read_generation(dir: &CheckpointDir, opts: &ReadOptions) -> Result<Option<LoadedCheckpoint>> {
+    let Some(manifest) = Manifest::read_in(dir)? else {
         return Ok(None);
     };
     let mut files = HashMap::new();
     for entry in &manifest.files {
-        let bytes = read_verified(dir, entry, opts.verify)?;
+        let bytes = read_verified(dir, entry, opts)?;
         files.insert(entry.file.clone(), bytes);
     }
     let shards = read_shards(dir, &manifest.shards, opts)?;
-    let schema = common_schema(dir, &manifest.shards, &shards)?;
-    check_declared_sizes(dir, &manifest.shards, &shards, opts.max_decoded_bytes)?;
-    let batches = decode_all(dir, &manifest.shards, &shards, &schema, opts.threads)?;
-    let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
-    if rows != manifest.num_rows {
-        return Err(CheckpointError::corrupt(
-            dir,
-            format!(
-                "shards hold {rows} rows, the manifest says {}",
-                manifest.num_rows
-            ),
-        ));
-    }
+    let schema = common_schema(dir.path(), &manifest.shards, &shards)?;
+    check_declared_sizes(
+        dir.path(),
+        &manifest.shards,
+        &shards,
+        opts.max_decoded_bytes,
+    )?;
+    let decoded = decode_all(dir.path(), &manifest.shards, &shards, &schema, opts)?;
+    check_rows_per_shard(dir.path(), &manifest.shards, &decoded)?;
+    let batches = decoded.into_iter().flatten().collect();
     Ok(Some(LoadedCheckpoint {
         manifest,
         schema,
@@ -104,8 +143,34 @@ pub fn read_checkpoint(dir: &Path, opts: &ReadOptions) -> Result<Option<LoadedCh
     }))
 }
 
-fn read_verified(dir: &Path, entry: &FileEntry, verify: bool) -> Result<Vec<u8>> {
-    read_verified_file(&dir.join(&entry.file), entry, verify)
+/// Each shard must hold the rows its manifest entry says (the manifest's
+/// total was checked against the entries when it was parsed).
+pub fn check_rows_per_shard(
+    dir: &Path,
+    entries: &[FileEntry],
+    decoded: &[Vec<RecordBatch>],
+) -> Result<()> {
+    for (entry, batches) in entries.iter().zip(decoded) {
+        let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+        if Some(rows) != entry.rows {
+            return Err(CheckpointError::corrupt(
+                dir.join(&entry.file),
+                format!(
+                    "shard holds {rows} rows, the manifest says {}",
+                    entry.rows.unwrap_or_default()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn read_verified(dir: &CheckpointDir, entry: &FileEntry, opts: &ReadOptions) -> Result<Vec<u8>> {
+    let bytes = dir.read_exact_size(&entry.file, entry.bytes, opts.cancel.as_deref())?;
+    if opts.verify {
+        check_hash(&dir.path().join(&entry.file), &bytes, entry)?;
+    }
+    Ok(bytes)
 }
 
 /// Reads the file at `path` whole, after checking its size against `entry`,
@@ -123,18 +188,23 @@ pub fn read_verified_file(path: &Path, entry: &FileEntry, verify: bool) -> Resul
     }
     let bytes = fs::read(path).at(path)?;
     if verify {
-        let hash = checksum_hex(xxhash_rust::xxh3::xxh3_64(&bytes));
-        if hash != entry.xxh3_64 {
-            return Err(CheckpointError::corrupt(
-                path,
-                format!(
-                    "xxh3 checksum is {hash}, the manifest says {}",
-                    entry.xxh3_64
-                ),
-            ));
-        }
+        check_hash(path, &bytes, entry)?;
     }
     Ok(bytes)
+}
+
+fn check_hash(path: &Path, bytes: &[u8], entry: &FileEntry) -> Result<()> {
+    let hash = checksum_hex(xxhash_rust::xxh3::xxh3_64(bytes));
+    if hash != entry.xxh3_64 {
+        return Err(CheckpointError::corrupt(
+            path,
+            format!(
+                "xxh3 checksum is {hash}, the manifest says {}",
+                entry.xxh3_64
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// One record-batch message: its flatbuffer header and its body, in `data`.
@@ -154,13 +224,14 @@ struct ShardMessages {
 }
 
 fn read_shards(
-    dir: &Path,
+    dir: &CheckpointDir,
     entries: &[FileEntry],
     opts: &ReadOptions,
 ) -> Result<Vec<ShardMessages>> {
     parallel_map(entries.len(), opts.threads, |i| {
-        let bytes = read_verified(dir, &entries[i], opts.verify)?;
-        split_messages(&dir.join(&entries[i].file), Buffer::from_vec(bytes))
+        opts.cancelled()?;
+        let bytes = read_verified(dir, &entries[i], opts)?;
+        split_messages(&dir.path().join(&entries[i].file), Buffer::from_vec(bytes))
     })
 }
 
@@ -277,19 +348,21 @@ fn check_declared_sizes(
 ) -> Result<()> {
     let mut total: u64 = 0;
     for (entry, shard) in entries.iter().zip(shards) {
-        let path = dir.join(&entry.file);
-        total = total.saturating_add(declared_bytes(&path, shard)?);
-        if total > limit {
-            return Err(CheckpointError::corrupt(
-                &path,
-                format!(
-                    "its buffers declare more than {limit} bytes after decompression \
-                     (the memory limit); refusing to allocate"
-                ),
-            ));
-        }
+        total = total.saturating_add(declared_bytes(&dir.join(&entry.file), shard)?);
     }
-    Ok(())
+    let available = match available_memory() {
+        Some((bytes, source)) if bytes < limit => Some((bytes, source)),
+        _ if limit < u64::MAX => Some((limit, "the limit the caller set".to_string())),
+        other => other,
+    };
+    match available {
+        Some((bytes, source)) if total > bytes => Err(CheckpointError::OutOfMemory {
+            path: dir.to_path_buf(),
+            needed: total,
+            available: Some((bytes, source)),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Bytes the messages of one shard will take once decoded, from their headers.
@@ -372,14 +445,15 @@ pub fn decode_shard_bytes(
     Ok((schema, batches))
 }
 
-/// Decodes every record-batch message of every shard, in order, in parallel.
+/// Decodes every record-batch message of every shard, in parallel; the
+/// batches of each shard in order.
 fn decode_all(
     dir: &Path,
     entries: &[FileEntry],
     shards: &[ShardMessages],
     schema: &SchemaRef,
-    threads: usize,
-) -> Result<Vec<RecordBatch>> {
+    opts: &ReadOptions,
+) -> Result<Vec<Vec<RecordBatch>>> {
     // A task is a message, or a whole dictionary-encoded shard.
     let mut tasks: Vec<(usize, Option<usize>)> = Vec::new();
     for (s, shard) in shards.iter().enumerate() {
@@ -389,7 +463,8 @@ fn decode_all(
             tasks.extend((0..shard.batches.len()).map(|m| (s, Some(m))));
         }
     }
-    let decoded = parallel_map(tasks.len(), threads, |t| {
+    let decoded = parallel_map(tasks.len(), opts.threads, |t| {
+        opts.cancelled()?;
         let (s, message) = tasks[t];
         let path = dir.join(&entries[s].file);
         let shard = &shards[s];
@@ -398,7 +473,11 @@ fn decode_all(
             None => decode_with_stream_reader(&path, shard),
         }
     })?;
-    Ok(decoded.into_iter().flatten().collect())
+    let mut per_shard: Vec<Vec<RecordBatch>> = shards.iter().map(|_| Vec::new()).collect();
+    for ((s, _), batches) in tasks.into_iter().zip(decoded) {
+        per_shard[s].extend(batches);
+    }
+    Ok(per_shard)
 }
 
 fn decode_message(
@@ -443,7 +522,16 @@ fn decoding_arrow<T>(
     decode: impl FnOnce() -> std::result::Result<T, arrow_schema::ArrowError>,
 ) -> Result<T> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode)) {
-        Ok(decoded) => decoded.map_err(|e| CheckpointError::arrow_corrupt(path, e)),
+        Ok(Err(e)) => Err(match failed_allocation_size(&e.to_string()) {
+            // Out of memory is not damage: say how much was needed.
+            Some(needed) => CheckpointError::OutOfMemory {
+                path: path.to_path_buf(),
+                needed,
+                available: None,
+            },
+            None => CheckpointError::arrow_corrupt(path, e),
+        }),
+        Ok(Ok(decoded)) => Ok(decoded),
         Err(panic) => Err(CheckpointError::corrupt(
             path,
             format!("arrow could not decode it: {}", panic_message(&panic)),

@@ -35,6 +35,13 @@ class _NotACheckpoint(Exception):
     pass
 
 
+def _read_small_file(path: str, root: str) -> bytes:
+    """A metadata file, read only if it is a regular file inside ``root`` (never a FIFO), at most 64 MiB."""
+    from data_juicer_accel.utils.ckpt_utils import _read_metadata_file
+
+    return _read_metadata_file(path, root=root)
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         NAME,
@@ -131,9 +138,8 @@ def _op_record(ckpt_dir: str, problems: list[str]) -> list[dict[str, Any]] | Non
         problems.append(f"{path}: missing (a run cannot resume from this checkpoint)")
         return None
     try:
-        with open(path) as f:
-            record = json.load(f)
-    except (OSError, ValueError) as e:
+        record = json.loads(_read_small_file(path, root=ckpt_dir))
+    except (OSError, ValueError, RecursionError) as e:
         problems.append(f"{path}: unreadable op record ({e})")
         return None
     if not isinstance(record, list) or not all(isinstance(op, dict) and op for op in record):
@@ -196,9 +202,9 @@ def _describe_ours(latest: str, manifest: dict[str, Any], report: dict[str, Any]
 def _datasets_loadable(latest: str) -> bool:
     """Whether ``state.json`` names data files that are all there."""
     try:
-        with open(os.path.join(latest, _STATE_FILE)) as f:
-            names = [d["filename"] for d in json.load(f)["_data_files"]]
-    except (OSError, ValueError, KeyError, TypeError):
+        state = json.loads(_read_small_file(os.path.join(latest, _STATE_FILE), root=latest))
+        names = [d["filename"] for d in state["_data_files"]]
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return False
     return bool(names) and all(os.path.exists(os.path.join(latest, n)) for n in names)
 
@@ -212,10 +218,9 @@ def _describe_foreign(latest: str, report: dict[str, Any]) -> None:
         )
     report.update(writer="data-juicer (datasets save_to_disk)", format_version=None, kind="hf", codec="none")
     try:
-        with open(state_path) as f:
-            state = json.load(f)
+        state = json.loads(_read_small_file(state_path, root=latest))
         data_files = [d["filename"] for d in state["_data_files"]]
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:
         report["problems"].append(f"{state_path}: unreadable ({e})")
         return
     shards, rows_total = [], 0
@@ -244,6 +249,8 @@ def _arrow_stream_rows(path: str) -> int:
     """Rows of an Arrow IPC stream file, from its batch headers (memory-mapped)."""
     import pyarrow as pa
 
+    if os.path.dirname(os.path.realpath(path)) != os.path.realpath(os.path.dirname(path)) or not os.path.isfile(path):
+        raise OSError(f"not a regular file inside {os.path.dirname(path)}")
     with pa.memory_map(path) as source:
         reader = pa.ipc.open_stream(source)
         return sum(batch.num_rows for batch in reader)
@@ -255,7 +262,7 @@ def _verify(latest: str, report: dict[str, Any]) -> dict[str, Any]:
 
         try:
             loaded = _native.read_checkpoint(latest, verify=True)
-        except (ValueError, OSError) as e:
+        except (ValueError, OSError, MemoryError) as e:
             return {"ok": False, "checked": "checksums", "error": str(e)}
         if loaded is None:
             return {"ok": False, "checked": "checksums", "error": f"{latest}: manifest disappeared"}

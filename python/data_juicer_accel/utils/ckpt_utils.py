@@ -10,9 +10,11 @@ checksummed manifest, and committed atomically. ``latest/`` stays loadable by
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
+import stat
 import sys
 import uuid
 from abc import ABC, abstractmethod
@@ -23,6 +25,7 @@ import pyarrow as pa
 from loguru import logger
 
 from data_juicer_accel import _native
+from data_juicer_accel.errors import CheckpointCorruptError
 
 __all__ = [
     "CheckpointManagerBase",
@@ -47,6 +50,9 @@ _OP_RECORD_FILE = "ckpt_op.json"
 _NESTED_MODULE = "data_juicer.core.data.dj_dataset"
 #: What a checkpoint can hold, as recorded in its manifest.
 _KINDS = ("arrow", "hf", "nested")
+#: Metadata files (state.json, the op record, ...) are a few KB; read no more.
+_MAX_METADATA_BYTES = 64 << 20
+_DATASETS_EXTRA = "pip install 'data-juicer-accel[datasets]'"
 
 
 class CheckpointManagerBase(ABC):
@@ -65,7 +71,7 @@ class CheckpointManagerBase(ABC):
         """
         self.ckpt_dir = ckpt_dir
         # Ensure checkpoint directory exists
-        os.makedirs(self.ckpt_dir, exist_ok=True)
+        _make_ckpt_dir(self.ckpt_dir)
 
     @abstractmethod
     def save_checkpoint(self, dataset: Any, **kwargs) -> str:
@@ -160,7 +166,7 @@ class CheckpointManager(CheckpointManagerBase):
         ):
             return True
         else:
-            os.makedirs(self.ckpt_dir, exist_ok=True)
+            _make_ckpt_dir(self.ckpt_dir)
             return False
 
     def record(self, op_cfg: dict):
@@ -231,9 +237,8 @@ class CheckpointManager(CheckpointManagerBase):
         only means the checkpoint cannot be trusted, so start afresh.
         """
         try:
-            with open(self.ckpt_op_record) as fin:
-                record = json.load(fin)
-        except (OSError, ValueError) as e:
+            record = json.loads(_read_metadata_file(self.ckpt_op_record, root=self.ckpt_dir))
+        except (OSError, ValueError, RecursionError) as e:
             logger.warning(
                 f"Cannot read checkpoint op record {self.ckpt_op_record} ({e}). "
                 f"All ops will be processed from the beginning."
@@ -254,7 +259,7 @@ class CheckpointManager(CheckpointManagerBase):
 
         :param ds: input dataset to save
         """
-        return self.save_checkpoint(ds)
+        return self._save(ds, "save_ckpt")
 
     def save_checkpoint(self, ds, **kwargs):
         """
@@ -270,8 +275,12 @@ class CheckpointManager(CheckpointManagerBase):
         :param kwargs: Additional arguments (not used, kept for interface compatibility)
         :return: Path to checkpoint directory
         """
-        source = _describe_source(ds)
+        return self._save(ds, "save_checkpoint")
+
+    def _save(self, ds, method: str) -> str:
+        source = _describe_source(ds, f"{type(self).__name__}.{method}()")
         op_record = json.dumps(self.op_record).encode()  # fails before anything is written
+        _make_ckpt_dir(self.ckpt_dir)
         writer = _native.CheckpointWriter(
             self.ckpt_dir,
             level=self.zstd_level,
@@ -280,7 +289,7 @@ class CheckpointManager(CheckpointManagerBase):
             max_shard_bytes=MAX_SHARD_BYTES,
         )
         try:
-            rows = writer.write_data(source.stream(), rows_per_shard=source.rows_per_shard(self.num_proc))
+            rows = _write_rows(writer, source, self.num_proc)
             shard_files = writer.shard_files
             writer.add_file(_STATE_FILE, source.state_json(shard_files))
             writer.add_file(_INFO_FILE, source.info_json())
@@ -313,12 +322,13 @@ class CheckpointManager(CheckpointManagerBase):
         """
         try:
             loaded = _native.read_checkpoint(self.ckpt_ds_dir, verify=self.verify_on_load)
-        except _native.CheckpointCorruptError as damage:
-            if not _rewritten_by_another_writer(self.ckpt_ds_dir):
+        except CheckpointCorruptError as damage:
+            if not _replaced_by_another_writer(self.ckpt_ds_dir):
                 raise
             logger.warning(
                 f"{self.ckpt_ds_dir} was saved again by another writer (e.g. the original Data-Juicer) after "
-                f"data-juicer-accel saved it, so its manifest is stale ({damage}); loading it through datasets."
+                f"data-juicer-accel saved it: its {_STATE_FILE} is not the one committed with the manifest "
+                f"({damage}); loading it through datasets."
             )
             loaded = None
         if loaded is None:
@@ -326,11 +336,11 @@ class CheckpointManager(CheckpointManagerBase):
         kind = json.loads(loaded.manifest)["kind"]
         if kind not in _KINDS:
             manifest_path = os.path.join(self.ckpt_ds_dir, _native.MANIFEST_FILE)
-            raise _native.CheckpointCorruptError(f"corrupted checkpoint file {manifest_path}: unknown kind {kind!r}")
+            raise CheckpointCorruptError(f"corrupted checkpoint file {manifest_path}: unknown kind {kind!r}")
         table = pa.RecordBatchReader.from_stream(loaded).read_all()
         if kind == "arrow":
             return table
-        return _to_hf_dataset(table, loaded, nested=(kind == "nested"))
+        return _to_hf_dataset(table, loaded, self.ckpt_ds_dir, nested=(kind == "nested"))
 
 
 class CheckpointStrategy(Enum):
@@ -457,7 +467,7 @@ def _nested_dataset_class():
     return getattr(module, "NestedDataset", None)
 
 
-def _describe_source(ds: Any):
+def _describe_source(ds: Any, method: str):
     datasets_module = sys.modules.get("datasets")
     if datasets_module is not None and isinstance(ds, datasets_module.Dataset):
         # Only a NestedDataset's own module can have made one: no import needed.
@@ -467,7 +477,7 @@ def _describe_source(ds: Any):
     if isinstance(ds, (pa.Table, pa.RecordBatchReader)) or hasattr(ds, "__arrow_c_stream__"):
         return _ArrowSource(ds)
     raise TypeError(
-        "CheckpointManager.save_checkpoint() expects a datasets.Dataset / NestedDataset, "
+        f"{method} expects a datasets.Dataset / NestedDataset, "
         "a pyarrow.Table, a pyarrow.RecordBatchReader, or an object with __arrow_c_stream__ "
         f"(polars, duckdb, ...); got {type(ds).__module__}.{type(ds).__qualname__}"
     )
@@ -478,57 +488,188 @@ def _describe_source(ds: Any):
 # --------------------------------------------------------------------------
 
 
-def _to_hf_dataset(table: pa.Table, loaded: Any, nested: bool):
+def _import_datasets(why: str):
+    try:
+        import datasets
+    except ImportError as e:
+        raise ImportError(f"{why} needs the `datasets` package: {_DATASETS_EXTRA}") from e
+    return datasets
+
+
+def _to_hf_dataset(table: pa.Table, loaded: Any, path: str, nested: bool):
     """Rebuilds the Dataset as ``datasets.Dataset.load_from_disk`` would."""
+    _import_datasets(f"loading the datasets.Dataset checkpoint in {path}")
     from datasets import Dataset, DatasetInfo, Split
     from datasets.table import InMemoryTable
 
-    state = json.loads(loaded.file(_STATE_FILE))
-    info = DatasetInfo.from_dict(json.loads(loaded.file(_INFO_FILE)))
+    state = _parse_metadata(loaded, path, _STATE_FILE, _state_from_dict)
+    info = _parse_metadata(loaded, path, _INFO_FILE, DatasetInfo.from_dict)
     split = Split(state["_split"]) if state["_split"] is not None else None
-    ds = Dataset(arrow_table=InMemoryTable(table), info=info, split=split, fingerprint=state["_fingerprint"])
-    ds = ds.with_format(
-        type=state["_format_type"],
-        format_kwargs=state["_format_kwargs"],
-        columns=state["_format_columns"],
-        output_all_columns=state["_output_all_columns"],
-    )
+    try:
+        ds = Dataset(arrow_table=InMemoryTable(table), info=info, split=split, fingerprint=state["_fingerprint"])
+        ds = ds.with_format(
+            type=state["_format_type"],
+            format_kwargs=state["_format_kwargs"],
+            columns=state["_format_columns"],
+            output_all_columns=state["_output_all_columns"],
+        )
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        file = os.path.join(path, _STATE_FILE)
+        raise CheckpointCorruptError(f"corrupted checkpoint file {file}: {type(e).__name__}: {e}") from e
     nested_cls = _nested_dataset_class() if nested else None
     return nested_cls(ds) if nested_cls is not None else ds
 
 
-def _rewritten_by_another_writer(path: str) -> bool:
-    """Whether ``datasets.save_to_disk`` rewrote our ``latest/`` in place.
+_STATE_KEYS = ("_fingerprint", "_format_columns", "_format_kwargs", "_format_type", "_output_all_columns", "_split")
 
-    Our commit writes the shards, then the metadata, then the manifest: all
-    older than the manifest. ``save_to_disk`` rewrites ``state.json`` and every
-    data file it lists, so all of them are newer. Damage to single files (a
-    flipped byte, a truncation) never makes that pattern, and keeps raising.
+
+def _state_from_dict(state: Any) -> dict:
+    if not isinstance(state, dict):
+        raise TypeError(f"expected a JSON object, got {type(state).__name__}")
+    missing = [key for key in _STATE_KEYS if key not in state]
+    if missing:
+        raise KeyError(f"missing keys {missing}")
+    if not isinstance(state["_format_kwargs"], dict):
+        raise TypeError("_format_kwargs is not an object")
+    if state["_split"] is not None and not isinstance(state["_split"], str):
+        raise TypeError("_split is not a string")
+    return state
+
+
+def _parse_metadata(loaded: Any, path: str, name: str, build):
+    """``build(json)`` of a verified metadata file; whatever is wrong with
+    it is ``CheckpointCorruptError`` naming the file."""
+    file = os.path.join(path, name)
+    text = loaded.file(name)
+    if text is None:
+        raise CheckpointCorruptError(f"corrupted checkpoint file {file}: not listed in the manifest")
+    try:
+        return build(json.loads(text))
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
+        raise CheckpointCorruptError(f"corrupted checkpoint file {file}: {type(e).__name__}: {e}") from e
+
+
+def _make_ckpt_dir(ckpt_dir: str) -> None:
+    if os.path.exists(ckpt_dir) and not os.path.isdir(ckpt_dir):
+        raise NotADirectoryError(errno.ENOTDIR, "the checkpoint directory is not a directory", ckpt_dir)
+    os.makedirs(ckpt_dir, exist_ok=True)
+
+
+def _inside(path: str, root: str) -> bool:
+    real, real_root = os.path.realpath(path), os.path.realpath(root)
+    return os.path.commonpath([real, real_root]) == real_root and real != real_root
+
+
+def _read_metadata_file(path: str, root: str) -> bytes:
+    """A small checkpoint file, read only if it is a regular file inside
+    ``root`` (a symlink may lead there; nothing else), at most 64 MiB."""
+    if not _inside(path, root):
+        raise OSError(errno.EPERM, f"leads outside the checkpoint directory {root}", path)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
+        data = f.read(_MAX_METADATA_BYTES + 1)
+    if len(data) > _MAX_METADATA_BYTES:
+        raise OSError(errno.EFBIG, "larger than 64 MiB", path)
+    return data
+
+
+def _replaced_by_another_writer(path: str) -> bool:
+    """Whether another writer (``datasets.save_to_disk``, i.e. the original
+    Data-Juicer) saved into our ``latest/`` after we committed it.
+
+    Such a save writes a new, well-formed ``state.json`` and rewrites every
+    data file it lists. Anything short of that (a damaged ``state.json``, a
+    damaged shard beside the committed ``state.json``) is damage, not another
+    writer. Only content counts: a copy made in name order gives the
+    manifest an older mtime than the rest.
     """
     try:
-        manifest_time = os.stat(os.path.join(path, _native.MANIFEST_FILE)).st_mtime_ns
-        with open(os.path.join(path, _STATE_FILE)) as f:
-            listed = [entry["filename"] for entry in json.load(f)["_data_files"]]
-        newer = [os.stat(os.path.join(path, name)).st_mtime_ns > manifest_time for name in [_STATE_FILE, *listed]]
-    except (OSError, ValueError, KeyError, TypeError):
+        manifest = json.loads(_native.read_manifest(path) or "null")
+        committed = {entry["file"]: entry for entry in manifest["files"]}[_STATE_FILE]
+        current = _read_metadata_file(os.path.join(path, _STATE_FILE), root=path)
+        if _native.xxh3_64_hex(current) == committed["xxh3_64"]:
+            return False
+        state = _state_from_dict(json.loads(current))
+        listed = [entry["filename"] for entry in state["_data_files"]]
+        our_sizes = {entry["file"]: entry["bytes"] for entry in manifest["shards"]}
+        # A listed file still the size we wrote it is ours, not rewritten.
+        kept = [name for name in listed if our_sizes.get(name) == os.lstat(os.path.join(path, name)).st_size]
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return False
-    return bool(listed) and all(newer)
+    return bool(listed) and not kept
+
+
+def _check_foreign_files(path: str) -> None:
+    """Files ``datasets.load_from_disk`` will open must be regular files in ``path``."""
+    state_path = os.path.join(path, _STATE_FILE)
+    try:
+        state = json.loads(_read_metadata_file(state_path, root=path))
+        names = [entry["filename"] for entry in state["_data_files"]]
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:
+        raise CheckpointCorruptError(f"corrupted checkpoint file {state_path}: {type(e).__name__}: {e}") from e
+    for name in [_INFO_FILE, *names]:
+        file = os.path.join(path, name) if isinstance(name, str) else repr(name)
+        plain = isinstance(name, str) and name not in ("", ".", "..") and os.sep not in name and "\0" not in name
+        st = os.lstat(file) if plain and os.path.lexists(file) else None
+        if st is None or not stat.S_ISREG(st.st_mode):
+            raise CheckpointCorruptError(
+                f"corrupted checkpoint file {state_path}: it lists {file}, which is not a regular file inside {path}"
+            )
 
 
 def _load_foreign_checkpoint(path: str):
-    """A ``latest/`` without our manifest: written by the original Data-Juicer."""
+    """A ``latest/`` written by the original Data-Juicer (or saved over by it)."""
     if not os.path.isdir(path):
         raise FileNotFoundError(2, "No checkpoint found", path)
+    if os.path.islink(path) and not _inside(path, os.path.dirname(path) or "."):
+        raise CheckpointCorruptError(f"{path} is a symbolic link leading outside its checkpoint directory")
+    _check_foreign_files(path)
     nested_cls = _nested_dataset_class()
     if nested_cls is not None:
         return nested_cls.load_from_disk(path)
-    try:
-        import datasets
-    except ImportError as e:
-        raise ImportError(
-            f"{path} holds a checkpoint written by the original Data-Juicer; loading it needs `datasets`"
-        ) from e
+    datasets = _import_datasets(f"{path} holds a checkpoint written by the original Data-Juicer; loading it")
     return datasets.load_from_disk(path)
+
+
+# --------------------------------------------------------------------------
+# Saving: errors of the caller's stream reach the caller as they were.
+# --------------------------------------------------------------------------
+
+
+class _StreamErrors:
+    """Passes a stream's batches through, keeping any exception it raises,
+    so that it reaches the caller with its own type (the C stream interface
+    only carries a message)."""
+
+    def __init__(self) -> None:
+        self.error: BaseException | None = None
+
+    def watch(self, data: Any) -> pa.RecordBatchReader:
+        reader = data if isinstance(data, pa.RecordBatchReader) else pa.RecordBatchReader.from_stream(data)
+
+        def batches():
+            try:
+                yield from reader
+            except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+                self.error = e
+                raise
+
+        return pa.RecordBatchReader.from_batches(reader.schema, batches())
+
+
+def _write_rows(writer: Any, source: Any, num_proc) -> int:
+    data = source.stream()
+    errors = _StreamErrors()
+    if not isinstance(data, pa.Table):  # a table cannot fail; streams can
+        data = errors.watch(data)
+    try:
+        return writer.write_data(data, rows_per_shard=source.rows_per_shard(num_proc))
+    except BaseException:
+        if errors.error is not None:
+            raise errors.error  # noqa: B904 - the native error stays as its __context__
+        raise
 
 
 from data_juicer_accel.utils.ray_ckpt import RayCheckpointManager  # noqa: E402  (Ray imported lazily)
