@@ -4,6 +4,7 @@ that compare against it are skipped when it is not installed."""
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 
 import pyarrow as pa
@@ -14,6 +15,24 @@ HAS_REFERENCE = importlib.util.find_spec("data_juicer") is not None
 requires_reference = pytest.mark.skipif(
     not HAS_REFERENCE, reason="py-data-juicer 1.6.1 not installed (pip install --no-deps py-data-juicer==1.6.1)"
 )
+
+
+@pytest.fixture
+def fault_hook() -> str:
+    """The name of the fault-injection variable, for tests that need the hook
+    (``--features fault-injection``, off in release wheels). Skipped without
+    it, except under ``CI=true``, where it fails."""
+    from data_juicer_accel import _native
+
+    if not _native.FAULT_INJECTION:
+        message = (
+            "this build has no fault hook: reinstall with "
+            "--config-settings=build-args='--features fault-injection' (see README, Tests)"
+        )
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return "DATA_JUICER_ACCEL_FAULT"
 
 
 def text_table(rows: int = 2000, seed: int = 0) -> pa.Table:

@@ -6,6 +6,7 @@ pub mod error;
 pub mod fault;
 pub mod manifest;
 pub mod reader;
+pub mod shards;
 pub mod writer;
 
 pub use commit::Staging;

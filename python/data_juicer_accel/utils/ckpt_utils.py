@@ -15,14 +15,14 @@ import math
 import os
 import sys
 import uuid
-from abc import ABC, abstractmethod
-from enum import Enum
 from typing import Any
 
 import pyarrow as pa
 from loguru import logger
 
 from data_juicer_accel import _native
+from data_juicer_accel.utils.ckpt_base import DEFAULT_ZSTD_LEVEL, CheckpointManagerBase, CheckpointStrategy
+from data_juicer_accel.utils.ray_ckpt import RayCheckpointManager  # Ray itself is imported lazily
 
 __all__ = [
     "CheckpointManagerBase",
@@ -32,14 +32,10 @@ __all__ = [
     "RayCheckpointManager",
 ]
 
-#: zstd level of the shards. Level 1 compresses text ~5.7x at ~0.5 GB/s per
-#: core; on two cores that already meets the page-cache write path, so higher
-#: levels only trade speed for a few percent of size (see README, Benchmarks).
-DEFAULT_ZSTD_LEVEL = 1
-#: Same default as ``datasets`` (``config.MAX_SHARD_SIZE``).
-MAX_SHARD_BYTES = 500 << 20
+#: Same default as ``datasets`` (``config.MAX_SHARD_SIZE``); set in the Rust writer.
+MAX_SHARD_BYTES = _native.DEFAULT_MAX_SHARD_BYTES
 #: Uncompressed size of one compression unit handed to a worker thread.
-CHUNK_BYTES = 8 << 20
+CHUNK_BYTES = _native.DEFAULT_CHUNK_BYTES
 
 _STATE_FILE = "state.json"
 _INFO_FILE = "dataset_info.json"
@@ -47,53 +43,6 @@ _OP_RECORD_FILE = "ckpt_op.json"
 _NESTED_MODULE = "data_juicer.core.data.dj_dataset"
 #: What a checkpoint can hold, as recorded in its manifest.
 _KINDS = ("arrow", "hf", "nested")
-
-
-class CheckpointManagerBase(ABC):
-    """
-    Base class for checkpoint managers.
-
-    Provides common functionality for managing checkpoint directories and
-    defines the interface that checkpoint managers should implement.
-    """
-
-    def __init__(self, ckpt_dir: str):
-        """
-        Initialize base checkpoint manager.
-
-        :param ckpt_dir: Directory to save and load checkpoints
-        """
-        self.ckpt_dir = ckpt_dir
-        # Ensure checkpoint directory exists
-        os.makedirs(self.ckpt_dir, exist_ok=True)
-
-    @abstractmethod
-    def save_checkpoint(self, dataset: Any, **kwargs) -> str:
-        """
-        Save a dataset checkpoint.
-
-        :param dataset: Dataset to save
-        :param kwargs: Additional arguments specific to the implementation
-        :return: Path to saved checkpoint
-        """
-
-    @abstractmethod
-    def load_checkpoint(self, **kwargs) -> Any | None:
-        """
-        Load a dataset checkpoint.
-
-        :param kwargs: Arguments specific to the implementation (e.g., op_idx, partition_id)
-        :return: Loaded dataset or None if checkpoint doesn't exist
-        """
-
-    def checkpoint_exists(self, checkpoint_path: str) -> bool:
-        """
-        Check if a checkpoint file/directory exists.
-
-        :param checkpoint_path: Path to checkpoint
-        :return: True if checkpoint exists, False otherwise
-        """
-        return os.path.exists(checkpoint_path)
 
 
 class CheckpointManager(CheckpointManagerBase):
@@ -333,15 +282,6 @@ class CheckpointManager(CheckpointManagerBase):
         return _to_hf_dataset(table, loaded, nested=(kind == "nested"))
 
 
-class CheckpointStrategy(Enum):
-    """Checkpoint strategies for controlling when to create checkpoints."""
-
-    EVERY_OP = "every_op"  # Checkpoint after every operation
-    EVERY_N_OPS = "every_n_ops"  # Checkpoint after every N operations
-    MANUAL = "manual"  # Checkpoint only after specified operations
-    DISABLED = "disabled"  # Disable checkpointing entirely
-
-
 # --------------------------------------------------------------------------
 # What a save is given: Arrow data plus what datasets needs to load it back.
 # --------------------------------------------------------------------------
@@ -529,6 +469,3 @@ def _load_foreign_checkpoint(path: str):
             f"{path} holds a checkpoint written by the original Data-Juicer; loading it needs `datasets`"
         ) from e
     return datasets.load_from_disk(path)
-
-
-from data_juicer_accel.utils.ray_ckpt import RayCheckpointManager  # noqa: E402  (Ray imported lazily)
