@@ -59,6 +59,24 @@ def reference_installed() -> None:
 requires_reference = pytest.mark.usefixtures("reference_installed")
 
 
+@pytest.fixture
+def fault_hook() -> str:
+    """The name of the fault-injection variable, for tests that need the hook
+    (``--features fault-injection``, off in release wheels). Skipped without
+    it, except under ``CI=true``, where it fails."""
+    from data_juicer_accel import _native
+
+    if not _native.FAULT_INJECTION:
+        message = (
+            "this build has no fault hook: reinstall with "
+            "--config-settings=build-args='--features fault-injection' (see README, Tests)"
+        )
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return "DATA_JUICER_ACCEL_FAULT"
+
+
 def text_table(rows: int = 2000, seed: int = 0) -> pa.Table:
     """A small table shaped like Data-Juicer data: text, a meta struct, stats."""
     words = ["data", "juicer", "arrow", "zstd", "checkpoint", "token", "the", "of", "model", "web"]

@@ -49,7 +49,7 @@ def shard_path(m: CheckpointManager, index=0) -> str:
         ("before_swap:eio", r"Input/output error: '.*latest'"),
     ],
 )
-def test_failed_save_keeps_previous_checkpoint(tmp_path, table, monkeypatch, fault, error):
+def test_failed_save_keeps_previous_checkpoint(tmp_path, table, monkeypatch, fault, error, fault_hook):
     m = saved(tmp_path, table)
     m.record(OPS[1])
     monkeypatch.setenv(FAULT, fault)
@@ -74,7 +74,7 @@ CRASHING_SAVE = textwrap.dedent(
 
 
 @pytest.mark.parametrize("point, expect_new", [("shard_write", False), ("before_swap", False), ("after_swap", True)])
-def test_process_killed_during_save_leaves_old_or_new(tmp_path, table, point, expect_new):
+def test_process_killed_during_save_leaves_old_or_new(tmp_path, table, point, expect_new, fault_hook):
     saved(tmp_path, table)
     env = dict(os.environ, **{FAULT: f"{point}:abort"})
     proc = subprocess.run([sys.executable, "-c", CRASHING_SAVE, str(tmp_path)], env=env, capture_output=True)

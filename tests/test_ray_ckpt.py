@@ -87,8 +87,9 @@ def test_save_writes_shards_on_the_workers_and_load_reads_them_back(tmp_path):
     expected = as_table(ds)
     path = m.save_checkpoint(ds, 3, "words_num_filter", 0)
     assert path == str(tmp_path / "checkpoint_op_0003_partition_0000.accel")
-    assert listing(tmp_path) == ["checkpoint_op_0003_partition_0000.accel"]  # no staging left
-    files = listing(path)
+    assert listing(tmp_path) == ["checkpoint_op_0003_partition_0000.accel"]
+    assert listing(path) == [".accel.lock", "latest"]  # no staging left
+    files = listing(os.path.join(path, "latest"))
     assert _native.MANIFEST_FILE in files
     shards = [f for f in files if f.endswith(".arrow")]
     assert len(shards) == 6, "one shard per block"
@@ -100,7 +101,7 @@ def test_save_writes_shards_on_the_workers_and_load_reads_them_back(tmp_path):
     assert loaded.count() == 1200
     assert as_table(loaded).equals(expected)
     # The shards are ordinary zstd Arrow IPC streams.
-    one = pa.ipc.open_stream(pa.OSFile(os.path.join(path, shards[0]))).read_all()
+    one = pa.ipc.open_stream(pa.OSFile(os.path.join(path, "latest", shards[0]))).read_all()
     assert one.schema.equals(expected.schema)
 
 
@@ -231,7 +232,7 @@ def test_worker_killed_mid_write_leaves_no_checkpoint(tmp_path):
     m.save_checkpoint(numbered(600, 3), 0, "first", 0)
 
     name = m.resolve_checkpoint_filename(1, 0)
-    staging_glob = str(tmp_path / f".{name}.staging-*" / "*.arrow")
+    staging_glob = str(tmp_path / name / ".latest.staging-*" / "*.arrow")
     marker = str(tmp_path.parent / f"{tmp_path.name}-killed")
     ds = numbered(1200, 6).map_batches(_kill_in_write(staging_glob, marker, kill_id=1199), max_retries=0)
     # The UDF is fused into the write tasks (MapBatches(udf)->Write): the kill lands in one.
@@ -240,8 +241,8 @@ def test_worker_killed_mid_write_leaves_no_checkpoint(tmp_path):
 
     # The worker was killed while the checkpoint was half written ...
     assert int(open(marker).read()) >= 1
-    # ... and the checkpoint is absent, never half there.
-    assert listing(tmp_path) == ["checkpoint_op_0000_partition_0000.accel"]
+    # ... and the checkpoint is absent, never half there: no latest/, no staging.
+    assert listing(tmp_path / name) == [".accel.lock"]
     assert m.find_latest_checkpoint(0) == (0, "op_0000", str(tmp_path / "checkpoint_op_0000_partition_0000.accel"))
     assert m.load_checkpoint(1, "second", 0) is None
     assert m.load_checkpoint(0).count() == 600
@@ -250,13 +251,51 @@ def test_worker_killed_mid_write_leaves_no_checkpoint(tmp_path):
 def test_a_damaged_shard_fails_the_read_loudly(tmp_path):
     m = RayCheckpointManager(str(tmp_path))
     path = m.save_checkpoint(numbered(300, 2), 0)
-    shard = sorted(glob.glob(os.path.join(path, "*.arrow")))[0]
+    shard = sorted(glob.glob(os.path.join(path, "latest", "*.arrow")))[0]
     data = bytearray(open(shard, "rb").read())
     data[len(data) // 2] ^= 0xFF
     open(shard, "wb").write(bytes(data))
     loaded = m.load_checkpoint(0)
     with pytest.raises(Exception, match="xxh3"):
         loaded.materialize()
+
+
+KILLED_IN_FALLBACK_SCRIPT = r"""
+import sys
+import ray
+from data_juicer_accel.utils.ray_ckpt import RayCheckpointManager
+
+ray.init(address=sys.argv[1], log_to_driver=False)
+ray.data.DataContext.get_current().enable_progress_bars = False
+RayCheckpointManager(sys.argv[2]).save_checkpoint(ray.data.range(50, override_num_blocks=2), 0)
+"""
+
+
+def test_driver_killed_between_the_fallback_renames_keeps_the_checkpoint(tmp_path, fault_hook):
+    """On a filesystem without ``RENAME_EXCHANGE`` the commit moves the old
+    ``latest/`` aside, then the new one in. A driver killed in between leaves
+    no ``latest/``: the next look at the checkpoint puts the old one back."""
+    m = RayCheckpointManager(str(tmp_path))
+    path = m.save_checkpoint(numbered(300, 3), 0)
+    before = as_table(m.load_checkpoint(0))
+
+    # A second driver on the same cluster saves the same checkpoint and dies
+    # (SIGABRT, no cleanup) between the two renames.
+    env = dict(os.environ, **{fault_hook: "exchange:einval,between_renames:abort"})
+    address = ray.get_runtime_context().gcs_address
+    args = [sys.executable, "-c", KILLED_IN_FALLBACK_SCRIPT, address, str(tmp_path)]
+    proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGABRT, proc.stderr[-3000:]
+    left = listing(path)
+    assert "latest" not in left and any(n.startswith(".latest.old-") for n in left), left
+
+    again = RayCheckpointManager(str(tmp_path))
+    assert again.find_latest_checkpoint(0) == (0, "op_0000", path)
+    assert as_table(again.load_checkpoint(0)).equals(before)
+    assert listing(path) == [".accel.lock", "latest"]
+    # And the next save goes through.
+    again.save_checkpoint(numbered(40, 1), 0)
+    assert again.load_checkpoint(0).count() == 40
 
 
 @requires_reference

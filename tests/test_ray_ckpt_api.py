@@ -112,12 +112,12 @@ def test_strategy_enum_is_the_one_of_ckpt_utils():
 
 
 def commit_checkpoint(ckpt_dir: str, name: str, table: pa.Table) -> str:
-    """A committed checkpoint of ours, written as the driver would (no Ray needed)."""
-    staging = os.path.join(ckpt_dir, f".{name}.staging-test")
-    os.makedirs(staging)
-    entries = _native.write_shard_files(staging, table, prefix="000000-test-b0000")
+    """A committed checkpoint of ours, written as the driver and its write
+    tasks would (no Ray needed)."""
     final = os.path.join(ckpt_dir, name)
-    ray_ckpt._commit(staging, final, entries, level=1)
+    staging = _native.ShardStaging(final)
+    entries = _native.write_shard_files(staging.dir, table, prefix="000000-test-b0000")
+    staging.commit(entries, level=1)
     return final
 
 
@@ -151,15 +151,14 @@ def test_uncommitted_or_damaged_accel_directories_do_not_exist(tmp_path, log_mes
     commit_checkpoint(ckpt_dir, m.resolve_checkpoint_filename(2, 0), table)
 
     # Shards written, driver died before the manifest: both as a staging dir and under the final name.
-    name = m.resolve_checkpoint_filename(5, 0)
-    staging = tmp_path / f".{name}.staging-dead"
-    staging.mkdir()
-    _native.write_shard_files(str(staging), table, prefix="000000-dead-b0000")
-    (tmp_path / name).mkdir()
-    _native.write_shard_files(str(tmp_path / name), table, prefix="000000-dead-b0000")
+    dead = tmp_path / m.resolve_checkpoint_filename(5, 0)
+    (dead / ".latest.staging-1-2").mkdir(parents=True)
+    _native.write_shard_files(str(dead / ".latest.staging-1-2"), table, prefix="000000-dead-b0000")
+    (dead / "latest").mkdir()
+    _native.write_shard_files(str(dead / "latest"), table, prefix="000000-dead-b0000")
     # A manifest that is not one.
-    broken = tmp_path / m.resolve_checkpoint_filename(7, 0)
-    broken.mkdir()
+    broken = tmp_path / m.resolve_checkpoint_filename(7, 0) / "latest"
+    broken.mkdir(parents=True)
     (broken / _native.MANIFEST_FILE).write_text("{half a manifest")
 
     assert m.find_latest_checkpoint(0) == (2, "op_0002", str(tmp_path / "checkpoint_op_0002_partition_0000.accel"))
@@ -172,18 +171,40 @@ def test_commit_drops_leftovers_of_failed_attempts_and_replaces_atomically(tmp_p
     ckpt_dir = str(tmp_path)
     name = "checkpoint_op_0000_partition_0000.accel"
     first = commit_checkpoint(ckpt_dir, name, text_table(30))
-    staging = tmp_path / f".{name}.staging-2"
-    staging.mkdir()
-    entries = _native.write_shard_files(str(staging), text_table(40), prefix="000001-new-b0000")
-    _native.write_shard_files(str(staging), text_table(10), prefix="000001-failed-attempt-b0000")
-    (staging / ".000002-x.writing").mkdir()
-    ray_ckpt._commit(str(staging), first, entries, level=1)
+    staging = _native.ShardStaging(first)
+    entries = _native.write_shard_files(staging.dir, text_table(40), prefix="000001-new-b0000")
+    _native.write_shard_files(staging.dir, text_table(10), prefix="000001-failed-attempt-b0000")
+    os.mkdir(os.path.join(staging.dir, ".000002-x.writing"))
+    latest = staging.commit(entries, level=1)
+    assert latest == os.path.join(first, "latest")
     assert sorted(os.listdir(tmp_path)) == [name]
-    assert sorted(os.listdir(first)) == sorted([_native.MANIFEST_FILE, *(e["file"] for e in entries)])
+    assert sorted(os.listdir(first)) == [".accel.lock", "latest"]
+    assert sorted(os.listdir(latest)) == sorted([_native.MANIFEST_FILE, *(e["file"] for e in entries)])
     loaded = _native.read_shard_file(
-        os.path.join(first, entries[0]["file"]), bytes=entries[0]["bytes"], xxh3_64=entries[0]["xxh3_64"]
+        os.path.join(latest, entries[0]["file"]), bytes=entries[0]["bytes"], xxh3_64=entries[0]["xxh3_64"]
     )
     assert pa.RecordBatchReader.from_stream(loaded).read_all().num_rows == 40
+
+
+def test_a_second_driver_saving_the_same_checkpoint_gets_a_clear_error(tmp_path):
+    name = os.path.join(str(tmp_path), "checkpoint_op_0000_partition_0000.accel")
+    first = _native.ShardStaging(name)
+    with pytest.raises(_native.CheckpointLockedError):
+        _native.ShardStaging(name)
+    first.abort()
+    assert first.dir is None
+    _native.ShardStaging(name).abort()
+
+
+def test_commit_refuses_entries_that_do_not_match_the_files(tmp_path):
+    final = commit_checkpoint(str(tmp_path), "checkpoint_op_0000_partition_0000.accel", text_table(30))
+    for damage in ({"bytes": 1}, {"file": "../escape.arrow"}, {"file": "missing.arrow"}, {"rows": "many"}):
+        staging = _native.ShardStaging(final)
+        [entry] = _native.write_shard_files(staging.dir, text_table(5), prefix="p")
+        with pytest.raises((ValueError, OSError)):
+            staging.commit([dict(entry, **damage)])
+        staging.abort()
+    assert RayCheckpointManager(str(tmp_path))._committed_manifest(final)["num_rows"] == 30
 
 
 def test_shards_are_plain_arrow_ipc_streams(tmp_path):

@@ -72,6 +72,36 @@ def xxh3_64_hex(data: bytes) -> str:
 
 # ------------------------------------------------------------------ Ray shard files
 
+#: Default uncompressed size of one compression unit (one IPC message).
+DEFAULT_CHUNK_BYTES: int
+#: Default uncompressed size at which a shard file is closed.
+DEFAULT_MAX_SHARD_BYTES: int
+#: Whether this build honours ``DATA_JUICER_ACCEL_FAULT`` (test builds only).
+FAULT_INJECTION: bool
+
+@final
+class ShardStaging:
+    """The staging directory of one checkpoint whose shards other processes write.
+
+    Takes the lock of ``ckpt_dir`` and clears leftovers of interrupted saves on creation.
+    ``commit`` makes the shards reported by the writers the checkpoint ``ckpt_dir/latest``,
+    with the same commit as ``CheckpointWriter``. Dropped or aborted without ``commit``, the
+    staging directory is removed and the lock released.
+    """
+
+    def __new__(cls, ckpt_dir: str | Any) -> ShardStaging: ...
+    @property
+    def dir(self) -> str | None: ...
+    def commit(
+        self, shards: list[dict[str, Any]], *, kind: str = "ray", compression: str = "zstd", level: int = 1
+    ) -> str:
+        """Removes unreported files, writes the manifest last and swaps in ``latest/``. Returns its path."""
+    def abort(self) -> None:
+        """Removes the staging directory and releases the lock (no-op after ``commit``)."""
+
+def recover_checkpoint_dir(ckpt_dir: str | Any) -> bool:
+    """Undoes a save killed mid-commit in ``ckpt_dir``; False while another process saves there."""
+
 def write_shard_files(
     dir: str | Any,
     data: ArrowStreamExportable,
@@ -80,8 +110,8 @@ def write_shard_files(
     compression: str = "zstd",
     level: int = 1,
     threads: int = 1,
-    chunk_bytes: int = 8388608,
-    max_shard_bytes: int = 524288000,
+    chunk_bytes: int | None = None,
+    max_shard_bytes: int | None = None,
 ) -> list[dict[str, Any]]:
     """Writes ``data`` as ``{prefix}-data-NNNNN-of-NNNNN.arrow`` shards into the existing ``dir``
     (fsynced, GIL released; no lock, manifest or commit). Returns one manifest entry per shard:

@@ -406,95 +406,142 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
 }
 
 // ======================================================================
-// Ray: shard files written by one worker task, committed by the driver.
-//
-// The Ray checkpoint manager (python/data_juicer_accel/utils/ray_ckpt.py)
-// has every Ray write task put the shards of its blocks into one staging
-// directory shared by all tasks of a save; the driver writes the manifest
-// last and renames the directory into place. These two functions are the
-// worker's half: no lock, no manifest, no commit.
+// Ray: shard files written by the worker tasks, committed by the driver
+// (see `checkpoint::shards`).
 // ======================================================================
 
 mod ray_shards {
-    use std::fs;
-    use std::path::{Path, PathBuf};
+    use std::path::PathBuf;
 
-    use arrow_array::{RecordBatch, RecordBatchReader};
-    use arrow_schema::{ArrowError, SchemaRef};
+    use arrow_array::RecordBatchReader;
+    use pyo3::exceptions::PyValueError;
     use pyo3::prelude::*;
     use pyo3::types::PyDict;
 
-    use super::{detached, import_stream, LoadedCheckpoint};
-    use crate::checkpoint::commit::sync_dir;
-    use crate::checkpoint::error::IoContext;
-    use crate::checkpoint::manifest::{checksum_hex, is_safe_file_name, FileEntry, MANIFEST_FILE};
-    use crate::checkpoint::{
-        reader, write_shards, CheckpointError, Result, WriteOptions, WrittenShard,
-    };
+    use super::{compression, detached, import_stream, LoadedCheckpoint};
+    use crate::checkpoint::manifest::{checksum_hex, FileEntry};
+    use crate::checkpoint::shards::{self, read_verified_shard, write_prefixed_shards};
+    use crate::checkpoint::{SaveRequest, Staging, WriteOptions};
 
-    /// Writes `input` with [`write_shards`] into a private hidden directory
-    /// inside `dir`, then moves each shard up to `dir` as
-    /// `{prefix}-data-NNNNN-of-NNNNN.arrow` and fsyncs `dir`. Tasks writing
-    /// into the same `dir` at once must use different prefixes. On error the
-    /// private directory is removed and nothing is left under a final name.
-    pub fn write_prefixed_shards<I>(
-        dir: &Path,
-        prefix: &str,
-        schema: SchemaRef,
-        input: I,
-        opts: &WriteOptions,
-    ) -> Result<Vec<WrittenShard>>
-    where
-        I: Iterator<Item = std::result::Result<RecordBatch, ArrowError>>,
-    {
-        if !is_safe_file_name(prefix) || prefix.len() > 200 || prefix == MANIFEST_FILE {
-            return Err(CheckpointError::Input(format!(
-                "shard prefix {prefix:?} must be one plain file-name component"
-            )));
-        }
-        let private = dir.join(format!(".{prefix}.writing"));
-        match fs::remove_dir_all(&private) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(CheckpointError::io(&private, e))
-            }
-            _ => {}
-        }
-        fs::create_dir(&private).at(&private)?;
-        let result = write_shards(&private, schema, input, opts).and_then(|shards| {
-            let mut moved = Vec::with_capacity(shards.len());
-            for mut shard in shards {
-                let name = format!("{prefix}-{}", shard.file);
-                let to = dir.join(&name);
-                fs::rename(private.join(&shard.file), &to).at(&to)?;
-                shard.file = name;
-                moved.push(shard);
-            }
-            sync_dir(dir)?;
-            Ok(moved)
-        });
-        let _ = fs::remove_dir_all(&private);
-        result
+    fn write_options(
+        compression_name: &str,
+        level: i32,
+        threads: usize,
+        chunk_bytes: Option<u64>,
+        max_shard_bytes: Option<u64>,
+    ) -> PyResult<WriteOptions> {
+        let defaults = WriteOptions::default();
+        Ok(WriteOptions {
+            compression: compression(compression_name, level)?,
+            threads: threads.max(1),
+            rows_per_shard: None,
+            max_shard_bytes: max_shard_bytes.unwrap_or(defaults.max_shard_bytes),
+            chunk_bytes: chunk_bytes.unwrap_or(defaults.chunk_bytes),
+        })
     }
 
-    /// Reads one shard file, checks its size and xxh3 against `entry` and
-    /// its row count, and decodes it with the checks of a checkpoint load.
-    pub fn read_verified_shard(
-        path: &Path,
-        entry: &FileEntry,
-        verify: bool,
-    ) -> Result<(SchemaRef, Vec<RecordBatch>)> {
-        let bytes = reader::read_verified_file(path, entry, verify)?;
-        let (schema, batches) = reader::decode_shard_bytes(path, bytes, reader::physical_memory())?;
-        let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
-        if let Some(expected) = entry.rows {
-            if rows != expected {
-                return Err(CheckpointError::corrupt(
-                    path,
-                    format!("shard holds {rows} rows, the manifest says {expected}"),
-                ));
+    fn entry_to_dict<'py>(py: Python<'py>, e: &FileEntry) -> PyResult<Bound<'py, PyDict>> {
+        let dict = PyDict::new(py);
+        dict.set_item("file", &e.file)?;
+        dict.set_item("bytes", e.bytes)?;
+        dict.set_item("xxh3_64", &e.xxh3_64)?;
+        dict.set_item("rows", e.rows)?;
+        dict.set_item("raw_bytes", e.raw_bytes)?;
+        Ok(dict)
+    }
+
+    fn entry_from_dict(dict: &Bound<'_, PyDict>) -> PyResult<FileEntry> {
+        fn required<'py, T: FromPyObjectOwned<'py>>(
+            dict: &Bound<'py, PyDict>,
+            key: &str,
+        ) -> PyResult<T> {
+            let value = dict.get_item(key)?.ok_or_else(|| {
+                PyValueError::new_err(format!("shard entry {dict} has no {key:?}"))
+            })?;
+            value.extract().map_err(|_| {
+                PyValueError::new_err(format!("shard entry {dict}: {key:?} has the wrong type"))
+            })
+        }
+        fn optional<'py>(dict: &Bound<'py, PyDict>, key: &str) -> PyResult<Option<u64>> {
+            match dict.get_item(key)? {
+                Some(v) if !v.is_none() => Ok(Some(required(dict, key)?)),
+                _ => Ok(None),
             }
         }
-        Ok((schema, batches))
+        Ok(FileEntry {
+            file: required(dict, "file")?,
+            bytes: required(dict, "bytes")?,
+            xxh3_64: required(dict, "xxh3_64")?,
+            rows: optional(dict, "rows")?,
+            raw_bytes: optional(dict, "raw_bytes")?,
+        })
+    }
+
+    /// The staging directory of one Ray checkpoint save, held by the driver:
+    /// lock taken and leftovers of dead saves cleared on creation; the write
+    /// tasks put their shards into `dir`; `commit` makes them the checkpoint.
+    #[pyclass(module = "data_juicer_accel._native")]
+    pub struct ShardStaging {
+        staging: Option<Staging>,
+    }
+
+    #[pymethods]
+    impl ShardStaging {
+        #[new]
+        fn new(py: Python<'_>, ckpt_dir: PathBuf) -> PyResult<Self> {
+            let staging = detached(py, || Staging::create(&ckpt_dir))?;
+            Ok(ShardStaging {
+                staging: Some(staging),
+            })
+        }
+
+        /// Path of the staging directory, or None after commit or abort.
+        #[getter]
+        fn dir(&self) -> Option<String> {
+            let staging = self.staging.as_ref()?;
+            Some(staging.dir().to_string_lossy().into_owned())
+        }
+
+        /// Commits `shards` (manifest entries in row order, as returned by
+        /// `write_shard_files`) with the manifest written last. Returns the
+        /// path of the committed `latest/`.
+        #[pyo3(signature = (shards, *, kind="ray", compression="zstd", level=1))]
+        fn commit(
+            &mut self,
+            py: Python<'_>,
+            shards: Vec<Bound<'_, PyDict>>,
+            kind: &str,
+            compression: &str,
+            level: i32,
+        ) -> PyResult<String> {
+            let entries = shards
+                .iter()
+                .map(entry_from_dict)
+                .collect::<PyResult<Vec<_>>>()?;
+            let request = SaveRequest {
+                kind,
+                options: write_options(compression, level, 1, None, None)?,
+            };
+            let staging = self.staging.take().ok_or_else(|| {
+                PyValueError::new_err("this ShardStaging is already committed or aborted")
+            })?;
+            let latest = detached(py, move || {
+                shards::commit_shards(staging, &request, entries)
+            })?;
+            Ok(latest.to_string_lossy().into_owned())
+        }
+
+        /// Removes the staging directory and releases the lock.
+        fn abort(&mut self) {
+            self.staging = None;
+        }
+    }
+
+    /// Undoes what a save killed between the renames of the non-atomic
+    /// fallback left in `ckpt_dir`. False while another process saves there.
+    #[pyfunction]
+    fn recover_checkpoint_dir(py: Python<'_>, ckpt_dir: PathBuf) -> PyResult<bool> {
+        detached(py, || shards::recover(&ckpt_dir))
     }
 
     /// Writes one Ray block (or any Arrow C stream) as shard files
@@ -502,7 +549,7 @@ mod ray_shards {
     /// `dir`, fsynced, with the GIL released. Returns one manifest file
     /// entry per shard: `file`, `bytes`, `xxh3_64`, `rows`, `raw_bytes`.
     #[pyfunction]
-    #[pyo3(signature = (dir, data, *, prefix, compression="zstd", level=1, threads=1, chunk_bytes=8_388_608, max_shard_bytes=524_288_000))]
+    #[pyo3(signature = (dir, data, *, prefix, compression="zstd", level=1, threads=1, chunk_bytes=None, max_shard_bytes=None))]
     #[allow(clippy::too_many_arguments)]
     fn write_shard_files<'py>(
         py: Python<'py>,
@@ -512,16 +559,10 @@ mod ray_shards {
         compression: &str,
         level: i32,
         threads: usize,
-        chunk_bytes: u64,
-        max_shard_bytes: u64,
+        chunk_bytes: Option<u64>,
+        max_shard_bytes: Option<u64>,
     ) -> PyResult<Vec<Bound<'py, PyDict>>> {
-        let options = WriteOptions {
-            compression: super::compression(compression, level)?,
-            threads: threads.max(1),
-            rows_per_shard: None,
-            max_shard_bytes,
-            chunk_bytes,
-        };
+        let options = write_options(compression, level, threads, chunk_bytes, max_shard_bytes)?;
         let stream = import_stream(data)?;
         let schema = stream.schema();
         let prefix = prefix.to_owned();
@@ -531,13 +572,14 @@ mod ray_shards {
         shards
             .into_iter()
             .map(|s| {
-                let entry = PyDict::new(py);
-                entry.set_item("file", s.file)?;
-                entry.set_item("bytes", s.bytes)?;
-                entry.set_item("xxh3_64", checksum_hex(s.xxh3))?;
-                entry.set_item("rows", s.rows)?;
-                entry.set_item("raw_bytes", s.raw_bytes)?;
-                Ok(entry)
+                let entry = FileEntry {
+                    file: s.file,
+                    bytes: s.bytes,
+                    xxh3_64: checksum_hex(s.xxh3),
+                    rows: Some(s.rows),
+                    raw_bytes: Some(s.raw_bytes),
+                };
+                entry_to_dict(py, &entry)
             })
             .collect()
     }
@@ -577,180 +619,15 @@ mod ray_shards {
     }
 
     pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+        let defaults = WriteOptions::default();
+        m.add("DEFAULT_CHUNK_BYTES", defaults.chunk_bytes)?;
+        m.add("DEFAULT_MAX_SHARD_BYTES", defaults.max_shard_bytes)?;
+        // Whether DATA_JUICER_ACCEL_FAULT is honoured (test builds only).
+        m.add("FAULT_INJECTION", crate::checkpoint::fault::ENABLED)?;
+        m.add_class::<ShardStaging>()?;
+        m.add_function(wrap_pyfunction!(recover_checkpoint_dir, m)?)?;
         m.add_function(wrap_pyfunction!(write_shard_files, m)?)?;
         m.add_function(wrap_pyfunction!(read_shard_file, m)?)?;
         Ok(())
-    }
-
-    #[cfg(test)]
-    mod tests {
-        use std::sync::Arc;
-
-        use arrow_array::{ArrayRef, Int64Array, StringArray};
-        use arrow_schema::{DataType, Field, Schema};
-
-        use super::*;
-        use crate::checkpoint::Compression;
-
-        fn schema() -> SchemaRef {
-            Arc::new(Schema::new(vec![
-                Field::new("text", DataType::Utf8, true),
-                Field::new("n", DataType::Int64, false),
-            ]))
-        }
-
-        fn batch(start: i64, rows: i64) -> RecordBatch {
-            let text: StringArray = (start..start + rows)
-                .map(|i| Some(format!("row {i} ").repeat(20)))
-                .collect();
-            let n = Int64Array::from_iter_values(start..start + rows);
-            RecordBatch::try_new(schema(), vec![Arc::new(text) as ArrayRef, Arc::new(n)]).unwrap()
-        }
-
-        fn options(max_shard_bytes: u64) -> WriteOptions {
-            WriteOptions {
-                compression: Compression::Zstd(1),
-                threads: 2,
-                rows_per_shard: None,
-                max_shard_bytes,
-                chunk_bytes: 16 << 10,
-            }
-        }
-
-        fn entry(s: &WrittenShard) -> FileEntry {
-            FileEntry {
-                file: s.file.clone(),
-                bytes: s.bytes,
-                xxh3_64: checksum_hex(s.xxh3),
-                rows: Some(s.rows),
-                raw_bytes: Some(s.raw_bytes),
-            }
-        }
-
-        fn names(dir: &Path) -> Vec<String> {
-            let mut names: Vec<String> = fs::read_dir(dir)
-                .unwrap()
-                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .collect();
-            names.sort();
-            names
-        }
-
-        #[test]
-        fn two_tasks_share_a_directory_and_read_back() {
-            let dir = tempfile::tempdir().unwrap();
-            let a = (0..4).map(|i| Ok(batch(i * 500, 500)));
-            let b = (4..6).map(|i| Ok(batch(i * 500, 500)));
-            let sa = write_prefixed_shards(dir.path(), "t00000-x", schema(), a, &options(64 << 10))
-                .unwrap();
-            let sb = write_prefixed_shards(dir.path(), "t00001-y", schema(), b, &options(u64::MAX))
-                .unwrap();
-            assert!(sa.len() > 1, "the byte limit splits task a into shards");
-            assert_eq!(sb.len(), 1);
-            assert!(sa.iter().all(|s| s.file.starts_with("t00000-x-data-")));
-            // Only final names are left: no private directory, nothing hidden.
-            let mut expected: Vec<String> = sa.iter().chain(&sb).map(|s| s.file.clone()).collect();
-            expected.sort();
-            assert_eq!(names(dir.path()), expected);
-            let mut n = Vec::new();
-            for s in sa.iter().chain(&sb) {
-                let (_, batches) =
-                    read_verified_shard(&dir.path().join(&s.file), &entry(s), true).unwrap();
-                for b in batches {
-                    let col = b.column(1).as_any().downcast_ref::<Int64Array>().unwrap();
-                    n.extend(col.values().iter().copied());
-                }
-            }
-            assert_eq!(
-                n,
-                (0..3000).collect::<Vec<i64>>(),
-                "rows in task then shard order"
-            );
-        }
-
-        #[test]
-        fn empty_input_gives_one_schema_only_shard() {
-            let dir = tempfile::tempdir().unwrap();
-            let shards = write_prefixed_shards(
-                dir.path(),
-                "empty",
-                schema(),
-                std::iter::empty(),
-                &options(1 << 20),
-            )
-            .unwrap();
-            assert_eq!(shards.len(), 1);
-            assert_eq!(shards[0].rows, 0);
-            let (schema_read, batches) =
-                read_verified_shard(&dir.path().join(&shards[0].file), &entry(&shards[0]), true)
-                    .unwrap();
-            assert_eq!(schema_read.fields(), schema().fields());
-            assert!(batches.iter().all(|b| b.num_rows() == 0));
-        }
-
-        #[test]
-        fn refuses_unsafe_prefixes() {
-            let dir = tempfile::tempdir().unwrap();
-            for bad in ["", "../up", "a/b", ".hidden", MANIFEST_FILE] {
-                let err = write_prefixed_shards(
-                    dir.path(),
-                    bad,
-                    schema(),
-                    std::iter::empty(),
-                    &options(1),
-                )
-                .unwrap_err();
-                assert!(matches!(err, CheckpointError::Input(_)), "{bad}: {err}");
-            }
-            assert!(names(dir.path()).is_empty());
-        }
-
-        #[test]
-        fn failed_input_leaves_nothing_under_a_final_name() {
-            let dir = tempfile::tempdir().unwrap();
-            let input = vec![
-                Ok(batch(0, 100)),
-                Err(ArrowError::ComputeError("worker lost its input".into())),
-            ];
-            let err = write_prefixed_shards(
-                dir.path(),
-                "t1",
-                schema(),
-                input.into_iter(),
-                &options(1 << 20),
-            )
-            .unwrap_err();
-            assert!(err.to_string().contains("worker lost its input"), "{err}");
-            assert!(names(dir.path()).is_empty(), "{:?}", names(dir.path()));
-        }
-
-        #[test]
-        fn detects_damage_against_the_entry() {
-            let dir = tempfile::tempdir().unwrap();
-            let shards = write_prefixed_shards(
-                dir.path(),
-                "t",
-                schema(),
-                std::iter::once(Ok(batch(0, 200))),
-                &options(u64::MAX),
-            )
-            .unwrap();
-            let path = dir.path().join(&shards[0].file);
-            let good = entry(&shards[0]);
-            let mut wrong_rows = good.clone();
-            wrong_rows.rows = Some(199);
-            let err = read_verified_shard(&path, &wrong_rows, true).unwrap_err();
-            assert!(err.to_string().contains("199"), "{err}");
-            let mut bytes = fs::read(&path).unwrap();
-            let middle = bytes.len() / 2;
-            bytes[middle] ^= 0x55;
-            fs::write(&path, &bytes).unwrap();
-            let err = read_verified_shard(&path, &good, true).unwrap_err();
-            assert!(matches!(err, CheckpointError::Corrupt { .. }), "{err}");
-            assert!(err.to_string().contains("xxh3"), "{err}");
-            fs::write(&path, &bytes[..middle]).unwrap();
-            let err = read_verified_shard(&path, &good, true).unwrap_err();
-            assert!(err.to_string().contains("truncated"), "{err}");
-        }
     }
 }

@@ -182,7 +182,7 @@ fn swap_in(staging: &Path, latest: &Path) -> Result<Option<PathBuf>> {
         }
         Ok(_) => {}
     }
-    match exchange(staging, latest) {
+    match fault::check("exchange", latest).and_then(|()| exchange(staging, latest)) {
         Ok(()) => Ok(Some(staging.to_path_buf())),
         Err(e)
             if matches!(
@@ -195,6 +195,7 @@ fn swap_in(staging: &Path, latest: &Path) -> Result<Option<PathBuf>> {
             let old =
                 staging.with_file_name(format!("{OLD_PREFIX}{}-{}", std::process::id(), unique()));
             fs::rename(latest, &old).at(latest)?;
+            fault::check("between_renames", latest).at(latest)?;
             fs::rename(staging, latest).at(latest)?;
             Ok(Some(old))
         }

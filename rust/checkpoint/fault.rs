@@ -1,30 +1,54 @@
 //! Fault injection for the crash, disk-full and I/O-error tests.
 //!
-//! `DATA_JUICER_ACCEL_FAULT=<point>:<action>[:<path part>]` makes a save fail
-//! at `point` (`shard_write`, `shard_sync`, `before_swap`, `after_swap`) with
-//! `eio`, `enospc`, or `abort` (the process dies on the spot, as under
-//! `kill -9`), optionally only where the path contains `<path part>`. Unset,
-//! as in production, a check is one environment lookup per message or step.
+//! `DATA_JUICER_ACCEL_FAULT=<point>:<action>[:<path part>][,...]` makes a save fail
+//! at `point` (`shard_write`, `shard_sync`, `before_swap`, `exchange`,
+//! `between_renames`, `after_swap`) with `eio`, `enospc`, `einval` (at
+//! `exchange`: a filesystem without `RENAME_EXCHANGE`, so the non-atomic
+//! fallback runs) or `abort` (the process dies on the spot, as under
+//! `kill -9`), optionally only where the path contains `<path part>`.
+//!
+//! Compiled in only for the crate's own tests and with the `fault-injection`
+//! feature (the Python test build); elsewhere `check` is an empty inline
+//! function, so no environment variable can make a production process fail.
 
 use std::io;
 use std::path::Path;
 
 pub const ENV_VAR: &str = "DATA_JUICER_ACCEL_FAULT";
 
+/// True when this build honours [`ENV_VAR`].
+pub const ENABLED: bool = cfg!(any(test, feature = "fault-injection"));
+
 /// Returns the injected error for `point`, or aborts the process when asked to.
+#[cfg(any(test, feature = "fault-injection"))]
 pub fn check(point: &str, path: &Path) -> io::Result<()> {
-    let Ok(spec) = std::env::var(ENV_VAR) else {
+    let Ok(specs) = std::env::var(ENV_VAR) else {
         return Ok(());
     };
-    let mut parts = spec.splitn(3, ':');
-    let (at, action, only) = (parts.next(), parts.next().unwrap_or(""), parts.next());
-    if at != Some(point) || only.is_some_and(|part| !path.to_string_lossy().contains(part)) {
-        return Ok(());
+    for spec in specs.split(',') {
+        let mut parts = spec.splitn(3, ':');
+        let (at, action, only) = (parts.next(), parts.next().unwrap_or(""), parts.next());
+        if at == Some(point) && only.is_none_or(|part| path.to_string_lossy().contains(part)) {
+            return act(action);
+        }
     }
+    Ok(())
+}
+
+#[cfg(any(test, feature = "fault-injection"))]
+fn act(action: &str) -> io::Result<()> {
     match action {
         "eio" => Err(io::Error::from_raw_os_error(libc::EIO)),
         "enospc" => Err(io::Error::from_raw_os_error(libc::ENOSPC)),
+        "einval" => Err(io::Error::from_raw_os_error(libc::EINVAL)),
         "abort" => std::process::abort(),
         _ => Ok(()),
     }
+}
+
+/// Release builds: no fault can be injected.
+#[cfg(not(any(test, feature = "fault-injection")))]
+#[inline(always)]
+pub fn check(_point: &str, _path: &Path) -> io::Result<()> {
+    Ok(())
 }

@@ -8,6 +8,7 @@ pub mod fault;
 pub mod manifest;
 pub mod memory;
 pub mod reader;
+pub mod shards;
 pub mod writer;
 
 pub use commit::Staging;

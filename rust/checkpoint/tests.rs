@@ -10,14 +10,14 @@ use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
 
 use super::*;
 
-fn schema() -> SchemaRef {
+pub(super) fn schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("text", DataType::Utf8, true),
         Field::new("n", DataType::Int64, false),
     ]))
 }
 
-fn batch(start: i64, rows: i64) -> RecordBatch {
+pub(super) fn batch(start: i64, rows: i64) -> RecordBatch {
     let text: StringArray = (start..start + rows)
         .map(|i| Some(format!("document {i} ").repeat(8)))
         .collect();

@@ -133,7 +133,7 @@ def command_line(args: argparse.Namespace) -> str:
 
 def _run_ray(args: argparse.Namespace) -> int:
     """The Ray case: our per-partition checkpoints against the reference's parquet, on real Ray."""
-    from data_juicer_accel import bench_ray
+    from data_juicer_accel.bench import ray_checkpoints as bench_ray
 
     size_mb = 64 if args.size == 10**9 else max(1, args.size // 10**6)
     rows = bench_ray.run_ray_bench(size_mb, max(1, args.rounds))

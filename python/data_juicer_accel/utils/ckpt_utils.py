@@ -17,8 +17,6 @@ import os
 import stat
 import sys
 import uuid
-from abc import ABC, abstractmethod
-from enum import Enum
 from typing import Any
 
 import pyarrow as pa
@@ -26,6 +24,13 @@ from loguru import logger
 
 from data_juicer_accel import _native
 from data_juicer_accel.errors import CheckpointCorruptError
+from data_juicer_accel.utils.ckpt_base import (
+    DEFAULT_ZSTD_LEVEL,
+    CheckpointManagerBase,
+    CheckpointStrategy,
+    make_ckpt_dir,
+)
+from data_juicer_accel.utils.ray_ckpt import RayCheckpointManager  # Ray itself is imported lazily
 
 __all__ = [
     "CheckpointManagerBase",
@@ -35,14 +40,10 @@ __all__ = [
     "RayCheckpointManager",
 ]
 
-#: zstd level of the shards. Level 1 compresses text ~5.7x at ~0.5 GB/s per
-#: core; on two cores that already meets the page-cache write path, so higher
-#: levels only trade speed for a few percent of size (see README, Benchmarks).
-DEFAULT_ZSTD_LEVEL = 1
-#: Same default as ``datasets`` (``config.MAX_SHARD_SIZE``).
-MAX_SHARD_BYTES = 500 << 20
+#: Same default as ``datasets`` (``config.MAX_SHARD_SIZE``); set in the Rust writer.
+MAX_SHARD_BYTES = _native.DEFAULT_MAX_SHARD_BYTES
 #: Uncompressed size of one compression unit handed to a worker thread.
-CHUNK_BYTES = 8 << 20
+CHUNK_BYTES = _native.DEFAULT_CHUNK_BYTES
 
 _STATE_FILE = "state.json"
 _INFO_FILE = "dataset_info.json"
@@ -53,53 +54,6 @@ _KINDS = ("arrow", "hf", "nested")
 #: Metadata files (state.json, the op record, ...) are a few KB; read no more.
 _MAX_METADATA_BYTES = 64 << 20
 _DATASETS_EXTRA = "pip install 'data-juicer-accel[datasets]'"
-
-
-class CheckpointManagerBase(ABC):
-    """
-    Base class for checkpoint managers.
-
-    Provides common functionality for managing checkpoint directories and
-    defines the interface that checkpoint managers should implement.
-    """
-
-    def __init__(self, ckpt_dir: str):
-        """
-        Initialize base checkpoint manager.
-
-        :param ckpt_dir: Directory to save and load checkpoints
-        """
-        self.ckpt_dir = ckpt_dir
-        # Ensure checkpoint directory exists
-        _make_ckpt_dir(self.ckpt_dir)
-
-    @abstractmethod
-    def save_checkpoint(self, dataset: Any, **kwargs) -> str:
-        """
-        Save a dataset checkpoint.
-
-        :param dataset: Dataset to save
-        :param kwargs: Additional arguments specific to the implementation
-        :return: Path to saved checkpoint
-        """
-
-    @abstractmethod
-    def load_checkpoint(self, **kwargs) -> Any | None:
-        """
-        Load a dataset checkpoint.
-
-        :param kwargs: Arguments specific to the implementation (e.g., op_idx, partition_id)
-        :return: Loaded dataset or None if checkpoint doesn't exist
-        """
-
-    def checkpoint_exists(self, checkpoint_path: str) -> bool:
-        """
-        Check if a checkpoint file/directory exists.
-
-        :param checkpoint_path: Path to checkpoint
-        :return: True if checkpoint exists, False otherwise
-        """
-        return os.path.exists(checkpoint_path)
 
 
 class CheckpointManager(CheckpointManagerBase):
@@ -166,7 +120,7 @@ class CheckpointManager(CheckpointManagerBase):
         ):
             return True
         else:
-            _make_ckpt_dir(self.ckpt_dir)
+            make_ckpt_dir(self.ckpt_dir)
             return False
 
     def record(self, op_cfg: dict):
@@ -280,7 +234,7 @@ class CheckpointManager(CheckpointManagerBase):
     def _save(self, ds, method: str) -> str:
         source = _describe_source(ds, f"{type(self).__name__}.{method}()")
         op_record = json.dumps(self.op_record).encode()  # fails before anything is written
-        _make_ckpt_dir(self.ckpt_dir)
+        make_ckpt_dir(self.ckpt_dir)
         writer = _native.CheckpointWriter(
             self.ckpt_dir,
             level=self.zstd_level,
@@ -341,15 +295,6 @@ class CheckpointManager(CheckpointManagerBase):
         if kind == "arrow":
             return table
         return _to_hf_dataset(table, loaded, self.ckpt_ds_dir, nested=(kind == "nested"))
-
-
-class CheckpointStrategy(Enum):
-    """Checkpoint strategies for controlling when to create checkpoints."""
-
-    EVERY_OP = "every_op"  # Checkpoint after every operation
-    EVERY_N_OPS = "every_n_ops"  # Checkpoint after every N operations
-    MANUAL = "manual"  # Checkpoint only after specified operations
-    DISABLED = "disabled"  # Disable checkpointing entirely
 
 
 # --------------------------------------------------------------------------
@@ -549,12 +494,6 @@ def _parse_metadata(loaded: Any, path: str, name: str, build):
         raise CheckpointCorruptError(f"corrupted checkpoint file {file}: {type(e).__name__}: {e}") from e
 
 
-def _make_ckpt_dir(ckpt_dir: str) -> None:
-    if os.path.exists(ckpt_dir) and not os.path.isdir(ckpt_dir):
-        raise NotADirectoryError(errno.ENOTDIR, "the checkpoint directory is not a directory", ckpt_dir)
-    os.makedirs(ckpt_dir, exist_ok=True)
-
-
 def _inside(path: str, root: str) -> bool:
     real, real_root = os.path.realpath(path), os.path.realpath(root)
     return os.path.commonpath([real, real_root]) == real_root and real != real_root
@@ -670,6 +609,3 @@ def _write_rows(writer: Any, source: Any, num_proc) -> int:
         if errors.error is not None:
             raise errors.error  # noqa: B904 - the native error stays as its __context__
         raise
-
-
-from data_juicer_accel.utils.ray_ckpt import RayCheckpointManager  # noqa: E402  (Ray imported lazily)

@@ -6,10 +6,11 @@ the reference. What changes is the format and how it is written:
 * ``save_checkpoint`` writes the Ray dataset's blocks where they live, through
   a Ray Data datasink: each write task turns its blocks into zstd Arrow IPC
   shards with the Rust writer (GIL released), into one hidden staging
-  directory per save. The driver then writes the checksummed manifest last,
-  fsyncs, and renames the staging directory into place. A checkpoint without
-  its committed manifest does not exist (the reference takes a half-written
-  parquet directory for a checkpoint).
+  directory per save. The driver then commits it with the same Rust code as
+  ``CheckpointManager``: checksummed manifest written last, fsync, atomic
+  exchange with ``latest/``, and recovery of a save that died mid-commit. A
+  checkpoint without its committed manifest does not exist (the reference
+  takes a half-written parquet directory for a checkpoint).
 * ``load_checkpoint`` returns a lazy ``ray.data.Dataset`` whose read tasks
   decode the shards on the workers, each shard checked against the manifest
   (size, xxh3, rows) first.
@@ -17,10 +18,12 @@ the reference. What changes is the format and how it is written:
 On disk, next to the reference's ``checkpoint_op_XXXX_partition_YYYY.parquet``::
 
     checkpoint_op_0003_partition_0000.accel/
-        accel_manifest.json                              written last
-        000001-1f2e3d4c-b0000-data-00000-of-00001.arrow  task 1, block 0
-        ...
-    .checkpoint_op_0003_partition_0000.accel.staging-<hex>/   a save in flight
+        latest/
+            accel_manifest.json                              written last
+            000001-1f2e3d4c-b0000-data-00000-of-00001.arrow  task 1, block 0
+            ...
+        .latest.staging-<pid>-<n>/                           a save in flight
+        .accel.lock                                          held while saving
 
 Checkpoints written by the reference are still found and loaded (a job
 started before the switch resumes after it); when both formats exist for the
@@ -31,12 +34,10 @@ Ray is imported lazily: this module imports without it.
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import json
 import os
 import re
-import shutil
 import sys
 import uuid
 from collections.abc import Iterable
@@ -46,7 +47,7 @@ import pyarrow as pa
 from loguru import logger
 
 from data_juicer_accel import _native
-from data_juicer_accel.utils.ckpt_utils import DEFAULT_ZSTD_LEVEL, CheckpointManagerBase, CheckpointStrategy
+from data_juicer_accel.utils.ckpt_base import DEFAULT_ZSTD_LEVEL, CheckpointManagerBase, CheckpointStrategy
 
 __all__ = ["RayCheckpointManager", "ACCEL_SUFFIX", "REFERENCE_SUFFIX"]
 
@@ -55,13 +56,13 @@ ACCEL_SUFFIX = ".accel"
 REFERENCE_SUFFIX = ".parquet"
 #: Manifest ``kind`` of a Ray checkpoint.
 RAY_KIND = "ray"
-#: A block bigger than this (uncompressed) is split into several shard files.
-MAX_SHARD_BYTES = 500 << 20
-CHUNK_BYTES = 8 << 20
+#: The committed checkpoint inside a ``.accel`` directory.
+LATEST = "latest"
+#: What a save killed between the two renames of the non-atomic fallback
+#: (filesystems without ``RENAME_EXCHANGE``) leaves in place of ``latest/``.
+_INTERRUPTED_PREFIX = ".latest.old-"
 
 _NAME_RE = re.compile(r"^checkpoint_op_(\d+)_partition_(\d+)(\.accel|\.parquet)$")
-_RENAME_EXCHANGE = 2
-_AT_FDCWD = -100
 
 
 def _event_type():
@@ -76,84 +77,9 @@ def _event_type():
     return EventType
 
 
-def _fsync_path(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_synced(path: str, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _exchange(a: str, b: str) -> bool:
-    """Atomically swaps two directories (Linux ``renameat2(RENAME_EXCHANGE)``).
-    False when the platform or filesystem cannot."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        renameat2 = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    renameat2.restype = ctypes.c_int
-    return renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0
-
-
-def _swap_in(staging: str, final: str) -> None:
-    """Puts the committed ``staging`` directory at ``final``. A reader sees the
-    previous checkpoint or the new one; if the exchange is unavailable, there is
-    a moment with neither (the checkpoint is absent, never half there)."""
-    parent = os.path.dirname(final)
-    if not os.path.lexists(final):
-        os.rename(staging, final)
-    elif _exchange(staging, final):
-        shutil.rmtree(staging)  # now holds the previous checkpoint
-    else:
-        old = os.path.join(parent, f".{os.path.basename(final)}.old-{uuid.uuid4().hex}")
-        os.rename(final, old)
-        os.rename(staging, final)
-        shutil.rmtree(old, ignore_errors=True)
-    _fsync_path(parent)
-
-
-def _manifest_json(entries: list[dict[str, Any]], level: int) -> bytes:
-    """The manifest of the Rust core's format (validated by ``read_manifest``)."""
-    from data_juicer_accel import __version__
-
-    manifest = {
-        "format": "data-juicer-accel/checkpoint",
-        "format_version": _native.FORMAT_VERSION,
-        "codec": "zstd",
-        "level": level,
-        "kind": RAY_KIND,
-        "num_rows": sum(e["rows"] for e in entries),
-        "shards": [{k: e[k] for k in ("file", "bytes", "xxh3_64", "rows", "raw_bytes")} for e in entries],
-        "files": [],
-        "created_by": f"data-juicer-accel {__version__}",
-    }
-    return json.dumps(manifest, indent=2).encode()
-
-
-def _commit(staging: str, final: str, entries: list[dict[str, Any]], level: int) -> None:
-    """Driver side: drops what failed attempts left in ``staging``, writes the
-    manifest last, fsyncs, validates, and renames ``staging`` into place."""
-    keep = {e["file"] for e in entries}
-    for name in os.listdir(staging):
-        if name not in keep:
-            path = os.path.join(staging, name)
-            shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
-    for name in keep:
-        if not os.path.isfile(os.path.join(staging, name)):
-            raise FileNotFoundError(f"shard {name} reported by a write task is missing from {staging}")
-    _write_synced(os.path.join(staging, _native.MANIFEST_FILE), _manifest_json(entries, level))
-    _native.read_manifest(staging)  # raises if the manifest is not one our reader accepts
-    _fsync_path(staging)
-    _swap_in(staging, final)
+def _interrupted(path: str) -> bool:
+    """True when a save into ``path`` died between the fallback's two renames."""
+    return any(name.startswith(_INTERRUPTED_PREFIX) for name in os.listdir(path))
 
 
 # ---------------------------------------------------------------- Ray Data glue
@@ -165,17 +91,20 @@ def _datasink_class():
     from ray.data.block import BlockAccessor
 
     class AccelShardDatasink(Datasink):
-        """Every write task writes its blocks as shard files into ``staging``
-        (Rust writer, GIL released) and returns their manifest entries; the
-        driver commits them in ``on_write_complete``."""
+        """Every write task writes its blocks as shard files into the staging
+        directory (Rust writer, GIL released) and returns their manifest
+        entries; the driver commits them in ``on_write_complete``."""
 
-        def __init__(self, staging: str, final: str, level: int):
-            self.staging = staging
-            self.final = final
+        def __init__(self, staging: Any, level: int):
+            self._staging = staging  # _native.ShardStaging: stays on the driver
+            self.staging_dir: str = staging.dir
             self.level = level
             self.schema: pa.Schema | None = None
-            self.entries: list[dict[str, Any]] = []
             self.committed = False
+
+        def __getstate__(self) -> dict[str, Any]:
+            # Write tasks get the directory's path, never the driver's lock.
+            return {k: v for k, v in self.__dict__.items() if k != "_staging"}
 
         def on_write_start(self, schema=None) -> None:
             if isinstance(schema, pa.Schema):
@@ -191,16 +120,11 @@ def _datasink_class():
                     empty = empty or table
                     continue
                 written = _native.write_shard_files(
-                    self.staging,
-                    table,
-                    prefix=f"{task}-b{b:04d}",
-                    level=self.level,
-                    chunk_bytes=CHUNK_BYTES,
-                    max_shard_bytes=MAX_SHARD_BYTES,
+                    self.staging_dir, table, prefix=f"{task}-b{b:04d}", level=self.level
                 )
                 entries.extend(dict(e, order=(ctx.task_idx, b, i)) for i, e in enumerate(written))
             if not entries and empty is not None:  # keep the schema of an all-empty task
-                written = _native.write_shard_files(self.staging, empty, prefix=f"{task}-empty", level=self.level)
+                written = _native.write_shard_files(self.staging_dir, empty, prefix=f"{task}-empty", level=self.level)
                 entries.extend(dict(e, order=(ctx.task_idx, 0, i)) for i, e in enumerate(written))
             return entries
 
@@ -210,14 +134,13 @@ def _datasink_class():
             if not entries:  # no block at all: one schema-only shard keeps the schema
                 schema = self.schema if self.schema is not None else pa.schema([])
                 entries = _native.write_shard_files(
-                    self.staging, schema.empty_table(), prefix="empty", level=self.level
+                    self.staging_dir, schema.empty_table(), prefix="empty", level=self.level
                 )
-            _commit(self.staging, self.final, entries, self.level)
-            self.entries = entries
+            self._staging.commit(entries, kind=RAY_KIND, level=self.level)
             self.committed = True
 
         def on_write_failed(self, error: Exception) -> None:
-            shutil.rmtree(self.staging, ignore_errors=True)
+            self._staging.abort()
 
     return AccelShardDatasink
 
@@ -339,11 +262,15 @@ class RayCheckpointManager(CheckpointManagerBase):
         return f"checkpoint_op_{op_idx:04d}_partition_{partition_id:04d}{REFERENCE_SUFFIX}"
 
     def _committed_manifest(self, path: str) -> dict[str, Any] | None:
-        """The manifest of our checkpoint at ``path``, or None if uncommitted or unreadable."""
+        """The manifest of our checkpoint at ``path`` (its ``latest/``), or
+        None if uncommitted or unreadable."""
         if not os.path.isdir(path):
             return None
+        latest = os.path.join(path, LATEST)
         try:
-            text = _native.read_manifest(path)
+            if not os.path.lexists(latest) and _interrupted(path):
+                _native.recover_checkpoint_dir(path)
+            text = _native.read_manifest(latest) if os.path.isdir(latest) else None
         except (OSError, ValueError) as e:
             logger.warning(f"Ignoring checkpoint {path}: {e}")
             return None
@@ -414,26 +341,20 @@ class RayCheckpointManager(CheckpointManagerBase):
         """
         checkpoint_filename = self.resolve_checkpoint_filename(op_idx, partition_id)
         checkpoint_path = os.path.join(self.ckpt_dir, checkpoint_filename)
-        os.makedirs(self.ckpt_dir, exist_ok=True)
-        ckpt_dir = os.path.abspath(self.ckpt_dir)  # Ray workers do not run in our working directory
+        # Ray workers do not run in our working directory.
+        checkpoint_dir = os.path.abspath(checkpoint_path)
 
         # Extract ray.data.Dataset if it's wrapped in RayDataset
         ray_data = dataset.data if hasattr(dataset, "data") else dataset
 
-        # What an earlier driver of this same checkpoint left when it died.
-        staging_prefix = f".{checkpoint_filename}.staging-"
-        for name in os.listdir(ckpt_dir):
-            if name.startswith(staging_prefix):
-                shutil.rmtree(os.path.join(ckpt_dir, name), ignore_errors=True)
-        staging = os.path.join(ckpt_dir, f"{staging_prefix}{uuid.uuid4().hex}")
-        os.makedirs(staging)
-        sink = _datasink_class()(staging, os.path.join(ckpt_dir, checkpoint_filename), self.zstd_level)
+        # Takes the checkpoint's lock and clears what a dead save left behind.
+        staging = _native.ShardStaging(checkpoint_dir)
+        sink = _datasink_class()(staging, self.zstd_level)
         try:
             ray_data.write_datasink(sink, ray_remote_args=dict(self.write_ray_remote_args or {}))
         finally:
-            if os.path.isdir(staging):  # not committed: nothing of it may stay
-                shutil.rmtree(staging, ignore_errors=True)
-        if self._committed_manifest(checkpoint_path) is None:
+            staging.abort()  # after a commit: nothing to do; otherwise nothing of it may stay
+        if not sink.committed:
             raise RuntimeError(f"checkpoint {checkpoint_path} was not committed")
 
         # Log checkpoint save event if event logger is available
@@ -484,7 +405,7 @@ class RayCheckpointManager(CheckpointManagerBase):
             if manifest is not None:
                 if manifest.get("kind") != RAY_KIND:
                     raise _native.CheckpointCorruptError(f"{accel_path}: kind {manifest.get('kind')!r} is not 'ray'")
-                source = _datasource(os.path.abspath(accel_path), manifest, self.verify_on_load)
+                source = _datasource(os.path.abspath(os.path.join(accel_path, LATEST)), manifest, self.verify_on_load)
                 ray_dataset = ray.data.read_datasource(source)
             else:
                 ray_dataset = ray.data.read_parquet(parquet_path)

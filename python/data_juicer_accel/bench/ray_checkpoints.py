@@ -10,7 +10,7 @@ figure of each round is kept, the median reported.
 
 Run::
 
-    python -m data_juicer_accel.bench_ray [--size-mb 64] [--rounds 3]
+    python -m data_juicer_accel.bench.ray_checkpoints [--size-mb 64] [--rounds 3]
 
 It starts a local Ray cluster with 2 CPUs (unless one is already running in
 this process) and shuts it down at the end.

@@ -1,0 +1,391 @@
+//! Checkpoints whose shards are written by several processes.
+//!
+//! A Ray checkpoint's rows live on the Ray workers, so each write task writes
+//! the shards of its blocks itself, into the one staging directory that the
+//! driver created with [`Staging::create`] (lock taken, leftovers of dead
+//! saves cleared). Tasks name their shards with their own prefix. The driver
+//! then commits with [`commit_shards`], through [`Staging::commit`]: the same
+//! manifest-last, fsync, exchange and recovery as a single-process save.
+
+use std::collections::HashSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use arrow_array::RecordBatch;
+use arrow_schema::{ArrowError, SchemaRef};
+
+use super::commit::{sync_dir, Staging};
+use super::error::{CheckpointError, IoContext, Result};
+use super::manifest::{is_safe_file_name, FileEntry, MANIFEST_FILE};
+use super::{manifest_for, reader, write_shards, SaveRequest, WriteOptions, WrittenShard};
+
+/// Writes `input` with [`write_shards`] into a private hidden directory
+/// inside `dir`, then moves each shard up to `dir` as
+/// `{prefix}-data-NNNNN-of-NNNNN.arrow` and fsyncs `dir`. Tasks writing into
+/// the same `dir` at once must use different prefixes. On error the private
+/// directory is removed and nothing is left under a final name.
+pub fn write_prefixed_shards<I>(
+    dir: &Path,
+    prefix: &str,
+    schema: SchemaRef,
+    input: I,
+    opts: &WriteOptions,
+) -> Result<Vec<WrittenShard>>
+where
+    I: Iterator<Item = std::result::Result<RecordBatch, ArrowError>>,
+{
+    if !is_safe_file_name(prefix) || prefix.len() > 200 || prefix == MANIFEST_FILE {
+        return Err(CheckpointError::Input(format!(
+            "shard prefix {prefix:?} must be one plain file-name component"
+        )));
+    }
+    let private = dir.join(format!(".{prefix}.writing"));
+    remove_any(&private)?;
+    fs::create_dir(&private).at(&private)?;
+    let result = write_shards(&private, schema, input, opts).and_then(|shards| {
+        let mut moved = Vec::with_capacity(shards.len());
+        for mut shard in shards {
+            let name = format!("{prefix}-{}", shard.file);
+            let to = dir.join(&name);
+            fs::rename(private.join(&shard.file), &to).at(&to)?;
+            shard.file = name;
+            moved.push(shard);
+        }
+        sync_dir(dir)?;
+        Ok(moved)
+    });
+    let _ = fs::remove_dir_all(&private);
+    result
+}
+
+/// Commits the shards the write tasks reported (in row order) as the
+/// checkpoint of `staging`. Anything else in the staging directory (what
+/// failed or retried task attempts left) is removed first; a reported shard
+/// that is missing or has another size fails the commit, and the previous
+/// checkpoint stays.
+pub fn commit_shards(
+    staging: Staging,
+    request: &SaveRequest,
+    shards: Vec<FileEntry>,
+) -> Result<PathBuf> {
+    let dir = staging.dir().to_path_buf();
+    let mut names = HashSet::with_capacity(shards.len());
+    for entry in &shards {
+        let path = dir.join(&entry.file);
+        if !is_safe_file_name(&entry.file)
+            || entry.file == MANIFEST_FILE
+            || !names.insert(entry.file.as_str())
+        {
+            return Err(CheckpointError::Input(format!(
+                "shard name {:?} is not a plain, unique file name",
+                entry.file
+            )));
+        }
+        let meta = fs::symlink_metadata(&path).at(&path)?;
+        if !meta.is_file() || meta.len() != entry.bytes {
+            return Err(CheckpointError::Input(format!(
+                "shard {} is not the regular file of {} bytes its write task reported",
+                path.display(),
+                entry.bytes
+            )));
+        }
+    }
+    for found in fs::read_dir(&dir).at(&dir)? {
+        let found = found.at(&dir)?;
+        if !names.contains(found.file_name().to_string_lossy().as_ref()) {
+            remove_any(&found.path())?;
+        }
+    }
+    let mut manifest = manifest_for(request, &[]);
+    manifest.num_rows = shards.iter().filter_map(|s| s.rows).sum();
+    manifest.shards = shards;
+    staging.commit(manifest)
+}
+
+/// Brings back the checkpoint in `ckpt_dir` if a save died between the two
+/// renames of the non-atomic fallback, and clears other leftovers. Does
+/// nothing (and says so) while another process is saving there.
+pub fn recover(ckpt_dir: &Path) -> Result<bool> {
+    match Staging::create(ckpt_dir) {
+        Ok(staging) => {
+            drop(staging); // its creation ran the recovery; it removes itself
+            Ok(true)
+        }
+        Err(CheckpointError::Locked { .. }) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Reads one shard file, checks its size and xxh3 against `entry` and its
+/// row count, and decodes it with the checks of a checkpoint load.
+pub fn read_verified_shard(
+    path: &Path,
+    entry: &FileEntry,
+    verify: bool,
+) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    let bytes = reader::read_verified_file(path, entry, verify)?;
+    let (schema, batches) = reader::decode_shard_bytes(path, bytes, reader::physical_memory())?;
+    let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+    if let Some(expected) = entry.rows {
+        if rows != expected {
+            return Err(CheckpointError::corrupt(
+                path,
+                format!("shard holds {rows} rows, the manifest says {expected}"),
+            ));
+        }
+    }
+    Ok((schema, batches))
+}
+
+/// Removes a file or a directory tree; absent is fine.
+fn remove_any(path: &Path) -> Result<()> {
+    let removed = match fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+        Err(e) => Err(e),
+    };
+    match removed {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(CheckpointError::io(path, e)),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow_array::Int64Array;
+
+    use super::super::manifest::checksum_hex;
+    use super::super::tests::{batch, schema};
+    use super::super::Compression;
+    use super::*;
+
+    fn options(max_shard_bytes: u64) -> WriteOptions {
+        WriteOptions {
+            compression: Compression::Zstd(1),
+            threads: 2,
+            rows_per_shard: None,
+            max_shard_bytes,
+            chunk_bytes: 16 << 10,
+        }
+    }
+
+    fn entry(s: &WrittenShard) -> FileEntry {
+        FileEntry {
+            file: s.file.clone(),
+            bytes: s.bytes,
+            xxh3_64: checksum_hex(s.xxh3),
+            rows: Some(s.rows),
+            raw_bytes: Some(s.raw_bytes),
+        }
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn column_n(batches: &[RecordBatch]) -> Vec<i64> {
+        batches
+            .iter()
+            .flat_map(|b| {
+                let col = b.column(1).as_any().downcast_ref::<Int64Array>().unwrap();
+                col.values().to_vec()
+            })
+            .collect()
+    }
+
+    fn request() -> SaveRequest<'static> {
+        SaveRequest {
+            kind: "ray",
+            options: WriteOptions::default(),
+        }
+    }
+
+    #[test]
+    fn two_tasks_share_a_staging_directory_and_commit_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let staging = Staging::create(dir.path()).unwrap();
+        let a = (0..4).map(|i| Ok(batch(i * 500, 500)));
+        let b = (4..6).map(|i| Ok(batch(i * 500, 500)));
+        let sa = write_prefixed_shards(staging.dir(), "t00000-x", schema(), a, &options(64 << 10))
+            .unwrap();
+        let sb = write_prefixed_shards(staging.dir(), "t00001-y", schema(), b, &options(u64::MAX))
+            .unwrap();
+        assert!(sa.len() > 1, "the byte limit splits task a into shards");
+        assert_eq!(sb.len(), 1);
+        assert!(sa.iter().all(|s| s.file.starts_with("t00000-x-data-")));
+        // A failed attempt of some task left a shard and its private directory.
+        fs::write(
+            staging.dir().join("t00002-z-data-00000-of-00001.arrow"),
+            b"x",
+        )
+        .unwrap();
+        fs::create_dir(staging.dir().join(".t00002-z.writing")).unwrap();
+
+        let entries: Vec<FileEntry> = sa.iter().chain(&sb).map(entry).collect();
+        let latest = commit_shards(staging, &request(), entries.clone()).unwrap();
+        let mut expected: Vec<String> = entries.iter().map(|e| e.file.clone()).collect();
+        expected.push(MANIFEST_FILE.into());
+        expected.sort();
+        assert_eq!(names(&latest), expected, "strays removed, manifest added");
+        let loaded = reader::read_checkpoint(&latest, &Default::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!(loaded.manifest.kind, "ray");
+        assert_eq!(loaded.manifest.num_rows, 3000);
+        let mut n = Vec::new();
+        for e in &entries {
+            let (_, batches) = read_verified_shard(&latest.join(&e.file), e, true).unwrap();
+            n.extend(column_n(&batches));
+        }
+        assert_eq!(n, (0..3000).collect::<Vec<i64>>(), "task then shard order");
+        assert_eq!(column_n(&loaded.batches), n);
+    }
+
+    #[test]
+    fn a_missing_or_resized_shard_fails_the_commit_and_keeps_the_previous_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let staging = Staging::create(dir.path()).unwrap();
+        let first = write_prefixed_shards(
+            staging.dir(),
+            "t0",
+            schema(),
+            std::iter::once(Ok(batch(0, 100))),
+            &options(u64::MAX),
+        )
+        .unwrap();
+        let latest = commit_shards(staging, &request(), first.iter().map(entry).collect()).unwrap();
+        for damage in ["missing", "resized"] {
+            let staging = Staging::create(dir.path()).unwrap();
+            let shards = write_prefixed_shards(
+                staging.dir(),
+                "t1",
+                schema(),
+                std::iter::once(Ok(batch(0, 7))),
+                &options(u64::MAX),
+            )
+            .unwrap();
+            let path = staging.dir().join(&shards[0].file);
+            if damage == "missing" {
+                fs::remove_file(&path).unwrap();
+            } else {
+                fs::write(&path, b"short").unwrap();
+            }
+            let err =
+                commit_shards(staging, &request(), shards.iter().map(entry).collect()).unwrap_err();
+            assert!(err.to_string().contains(&shards[0].file), "{damage}: {err}");
+            let loaded = reader::read_checkpoint(&latest, &Default::default())
+                .unwrap()
+                .unwrap();
+            assert_eq!(loaded.manifest.num_rows, 100, "{damage}");
+        }
+        assert_eq!(
+            names(dir.path()),
+            [".accel.lock", "latest"],
+            "no staging left"
+        );
+    }
+
+    #[test]
+    fn recover_undoes_an_interrupted_fallback_unless_a_save_is_running() {
+        let dir = tempfile::tempdir().unwrap();
+        let staging = Staging::create(dir.path()).unwrap();
+        let shards = write_prefixed_shards(
+            staging.dir(),
+            "t0",
+            schema(),
+            std::iter::once(Ok(batch(0, 10))),
+            &options(u64::MAX),
+        )
+        .unwrap();
+        let latest =
+            commit_shards(staging, &request(), shards.iter().map(entry).collect()).unwrap();
+        let held = Staging::create(dir.path()).unwrap();
+        assert!(
+            !recover(dir.path()).unwrap(),
+            "a running save is left alone"
+        );
+        drop(held);
+        // What a driver killed between the fallback's two renames leaves.
+        fs::rename(&latest, dir.path().join(".latest.old-1-2")).unwrap();
+        fs::create_dir(dir.path().join(".latest.staging-1-3")).unwrap();
+        assert!(recover(dir.path()).unwrap());
+        assert!(reader::read_checkpoint(&latest, &Default::default())
+            .unwrap()
+            .is_some());
+        assert_eq!(names(dir.path()), [".accel.lock", "latest"]);
+    }
+
+    #[test]
+    fn empty_input_gives_one_schema_only_shard() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = std::iter::empty();
+        let shards =
+            write_prefixed_shards(dir.path(), "empty", schema(), empty, &options(1 << 20)).unwrap();
+        assert_eq!(shards.len(), 1);
+        assert_eq!(shards[0].rows, 0);
+        let path = dir.path().join(&shards[0].file);
+        let (schema_read, batches) = read_verified_shard(&path, &entry(&shards[0]), true).unwrap();
+        assert_eq!(schema_read.fields(), schema().fields());
+        assert!(batches.iter().all(|b| b.num_rows() == 0));
+    }
+
+    #[test]
+    fn refuses_unsafe_prefixes() {
+        let dir = tempfile::tempdir().unwrap();
+        for bad in ["", "../up", "a/b", ".hidden", MANIFEST_FILE] {
+            let empty = std::iter::empty();
+            let err =
+                write_prefixed_shards(dir.path(), bad, schema(), empty, &options(1)).unwrap_err();
+            assert!(matches!(err, CheckpointError::Input(_)), "{bad}: {err}");
+        }
+        assert!(names(dir.path()).is_empty());
+    }
+
+    #[test]
+    fn failed_input_leaves_nothing_under_a_final_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = vec![
+            Ok(batch(0, 100)),
+            Err(ArrowError::ComputeError("worker lost its input".into())),
+        ];
+        let err = write_prefixed_shards(
+            dir.path(),
+            "t1",
+            schema(),
+            input.into_iter(),
+            &options(1 << 20),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("worker lost its input"), "{err}");
+        assert!(names(dir.path()).is_empty(), "{:?}", names(dir.path()));
+    }
+
+    #[test]
+    fn detects_damage_against_the_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = std::iter::once(Ok(batch(0, 200)));
+        let shards =
+            write_prefixed_shards(dir.path(), "t", schema(), input, &options(u64::MAX)).unwrap();
+        let path = dir.path().join(&shards[0].file);
+        let good = entry(&shards[0]);
+        let mut wrong_rows = good.clone();
+        wrong_rows.rows = Some(199);
+        let err = read_verified_shard(&path, &wrong_rows, true).unwrap_err();
+        assert!(err.to_string().contains("199"), "{err}");
+        let mut bytes = fs::read(&path).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x55;
+        fs::write(&path, &bytes).unwrap();
+        let err = read_verified_shard(&path, &good, true).unwrap_err();
+        assert!(matches!(err, CheckpointError::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains("xxh3"), "{err}");
+        fs::write(&path, &bytes[..middle]).unwrap();
+        let err = read_verified_shard(&path, &good, true).unwrap_err();
+        assert!(err.to_string().contains("truncated"), "{err}");
+    }
+}
