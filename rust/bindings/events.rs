@@ -1170,6 +1170,10 @@ fn analysis_to_py<'py>(py: Python<'py>, analysis: &Analysis) -> PyResult<Bound<'
     let result = PyDict::new(py);
     result.set_item("total_events", analysis.total_events)?;
     result.set_item("job_status", analysis.job_status())?;
+    result.set_item(
+        "needs_reference_reading",
+        analysis.needs_reference_reading(),
+    )?;
     result.set_item("partition_states", states)?;
     // The latest checkpoint event as the reference sees it, reduced to the
     // one field it reads: `[]` or `[{"metadata": {"checkpoint_path": p}}]`.
@@ -1215,10 +1219,14 @@ fn analyze_events_file<'py>(py: Python<'py>, path: PathBuf) -> PyResult<Bound<'p
     analysis_to_py(py, &analysis)
 }
 
-/// Whether the log at `path` holds an event of type `event_type`; broken
-/// lines (a partial last line) are skipped, a missing file holds none.
+/// Whether the log at `path` holds an event of type `event_type`, read as
+/// `check_job_completion` reads it; `None` when only Python can tell.
 #[pyfunction]
-fn events_file_has_type(py: Python<'_>, path: PathBuf, event_type: String) -> PyResult<bool> {
+fn events_file_has_type(
+    py: Python<'_>,
+    path: PathBuf,
+    event_type: String,
+) -> PyResult<Option<bool>> {
     py.detach(|| analysis::file_has_event_type(&path, &event_type))
         .map_err(|e| {
             PyOSError::new_err((
