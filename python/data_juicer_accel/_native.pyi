@@ -188,7 +188,9 @@ def log_event_method(fast_path: LogEventFastPath, python_method: Any, log_info_l
 
 def analyze_events_file(path: str | PathLike[str]) -> dict[str, Any]:
     """Fold a JSONL event log into ``total_events``, ``job_status``,
-    ``partition_states``, ``checkpoints`` and ``job_start_events``."""
+    ``partition_states``, ``checkpoints`` and ``job_start_events``;
+    ``needs_reference_reading`` when a line only Python reads as the reference does."""
 
-def events_file_has_type(path: str | PathLike[str], event_type: str) -> bool:
-    """Whether the log holds an event of ``event_type`` (broken lines skipped)."""
+def events_file_has_type(path: str | PathLike[str], event_type: str) -> bool | None:
+    """Whether the log holds an event of ``event_type``, read as
+    ``check_job_completion`` reads it; ``None`` when only Python can tell."""

@@ -9,6 +9,7 @@
 //! threads; the partial results are merged in file order, so "the first
 //! maximum wins" ties resolve as Python's `max()` resolves them.
 
+use serde::de::{self, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 use std::borrow::Cow;
@@ -21,40 +22,116 @@ use std::path::Path;
 /// `log_checkpoint_save` actually logs.
 pub const CHECKPOINT_EVENT_TYPES: [&str; 2] = ["checkpoint_saved", "checkpoint_save"];
 
-fn some_raw<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<&'de RawValue>, D::Error> {
-    <&RawValue>::deserialize(deserializer).map(Some)
-}
-
-/// The fields of one event line the analysis reads; `null` is kept as
-/// `Some("null")` so that "missing" and "null" stay distinct, as in Python.
-#[derive(Deserialize)]
+/// The fields of one event line the analysis reads, as raw JSON; `null` is
+/// kept as `Some("null")` so that "missing" and "null" stay distinct, as in
+/// Python. A key given twice keeps its last value, as `json.loads` does.
+#[derive(Default)]
 struct LineFields<'a> {
-    #[serde(default, borrow, deserialize_with = "some_raw")]
     event_type: Option<&'a RawValue>,
-    #[serde(default, borrow, deserialize_with = "some_raw")]
     timestamp: Option<&'a RawValue>,
-    #[serde(default, borrow, deserialize_with = "some_raw")]
     partition_id: Option<&'a RawValue>,
-    #[serde(default, borrow, deserialize_with = "some_raw")]
     operation_name: Option<&'a RawValue>,
-    #[serde(default, borrow, deserialize_with = "some_raw")]
     operation_idx: Option<&'a RawValue>,
-    #[serde(default, borrow, deserialize_with = "some_raw")]
     metadata: Option<&'a RawValue>,
 }
 
-#[derive(Deserialize, Default)]
+impl<'a> Slots<'a> for LineFields<'a> {
+    fn slot(&mut self, key: &str) -> Option<&mut Option<&'a RawValue>> {
+        Some(match key {
+            "event_type" => &mut self.event_type,
+            "timestamp" => &mut self.timestamp,
+            "partition_id" => &mut self.partition_id,
+            "operation_name" => &mut self.operation_name,
+            "operation_idx" => &mut self.operation_idx,
+            "metadata" => &mut self.metadata,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Default)]
 struct MetadataFields<'a> {
-    #[serde(default, borrow, deserialize_with = "some_raw")]
     success: Option<&'a RawValue>,
-    #[serde(default, borrow, deserialize_with = "some_raw")]
     error: Option<&'a RawValue>,
-    #[serde(default, borrow, deserialize_with = "some_raw")]
     duration_seconds: Option<&'a RawValue>,
-    #[serde(default, borrow, deserialize_with = "some_raw")]
     output_path: Option<&'a RawValue>,
-    #[serde(default, borrow, deserialize_with = "some_raw")]
     checkpoint_path: Option<&'a RawValue>,
+}
+
+impl<'a> Slots<'a> for MetadataFields<'a> {
+    fn slot(&mut self, key: &str) -> Option<&mut Option<&'a RawValue>> {
+        Some(match key {
+            "success" => &mut self.success,
+            "error" => &mut self.error,
+            "duration_seconds" => &mut self.duration_seconds,
+            "output_path" => &mut self.output_path,
+            "checkpoint_path" => &mut self.checkpoint_path,
+            _ => return None,
+        })
+    }
+}
+
+/// An object key, borrowed from the line unless it has escapes
+/// (`"event\u005ftype"` is `event_type` to `json.loads` too).
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object key")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, key: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(key)))
+            }
+            fn visit_str<E: de::Error>(self, key: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(key.to_string())))
+            }
+        }
+        deserializer.deserialize_str(KeyVisitor)
+    }
+}
+
+/// Deserialises an object into `T`'s raw-value slots, last key winning;
+/// keys `T` does not read are skipped without being built.
+struct SlotsVisitor<T>(std::marker::PhantomData<T>);
+
+/// A struct of raw-value slots, one per key the analysis reads.
+trait Slots<'a>: Default {
+    fn slot(&mut self, key: &str) -> Option<&mut Option<&'a RawValue>>;
+}
+
+impl<'de, T: Slots<'de>> Visitor<'de> for SlotsVisitor<T> {
+    type Value = T;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<T, A::Error> {
+        let mut fields = T::default();
+        while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+            match fields.slot(&key) {
+                Some(slot) => *slot = Some(map.next_value::<&'de RawValue>()?),
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(fields)
+    }
+}
+
+impl<'de> Deserialize<'de> for LineFields<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(SlotsVisitor(std::marker::PhantomData))
+    }
+}
+
+impl<'de> Deserialize<'de> for MetadataFields<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(SlotsVisitor(std::marker::PhantomData))
+    }
 }
 
 /// A JSON value kept as its source text (`None` where the key is absent).
@@ -86,18 +163,64 @@ fn timestamp_value(value: Option<&RawValue>) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Partition ids as dictionary keys: Python treats `3` and `3.0` as one key.
+/// A partition id as a dictionary key (`None` for `null`). Strings are
+/// keyed by their value (`"\u0061"` is `"a"`), integers by their digits;
+/// anything else by its text, which only matters for ids that never start a
+/// partition (see [`Analysis::is_regular`]).
 fn partition_key(value: &RawValue) -> Option<String> {
     let text = value.get();
-    if text == "null" {
-        return None;
+    match text.as_bytes().first() {
+        Some(b'n') => None,
+        Some(b'"') if text.contains('\\') => serde_json::from_str::<String>(text)
+            .ok()
+            .map(|s| format!("s{s}")),
+        Some(b'"') => Some(format!("s{}", &text[1..text.len() - 1])),
+        _ => match text.parse::<i64>() {
+            Ok(number) => Some(format!("v{number}")), // -0 is 0
+            Err(_) => Some(format!("v{text}")),
+        },
     }
-    match text.parse::<f64>() {
-        Ok(number) if number.fract() == 0.0 && number.abs() < 9.0e15 => {
-            Some(format!("{}", number as i64))
+}
+
+/// Whether `text` is an integer literal that Python and an `f64` read alike.
+fn is_exact_integer(text: &str) -> bool {
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    !digits.is_empty() && digits.len() <= 15 && digits.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Whether `text` is a number literal (a float, or an exact integer).
+fn is_plain_number(text: &str) -> bool {
+    is_exact_integer(text)
+        || (text.bytes().any(|b| matches!(b, b'.' | b'e' | b'E')) && text.parse::<f64>().is_ok())
+}
+
+/// Whether a value passed through to Python converts exactly: no integer
+/// of more than 15 digits (read as a float on the way) and no `\uD8xx`..
+/// `\uDFxx` escape (a lone surrogate fails to convert).
+fn converts_exactly(value: Option<&RawValue>) -> bool {
+    let Some(text) = value.map(RawValue::get) else {
+        return true;
+    };
+    let bytes = text.as_bytes();
+    let mut digits = 0;
+    for (i, byte) in bytes.iter().enumerate() {
+        digits = if byte.is_ascii_digit() { digits + 1 } else { 0 };
+        if digits > 15 {
+            return false;
         }
-        _ => Some(text.to_string()),
+        if *byte == b'u'
+            && i > 0
+            && bytes[i - 1] == b'\\'
+            && matches!(bytes.get(i + 1), Some(b'd' | b'D'))
+            && matches!(
+                bytes.get(i + 2),
+                Some(b'8'..=b'9' | b'a'..=b'f' | b'A'..=b'F')
+            )
+        {
+            return false;
+        }
     }
+    true
 }
 
 fn event_type_of<'a>(value: Option<&'a RawValue>) -> Option<Cow<'a, str>> {
@@ -229,6 +352,9 @@ pub struct Analysis {
     partitions: Vec<PartitionState>,
     index: HashMap<String, usize>,
     chunk: usize,
+    /// A line only Python reads as the reference does: the caller must
+    /// analyse the file in Python instead (the fold stopped there).
+    irregular: bool,
 }
 
 impl Analysis {
@@ -256,6 +382,13 @@ impl Analysis {
         } else {
             "not_started"
         }
+    }
+
+    /// Whether a line needs Python to be read as the reference reads it
+    /// (see [`Analysis::is_regular`] and [`Line::Irregular`]); the rest of
+    /// this analysis is then incomplete.
+    pub fn needs_reference_reading(&self) -> bool {
+        self.irregular
     }
 
     /// Whether any checkpoint event was seen, and its `checkpoint_path`.
@@ -287,11 +420,66 @@ impl Analysis {
         &mut self.partitions[slot]
     }
 
+    /// Whether this pass reads the fields of an event of `event_type` as the
+    /// reference's Python does. It does not for a partition id that is a
+    /// boolean, a float or a huge integer (Python's `1 == True == 1.0`), or
+    /// a list or object on a `partition_start` (the reference fails to key
+    /// it); a timestamp that is not a number (Python's `max` fails to
+    /// compare it, or compares it in ways an `f64` does not); metadata that
+    /// is not an object (`.get` fails on it); values that do not convert
+    /// exactly.
+    fn is_regular(&self, event_type: &str, fields: &LineFields<'_>) -> bool {
+        let id_ok = |starts: bool| match fields.partition_id.map(RawValue::get) {
+            None | Some("null") => true,
+            Some(id) if id.starts_with('"') => converts_exactly(fields.partition_id),
+            Some(id) if id.starts_with(['[', '{']) => !starts,
+            Some(id) => is_exact_integer(id),
+        };
+        let timestamp_ok = fields
+            .timestamp
+            .map(RawValue::get)
+            .is_none_or(is_plain_number);
+        let metadata = || match fields.metadata {
+            None => Some(MetadataFields::default()),
+            Some(m) if m.get().starts_with('{') => serde_json::from_str(m.get()).ok(),
+            Some(_) => None,
+        };
+        match event_type {
+            "job_start" => self.first_job_start.is_some() || converts_exactly(fields.timestamp),
+            "partition_start" => id_ok(true) && timestamp_ok,
+            "partition_failed" => id_ok(false),
+            "op_complete" => id_ok(false) && timestamp_ok,
+            "op_start" => {
+                id_ok(false)
+                    && timestamp_ok
+                    && converts_exactly(fields.operation_name)
+                    && converts_exactly(fields.operation_idx)
+            }
+            "partition_complete" => {
+                id_ok(false)
+                    && timestamp_ok
+                    && metadata().is_some_and(|m| {
+                        [m.success, m.error, m.duration_seconds, m.output_path]
+                            .into_iter()
+                            .all(converts_exactly)
+                    })
+            }
+            other if CHECKPOINT_EVENT_TYPES.contains(&other) => {
+                timestamp_ok && metadata().is_some_and(|m| converts_exactly(m.checkpoint_path))
+            }
+            _ => true,
+        }
+    }
+
     fn fold_line(&mut self, line_no: u64, fields: &LineFields<'_>) {
         self.total_events += 1;
         let Some(event_type) = event_type_of(fields.event_type) else {
             return;
         };
+        if !self.is_regular(&event_type, fields) {
+            self.irregular = true;
+            return;
+        }
         let ts = timestamp_value(fields.timestamp);
         let metadata = || -> MetadataFields<'_> {
             fields
@@ -364,6 +552,7 @@ impl Analysis {
     }
 
     fn merge_later(&mut self, later: Analysis) {
+        self.irregular |= later.irregular;
         self.total_events += later.total_events;
         self.has_job_complete |= later.has_job_complete;
         self.has_job_failed |= later.has_job_failed;
@@ -388,78 +577,110 @@ impl Analysis {
     }
 }
 
-/// Calls `visit` with each line of `bytes` that parses as a JSON object,
-/// as Python's `json.loads(line.strip())` would accept it. Blank and broken
-/// lines (such as a partial last line left by a killed writer) are skipped;
-/// `NaN`/`Infinity` (which `json.dumps` writes) are read as `null`.
-fn for_each_event(bytes: &[u8], mut visit: impl FnMut(u64, &LineFields<'_>)) {
-    // Validating UTF-8 once for the whole chunk lets serde_json skip it per
-    // string (a sizeable share of the parse); an invalid chunk falls back to
-    // per-line validation, which then drops only the broken lines.
-    let text = std::str::from_utf8(bytes).ok();
-    let mut offset = 0;
-    for (line_no, line) in bytes.split(|b| *b == b'\n').enumerate() {
-        let start = offset;
-        offset += line.len() + 1;
-        let trimmed = line.trim_ascii();
-        if trimmed.first() != Some(&b'{') {
-            continue;
-        }
-        let parsed = match text {
-            Some(text) => {
-                let lead = line.len() - line.trim_ascii_start().len();
-                serde_json::from_str::<LineFields<'_>>(
-                    &text[start + lead..start + lead + trimmed.len()],
-                )
-            }
-            None => serde_json::from_slice::<LineFields<'_>>(trimmed),
-        };
-        match parsed {
-            Ok(fields) => visit(line_no as u64, &fields),
-            Err(_) => {
-                if let Some(cleaned) = replace_non_finite(trimmed) {
-                    if let Ok(fields) = serde_json::from_slice::<LineFields<'_>>(&cleaned) {
-                        visit(line_no as u64, &fields);
-                    }
-                }
-            }
-        }
+/// What Python's `json.loads(line.strip())` makes of one line, as far as
+/// this reader can tell without Python.
+enum Line<'a> {
+    /// A JSON object, its read fields (the last of duplicate keys).
+    Event(LineFields<'a>),
+    /// Not JSON to `json.loads` either (a partial last line, text): the
+    /// reference skips it, or stops reading at it.
+    Invalid,
+    /// Something only Python can read as the reference does: JSON that is
+    /// not an object (the reference fails on it), nesting deeper than
+    /// serde's limit, `NaN`, lone surrogates, a lone `\r` (a line break to
+    /// Python's text mode), bytes that are not UTF-8, any other parse error.
+    Irregular,
+}
+
+/// Python's `str.strip()` whitespace: Unicode `White_Space` plus the
+/// separators `\x1c`..`\x1f`.
+fn python_space(c: char) -> bool {
+    c.is_whitespace() || ('\x1c'..='\x1f').contains(&c)
+}
+
+fn read_line(line: &str) -> Line<'_> {
+    let line = line.trim_matches(python_space);
+    if nests_deeper_than(line.as_bytes(), MAX_PLAIN_DEPTH) {
+        return Line::Irregular;
+    }
+    let parsed = if line.starts_with('{') {
+        serde_json::from_str::<LineFields<'_>>(line).map(Line::Event)
+    } else {
+        // JSON, but not an object: the reference fails on it.
+        serde_json::from_str::<IgnoredAny>(line).map(|_| Line::Irregular)
+    };
+    match parsed {
+        Ok(line) => line,
+        Err(error) if error.is_eof() => Line::Invalid,
+        // What `json.loads` accepts and serde does not.
+        Err(_) if ["NaN", "Infinity", "\\u"].iter().any(|t| line.contains(t)) => Line::Irregular,
+        Err(_) => Line::Invalid,
     }
 }
 
-/// `line` with the `NaN`, `Infinity` and `-Infinity` tokens outside strings
-/// replaced by `null`, or `None` when it has none.
-fn replace_non_finite(line: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(line.len());
-    let (mut in_string, mut escaped, mut changed) = (false, false, false);
-    let mut i = 0;
-    while i < line.len() {
-        let byte = line[i];
+/// Nesting up to this depth is read here; deeper, Python's recursion limit
+/// (which depends on the caller's stack) decides whether `json.loads`
+/// fails, so Python reads the line.
+const MAX_PLAIN_DEPTH: usize = 100;
+
+/// Whether brackets outside strings nest deeper than `limit` in `line`.
+fn nests_deeper_than(line: &[u8], limit: usize) -> bool {
+    let opening = line.iter().filter(|b| matches!(b, b'[' | b'{')).count();
+    if opening <= limit {
+        return false;
+    }
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &byte in line {
         if in_string {
-            out.push(byte);
             match (escaped, byte) {
                 (true, _) => escaped = false,
                 (false, b'\\') => escaped = true,
                 (false, b'"') => in_string = false,
                 _ => {}
             }
-            i += 1;
             continue;
         }
-        let token = [&b"-Infinity"[..], b"Infinity", b"NaN"]
-            .into_iter()
-            .find(|t| line[i..].starts_with(t));
-        if let Some(token) = token {
-            out.extend_from_slice(b"null");
-            i += token.len();
-            changed = true;
-            continue;
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > limit {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
         }
-        in_string = byte == b'"';
-        out.push(byte);
-        i += 1;
     }
-    changed.then_some(out)
+    false
+}
+
+/// Calls `visit` with each non-blank line of `bytes`, in order, until it
+/// returns false. A file that is not UTF-8 or holds a lone `\r` is one
+/// irregular line: Python's text mode would fail on it or split it.
+fn for_each_line(bytes: &[u8], mut visit: impl FnMut(u64, Line<'_>) -> bool) {
+    let text = match std::str::from_utf8(bytes) {
+        Ok(text) if !has_lone_carriage_return(bytes) => text,
+        _ => {
+            visit(0, Line::Irregular);
+            return;
+        }
+    };
+    for (line_no, line) in text.split('\n').enumerate() {
+        if line.trim_matches(python_space).is_empty() {
+            continue;
+        }
+        if !visit(line_no as u64, read_line(line)) {
+            return;
+        }
+    }
+}
+
+fn has_lone_carriage_return(bytes: &[u8]) -> bool {
+    bytes
+        .iter()
+        .enumerate()
+        .any(|(i, b)| *b == b'\r' && bytes.get(i + 1) != Some(&b'\n'))
 }
 
 /// Splits `bytes` into about `parts` pieces, each ending at a newline.
@@ -483,7 +704,14 @@ fn split_at_lines(bytes: &[u8], parts: usize) -> Vec<&[u8]> {
 
 fn analyze_chunk(chunk: usize, bytes: &[u8]) -> Analysis {
     let mut analysis = Analysis::new(chunk);
-    for_each_event(bytes, |line_no, fields| analysis.fold_line(line_no, fields));
+    for_each_line(bytes, |line_no, line| {
+        match line {
+            Line::Event(fields) => analysis.fold_line(line_no, &fields),
+            Line::Invalid => {}
+            Line::Irregular => analysis.irregular = true,
+        }
+        !analysis.irregular
+    });
     analysis
 }
 
@@ -521,21 +749,32 @@ pub fn analyze_file(path: &Path) -> io::Result<Analysis> {
     Ok(analyze_bytes(&std::fs::read(path)?))
 }
 
-/// Whether the log at `path` holds an event of type `event_type` (broken
-/// lines skipped). A missing file holds none.
-pub fn file_has_event_type(path: &Path, event_type: &str) -> io::Result<bool> {
+/// Whether the log at `path` holds an event of type `event_type`, read as
+/// `check_job_completion` reads it: blank lines skipped, reading stops at the
+/// first line that is not JSON. `None` when a line needs Python to tell
+/// (see [`Line::Irregular`]); a missing file holds none.
+pub fn file_has_event_type(path: &Path, event_type: &str) -> io::Result<Option<bool>> {
     let bytes = match std::fs::read(path) {
         Ok(bytes) => bytes,
-        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Some(false)),
         Err(err) => return Err(err),
     };
-    let mut found = false;
-    for_each_event(&bytes, |_, fields| {
-        found |= fields
-            .event_type
-            .is_some_and(|t| event_type_of(Some(t)).as_deref() == Some(event_type));
+    let mut answer = Some(false);
+    for_each_line(&bytes, |_, line| match line {
+        Line::Event(fields) => {
+            if event_type_of(fields.event_type).as_deref() == Some(event_type) {
+                answer = Some(true);
+                return false;
+            }
+            true
+        }
+        Line::Invalid => false,
+        Line::Irregular => {
+            answer = None;
+            false
+        }
     });
-    Ok(found)
+    Ok(answer)
 }
 
 #[cfg(test)]
@@ -644,8 +883,15 @@ mod tests {
             r#"{"event_type": "op_start"}"#
         );
         let analysis = analyze_bytes(log.as_bytes());
+        assert!(
+            analysis.needs_reference_reading(),
+            "NaN is Python's to read"
+        );
+        let log = log.replace("NaN", "1.5").replace("-Infinity", "2");
+        let analysis = analyze_bytes(log.as_bytes());
+        assert!(!analysis.needs_reference_reading());
         assert_eq!(analysis.total_events, 2);
-        assert_eq!(analysis.first_job_start, Some(Some("null".to_string())));
+        assert_eq!(analysis.first_job_start, Some(Some("1.5".to_string())));
         assert!(!analysis.has_job_complete);
         assert_eq!(analysis.job_status(), "not_started");
     }
@@ -661,17 +907,126 @@ mod tests {
     }
 
     #[test]
-    fn event_type_lookup_reads_whole_lines_only() {
+    fn event_type_lookup_reads_as_check_job_completion() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("events.jsonl");
-        assert!(!file_has_event_type(&path, "job_complete").unwrap());
-        std::fs::write(
-            &path,
-            "{\"event_type\": \"job_start\"}\n{\"event_type\": \"job_complete\"",
-        )
-        .unwrap();
-        assert!(!file_has_event_type(&path, "job_complete").unwrap());
-        std::fs::write(&path, "{\"event_type\": \"job_complete\"}\n").unwrap();
-        assert!(file_has_event_type(&path, "job_complete").unwrap());
+        let has = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            file_has_event_type(&path, "job_complete").unwrap()
+        };
+        assert_eq!(
+            file_has_event_type(&path, "job_complete").unwrap(),
+            Some(false)
+        );
+        assert_eq!(
+            has("{\"event_type\": \"job_start\"}\n{\"event_type\": \"job_complete\""),
+            Some(false)
+        );
+        assert_eq!(
+            has("\n  \n{\"event_type\": \"job_complete\"}\n"),
+            Some(true)
+        );
+        // The reference stops reading at the first line that is not JSON.
+        assert_eq!(
+            has("oops\n{\"event_type\": \"job_complete\"}\n"),
+            Some(false)
+        );
+        // The last of duplicate keys wins, escaped keys are keys.
+        let dup = r#"{"event_type": "job_start", "event_type": "job_complete"}"#;
+        assert_eq!(has(&format!("{dup}\n")), Some(true));
+        let dup = r#"{"event_type": "job_complete", "event_type": "job_start"}"#;
+        assert_eq!(has(&format!("{dup}\n")), Some(false));
+        assert_eq!(
+            has("{\"event\\u005ftype\": \"job_complete\"}\n"),
+            Some(true)
+        );
+        // Only Python can tell what these do in the reference (a
+        // non-object fails there; Python may parse or fail on deep nesting).
+        assert_eq!(has("[1]\n{\"event_type\": \"job_complete\"}\n"), None);
+        assert_eq!(
+            has(&format!("{}{}\n", "[".repeat(1000), "]".repeat(1000))),
+            None
+        );
+        assert_eq!(has("{\"x\": NaN}\n"), None);
+        assert_eq!(
+            has("{\"a\": 1}\r{\"event_type\": \"job_complete\"}\n"),
+            None
+        );
+    }
+
+    #[test]
+    fn duplicate_keys_keep_the_last_value() {
+        let log = [
+            r#"{"event_type": "job_start", "event_type": "partition_start", "partition_id": 7, "timestamp": 1}"#,
+            r#"{"event_type": "partition_complete", "partition_id": 7, "timestamp": 2, "metadata": {"success": false, "success": true}, "metadata": {"success": true, "success": 1}}"#,
+        ]
+        .map(line)
+        .concat();
+        let analysis = analyze_bytes(log.as_bytes());
+        assert!(!analysis.needs_reference_reading());
+        assert_eq!(analysis.first_job_start, None);
+        let partitions = analysis.partitions();
+        assert_eq!(partitions.len(), 1);
+        assert_eq!(partitions[0].status(), "completed");
+        assert_eq!(
+            partitions[0].latest_complete().unwrap().success.as_deref(),
+            Some("1")
+        );
+    }
+
+    /// Lines whose reading in the reference only Python reproduces (an
+    /// exception, Python's equalities, deep nesting) are flagged, not
+    /// guessed; ordinary oddities are read here.
+    #[test]
+    fn lines_only_python_reads_alike_are_flagged() {
+        let flagged = |json: &str| analyze_bytes(line(json).as_bytes()).needs_reference_reading();
+        for irregular in [
+            r#"{"event_type": "partition_start", "partition_id": [1]}"#,
+            r#"{"event_type": "partition_start", "partition_id": true}"#,
+            r#"{"event_type": "op_start", "partition_id": 1.0}"#,
+            r#"{"event_type": "op_start", "partition_id": 1, "timestamp": "soon"}"#,
+            r#"{"event_type": "partition_complete", "metadata": null}"#,
+            r#"{"event_type": "partition_complete", "metadata": {"duration_seconds": 12345678901234567890}}"#,
+            r#"{"event_type": "checkpoint_save", "metadata": [1]}"#,
+            r#"{"event_type": "job_start", "timestamp": NaN}"#,
+            "[1]",
+            "\"text\"",
+            "5",
+        ] {
+            assert!(flagged(irregular), "{irregular}");
+        }
+        let deep = format!("{{\"a\": {}1{}}}", "[".repeat(500), "]".repeat(500));
+        assert!(flagged(&deep));
+        assert!(analyze_bytes(b"{\"event_type\": \"job_start\"}\n\xff\n").needs_reference_reading());
+        for regular in [
+            r#"{"event_type": "op_start", "partition_id": [1]}"#,
+            r#"{"event_type": ["job_complete"]}"#,
+            r#"{"event_type": "partition_start", "partition_id": "p", "timestamp": 1e3}"#,
+            r#"{"event_type": "partition_complete", "partition_id": 1, "metadata": {"success": "yes"}}"#,
+            "not json",
+            "{\"event_type\": \"job_comp",
+        ] {
+            assert!(!flagged(regular), "{regular}");
+        }
+    }
+
+    #[test]
+    fn partition_ids_are_keyed_as_python_keys_them() {
+        let log = [
+            r#"{"event_type": "partition_start", "timestamp": 1, "partition_id": "a"}"#,
+            r#"{"event_type": "partition_failed", "timestamp": 2, "partition_id": "\u0061"}"#,
+            r#"{"event_type": "partition_start", "timestamp": 1, "partition_id": 0}"#,
+            r#"{"event_type": "partition_failed", "timestamp": 2, "partition_id": -0}"#,
+        ]
+        .map(line)
+        .concat();
+        let analysis = analyze_bytes(log.as_bytes());
+        assert!(!analysis.needs_reference_reading());
+        let counts: Vec<u64> = analysis
+            .partitions()
+            .iter()
+            .map(|p| p.failure_count)
+            .collect();
+        assert_eq!(counts, [1, 1]);
     }
 }

@@ -8,12 +8,16 @@ events file without writing anything. ``--follow`` prints events as the running
 job appends them and stops at ``job_complete`` / ``job_failed``.
 
 Exit codes: 0 report printed (``--follow``: job completed), 1 ``--follow``: job
-failed, 2 no events there, 124 ``--follow --timeout`` elapsed, 130 interrupted.
+failed, or the events file holds lines Data-Juicer's own analysis fails on (a
+list as ``partition_id``, nesting too deep for ``json.loads``), 2 no events
+there, 124 ``--follow --timeout`` elapsed, 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import threading
@@ -30,6 +34,7 @@ NAME = "events"
 
 EXIT_OK = 0
 EXIT_JOB_FAILED = 1
+EXIT_UNREADABLE = 1
 EXIT_NO_EVENTS = 2
 EXIT_TIMEOUT = 124
 EXIT_INTERRUPTED = 130
@@ -40,6 +45,10 @@ _END_EVENTS = {"job_complete": EXIT_OK, "job_failed": EXIT_JOB_FAILED}
 
 class _NoEvents(Exception):
     pass
+
+
+class _Unreadable(Exception):
+    """The analysis failed on the events file's content (as the reference's would)."""
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -72,12 +81,15 @@ def run(args: argparse.Namespace) -> int:
             return EXIT_INTERRUPTED
     try:
         report = build_report(work_dir)
+        text = None if args.json else _report_text(report)
     except _NoEvents as e:
         return _fail(args, str(e), EXIT_NO_EVENTS)
+    except _Unreadable as e:
+        return _fail(args, str(e), EXIT_UNREADABLE)
     if args.json:
         print_json(report)
     else:
-        _print_report(report)
+        print(text)
     return EXIT_OK
 
 
@@ -153,7 +165,7 @@ def _read_lines(path: Path) -> list[dict[str, Any]]:
                 break
             try:
                 record = json.loads(line)
-            except ValueError:
+            except (ValueError, RecursionError):
                 continue
             if isinstance(record, dict):
                 out.append(record)
@@ -200,6 +212,14 @@ def build_report(work_dir: str) -> dict[str, Any]:
                 summary = json.load(f)
         except (OSError, ValueError):
             summary = None
+    try:
+        return _report(work_dir, latest, summary, FileEventLogger, JobView)
+    except Exception as e:  # what the file holds broke the analysis: say so in one line
+        reason = str(e).splitlines()[0] if str(e) else ""
+        raise _Unreadable(f"{latest}: cannot analyse its events: {type(e).__name__}: {reason}") from e
+
+
+def _report(work_dir: str, latest: Path, summary, FileEventLogger, JobView) -> dict[str, Any]:
     records = _read_lines(latest)
     job_id = (summary or {}).get("job_id") or next(
         (r["job_id"] for r in records if r.get("job_id")), os.path.basename(work_dir)
@@ -243,6 +263,18 @@ def _when(ts) -> str:
     if not isinstance(ts, (int, float)) or ts <= 0:
         return "-"
     return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _report_text(r: dict[str, Any]) -> str:
+    """The report as ``_print_report`` prints it (built whole before printing,
+    so a value it fails on leaves no half-printed report)."""
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out):
+            _print_report(r)
+    except Exception as e:  # values of types no Data-Juicer logger writes
+        raise _Unreadable(f"{r['events_file']}: cannot print its report: {type(e).__name__}: {e}") from e
+    return out.getvalue().rstrip("\n")
 
 
 def _print_report(r: dict[str, Any]) -> None:
@@ -367,7 +399,7 @@ def _follow(work_dir: str, timeout: float | None, interval: float, as_json: bool
         for line in lines:
             try:
                 record = json.loads(line)
-            except ValueError:
+            except (ValueError, RecursionError):
                 continue
             if not isinstance(record, dict):
                 continue
@@ -375,7 +407,8 @@ def _follow(work_dir: str, timeout: float | None, interval: float, as_json: bool
                 print(json.dumps(record, default=str), flush=True)
             else:
                 print(_format_event(record), flush=True)
-            end = _END_EVENTS.get(str(record.get("event_type")))
+            event_type = record.get("event_type")
+            end = _END_EVENTS.get(event_type) if isinstance(event_type, str) else None
             if end is not None:
                 return end
         if deadline is not None and time.monotonic() >= deadline:

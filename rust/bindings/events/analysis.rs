@@ -121,6 +121,10 @@ fn analysis_to_py<'py>(py: Python<'py>, analysis: &Analysis) -> PyResult<Bound<'
     let result = PyDict::new(py);
     result.set_item("total_events", analysis.total_events)?;
     result.set_item("job_status", analysis.job_status())?;
+    result.set_item(
+        "needs_reference_reading",
+        analysis.needs_reference_reading(),
+    )?;
     result.set_item("partition_states", states)?;
     // The latest checkpoint event as the reference sees it, reduced to the
     // one field it reads: `[]` or `[{"metadata": {"checkpoint_path": p}}]`.
@@ -166,14 +170,14 @@ pub(super) fn analyze_events_file<'py>(
     })
 }
 
-/// Whether the log at `path` holds an event of type `event_type`; broken
-/// lines (a partial last line) are skipped, a missing file holds none.
+/// Whether the log at `path` holds an event of type `event_type`, read as
+/// `check_job_completion` reads it; `None` when only Python can tell.
 #[pyfunction]
 pub(super) fn events_file_has_type(
     py: Python<'_>,
     path: PathBuf,
     event_type: String,
-) -> PyResult<bool> {
+) -> PyResult<Option<bool>> {
     guarded("events_file_has_type", || {
         detach(py, || analysis::file_has_event_type(&path, &event_type))
             .map_err(|e| io_os_error("reading events from", &path, &e))

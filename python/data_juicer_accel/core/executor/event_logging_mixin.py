@@ -309,10 +309,13 @@ class EventLogger:
         # Our own queued events must be on disk before the file is read.
         self.flush()
         try:
-            return _native.events_file_has_type(str(events_file), "job_complete")
+            found = _native.events_file_has_type(str(events_file), "job_complete")
         except OSError as e:
             logger.warning(f"Error reading events file {events_file}: {e}")
             return False
+        if found is None:  # a line only Python reads as the reference does
+            found = _file_has_job_complete(events_file)
+        return found
 
     def _format_event_for_logging(self, event: Event) -> str:
         """Format event for logging with enhanced details."""
@@ -1243,10 +1246,10 @@ class EventLoggingMixin:
         if not os.path.exists(events_file):
             return {"error": f"Events file not found: {events_file}"}
 
-        if self._uses_reference_helpers():
+        native = _native.analyze_events_file(str(events_file)) if self._uses_reference_helpers() else None
+        if native is not None and not native["needs_reference_reading"]:
             # One pass in Rust; the two helpers below see reduced inputs that
             # give the same answer (the latest checkpoint, the first job_start).
-            native = _native.analyze_events_file(str(events_file))
             total_events = native["total_events"]
             job_status = native["job_status"]
             partition_states = native["partition_states"]
@@ -1335,6 +1338,12 @@ class EventLoggingMixin:
         Same result as the reference, in one pass over each list (the
         reference rescans every list for every partition_start).
         """
+
+        all_events = (partition_starts, partition_completes, partition_failures, op_starts, op_completes)
+        if not all(type(e.get("partition_id")) in _PLAIN_ID_TYPES for events in all_events for e in events):
+            # Ids Python compares in ways a dict does not key them (1 == True,
+            # a float NaN, lists): the reference's own scan, exceptions and all.
+            return _reference_partition_states(self, *all_events)
 
         def by_partition(events: List[Dict]) -> Dict[Any, List[Dict]]:
             grouped: Dict[Any, List[Dict]] = defaultdict(list)
@@ -1505,6 +1514,48 @@ if _FAST_PATH is not None:
 #: Checkpoint event types the analysis recognises: the reference's
 #: "checkpoint_saved" and "checkpoint_save", which is what is actually logged.
 _CHECKPOINT_EVENT_TYPES = ("checkpoint_saved", "checkpoint_save")
+
+
+#: Partition id types whose dict keying matches Python's ``==`` exactly.
+_PLAIN_ID_TYPES = (str, int, type(None))
+
+
+def _reference_partition_states(
+    mixin, partition_starts, partition_completes, partition_failures, op_starts, op_completes
+):
+    """The reference's ``_analyze_partition_states``: for each start, a scan of
+    every list comparing ids with ``==`` (quadratic; used only for odd ids)."""
+    partition_states = {}
+    for start_event in partition_starts:
+        partition_id = start_event.get("partition_id")
+        if partition_id is None:
+            continue
+        starts_for_id = [e for e in partition_starts if e.get("partition_id") == partition_id]
+        latest_start = max(starts_for_id, key=lambda x: x.get("timestamp", 0))
+        partition_states[partition_id] = mixin._determine_partition_state(
+            partition_id,
+            latest_start,
+            [e for e in partition_completes if e.get("partition_id") == partition_id],
+            [e for e in partition_failures if e.get("partition_id") == partition_id],
+            [e for e in op_starts if e.get("partition_id") == partition_id],
+            [e for e in op_completes if e.get("partition_id") == partition_id],
+        )
+    return partition_states
+
+
+def _file_has_job_complete(events_file) -> bool:
+    """``check_job_completion`` as the reference reads the file: blank lines
+    skipped, reading stops at the first line that is not JSON."""
+    try:
+        with open(events_file) as f:
+            for line in f:
+                if line.strip():
+                    event = json.loads(line.strip())
+                    if event.get("event_type") == "job_complete":
+                        return True
+    except (OSError, json.JSONDecodeError) as e:
+        logger.warning(f"Error reading events file {events_file}: {e}")
+    return False
 
 
 def _read_events(events_file) -> List[Dict]:
