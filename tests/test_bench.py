@@ -224,4 +224,6 @@ def test_bench_only_ray_compares_with_the_reference_on_real_ray(tmp_path):
     rows = json.loads(out.read_text())["ray"]
     assert [r["name"] for r in rows][0].startswith("data-juicer-accel")
     assert any("write_parquet" in r["name"] for r in rows)
-    assert all(r["save_mb_s"] > 0 and r["load_mb_s"] > 0 for r in rows)
+    assert any(r["name"].startswith("bound: zstd level 1") and r["load_mb_s"] is None for r in rows)
+    assert all(r["save_mb_s"] > 0 for r in rows)
+    assert all(r["load_mb_s"] > 0 for r in rows if not r["name"].startswith("bound"))

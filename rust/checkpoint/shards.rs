@@ -14,14 +14,14 @@ use std::path::{Path, PathBuf};
 use arrow_array::RecordBatch;
 use arrow_schema::{ArrowError, SchemaRef};
 
-use super::commit::{sync_dir, Staging};
+use super::commit::Staging;
 use super::error::{CheckpointError, IoContext, Result};
 use super::manifest::{is_safe_file_name, FileEntry, MANIFEST_FILE};
 use super::{manifest_for, reader, write_shards, SaveRequest, WriteOptions, WrittenShard};
 
 /// Writes `input` with [`write_shards`] into a private hidden directory
 /// inside `dir`, then moves each shard up to `dir` as
-/// `{prefix}-data-NNNNN-of-NNNNN.arrow` and fsyncs `dir`. Tasks writing into
+/// `{prefix}-data-NNNNN-of-NNNNN.arrow` (each shard fsynced). Tasks writing into
 /// the same `dir` at once must use different prefixes. On error the private
 /// directory is removed and nothing is left under a final name.
 pub fn write_prefixed_shards<I>(
@@ -51,7 +51,8 @@ where
             shard.file = name;
             moved.push(shard);
         }
-        sync_dir(dir)?;
+        // No fsync of `dir` here: the commit fsyncs the staging directory
+        // once, after the manifest, which makes every task's renames durable.
         Ok(moved)
     });
     let _ = fs::remove_dir_all(&private);
