@@ -115,9 +115,9 @@ impl CheckpointDir {
         cancel: Option<&AtomicBool>,
     ) -> Result<Vec<u8>> {
         let path = self.path.join(name);
-        let (file, size) = self
-            .open_regular(name)?
-            .ok_or_else(|| CheckpointError::io(&path, io::ErrorKind::NotFound.into()))?;
+        let (file, size) = self.open_regular(name)?.ok_or_else(|| {
+            CheckpointError::io(&path, io::Error::from_raw_os_error(libc::ENOENT))
+        })?;
         if size != expected {
             return Err(CheckpointError::corrupt(
                 &path,
