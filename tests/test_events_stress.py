@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -98,3 +99,49 @@ def test_full_disk_while_flushing_raises_and_keeps_events_queued(tiny_fs):  # no
     filler.unlink()  # space again: the queued events are written on retry
     executor.event_logger.flush()
     assert [e["operation_idx"] for e in read_lines(executor.event_logger.jsonl_file)] == list(range(500))
+
+
+def test_threads_through_a_tiny_queue_lose_nothing_and_keep_order(tmp_path):
+    """A queue of 4 events a buffer: producers keep finding it full and wait
+    for the flush thread to make room; every event still lands, in order."""
+    executor = make_executor(accel, str(tmp_path), queue_size=4, flush_interval=0.001)
+    threads, per_thread = 6, 5_000
+
+    def work(t):
+        for i in range(per_thread):
+            executor._log_event(accel.EventType.OP_START, "m" * (i % 40), partition_id=t, operation_idx=i)
+
+    workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    executor.event_logger.flush()
+    seen = {t: [] for t in range(threads)}
+    for event in read_lines(executor.event_logger.jsonl_file):
+        seen[event["partition_id"]].append(event["operation_idx"])
+    assert seen == {t: list(range(per_thread)) for t in range(threads)}
+
+
+def test_events_larger_than_the_buffer_are_written_in_order(tmp_path):
+    """An event line longer than a whole buffer (megabytes of metadata) is
+    written after the events logged before it and before the ones after."""
+    executor = make_executor(accel, str(tmp_path))
+    big = "b" * (5 << 20)
+
+    def work(t):
+        for i in range(30):
+            message = big if i % 10 == 5 else "small"
+            executor._log_event(accel.EventType.OP_START, message, partition_id=t, operation_idx=i)
+
+    workers = [threading.Thread(target=work, args=(t,)) for t in range(3)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    executor.event_logger.flush()
+    seen = {t: [] for t in range(3)}
+    for event in read_lines(executor.event_logger.jsonl_file):
+        assert event["message"] in ("small", big)
+        seen[event["partition_id"]].append(event["operation_idx"])
+    assert seen == {t: list(range(30)) for t in range(3)}

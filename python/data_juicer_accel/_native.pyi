@@ -126,8 +126,8 @@ def read_shard_file(
 
 @final
 class EventSink:
-    """The native half of one EventLogger: a bounded lock-free queue, a flush
-    thread writing it to the JSONL file, and the Event builder of the fast path."""
+    """The native half of one EventLogger: two bounded buffers filled without
+    locks, a flush thread writing them to the JSONL file, and the Event builder of the fast path."""
 
     def __new__(
         cls,

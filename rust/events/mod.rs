@@ -1,9 +1,10 @@
-//! Job-event core: lock-free queue, flush thread, JSON lines.
+//! Job-event core: lock-free double buffer, flush thread, JSON lines.
 //!
 //! * [`json`]: the byte-level pieces of `json.dumps` output (string escaping
 //!   with `ensure_ascii`, Python's float `repr`), so lines match the
 //!   reference's byte for byte.
-//! * [`writer`]: a bounded multi-producer queue drained by one background
+//! * [`writer`]: two preallocated buffers that producers fill without locks
+//!   (an atomic add reserves room for a line), written by one background
 //!   thread into the JSONL file, one `write()` per batch of whole lines.
 //! * [`analysis`]: a linear-time resumption analysis over a JSONL event log.
 //!

@@ -1,12 +1,25 @@
-//! The event queue and its flush thread.
+//! The event buffer and its flush thread.
 //!
-//! Producers copy whole JSON lines (bytes, already serialised) into one
-//! shared pending buffer, under a mutex held only for the copy (producers
-//! calling from Python hold the GIL already, so only the flush thread's swap
-//! once per batch can meet them there); one background thread takes that
-//! buffer whole and writes it to the JSONL file. The thread holds no Python object, so it can
-//! run (and be joined) while the interpreter is finalising.
+//! Producers copy whole JSON lines (bytes, already serialised) into one of
+//! two preallocated buffers without taking a lock; one background thread
+//! writes the filled buffer to the JSONL file while producers fill the other.
+//! The thread holds no Python object, so it can run (and be joined) while the
+//! interpreter is finalising.
 //!
+//! * A producer reserves room with one atomic add on the active buffer's
+//!   `reserved` word (bytes and lines), copies its line into the reserved
+//!   range, and publishes it with an atomic add on `committed`. Reservations
+//!   are contiguous, so the buffer always holds whole lines in the order
+//!   they were reserved.
+//! * The flush thread flips buffers with atomics: it makes the other (empty)
+//!   buffer active, seals the full one (an atomic or, which also tells it how
+//!   much was reserved), and waits only for the producers still copying into
+//!   it, then writes it.
+//! * Memory is bounded by the two buffers. A producer that finds the active
+//!   buffer full wakes the flush thread and waits (parked on a condition
+//!   variable: the only place a producer blocks) until a flip makes room;
+//!   no line is dropped. A line larger than a buffer is handed to the flush
+//!   thread, which writes it after everything reserved before it.
 //! * One `write()` per batch on an `O_APPEND` descriptor: batches are whole
 //!   lines, so several processes appending to one file never interleave
 //!   inside a line.
@@ -16,23 +29,22 @@
 //!   file that was moved away is recreated rather than written into the void.
 //! * A failed write keeps its bytes and is retried on the next tick; until a
 //!   retry succeeds, producers are refused with the error so nothing is lost
-//!   silently and memory stays bounded by the queue.
-//! * Lines are appended to the pending buffer by the producer's own thread
-//!   and its line buffer is reused there at once: nothing crosses threads per
-//!   line. An earlier design sent each line through a channel and got its
-//!   buffer back from the flush thread; the handoff and the cache lines moving
+//!   silently and memory stays bounded.
+//! * Lines are copied into the buffer by the producer's own thread and its
+//!   line buffer is reused there at once: nothing crosses threads per line.
+//!   An earlier design sent each line through a channel and got its buffer
+//!   back from the flush thread; the handoff and the cache lines moving
 //!   between cores cost 0.3 us of a 2.1 us event (one run, 6 rounds, 1M
 //!   events, against not queueing the line at all).
-//! * The flush thread swaps its emptied buffer for the pending one, so two
-//!   buffers take turns and a steady stream allocates nothing.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender, TryRecvError};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once};
+use std::sync::{Arc, Condvar, Mutex, Once};
 use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
@@ -63,10 +75,13 @@ pub fn current_pid() -> u32 {
 pub struct WriterConfig {
     /// Longest time a line may wait in memory before it is written.
     pub flush_interval: Duration,
-    /// Lines the queue holds before producers wait.
+    /// Lines each of the two buffers holds before producers wait.
     pub queue_capacity: usize,
     /// A batch this large is written without waiting for the interval.
     pub max_batch_bytes: usize,
+    /// Bytes each of the two buffers holds; a longer line is written on its
+    /// own, after the lines queued before it.
+    pub buffer_bytes: usize,
 }
 
 impl Default for WriterConfig {
@@ -75,6 +90,7 @@ impl Default for WriterConfig {
             flush_interval: Duration::from_millis(100),
             queue_capacity: 65_536,
             max_batch_bytes: 1 << 20,
+            buffer_bytes: 4 << 20,
         }
     }
 }
@@ -136,10 +152,20 @@ enum Step {
 
 type Ack = SyncSender<Result<(), WriteError>>;
 
-/// What producers ask of the flush thread besides writing lines.
+/// What producers ask of the flush thread besides writing buffered lines.
 enum Request {
-    Flush { fsync: bool, ack: Ack },
-    Close { ack: Ack },
+    Flush {
+        fsync: bool,
+        ack: Ack,
+    },
+    /// A line longer than a buffer, written after the lines before it.
+    Oversized {
+        line: Vec<u8>,
+        ack: Ack,
+    },
+    Close {
+        ack: Ack,
+    },
 }
 
 /// Emptied line buffers kept for the producers' reuse (one per thread in
@@ -150,23 +176,140 @@ const POOLED_LINE_MAX_CAPACITY: usize = 16 << 10;
 /// Capacity of a fresh line buffer: a typical event line fits.
 const NEW_LINE_CAPACITY: usize = 512;
 
-/// Lines queued and not yet written.
-#[derive(Default)]
-struct Pending {
-    /// Whole lines the flush thread has not taken yet.
-    bytes: Vec<u8>,
-    /// Lines in `bytes`.
-    lines: usize,
-    /// Lines the flush thread has taken but not written yet.
-    taken: usize,
-    /// Set under this lock by `close`, so that a line is either in `bytes`
-    /// before the final write or refused.
-    closed: bool,
+/// A buffer's `reserved` word: bytes in the low 40 bits, lines above them,
+/// and the sealed flag on top, so that one atomic add reserves both.
+const BYTES_BITS: u32 = 40;
+const BYTES_MASK: u64 = (1 << BYTES_BITS) - 1;
+const ONE_LINE: u64 = 1 << BYTES_BITS;
+const SEALED: u64 = 1 << 63;
+/// Most lines a buffer may hold (the line count must not reach `SEALED`).
+const MAX_LINES: usize = 1 << 22;
+/// `overflow_at` of a buffer nobody overflowed.
+const NO_OVERFLOW: u64 = u64::MAX;
+
+fn reserved_bytes(word: u64) -> u64 {
+    word & BYTES_MASK
 }
 
-impl Pending {
-    fn unwritten(&self) -> usize {
-        self.lines + self.taken
+fn reserved_lines(word: u64) -> u64 {
+    (word & !SEALED) >> BYTES_BITS
+}
+
+/// One preallocated buffer that producers fill without locks.
+struct Slab {
+    base: NonNull<u8>,
+    capacity: usize,
+    max_lines: u64,
+    /// Bytes and lines reserved, plus [`SEALED`] once the flush thread took
+    /// the buffer (or before it is made active).
+    reserved: AtomicU64,
+    /// Bytes copied in by producers (whole reservations).
+    committed: AtomicU64,
+    /// Offset of the first reservation that did not fit ([`NO_OVERFLOW`]):
+    /// the end of the lines the buffer holds.
+    overflow_at: AtomicU64,
+}
+
+// SAFETY: the bytes behind `base` are written only by the producer that
+// reserved them (disjoint ranges, handed out by the atomic add on
+// `reserved`) and read by the flush thread only after `committed` shows
+// every reservation of the sealed buffer copied (Release/Acquire).
+unsafe impl Send for Slab {}
+// SAFETY: as for `Send`: all shared access goes through the atomics above.
+unsafe impl Sync for Slab {}
+
+impl Slab {
+    fn new(capacity: usize, max_lines: usize, sealed: bool) -> Self {
+        let bytes: Box<[u8]> = vec![0u8; capacity.max(1)].into_boxed_slice();
+        let base = NonNull::new(Box::into_raw(bytes).cast::<u8>()).expect("a box is not null");
+        Slab {
+            base,
+            capacity: capacity.max(1),
+            max_lines: max_lines.clamp(1, MAX_LINES) as u64,
+            reserved: AtomicU64::new(if sealed { SEALED } else { 0 }),
+            committed: AtomicU64::new(0),
+            overflow_at: AtomicU64::new(NO_OVERFLOW),
+        }
+    }
+
+    /// Reserves room for `line` and copies it in. `Err(true)`: the buffer
+    /// is sealed (try the active one again); `Err(false)`: it is full.
+    fn append(&self, line: &[u8]) -> Result<u64, bool> {
+        let len = line.len() as u64;
+        let before = self.reserved.fetch_add(ONE_LINE + len, Ordering::AcqRel);
+        if before & SEALED != 0 {
+            return Err(true);
+        }
+        let offset = reserved_bytes(before);
+        if offset + len > self.capacity as u64 || reserved_lines(before) >= self.max_lines {
+            self.overflow_at.fetch_min(offset, Ordering::AcqRel);
+            return Err(false);
+        }
+        // SAFETY: `offset..offset + len` lies inside the buffer (checked
+        // above) and was reserved by this call alone; the flush thread does
+        // not read it before the `committed` add below.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                line.as_ptr(),
+                self.base.as_ptr().add(offset as usize),
+                line.len(),
+            );
+        }
+        self.committed.fetch_add(len, Ordering::Release);
+        Ok(offset + len)
+    }
+
+    /// Whether lines wait here, and whether the buffer is full enough to be
+    /// written now (at `max_batch_bytes`, or a producer waits for room).
+    fn fill(&self, max_batch_bytes: usize) -> (bool, bool) {
+        let word = self.reserved.load(Ordering::Acquire);
+        let bytes = reserved_bytes(word);
+        let full = bytes >= max_batch_bytes as u64
+            || reserved_lines(word) >= self.max_lines
+            || self.overflow_at.load(Ordering::Acquire) != NO_OVERFLOW;
+        (bytes > 0, bytes > 0 && full)
+    }
+
+    /// Makes this (sealed, written) buffer empty and open to producers.
+    fn reopen(&self) {
+        self.committed.store(0, Ordering::Relaxed);
+        self.overflow_at.store(NO_OVERFLOW, Ordering::Relaxed);
+        self.reserved.store(0, Ordering::Release);
+    }
+
+    /// Seals the buffer and waits until every line reserved before the seal
+    /// is copied in; returns those lines' bytes.
+    fn seal(&self) -> &[u8] {
+        let word = self.reserved.fetch_or(SEALED, Ordering::AcqRel);
+        let reserved = reserved_bytes(word);
+        let mut spins = 0u32;
+        loop {
+            // A reservation that did not fit records where the lines end
+            // just after its add: until then, `end` is past what is copied.
+            let end = reserved.min(self.overflow_at.load(Ordering::Acquire));
+            if self.committed.load(Ordering::Acquire) == end {
+                // SAFETY: the first `end` bytes are copied in (Acquire pairs
+                // with the producers' Release) and no producer writes to a
+                // sealed buffer's reserved range again until `reopen`.
+                return unsafe { std::slice::from_raw_parts(self.base.as_ptr(), end as usize) };
+            }
+            // A producer is between its reservation and its copy.
+            spins += 1;
+            if spins < 64 {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
+    }
+}
+
+impl Drop for Slab {
+    fn drop(&mut self) {
+        let slice = std::ptr::slice_from_raw_parts_mut(self.base.as_ptr(), self.capacity);
+        // SAFETY: `base` and `capacity` came from `Box::into_raw` of a boxed
+        // slice of exactly this length, freed only here.
+        drop(unsafe { Box::from_raw(slice) });
     }
 }
 
@@ -176,8 +319,16 @@ struct Shared {
     error: Mutex<Option<WriteError>>,
     batches_written: AtomicU64,
     spare_lines: ArrayQueue<Vec<u8>>,
-    pending: Mutex<Pending>,
-    /// Signalled when written lines leave the queue (or a write failed).
+    slabs: [Slab; 2],
+    /// Index of the buffer producers fill.
+    active: AtomicUsize,
+    /// Flips so far: a producer waiting for room waits for this to change.
+    flips: AtomicU64,
+    /// Set by `close` before the flush thread's last flip.
+    closed: AtomicBool,
+    /// Where producers that found the buffers full wait (the only lock a
+    /// producer takes, and only then).
+    room: Mutex<()>,
     space: Condvar,
 }
 
@@ -205,16 +356,25 @@ impl Shared {
         }
     }
 
-    /// The pending lines; a poisoned lock (a panic while appending bytes)
-    /// still guards whole lines, so it is used as is.
-    fn pending(&self) -> MutexGuard<'_, Pending> {
-        self.pending
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn active_slab(&self) -> &Slab {
+        &self.slabs[self.active.load(Ordering::Acquire)]
+    }
+
+    /// Wakes the producers waiting for room (after a flip, an error, close).
+    fn wake_waiters(&self) {
+        drop(self.room.lock());
+        self.space.notify_all();
     }
 }
 
-/// One JSONL file fed by a bounded queue and a background flush thread.
+/// Outcome of one attempt to buffer a line.
+enum Append {
+    Done,
+    Full,
+    Closed,
+}
+
+/// One JSONL file fed by two lock-free buffers and a background flush thread.
 pub struct EventWriter {
     path: PathBuf,
     config: WriterConfig,
@@ -234,12 +394,17 @@ impl EventWriter {
     pub fn open(path: impl Into<PathBuf>, config: WriterConfig) -> io::Result<Self> {
         let path = path.into();
         let (requests, receiver) = channel();
+        let slab = |sealed| Slab::new(config.buffer_bytes, config.queue_capacity, sealed);
         let shared = Arc::new(Shared {
             has_error: AtomicBool::new(false),
             error: Mutex::new(None),
             batches_written: AtomicU64::new(0),
             spare_lines: ArrayQueue::new(POOLED_LINES),
-            pending: Mutex::new(Pending::default()),
+            slabs: [slab(false), slab(true)],
+            active: AtomicUsize::new(0),
+            flips: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+            room: Mutex::new(()),
             space: Condvar::new(),
         });
         let flusher = Flusher::new(path.clone(), config.clone(), Arc::clone(&shared));
@@ -288,66 +453,126 @@ impl EventWriter {
             .unwrap_or_else(|| Vec::with_capacity(NEW_LINE_CAPACITY))
     }
 
-    /// Queues one line without waiting.
+    /// Queues one line without waiting (and without taking a lock).
     pub fn try_push(&self, line: Vec<u8>) -> Result<(), PushError> {
         if let Some(error) = self.shared.error() {
             return Err(PushError::Failed(error));
         }
-        let pending = self.shared.pending();
-        if pending.closed {
-            return Err(PushError::Closed);
+        match self.append(&line) {
+            Append::Done => {
+                self.shared.recycle(line);
+                Ok(())
+            }
+            Append::Full => Err(PushError::Full(line)),
+            Append::Closed => Err(PushError::Closed),
         }
-        if pending.unwritten() >= self.config.queue_capacity.max(1) {
-            return Err(PushError::Full(line));
-        }
-        self.append(pending, line);
-        Ok(())
     }
 
-    /// Queues one line, waiting while the queue is full. Returns the write
-    /// error instead of waiting for a flush thread that cannot write.
-    pub fn push_blocking(&self, line: Vec<u8>) -> Result<(), PushError> {
-        let capacity = self.config.queue_capacity.max(1);
-        let mut pending = self.shared.pending();
+    /// Copies `line` into the active buffer, retrying across a flip in
+    /// progress; wakes the flush thread when a batch starts or fills.
+    fn append(&self, line: &[u8]) -> Append {
+        if line.len() > self.config.buffer_bytes.max(1) {
+            return Append::Full; // never fits: `push_blocking` hands it over
+        }
         loop {
-            if pending.closed {
-                return Err(PushError::Closed);
+            if self.shared.closed.load(Ordering::Acquire) {
+                return Append::Closed;
             }
-            if pending.unwritten() < capacity {
-                self.append(pending, line);
-                return Ok(());
+            match self.shared.active_slab().append(line) {
+                Ok(end) => {
+                    let len = line.len() as u64;
+                    let max = self.config.max_batch_bytes as u64;
+                    if end == len || (end >= max && end - len < max) {
+                        self.flusher.unpark();
+                    }
+                    return Append::Done;
+                }
+                Err(false) => {
+                    self.flusher.unpark();
+                    return Append::Full;
+                }
+                // Sealed: the flush thread has just made the other buffer
+                // active (or is closing); read `active` again.
+                Err(true) => std::hint::spin_loop(),
             }
+        }
+    }
+
+    /// Queues one line, waiting while the buffers are full. Returns the
+    /// write error instead of waiting for a flush thread that cannot write.
+    pub fn push_blocking(&self, line: Vec<u8>) -> Result<(), PushError> {
+        if line.len() > self.config.buffer_bytes.max(1) {
+            return self.push_oversized(line);
+        }
+        loop {
+            let flips = self.shared.flips.load(Ordering::Acquire);
             if let Some(error) = self.shared.error() {
                 return Err(PushError::Failed(error));
             }
+            match self.append(&line) {
+                Append::Done => {
+                    self.shared.recycle(line);
+                    return Ok(());
+                }
+                Append::Closed => return Err(PushError::Closed),
+                Append::Full => self.wait_for_room(flips)?,
+            }
+        }
+    }
+
+    /// Waits until the flush thread flipped buffers since `flips`, the
+    /// writer closed or a write failed.
+    fn wait_for_room(&self, flips: u64) -> Result<(), PushError> {
+        let mut guard = self
+            .shared
+            .room
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        while self.shared.flips.load(Ordering::Acquire) == flips
+            && !self.shared.closed.load(Ordering::Acquire)
+            && !self.shared.has_error.load(Ordering::Acquire)
+        {
             self.flusher.unpark();
             // Timed, so that a flush thread that died is noticed.
-            pending = match self
+            guard = match self
                 .shared
                 .space
-                .wait_timeout(pending, self.config.flush_interval)
+                .wait_timeout(guard, self.config.flush_interval)
             {
                 Ok((guard, _)) => guard,
                 Err(poisoned) => poisoned.into_inner().0,
             };
-            if self.thread_finished() {
+            // A writer closed meanwhile refuses the line (its thread ends
+            // too, which is no failure).
+            if !self.shared.closed.load(Ordering::Acquire) && self.thread_finished() {
                 return Err(PushError::Failed(WriteError::stopped(&self.path)));
             }
         }
+        Ok(())
     }
 
-    /// Appends `line` to the pending bytes, wakes the flush thread when the
-    /// batch starts or fills, and keeps the line buffer for reuse.
-    fn append(&self, mut pending: MutexGuard<'_, Pending>, line: Vec<u8>) {
-        let before = pending.bytes.len();
-        pending.bytes.extend_from_slice(&line);
-        pending.lines += 1;
-        let max = self.config.max_batch_bytes;
-        let wake = before == 0 || (before < max && pending.bytes.len() >= max);
-        drop(pending);
-        self.shared.recycle(line);
-        if wake {
-            self.flusher.unpark();
+    /// Hands a line longer than a buffer to the flush thread, which writes
+    /// it after every line reserved before this call.
+    fn push_oversized(&self, line: Vec<u8>) -> Result<(), PushError> {
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Err(PushError::Closed);
+        }
+        if let Some(error) = self.shared.error() {
+            return Err(PushError::Failed(error));
+        }
+        let (ack, done) = sync_channel(1);
+        if self
+            .requests
+            .send(Request::Oversized { line, ack })
+            .is_err()
+        {
+            return Err(PushError::Failed(WriteError::stopped(&self.path)));
+        }
+        self.flusher.unpark();
+        match done.recv() {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(PushError::Failed(error)),
+            Err(_) => Err(PushError::Failed(WriteError::stopped(&self.path))),
         }
     }
 
@@ -379,8 +604,6 @@ impl EventWriter {
         if self.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        self.shared.pending().closed = true;
-        self.shared.space.notify_all();
         let (ack, done) = sync_channel(1);
         let sent = self.requests.send(Request::Close { ack });
         self.flusher.unpark();
@@ -390,6 +613,8 @@ impl EventWriter {
                 .unwrap_or_else(|_| Err(WriteError::stopped(&self.path))),
             Err(_) => Err(WriteError::stopped(&self.path)),
         };
+        self.shared.closed.store(true, Ordering::Release);
+        self.shared.wake_waiters();
         let handle = self.thread.lock().ok().and_then(|mut slot| slot.take());
         if let Some(handle) = handle {
             let _ = handle.join();
@@ -397,10 +622,10 @@ impl EventWriter {
         result
     }
 
-    /// Forgets this writer without touching its queue or thread: used in a
-    /// forked child, where the thread does not exist and the queue's locks
-    /// may have been held at the fork. The lines it holds belong to the
-    /// parent, which writes them; the child must not write them again.
+    /// Forgets this writer without touching its buffers or thread: used in
+    /// a forked child, where the thread does not exist and locks may have
+    /// been held at the fork. The lines it holds belong to the parent, which
+    /// writes them; the child must not write them again.
     pub fn abandon(self) {
         std::mem::forget(self);
     }
@@ -414,15 +639,13 @@ impl Drop for EventWriter {
     }
 }
 
-/// The flush thread's side: the batch being written and the file it goes to.
+/// The flush thread's side: unwritten bytes of a failed write and the file.
 struct Flusher {
     path: PathBuf,
     config: WriterConfig,
     shared: Arc<Shared>,
-    /// Bytes taken from the pending buffer and not written yet.
-    batch: Vec<u8>,
-    /// Lines in `batch`.
-    batch_lines: usize,
+    /// Bytes a failed write left, written before anything newer.
+    retry: Vec<u8>,
     /// When the oldest line not yet written must be on disk.
     deadline: Option<Instant>,
     /// Bytes written since the last fsync (an fsync request must cover them).
@@ -435,8 +658,7 @@ impl Flusher {
             path,
             config,
             shared,
-            batch: Vec::new(),
-            batch_lines: 0,
+            retry: Vec::new(),
             deadline: None,
             unsynced: false,
         }
@@ -456,29 +678,19 @@ impl Flusher {
                     }
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => {
-                        self.take_pending();
-                        let _ = self.write_batch(true);
+                        let _ = self.close();
                         return;
                     }
                 }
             }
             let now = Instant::now();
-            let (queued, full) = {
-                let pending = self.shared.pending();
-                // Only new lines make a batch due early: a failed batch
-                // waits for its retry tick instead of spinning.
-                let full = pending.lines > 0
-                    && (pending.bytes.len() >= self.config.max_batch_bytes
-                        || pending.unwritten() >= self.config.queue_capacity.max(1));
-                (pending.lines > 0, full)
-            };
-            if (queued || !self.batch.is_empty()) && self.deadline.is_none() {
+            let (queued, full) = self.shared.active_slab().fill(self.config.max_batch_bytes);
+            if (queued || !self.retry.is_empty()) && self.deadline.is_none() {
                 self.deadline = Some(now + self.config.flush_interval);
             }
             match self.deadline {
                 Some(deadline) if full || now >= deadline => {
-                    self.take_pending();
-                    let _ = self.write_batch(false);
+                    let _ = self.flip_and_write(false);
                 }
                 Some(deadline) => std::thread::park_timeout(deadline - now),
                 None => std::thread::park(),
@@ -487,119 +699,138 @@ impl Flusher {
     }
 
     fn handle(&mut self, request: Request) -> Step {
-        self.take_pending();
         match request {
             Request::Flush { fsync, ack } => {
-                let _ = ack.send(self.write_batch(fsync));
+                let _ = ack.send(self.flip_and_write(fsync));
+                Step::Continue
+            }
+            Request::Oversized { line, ack } => {
+                let result = self.flip_and_write(false);
+                let result = result.and_then(|()| {
+                    self.retry.extend_from_slice(&line);
+                    self.write_retry(false)
+                });
+                let _ = ack.send(result);
                 Step::Continue
             }
             Request::Close { ack } => {
-                let _ = ack.send(self.write_batch(true));
+                let _ = ack.send(self.close());
                 Step::Stop
             }
         }
     }
 
-    /// Moves the pending lines behind the batch: a swap of buffers when the
-    /// batch is empty (the usual case), a copy after a failed write.
-    fn take_pending(&mut self) {
-        let mut pending = self.shared.pending();
-        if pending.lines == 0 {
-            return;
-        }
-        if self.batch.is_empty() {
-            std::mem::swap(&mut self.batch, &mut pending.bytes);
-        } else {
-            self.batch.extend_from_slice(&pending.bytes);
-            pending.bytes.clear();
-        }
-        pending.taken += pending.lines;
-        self.batch_lines += pending.lines;
-        pending.lines = 0;
+    /// The last writes: the active buffer, then the other one sealed for
+    /// good (a producer that reserved in it before the seal is written too;
+    /// one that comes later finds both sealed and `closed` set).
+    fn close(&mut self) -> Result<(), WriteError> {
+        self.shared.closed.store(true, Ordering::Release);
+        let first = self.flip_and_write(false);
+        let shared = Arc::clone(&self.shared);
+        let bytes = shared.active_slab().seal();
+        let result = self.write(bytes, true);
+        self.shared.wake_waiters();
+        first.and(result)
     }
 
-    /// Writes the batch in one `write()` (more only after a short write) and
-    /// fsyncs on request. On failure the unwritten bytes stay for a retry.
-    fn write_batch(&mut self, fsync: bool) -> Result<(), WriteError> {
-        if self.batch.is_empty() && !(fsync && self.unsynced) {
+    /// Makes the other buffer active, then writes the one producers filled
+    /// (after any bytes a failed write left). On failure the unwritten
+    /// bytes are kept for the next tick.
+    fn flip_and_write(&mut self, fsync: bool) -> Result<(), WriteError> {
+        let shared = Arc::clone(&self.shared);
+        let full = shared.active.load(Ordering::Acquire);
+        let empty = 1 - full;
+        shared.slabs[empty].reopen();
+        shared.active.store(empty, Ordering::Release);
+        let bytes = shared.slabs[full].seal();
+        let result = self.write(bytes, fsync);
+        shared.flips.fetch_add(1, Ordering::AcqRel);
+        shared.wake_waiters();
+        result
+    }
+
+    /// Writes `bytes` (behind any retry bytes) in one batch.
+    fn write(&mut self, bytes: &[u8], fsync: bool) -> Result<(), WriteError> {
+        if self.retry.is_empty() {
+            let result = self.write_batch(bytes, fsync);
+            if let Err((error, written)) = result {
+                self.retry.extend_from_slice(&bytes[written..]);
+                return Err(error);
+            }
+            return Ok(());
+        }
+        self.retry.extend_from_slice(bytes);
+        self.write_retry(fsync)
+    }
+
+    fn write_retry(&mut self, fsync: bool) -> Result<(), WriteError> {
+        let retry = std::mem::take(&mut self.retry);
+        let result = self.write_batch(&retry, fsync);
+        match result {
+            Ok(()) => {
+                self.retry = retry;
+                self.retry.clear();
+                if self.retry.capacity() > 4 * self.config.max_batch_bytes {
+                    self.retry = Vec::new();
+                }
+                Ok(())
+            }
+            Err((error, written)) => {
+                self.retry = retry;
+                self.retry.drain(..written);
+                Err(error)
+            }
+        }
+    }
+
+    /// Writes `batch` in one `write()` (more only after a short write) and
+    /// fsyncs on request; on failure, says how many bytes were written.
+    fn write_batch(&mut self, batch: &[u8], fsync: bool) -> Result<(), (WriteError, usize)> {
+        if batch.is_empty() && !(fsync && self.unsynced) {
             self.deadline = None;
             return Ok(());
         }
-        let result = self.try_write(fsync);
+        let result = self.try_write(batch, fsync);
         match &result {
             Ok(()) => {
                 self.deadline = None;
                 self.shared.set_error(None);
             }
-            Err(error) => {
+            Err((error, _)) => {
                 self.deadline = Some(Instant::now() + self.config.flush_interval);
                 self.shared.set_error(Some(error.clone()));
-                self.shared.space.notify_all(); // waiting producers see the error
+                self.shared.wake_waiters(); // waiting producers see the error
             }
         }
         result
     }
 
-    fn try_write(&mut self, fsync: bool) -> Result<(), WriteError> {
+    fn try_write(&mut self, batch: &[u8], fsync: bool) -> Result<(), (WriteError, usize)> {
         let path = self.path.clone();
-        let path = &path;
-        let fail = |err: io::Error| WriteError::from_io(path, &err);
+        let fail = |err: io::Error, written| (WriteError::from_io(&path, &err), written);
         let created = !self.path.exists();
-        let mut file = open_append(&self.path).map_err(fail)?;
+        let mut file = open_append(&self.path).map_err(|e| fail(e, 0))?;
         let mut written = 0;
-        while written < self.batch.len() {
-            match file.write(&self.batch[written..]) {
-                Ok(0) => {
-                    self.drop_written(written);
-                    return Err(fail(io::Error::from(io::ErrorKind::WriteZero)));
-                }
+        while written < batch.len() {
+            match file.write(&batch[written..]) {
+                Ok(0) => return Err(fail(io::Error::from(io::ErrorKind::WriteZero), written)),
                 Ok(n) => written += n,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                Err(err) => {
-                    self.drop_written(written);
-                    return Err(fail(err));
-                }
+                Err(err) => return Err(fail(err, written)),
             }
         }
         if written > 0 {
             self.shared.batches_written.fetch_add(1, Ordering::Relaxed);
             self.unsynced = true;
         }
-        self.drop_written(written);
         if fsync {
-            file.sync_all().map_err(fail)?;
+            file.sync_all().map_err(|e| fail(e, written))?;
             if created {
-                sync_parent_dir(&self.path).map_err(fail)?;
+                sync_parent_dir(&self.path).map_err(|e| fail(e, written))?;
             }
             self.unsynced = false;
         }
         Ok(())
-    }
-
-    /// Forgets the first `written` bytes of the batch and gives their lines'
-    /// room back to producers.
-    fn drop_written(&mut self, written: usize) {
-        let lines = if written == self.batch.len() {
-            self.batch_lines
-        } else {
-            self.batch[..written]
-                .iter()
-                .filter(|&&b| b == b'\n')
-                .count()
-        };
-        if written == self.batch.len() {
-            self.batch.clear();
-            if self.batch.capacity() > 4 * self.config.max_batch_bytes {
-                self.batch.shrink_to(self.config.max_batch_bytes);
-            }
-        } else {
-            self.batch.drain(..written);
-        }
-        self.batch_lines -= lines;
-        if lines > 0 {
-            self.shared.pending().taken -= lines;
-            self.shared.space.notify_all();
-        }
     }
 }
 
@@ -622,6 +853,7 @@ fn sync_parent_dir(path: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicU64;
     use std::sync::Arc;
 
     fn lines_of(path: &Path) -> Vec<String> {
@@ -750,6 +982,152 @@ mod tests {
             reused.as_ptr(),
             address,
             "the written buffer is handed out again"
+        );
+    }
+
+    /// Pushes `lines` lines of thread `t` ("t i" plus padding), waiting for
+    /// room when the buffers are full.
+    fn push_numbered(
+        writer: &EventWriter,
+        t: usize,
+        lines: usize,
+        padding: impl Fn(usize) -> usize,
+    ) {
+        for i in 0..lines {
+            let mut line = format!("{t} {i} ").into_bytes();
+            line.resize(line.len() + padding(i), b'x');
+            line.push(b'\n');
+            match writer.try_push(line) {
+                Ok(()) => {}
+                Err(PushError::Full(line)) => writer.push_blocking(line).unwrap(),
+                Err(other) => panic!("{other:?}"),
+            }
+        }
+    }
+
+    /// Every thread's lines are in the file, whole, once each, in its order.
+    fn assert_all_in_order(path: &Path, threads: usize, lines: usize) {
+        let mut next = vec![0usize; threads];
+        for line in lines_of(path) {
+            let mut parts = line.split(' ');
+            let t: usize = parts.next().unwrap().parse().unwrap();
+            let i: usize = parts.next().unwrap().parse().unwrap();
+            assert!(
+                parts.next().unwrap().bytes().all(|b| b == b'x'),
+                "torn line {line:?}"
+            );
+            assert_eq!(next[t], i, "thread {t} out of order");
+            next[t] += 1;
+        }
+        assert_eq!(next, vec![lines; threads]);
+    }
+
+    /// Small buffers and many threads: producers keep meeting full buffers,
+    /// flips and lines longer than a buffer, and nothing is lost, torn or
+    /// reordered within a thread.
+    #[test]
+    fn many_threads_through_small_buffers_lose_nothing() {
+        for (buffer_bytes, queue_capacity) in [(64, 1000), (256, 3), (4096, 1000)] {
+            let config = WriterConfig {
+                buffer_bytes,
+                queue_capacity,
+                max_batch_bytes: buffer_bytes / 2,
+                flush_interval: Duration::from_millis(1),
+            };
+            let (_dir, path, writer) = open_in_tempdir("events.jsonl", config);
+            let writer = Arc::new(writer);
+            let (threads, lines) = (8, 1500);
+            let handles: Vec<_> = (0..threads)
+                .map(|t| {
+                    let writer = Arc::clone(&writer);
+                    // Some lines longer than a buffer, most shorter.
+                    std::thread::spawn(move || {
+                        push_numbered(
+                            &writer,
+                            t,
+                            lines,
+                            |i| if i % 97 == 0 { 300 } else { i % 13 },
+                        )
+                    })
+                })
+                .collect();
+            for handle in handles {
+                handle.join().unwrap();
+            }
+            writer.close().unwrap();
+            assert_all_in_order(&path, threads, lines);
+        }
+    }
+
+    /// Concurrent flushes and a close racing the producers: every line a
+    /// push accepted is in the file; pushes after the close are refused.
+    #[test]
+    fn flushes_and_close_racing_producers_keep_every_accepted_line() {
+        let config = WriterConfig {
+            buffer_bytes: 512,
+            max_batch_bytes: 256,
+            ..WriterConfig::default()
+        };
+        let (_dir, path, writer) = open_in_tempdir("events.jsonl", config);
+        let writer = Arc::new(writer);
+        let accepted = Arc::new(AtomicU64::new(0));
+        let producers: Vec<_> = (0..4)
+            .map(|t| {
+                let (writer, accepted) = (Arc::clone(&writer), Arc::clone(&accepted));
+                std::thread::spawn(move || {
+                    for i in 0.. {
+                        let line = format!("{t} {i} \n").into_bytes();
+                        let pushed = match writer.try_push(line) {
+                            Err(PushError::Full(line)) => writer.push_blocking(line),
+                            other => other,
+                        };
+                        match pushed {
+                            Ok(()) => accepted.fetch_add(1, Ordering::Relaxed),
+                            Err(PushError::Closed) => return,
+                            Err(other) => panic!("{other:?}"),
+                        };
+                    }
+                })
+            })
+            .collect();
+        for _ in 0..50 {
+            writer.flush(false).unwrap();
+        }
+        writer.flush(true).unwrap();
+        writer.close().unwrap();
+        for producer in producers {
+            producer.join().unwrap();
+        }
+        let lines = lines_of(&path);
+        assert_eq!(lines.len() as u64, accepted.load(Ordering::Relaxed));
+        let mut next = [0usize; 4];
+        for line in lines {
+            let (t, rest) = line.split_once(' ').unwrap();
+            let t: usize = t.parse().unwrap();
+            assert_eq!(rest.trim_end().parse::<usize>().unwrap(), next[t]);
+            next[t] += 1;
+        }
+    }
+
+    #[test]
+    fn a_line_longer_than_the_buffer_is_written_after_the_ones_before() {
+        let config = WriterConfig {
+            buffer_bytes: 16,
+            flush_interval: Duration::from_secs(3600),
+            ..WriterConfig::default()
+        };
+        let (_dir, path, writer) = open_in_tempdir("events.jsonl", config);
+        writer.try_push(b"short\n".to_vec()).unwrap();
+        let long = format!("{}\n", "y".repeat(100)).into_bytes();
+        let Err(PushError::Full(long)) = writer.try_push(long) else {
+            panic!("a line longer than the buffer fits it");
+        };
+        writer.push_blocking(long).unwrap();
+        writer.try_push(b"after\n".to_vec()).unwrap();
+        writer.flush(false).unwrap();
+        assert_eq!(
+            lines_of(&path),
+            vec!["short".to_string(), "y".repeat(100), "after".to_string()]
         );
     }
 

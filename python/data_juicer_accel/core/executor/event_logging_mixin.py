@@ -9,8 +9,9 @@ A drop-in replacement for ``data_juicer.core.executor.event_logging_mixin``
 ``EventLoggingMixin``, the same JSONL lines in the same files, the same loguru
 lines. What differs is underneath:
 
-* An event is serialised in Rust and handed to a bounded lock-free queue; a
-  background Rust thread writes the queue to ``events_<UTC stamp>.jsonl`` in
+* An event is serialised in Rust and copied, without a lock, into one of two
+  bounded buffers (the caller waits only when both are full); a
+  background Rust thread writes the filled buffer to ``events_<UTC stamp>.jsonl`` in
   batches (one ``write()`` per batch of whole lines, ``O_APPEND``). Callers
   take no Python lock and open no file.
 * Lines reach the disk within ``cfg.event_logging.flush_interval`` seconds
