@@ -83,8 +83,11 @@ fn interruptible<T: Send>(
         let mut interrupt: Option<PyErr> = None;
         let mut result = result;
         loop {
-            // A Receiver is Send but not Sync: hand it over and back.
-            let (received, back) = py.detach(move || (result.recv_timeout(SIGNAL_POLL), result));
+            // A Receiver is Send but not Sync: hand it over and back. The GIL
+            // is re-taken through `gil::detach`, so a daemon thread here when
+            // the interpreter exits is parked instead of aborting the process.
+            let (received, back) =
+                super::gil::detach(py, move || (result.recv_timeout(SIGNAL_POLL), result));
             result = back;
             match received {
                 Ok(outcome) => {
