@@ -267,13 +267,21 @@ def test_a_shard_symlinked_outside_the_checkpoint_is_refused(tmp_path):
     follows the link)."""
     m = RayCheckpointManager(str(tmp_path / "ckpt"))
     path = m.save_checkpoint(numbered(300, 2), 0)
-    shard = sorted(glob.glob(os.path.join(path, "latest", "*.arrow")))[0]
-    outside = tmp_path / "outside.arrow"
-    os.rename(shard, outside)
-    os.symlink(outside, shard)
+    with open(os.path.join(path, "latest", _native.MANIFEST_FILE)) as f:
+        first, second = (os.path.join(path, "latest", e["file"]) for e in json.load(f)["shards"])
+    # A later shard: refused by the read task that reads it.
+    os.rename(second, tmp_path / "second.arrow")
+    os.symlink(tmp_path / "second.arrow", second)
     loaded = m.load_checkpoint(0)
-    with pytest.raises(Exception, match=f"{os.path.basename(shard)}.*symbolic link"):
+    with pytest.raises(Exception, match=f"{os.path.basename(second)}.*symbolic link"):
         loaded.materialize()
+    # The first shard, whose schema the driver reads: no checkpoint to resume from.
+    os.rename(first, tmp_path / "first.arrow")
+    os.symlink(tmp_path / "first.arrow", first)
+    assert m.load_checkpoint(0) is None
+    os.unlink(first)
+    os.mkfifo(first)  # and no hang on a FIFO
+    assert m.load_checkpoint(0) is None
 
 
 def test_a_lying_row_count_fails_the_read(tmp_path):
