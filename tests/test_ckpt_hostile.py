@@ -362,6 +362,36 @@ def test_checkpoint_bigger_than_the_memory_allowed_is_memory_error(tmp_path):
     assert "Corrupt" not in out.stdout + out.stderr
 
 
+def test_a_shard_that_cannot_be_read_into_memory_is_memory_error_with_its_size(tmp_path):
+    """48 MiB that zstd cannot shrink, loaded with 24 MiB of address space to
+    spare: reading the shard's bytes already fails to allocate. That is a
+    MemoryError saying how much was needed, not an OSError or a corrupt file."""
+    table = pa.table({"blob": pa.array([os.urandom(1 << 20) for _ in range(48)], pa.binary())})
+    m = saved(tmp_path, table, num_proc=1)
+    [shard] = manifest(m)["shards"]
+    assert shard["bytes"] > 40 << 20, "random bytes stay big"
+    script = f"""
+        import resource
+        from data_juicer_accel.utils.ckpt_utils import CheckpointManager
+        m = CheckpointManager({str(tmp_path)!r}, {OPS!r})
+        with open("/proc/self/statm") as f:
+            used = int(f.read().split()[0]) * resource.getpagesize()
+        resource.setrlimit(resource.RLIMIT_AS, (used + (24 << 20), resource.RLIM_INFINITY))
+        try:
+            m.load_ckpt()
+            print("loaded")
+        except MemoryError as e:
+            print("MemoryError:", e)
+        except BaseException as e:
+            print(type(e).__name__, e)
+    """
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True, timeout=300)
+    assert "MemoryError:" in out.stdout, (out.stdout, out.stderr[-2000:])
+    assert f"{shard['file']} needs {shard['bytes']} bytes" in out.stdout
+    assert "Corrupt" not in out.stdout + out.stderr
+    assert load(tmp_path).num_rows == 48  # nothing was damaged
+
+
 # ------------------------------------------------ forks
 
 
@@ -416,6 +446,33 @@ def test_ctrl_c_interrupts_a_long_save_and_keeps_the_previous_checkpoint(tmp_pat
     assert "interrupted after" in out.stdout, out.stderr[-2000:]
     assert load(tmp_path).num_rows == 25
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".latest")]
+
+
+def test_ctrl_c_interrupts_a_long_load(tmp_path, fault_hook):
+    """3,000 record batches, each decoded 100 ms late by the test-only fault
+    hook: a load of several minutes, which SIGINT must end with
+    KeyboardInterrupt (and the checkpoint stays loadable)."""
+    schema = pa.schema([("text", pa.string())])
+    batches = [pa.record_batch([pa.array([f"row {i}"] * 4)], schema=schema) for i in range(3000)]
+    saved(tmp_path, pa.RecordBatchReader.from_batches(schema, batches))
+    script = f"""
+        import os, signal, threading, time
+        from data_juicer_accel.utils.ckpt_utils import CheckpointManager
+        m = CheckpointManager({str(tmp_path)!r}, {OPS!r})
+        threading.Timer(1.0, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+        start = time.monotonic()
+        try:
+            m.load_ckpt()
+            print("loaded")
+        except KeyboardInterrupt:
+            print("interrupted after", round(time.monotonic() - start, 1), "s")
+    """
+    env = dict(os.environ, **{fault_hook: "decode:slow"})
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert "interrupted after" in out.stdout, (out.stdout, out.stderr[-2000:])
+    assert load(tmp_path).num_rows == 4 * 3000
 
 
 def test_inspect_does_not_block_on_a_fifo_op_record(tmp_path, table, capsys):

@@ -224,6 +224,27 @@ def test_writer_rejects_unsafe_file_names_and_reuse(tmp_path, table):
         w.abort()
 
 
+def test_writer_without_sizes_uses_the_default_sizes(tmp_path):
+    """Unset chunk_bytes/max_shard_bytes are the DEFAULT_* ones: one record
+    batch per DEFAULT_CHUNK_BYTES of input."""
+    table = pa.table({"text": pa.array(["x" * 1000] * 20_000)})  # 20 MB: 3 chunks of 8 MiB
+
+    def batches_written(name: str, **sizes) -> int:
+        w = _native.CheckpointWriter(str(tmp_path / name), level=1, **sizes)
+        w.write_data(table)
+        latest = w.commit("arrow")
+        return sum(
+            len(list(pa.ipc.open_stream(pa.OSFile(os.path.join(latest, f)))))
+            for f in os.listdir(latest)
+            if f.endswith(".arrow")
+        )
+
+    explicit = dict(chunk_bytes=_native.DEFAULT_CHUNK_BYTES, max_shard_bytes=_native.DEFAULT_MAX_SHARD_BYTES)
+    assert batches_written("unset") == batches_written("none", chunk_bytes=None, max_shard_bytes=None)
+    assert batches_written("unset") == batches_written("explicit", **explicit) == 3
+    assert batches_written("small", chunk_bytes=1 << 20) > 3
+
+
 def test_failing_input_stream_raises_and_keeps_previous(tmp_path, table):
     m = saved(tmp_path, table)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -258,6 +259,73 @@ def test_a_damaged_shard_fails_the_read_loudly(tmp_path):
     loaded = m.load_checkpoint(0)
     with pytest.raises(Exception, match="xxh3"):
         loaded.materialize()
+
+
+def test_a_shard_symlinked_outside_the_checkpoint_is_refused(tmp_path):
+    """The same bytes, size and checksum, but outside the checkpoint directory:
+    a load reads only regular files inside it (the reference's read_parquet
+    follows the link)."""
+    m = RayCheckpointManager(str(tmp_path / "ckpt"))
+    path = m.save_checkpoint(numbered(300, 2), 0)
+    with open(os.path.join(path, "latest", _native.MANIFEST_FILE)) as f:
+        first, second = (os.path.join(path, "latest", e["file"]) for e in json.load(f)["shards"])
+    # A later shard: refused by the read task that reads it.
+    os.rename(second, tmp_path / "second.arrow")
+    os.symlink(tmp_path / "second.arrow", second)
+    loaded = m.load_checkpoint(0)
+    with pytest.raises(Exception, match=f"{os.path.basename(second)}.*symbolic link"):
+        loaded.materialize()
+    # The first shard, whose schema the driver reads: no checkpoint to resume from.
+    os.rename(first, tmp_path / "first.arrow")
+    os.symlink(tmp_path / "first.arrow", first)
+    assert m.load_checkpoint(0) is None
+    os.unlink(first)
+    os.mkfifo(first)  # and no hang on a FIFO
+    assert m.load_checkpoint(0) is None
+
+
+def test_a_lying_row_count_fails_the_read(tmp_path):
+    m = RayCheckpointManager(str(tmp_path))
+    path = m.save_checkpoint(numbered(300, 2), 0)
+    manifest_path = os.path.join(path, "latest", _native.MANIFEST_FILE)
+    with open(manifest_path) as f:
+        manifest = json.load(f)
+    first, second = manifest["shards"][:2]
+    first["rows"] -= 1
+    second["rows"] += 1  # the total still agrees
+    with open(manifest_path, "w") as f:
+        json.dump(manifest, f)
+    loaded = m.load_checkpoint(0)
+    named = "|".join(re.escape(e["file"]) for e in (first, second))  # whichever read task fails first
+    with pytest.raises(Exception, match=rf"({named}): shard holds \d+ rows, the manifest says"):
+        loaded.materialize()
+
+
+def inspect(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "data_juicer_accel", "inspect", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_inspect_describes_a_ray_checkpoint_without_an_op_record(tmp_path):
+    """A Ray checkpoint is one op's output for one partition: it has no
+    ckpt_op.json, and inspect must not call it damaged for that."""
+    m = RayCheckpointManager(str(tmp_path))
+    path = m.save_checkpoint(numbered(300, 2), 5)
+    for target in (path, os.path.join(path, "latest")):
+        proc = inspect(target, "--verify", "--json")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        report = json.loads(proc.stdout)
+        assert report["kind"] == "ray" and report["num_rows"] == 300
+        assert report["problems"] == [] and report["verify"]["ok"]
+        assert report["ops_recorded"] is None
+    text = inspect(path).stdout
+    assert "DAMAGED" not in text and "ckpt_op.json" not in text
+    # Damage is still found.
+    shard = sorted(glob.glob(os.path.join(path, "latest", "*.arrow")))[0]
+    os.truncate(shard, 10)
+    proc = inspect(path)
+    assert proc.returncode == 1 and "DAMAGED" in proc.stdout and os.path.basename(shard) in proc.stdout
 
 
 KILLED_IN_FALLBACK_SCRIPT = r"""

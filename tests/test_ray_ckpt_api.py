@@ -181,7 +181,10 @@ def test_commit_drops_leftovers_of_failed_attempts_and_replaces_atomically(tmp_p
     assert sorted(os.listdir(first)) == [".accel.lock", "latest"]
     assert sorted(os.listdir(latest)) == sorted([_native.MANIFEST_FILE, *(e["file"] for e in entries)])
     loaded = _native.read_shard_file(
-        os.path.join(latest, entries[0]["file"]), bytes=entries[0]["bytes"], xxh3_64=entries[0]["xxh3_64"]
+        os.path.join(latest, entries[0]["file"]),
+        bytes=entries[0]["bytes"],
+        xxh3_64=entries[0]["xxh3_64"],
+        rows=entries[0]["rows"],
     )
     assert pa.RecordBatchReader.from_stream(loaded).read_all().num_rows == 40
 
@@ -224,7 +227,7 @@ def test_read_shard_file_refuses_a_damaged_shard(tmp_path):
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
     with pytest.raises(_native.CheckpointCorruptError, match="xxh3"):
-        _native.read_shard_file(str(path), bytes=entry["bytes"], xxh3_64=entry["xxh3_64"])
+        _native.read_shard_file(str(path), bytes=entry["bytes"], xxh3_64=entry["xxh3_64"], rows=entry["rows"])
     [good] = _native.write_shard_files(str(tmp_path), text_table(100), prefix="q")
     with pytest.raises(_native.CheckpointCorruptError, match="100 rows"):
         _native.read_shard_file(str(tmp_path / good["file"]), bytes=good["bytes"], xxh3_64=good["xxh3_64"], rows=7)

@@ -34,9 +34,11 @@ class CheckpointWriter:
         compression: str = "zstd",
         level: int = 1,
         threads: int = 1,
-        chunk_bytes: int = 8388608,
-        max_shard_bytes: int = 524288000,
-    ) -> CheckpointWriter: ...
+        chunk_bytes: int | None = None,
+        max_shard_bytes: int | None = None,
+    ) -> CheckpointWriter:
+        """``chunk_bytes`` and ``max_shard_bytes`` default to ``DEFAULT_CHUNK_BYTES`` and
+        ``DEFAULT_MAX_SHARD_BYTES``."""
     @property
     def staging_dir(self) -> str | None: ...
     def write_data(self, data: ArrowStreamExportable, *, rows_per_shard: int | None = None) -> int:
@@ -117,10 +119,10 @@ def write_shard_files(
     (fsynced, GIL released; no lock, manifest or commit). Returns one manifest entry per shard:
     ``file``, ``bytes``, ``xxh3_64``, ``rows``, ``raw_bytes``."""
 
-def read_shard_file(
-    path: str | Any, *, bytes: int, xxh3_64: str, rows: int | None = None, verify: bool = True
-) -> LoadedCheckpoint:
-    """Reads one shard file verified against its manifest entry; ``manifest`` is that entry as JSON."""
+def read_shard_file(path: str | Any, *, bytes: int, xxh3_64: str, rows: int, verify: bool = True) -> LoadedCheckpoint:
+    """Reads one shard file verified against its manifest entry, as a checkpoint load does (a regular
+    file inside its directory, reads bounded by ``bytes``, xxh3, memory, ``rows``); ``manifest`` is
+    that entry as JSON."""
 
 # ------------------------------------------------------------------ events
 

@@ -174,6 +174,25 @@ fn compression(name: &str, level: i32) -> PyResult<Compression> {
     }
 }
 
+/// Write options from Python's arguments; unset sizes take the defaults of
+/// [`WriteOptions::default`] (the one place they are written).
+fn write_options(
+    compression_name: &str,
+    level: i32,
+    threads: usize,
+    chunk_bytes: Option<u64>,
+    max_shard_bytes: Option<u64>,
+) -> PyResult<WriteOptions> {
+    let defaults = WriteOptions::default();
+    Ok(WriteOptions {
+        compression: compression(compression_name, level)?,
+        threads: threads.max(1),
+        rows_per_shard: None,
+        max_shard_bytes: max_shard_bytes.unwrap_or(defaults.max_shard_bytes),
+        chunk_bytes: chunk_bytes.unwrap_or(defaults.chunk_bytes),
+    })
+}
+
 /// Writes one checkpoint into a staging directory beside `latest/` and
 /// commits it atomically. Used by the Python `CheckpointManager`.
 #[pyclass(module = "data_juicer_accel._native")]
@@ -194,23 +213,17 @@ impl CheckpointWriter {
 #[pymethods]
 impl CheckpointWriter {
     #[new]
-    #[pyo3(signature = (ckpt_dir, *, compression="zstd", level=1, threads=1, chunk_bytes=8_388_608, max_shard_bytes=524_288_000))]
+    #[pyo3(signature = (ckpt_dir, *, compression="zstd", level=1, threads=1, chunk_bytes=None, max_shard_bytes=None))]
     fn new(
         py: Python<'_>,
         ckpt_dir: PathBuf,
         compression: &str,
         level: i32,
         threads: usize,
-        chunk_bytes: u64,
-        max_shard_bytes: u64,
+        chunk_bytes: Option<u64>,
+        max_shard_bytes: Option<u64>,
     ) -> PyResult<Self> {
-        let options = WriteOptions {
-            compression: self::compression(compression, level)?,
-            threads: threads.max(1),
-            rows_per_shard: None,
-            max_shard_bytes,
-            chunk_bytes,
-        };
+        let options = write_options(compression, level, threads, chunk_bytes, max_shard_bytes)?;
         checkpoint::writer::ipc_options(options.compression).map_err(to_py_err)?;
         let staging = detached(py, || Staging::create(&ckpt_dir))?;
         Ok(CheckpointWriter {
@@ -421,27 +434,10 @@ mod ray_shards {
     use pyo3::prelude::*;
     use pyo3::types::PyDict;
 
-    use super::{compression, detached, import_stream, LoadedCheckpoint};
+    use super::{detached, import_stream, write_options, LoadedCheckpoint};
     use crate::checkpoint::manifest::{checksum_hex, FileEntry};
     use crate::checkpoint::shards::{self, read_verified_shard, write_prefixed_shards};
     use crate::checkpoint::{SaveRequest, Staging, WriteOptions};
-
-    fn write_options(
-        compression_name: &str,
-        level: i32,
-        threads: usize,
-        chunk_bytes: Option<u64>,
-        max_shard_bytes: Option<u64>,
-    ) -> PyResult<WriteOptions> {
-        let defaults = WriteOptions::default();
-        Ok(WriteOptions {
-            compression: compression(compression_name, level)?,
-            threads: threads.max(1),
-            rows_per_shard: None,
-            max_shard_bytes: max_shard_bytes.unwrap_or(defaults.max_shard_bytes),
-            chunk_bytes: chunk_bytes.unwrap_or(defaults.chunk_bytes),
-        })
-    }
 
     fn entry_to_dict<'py>(py: Python<'py>, e: &FileEntry) -> PyResult<Bound<'py, PyDict>> {
         let dict = PyDict::new(py);
@@ -588,30 +584,42 @@ mod ray_shards {
     }
 
     /// Reads the shard file `path`, verified against its manifest entry
-    /// (`bytes`, `xxh3_64`, `rows`), with the GIL released. The result's
-    /// `manifest` is that entry as JSON; its table goes out once through
-    /// `__arrow_c_stream__`.
+    /// (`bytes`, `xxh3_64`, `rows`) as a checkpoint load verifies it (a
+    /// regular file inside its directory, reads bounded by `bytes`, memory
+    /// checked), with the GIL released. The result's `manifest` is that
+    /// entry as JSON; its table goes out once through `__arrow_c_stream__`.
     #[pyfunction]
-    #[pyo3(signature = (path, *, bytes, xxh3_64, rows=None, verify=true))]
+    #[pyo3(signature = (path, *, bytes, xxh3_64, rows, verify=true))]
     fn read_shard_file(
         py: Python<'_>,
         path: PathBuf,
         bytes: u64,
         xxh3_64: String,
-        rows: Option<u64>,
+        rows: u64,
         verify: bool,
     ) -> PyResult<LoadedCheckpoint> {
+        let (dir, file) = match (path.parent(), path.file_name()) {
+            (Some(dir), Some(file)) => (dir.to_path_buf(), file.to_string_lossy().into_owned()),
+            _ => {
+                return Err(PyValueError::new_err(format!(
+                    "{} does not name a shard file",
+                    path.display()
+                )))
+            }
+        };
+        let dir = if dir.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            dir
+        };
         let entry = FileEntry {
-            file: path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
+            file,
             bytes,
             xxh3_64,
-            rows,
+            rows: Some(rows),
             raw_bytes: None,
         };
-        let (schema, batches) = detached(py, || read_verified_shard(&path, &entry, verify))?;
+        let (schema, batches) = detached(py, || read_verified_shard(&dir, &entry, verify))?;
         let num_rows = batches.iter().map(|b| b.num_rows() as u64).sum();
         Ok(LoadedCheckpoint {
             manifest_json: serde_json::to_string(&entry).expect("an entry always serialises"),

@@ -72,6 +72,7 @@ impl CheckpointDir {
     pub fn open_regular(&self, name: &str) -> Result<Option<(File, u64)>> {
         let path = self.path.join(name);
         let cname = cstring(Path::new(name)).at(&path)?;
+        // SAFETY: `libc::stat` is plain integers, for which all zeroes is valid.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
         // SAFETY: valid fd, NUL-terminated name, `st` is writable.
         let rc = unsafe {
@@ -126,7 +127,15 @@ impl CheckpointDir {
                 ),
             ));
         }
-        let bytes = read_bounded(file, expected, cancel).at(&path)?;
+        let bytes = read_bounded(file, expected, cancel).map_err(|e| match e.kind() {
+            // Not enough memory for the file is not an I/O error: say how much.
+            io::ErrorKind::OutOfMemory => CheckpointError::OutOfMemory {
+                path: path.clone(),
+                needed: expected,
+                available: None,
+            },
+            _ => CheckpointError::io(&path, e),
+        })?;
         if bytes.len() as u64 != expected {
             return Err(CheckpointError::corrupt(
                 &path,
@@ -230,6 +239,7 @@ fn open_at(dir: libc::c_int, path: &Path, flags: libc::c_int) -> io::Result<Owne
 }
 
 fn fstat(fd: libc::c_int) -> io::Result<libc::stat> {
+    // SAFETY: `libc::stat` is plain integers, for which all zeroes is valid.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: valid fd, writable `st`.
     if unsafe { libc::fstat(fd, &mut st) } != 0 {

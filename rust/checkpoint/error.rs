@@ -83,7 +83,7 @@ impl fmt::Display for CheckpointError {
             } => {
                 write!(
                     f,
-                    "loading {} needs {needed} bytes of memory once decompressed",
+                    "loading {} needs {needed} bytes of memory",
                     path.display()
                 )?;
                 match available {

@@ -6,6 +6,8 @@
 //! `exchange`: a filesystem without `RENAME_EXCHANGE`, so the non-atomic
 //! fallback runs) or `abort` (the process dies on the spot, as under
 //! `kill -9`), optionally only where the path contains `<path part>`.
+//! `decode:slow` makes a load sleep 100 ms before each record batch it
+//! decodes (a long load, for the Ctrl-C test).
 //!
 //! Compiled in only for the crate's own tests and with the `fault-injection`
 //! feature (the Python test build); elsewhere `check` is an empty inline
@@ -42,6 +44,10 @@ fn act(action: &str) -> io::Result<()> {
         "enospc" => Err(io::Error::from_raw_os_error(libc::ENOSPC)),
         "einval" => Err(io::Error::from_raw_os_error(libc::EINVAL)),
         "abort" => std::process::abort(),
+        "slow" => {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            Ok(())
+        }
         _ => Ok(()),
     }
 }

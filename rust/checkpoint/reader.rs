@@ -8,7 +8,6 @@
 //! message and against a memory limit before anything is allocated for them.
 
 use std::collections::HashMap;
-use std::fs;
 use std::io::Cursor;
 use std::ops::Range;
 use std::path::Path;
@@ -173,24 +172,23 @@ fn read_verified(dir: &CheckpointDir, entry: &FileEntry, opts: &ReadOptions) -> 
     Ok(bytes)
 }
 
-/// Reads the file at `path` whole, after checking its size against `entry`,
-/// and (with `verify`) its xxh3.
-pub fn read_verified_file(path: &Path, entry: &FileEntry, verify: bool) -> Result<Vec<u8>> {
-    let actual = fs::metadata(path).at(path)?.len();
-    if actual != entry.bytes {
-        return Err(CheckpointError::corrupt(
-            path,
-            format!(
-                "file is {actual} bytes, the manifest says {} (truncated or replaced)",
-                entry.bytes
-            ),
-        ));
-    }
-    let bytes = fs::read(path).at(path)?;
-    if verify {
-        check_hash(path, &bytes, entry)?;
-    }
-    Ok(bytes)
+/// Reads the one shard `entry` of `dir` with every check of a checkpoint
+/// load: a regular file inside `dir`, read no further than its declared
+/// size, its xxh3 (with `opts.verify`), the decompressed sizes it declares
+/// against the memory the process may use, and its row count.
+pub fn read_one_shard(
+    dir: &CheckpointDir,
+    entry: &FileEntry,
+    opts: &ReadOptions,
+) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    let entries = std::slice::from_ref(entry);
+    let shards = read_shards(dir, entries, opts)?;
+    let schema = common_schema(dir.path(), entries, &shards)?;
+    check_declared_sizes(dir.path(), entries, &shards, opts.max_decoded_bytes)?;
+    let decoded = decode_all(dir.path(), entries, &shards, &schema, opts)?;
+    check_rows_per_shard(dir.path(), entries, &decoded)?;
+    let batches = decoded.into_iter().flatten().collect();
+    Ok((schema, batches))
 }
 
 fn check_hash(path: &Path, bytes: &[u8], entry: &FileEntry) -> Result<()> {
@@ -467,6 +465,7 @@ fn decode_all(
         opts.cancelled()?;
         let (s, message) = tasks[t];
         let path = dir.join(&entries[s].file);
+        super::fault::check("decode", &path).at(&path)?;
         let shard = &shards[s];
         match message {
             Some(m) => decode_message(&path, shard, &shard.batches[m], schema).map(|b| vec![b]),

@@ -15,9 +15,11 @@ use arrow_array::RecordBatch;
 use arrow_schema::{ArrowError, SchemaRef};
 
 use super::commit::Staging;
+use super::dirfd::CheckpointDir;
 use super::error::{CheckpointError, IoContext, Result};
 use super::manifest::{is_safe_file_name, FileEntry, MANIFEST_FILE};
-use super::{manifest_for, reader, write_shards, SaveRequest, WriteOptions, WrittenShard};
+use super::reader::{self, ReadOptions};
+use super::{manifest_for, write_shards, SaveRequest, WriteOptions, WrittenShard};
 
 /// Writes `input` with [`write_shards`] into a private hidden directory
 /// inside `dir`, then moves each shard up to `dir` as
@@ -117,25 +119,31 @@ pub fn recover(ckpt_dir: &Path) -> Result<bool> {
     }
 }
 
-/// Reads one shard file, checks its size and xxh3 against `entry` and its
-/// row count, and decodes it with the checks of a checkpoint load.
+/// Reads the shard `entry` of the checkpoint directory `dir` with every
+/// check of a checkpoint load (see [`reader::read_one_shard`]): a regular
+/// file inside `dir`, never a symlink out of it, read no further than the
+/// manifest's size, its xxh3 (with `verify`), its declared decompressed
+/// sizes against the memory the process may use, and its row count.
 pub fn read_verified_shard(
-    path: &Path,
+    dir: &Path,
     entry: &FileEntry,
     verify: bool,
 ) -> Result<(SchemaRef, Vec<RecordBatch>)> {
-    let bytes = reader::read_verified_file(path, entry, verify)?;
-    let (schema, batches) = reader::decode_shard_bytes(path, bytes, reader::physical_memory())?;
-    let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
-    if let Some(expected) = entry.rows {
-        if rows != expected {
-            return Err(CheckpointError::corrupt(
-                path,
-                format!("shard holds {rows} rows, the manifest says {expected}"),
-            ));
-        }
+    if !is_safe_file_name(&entry.file) || entry.file == MANIFEST_FILE {
+        return Err(CheckpointError::Input(format!(
+            "shard name {:?} is not a plain file name",
+            entry.file
+        )));
     }
-    Ok((schema, batches))
+    let handle = CheckpointDir::open(dir)?
+        .ok_or_else(|| CheckpointError::io(dir, std::io::Error::from_raw_os_error(libc::ENOENT)))?;
+    let opts = ReadOptions {
+        verify,
+        // A Ray read task has one CPU: Ray runs the tasks in parallel.
+        threads: 1,
+        ..ReadOptions::default()
+    };
+    reader::read_one_shard(&handle, entry, &opts)
 }
 
 /// Removes a file or a directory tree; absent is fine.
@@ -240,7 +248,7 @@ mod tests {
         assert_eq!(loaded.manifest.num_rows, 3000);
         let mut n = Vec::new();
         for e in &entries {
-            let (_, batches) = read_verified_shard(&latest.join(&e.file), e, true).unwrap();
+            let (_, batches) = read_verified_shard(&latest, e, true).unwrap();
             n.extend(column_n(&batches));
         }
         assert_eq!(n, (0..3000).collect::<Vec<i64>>(), "task then shard order");
@@ -329,8 +337,8 @@ mod tests {
             write_prefixed_shards(dir.path(), "empty", schema(), empty, &options(1 << 20)).unwrap();
         assert_eq!(shards.len(), 1);
         assert_eq!(shards[0].rows, 0);
-        let path = dir.path().join(&shards[0].file);
-        let (schema_read, batches) = read_verified_shard(&path, &entry(&shards[0]), true).unwrap();
+        let (schema_read, batches) =
+            read_verified_shard(dir.path(), &entry(&shards[0]), true).unwrap();
         assert_eq!(schema_read.fields(), schema().fields());
         assert!(batches.iter().all(|b| b.num_rows() == 0));
     }
@@ -367,6 +375,26 @@ mod tests {
     }
 
     #[test]
+    fn a_shard_symlinked_outside_the_directory_is_refused() {
+        let outside = tempfile::tempdir().unwrap();
+        let input = std::iter::once(Ok(batch(0, 50)));
+        let shards =
+            write_prefixed_shards(outside.path(), "t", schema(), input, &options(u64::MAX))
+                .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let good = entry(&shards[0]);
+        std::os::unix::fs::symlink(outside.path().join(&good.file), dir.path().join(&good.file))
+            .unwrap();
+        let err = read_verified_shard(dir.path(), &good, true).unwrap_err();
+        assert!(matches!(err, CheckpointError::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        let mut up = good.clone();
+        up.file = format!("../{}", good.file);
+        let err = read_verified_shard(dir.path(), &up, true).unwrap_err();
+        assert!(matches!(err, CheckpointError::Input(_)), "{err}");
+    }
+
+    #[test]
     fn detects_damage_against_the_entry() {
         let dir = tempfile::tempdir().unwrap();
         let input = std::iter::once(Ok(batch(0, 200)));
@@ -376,17 +404,17 @@ mod tests {
         let good = entry(&shards[0]);
         let mut wrong_rows = good.clone();
         wrong_rows.rows = Some(199);
-        let err = read_verified_shard(&path, &wrong_rows, true).unwrap_err();
+        let err = read_verified_shard(dir.path(), &wrong_rows, true).unwrap_err();
         assert!(err.to_string().contains("199"), "{err}");
         let mut bytes = fs::read(&path).unwrap();
         let middle = bytes.len() / 2;
         bytes[middle] ^= 0x55;
         fs::write(&path, &bytes).unwrap();
-        let err = read_verified_shard(&path, &good, true).unwrap_err();
+        let err = read_verified_shard(dir.path(), &good, true).unwrap_err();
         assert!(matches!(err, CheckpointError::Corrupt { .. }), "{err}");
         assert!(err.to_string().contains("xxh3"), "{err}");
         fs::write(&path, &bytes[..middle]).unwrap();
-        let err = read_verified_shard(&path, &good, true).unwrap_err();
+        let err = read_verified_shard(dir.path(), &good, true).unwrap_err();
         assert!(err.to_string().contains("truncated"), "{err}");
     }
 }

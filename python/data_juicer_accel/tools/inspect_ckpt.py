@@ -29,6 +29,7 @@ EXIT_NOT_A_CHECKPOINT = 2
 
 _OP_RECORD_FILE = "ckpt_op.json"
 _STATE_FILE = "state.json"
+_RAY_KIND = "ray"
 
 
 class _NotACheckpoint(Exception):
@@ -74,11 +75,16 @@ def run(args: argparse.Namespace) -> int:
         return _fail(args, str(e), EXIT_NOT_A_CHECKPOINT)
 
     report: dict[str, Any] = {"ckpt_dir": ckpt_dir, "latest_dir": latest, "problems": []}
-    report["ops_recorded"] = _op_record(ckpt_dir, report["problems"])
     try:
         _describe_data(latest, report)
     except _NotACheckpoint as e:
         return _fail(args, str(e), EXIT_NOT_A_CHECKPOINT)
+    # A Ray checkpoint is one op's output for one partition, named after
+    # both (checkpoint_op_XXXX_partition_YYYY.accel): it has no op record.
+    if report.get("kind") == _RAY_KIND:
+        report["ops_recorded"] = None
+    else:
+        report["ops_recorded"] = _op_record(ckpt_dir, report["problems"])
 
     if args.verify:
         report["verify"] = _verify(latest, report)
@@ -360,13 +366,7 @@ def _print_report(r: dict[str, Any]) -> None:
         files = [f["file"] if isinstance(f, dict) else f for f in r["files"]]
         print(f"\nOther files: {', '.join(files)}")
 
-    ops = r.get("ops_recorded")
-    print(f"\nOps recorded ({len(ops) if ops is not None else 0}):")
-    if ops:
-        rows = [[i, op["name"], len(op["args"] or {})] for i, op in enumerate(ops, 1)]
-        print(table(["#", "op", "args"], rows, right={0, 2}))
-    else:
-        print("  none")
+    _print_ops(r)
 
     if "config" in r:
         c = r["config"]
@@ -386,3 +386,16 @@ def _print_report(r: dict[str, Any]) -> None:
         print("\nDAMAGED:")
         for p in r["problems"]:
             print(f"  {p}")
+
+
+def _print_ops(r: dict[str, Any]) -> None:
+    if r.get("kind") == _RAY_KIND:
+        print("\nOps recorded: none (a Ray checkpoint holds one op's output; its name carries the op's index)")
+        return
+    ops = r.get("ops_recorded")
+    print(f"\nOps recorded ({len(ops) if ops is not None else 0}):")
+    if ops:
+        rows = [[i, op["name"], len(op["args"] or {})] for i, op in enumerate(ops, 1)]
+        print(table(["#", "op", "args"], rows, right={0, 2}))
+    else:
+        print("  none")

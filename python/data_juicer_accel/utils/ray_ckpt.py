@@ -34,10 +34,12 @@ Ray is imported lazily: this module imports without it.
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
 import re
+import stat
 import sys
 import uuid
 from collections.abc import Iterable
@@ -151,10 +153,25 @@ def _read_shards(directory: str, entries: list[dict[str, Any]], verify: bool) ->
             os.path.join(directory, e["file"]),
             bytes=e["bytes"],
             xxh3_64=e["xxh3_64"],
-            rows=e.get("rows"),
+            rows=e["rows"],
             verify=verify,
         )
         yield pa.RecordBatchReader.from_stream(loaded).read_all()
+
+
+def _first_schema(path: str) -> pa.Schema:
+    """The schema message at the start of the shard ``path``, read only if it
+    is a regular file (not a symlink out of the checkpoint, not a FIFO)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise _native.CheckpointCorruptError(f"{path}: a symbolic link; shards must be regular files") from None
+        raise
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise _native.CheckpointCorruptError(f"{path}: not a regular file")
+        return pa.ipc.open_stream(f).schema
 
 
 def _datasource(directory: str, manifest: dict[str, Any], verify: bool):
@@ -163,8 +180,7 @@ def _datasource(directory: str, manifest: dict[str, Any], verify: bool):
 
     # The schema message of the first shard (a few hundred bytes; the data is
     # verified when the read tasks decode it): keeps the schema of 0 rows.
-    with pa.OSFile(os.path.join(directory, manifest["shards"][0]["file"])) as f:
-        schema = pa.ipc.open_stream(f).schema
+    schema = _first_schema(os.path.join(directory, manifest["shards"][0]["file"]))
 
     class AccelShardDatasource(Datasource):
         """Read tasks over contiguous runs of the manifest's shards."""
