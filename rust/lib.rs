@@ -2,7 +2,8 @@
 //!
 //! * [`checkpoint`]: zstd Arrow IPC checkpoint shards, written in parallel and
 //!   committed atomically; pure Rust, no Python.
-//! * [`events`]: the lock-free job-event buffer and its flush thread.
+//! * [`events`]: the job-event double buffer (producers reserve room with
+//!   atomics) and its flush thread.
 //! * [`bindings`]: the PyO3 layer; the only place that touches Python.
 
 #![deny(clippy::undocumented_unsafe_blocks)]

@@ -128,8 +128,9 @@ def read_shard_file(path: str | Any, *, bytes: int, xxh3_64: str, rows: int, ver
 
 @final
 class EventSink:
-    """The native half of one EventLogger: two bounded buffers filled without
-    locks, a flush thread writing them to the JSONL file, and the Event builder of the fast path."""
+    """The native half of one EventLogger: two bounded buffers that callers
+    fill with atomics (no lock), a flush thread writing them to the JSONL file, and the
+    Event builder of the fast path."""
 
     def __new__(
         cls,

@@ -21,6 +21,7 @@ use pyo3::exceptions::{
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyCapsule};
 
+use super::gil::guarded;
 use crate::checkpoint::{
     self, manifest, reader, CheckpointError, Compression, SaveRequest, Staging, WriteOptions,
     WrittenShard,
@@ -223,13 +224,15 @@ impl CheckpointWriter {
         chunk_bytes: Option<u64>,
         max_shard_bytes: Option<u64>,
     ) -> PyResult<Self> {
-        let options = write_options(compression, level, threads, chunk_bytes, max_shard_bytes)?;
-        checkpoint::writer::ipc_options(options.compression).map_err(to_py_err)?;
-        let staging = detached(py, || Staging::create(&ckpt_dir))?;
-        Ok(CheckpointWriter {
-            staging: Some(staging),
-            options,
-            shards: None,
+        guarded("CheckpointWriter()", || {
+            let options = write_options(compression, level, threads, chunk_bytes, max_shard_bytes)?;
+            checkpoint::writer::ipc_options(options.compression).map_err(to_py_err)?;
+            let staging = detached(py, || Staging::create(&ckpt_dir))?;
+            Ok(CheckpointWriter {
+                staging: Some(staging),
+                options,
+                shards: None,
+            })
         })
     }
 
@@ -249,26 +252,28 @@ impl CheckpointWriter {
         data: &Bound<'_, PyAny>,
         rows_per_shard: Option<u64>,
     ) -> PyResult<u64> {
-        if self.shards.is_some() {
-            return Err(PyValueError::new_err(
-                "write_data() was already called on this CheckpointWriter",
-            ));
-        }
-        let stream = import_stream(data)?;
-        let mut options = self.options.clone();
-        options.rows_per_shard = rows_per_shard;
-        let dir = self.staging()?.dir().to_path_buf();
-        let schema = stream.schema();
-        let shards = interruptible(py, move |cancel| {
-            let input = Cancellable {
-                inner: stream,
-                cancel,
-            };
-            checkpoint::write_shards(&dir, schema, input, &options)
-        })?;
-        let rows = shards.iter().map(|s| s.rows).sum();
-        self.shards = Some(shards);
-        Ok(rows)
+        guarded("CheckpointWriter.write_data", || {
+            if self.shards.is_some() {
+                return Err(PyValueError::new_err(
+                    "write_data() was already called on this CheckpointWriter",
+                ));
+            }
+            let stream = import_stream(data)?;
+            let mut options = self.options.clone();
+            options.rows_per_shard = rows_per_shard;
+            let dir = self.staging()?.dir().to_path_buf();
+            let schema = stream.schema();
+            let shards = interruptible(py, move |cancel| {
+                let input = Cancellable {
+                    inner: stream,
+                    cancel,
+                };
+                checkpoint::write_shards(&dir, schema, input, &options)
+            })?;
+            let rows = shards.iter().map(|s| s.rows).sum();
+            self.shards = Some(shards);
+            Ok(rows)
+        })
     }
 
     /// Names of the shard files written, in order.
@@ -283,26 +288,30 @@ impl CheckpointWriter {
 
     /// Adds a small file (state.json, ckpt_op.json, ...) to the checkpoint.
     fn add_file(&mut self, py: Python<'_>, name: &str, data: &[u8]) -> PyResult<()> {
-        let staging = self.staging()?;
-        detached(py, || staging.add_file(name, data))
+        guarded("CheckpointWriter.add_file", || {
+            let staging = self.staging()?;
+            detached(py, || staging.add_file(name, data))
+        })
     }
 
     /// Writes the manifest and swaps the checkpoint in. Returns `latest/`.
     fn commit(&mut self, py: Python<'_>, kind: &str) -> PyResult<String> {
-        let shards = self
-            .shards
-            .take()
-            .ok_or_else(|| PyValueError::new_err("commit() before write_data()"))?;
-        let staging = self.staging.take().ok_or_else(|| {
-            PyValueError::new_err("this CheckpointWriter is already committed or aborted")
-        })?;
-        let request = SaveRequest {
-            kind,
-            options: self.options.clone(),
-        };
-        let manifest = checkpoint::manifest_for(&request, &shards);
-        let latest = detached(py, move || staging.commit(manifest))?;
-        Ok(latest.to_string_lossy().into_owned())
+        guarded("CheckpointWriter.commit", || {
+            let shards = self
+                .shards
+                .take()
+                .ok_or_else(|| PyValueError::new_err("commit() before write_data()"))?;
+            let staging = self.staging.take().ok_or_else(|| {
+                PyValueError::new_err("this CheckpointWriter is already committed or aborted")
+            })?;
+            let request = SaveRequest {
+                kind,
+                options: self.options.clone(),
+            };
+            let manifest = checkpoint::manifest_for(&request, &shards);
+            let latest = detached(py, move || staging.commit(manifest))?;
+            Ok(latest.to_string_lossy().into_owned())
+        })
     }
 
     /// Drops the staging directory and releases the lock.
@@ -346,19 +355,21 @@ impl LoadedCheckpoint {
         py: Python<'py>,
         requested_schema: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyCapsule>> {
-        let _ = requested_schema; // the protocol allows returning the data's own schema
-        let (schema, batches) = self.data.take().ok_or_else(|| {
-            PyValueError::new_err("the table of this LoadedCheckpoint was already taken")
-        })?;
-        let reader: Box<dyn RecordBatchReader + Send> = Box::new(RecordBatchIterator::new(
-            batches.into_iter().map(Ok),
-            schema,
-        ));
-        PyCapsule::new(
-            py,
-            FFI_ArrowArrayStream::new(reader),
-            Some(STREAM_CAPSULE.to_owned()),
-        )
+        guarded("LoadedCheckpoint.__arrow_c_stream__", || {
+            let _ = requested_schema; // the protocol allows returning the data's own schema
+            let (schema, batches) = self.data.take().ok_or_else(|| {
+                PyValueError::new_err("the table of this LoadedCheckpoint was already taken")
+            })?;
+            let reader: Box<dyn RecordBatchReader + Send> = Box::new(RecordBatchIterator::new(
+                batches.into_iter().map(Ok),
+                schema,
+            ));
+            PyCapsule::new(
+                py,
+                FFI_ArrowArrayStream::new(reader),
+                Some(STREAM_CAPSULE.to_owned()),
+            )
+        })
     }
 }
 
@@ -372,27 +383,31 @@ fn read_checkpoint(
     verify: bool,
     threads: Option<usize>,
 ) -> PyResult<Option<LoadedCheckpoint>> {
-    let loaded = interruptible(py, |cancel| {
-        let options = reader::ReadOptions {
-            verify,
-            threads: threads.unwrap_or_else(reader::default_threads).max(1),
-            cancel: Some(cancel),
-            ..Default::default()
-        };
-        reader::read_checkpoint(&path, &options)
-    })?;
-    Ok(loaded.map(|l| LoadedCheckpoint {
-        manifest_json: l.manifest.to_json(),
-        num_rows: l.manifest.num_rows,
-        files: l.files,
-        data: Some((l.schema, l.batches)),
-    }))
+    guarded("read_checkpoint", || {
+        let loaded = interruptible(py, |cancel| {
+            let options = reader::ReadOptions {
+                verify,
+                threads: threads.unwrap_or_else(reader::default_threads).max(1),
+                cancel: Some(cancel),
+                ..Default::default()
+            };
+            reader::read_checkpoint(&path, &options)
+        })?;
+        Ok(loaded.map(|l| LoadedCheckpoint {
+            manifest_json: l.manifest.to_json(),
+            num_rows: l.manifest.num_rows,
+            files: l.files,
+            data: Some((l.schema, l.batches)),
+        }))
+    })
 }
 
 /// The validated manifest of the checkpoint in `path` as JSON, or None.
 #[pyfunction]
 fn read_manifest(py: Python<'_>, path: PathBuf) -> PyResult<Option<String>> {
-    Ok(detached(py, || manifest::Manifest::read(&path))?.map(|m| m.to_json()))
+    guarded("read_manifest", || {
+        Ok(detached(py, || manifest::Manifest::read(&path))?.map(|m| m.to_json()))
+    })
 }
 
 /// The xxh3-64 of `data` as the manifest writes it (16 lower-case hex digits).
@@ -434,7 +449,7 @@ mod ray_shards {
     use pyo3::prelude::*;
     use pyo3::types::PyDict;
 
-    use super::{detached, import_stream, write_options, LoadedCheckpoint};
+    use super::{detached, guarded, import_stream, write_options, LoadedCheckpoint};
     use crate::checkpoint::manifest::{checksum_hex, FileEntry};
     use crate::checkpoint::shards::{self, read_verified_shard, write_prefixed_shards};
     use crate::checkpoint::{SaveRequest, Staging, WriteOptions};
@@ -488,9 +503,11 @@ mod ray_shards {
     impl ShardStaging {
         #[new]
         fn new(py: Python<'_>, ckpt_dir: PathBuf) -> PyResult<Self> {
-            let staging = detached(py, || Staging::create(&ckpt_dir))?;
-            Ok(ShardStaging {
-                staging: Some(staging),
+            guarded("ShardStaging()", || {
+                let staging = detached(py, || Staging::create(&ckpt_dir))?;
+                Ok(ShardStaging {
+                    staging: Some(staging),
+                })
             })
         }
 
@@ -513,21 +530,23 @@ mod ray_shards {
             compression: &str,
             level: i32,
         ) -> PyResult<String> {
-            let entries = shards
-                .iter()
-                .map(entry_from_dict)
-                .collect::<PyResult<Vec<_>>>()?;
-            let request = SaveRequest {
-                kind,
-                options: write_options(compression, level, 1, None, None)?,
-            };
-            let staging = self.staging.take().ok_or_else(|| {
-                PyValueError::new_err("this ShardStaging is already committed or aborted")
-            })?;
-            let latest = detached(py, move || {
-                shards::commit_shards(staging, &request, entries)
-            })?;
-            Ok(latest.to_string_lossy().into_owned())
+            guarded("ShardStaging.commit", || {
+                let entries = shards
+                    .iter()
+                    .map(entry_from_dict)
+                    .collect::<PyResult<Vec<_>>>()?;
+                let request = SaveRequest {
+                    kind,
+                    options: write_options(compression, level, 1, None, None)?,
+                };
+                let staging = self.staging.take().ok_or_else(|| {
+                    PyValueError::new_err("this ShardStaging is already committed or aborted")
+                })?;
+                let latest = detached(py, move || {
+                    shards::commit_shards(staging, &request, entries)
+                })?;
+                Ok(latest.to_string_lossy().into_owned())
+            })
         }
 
         /// Removes the staging directory and releases the lock.
@@ -540,7 +559,9 @@ mod ray_shards {
     /// fallback left in `ckpt_dir`. False while another process saves there.
     #[pyfunction]
     fn recover_checkpoint_dir(py: Python<'_>, ckpt_dir: PathBuf) -> PyResult<bool> {
-        detached(py, || shards::recover(&ckpt_dir))
+        guarded("recover_checkpoint_dir", || {
+            detached(py, || shards::recover(&ckpt_dir))
+        })
     }
 
     /// Writes one Ray block (or any Arrow C stream) as shard files
@@ -561,26 +582,28 @@ mod ray_shards {
         chunk_bytes: Option<u64>,
         max_shard_bytes: Option<u64>,
     ) -> PyResult<Vec<Bound<'py, PyDict>>> {
-        let options = write_options(compression, level, threads, chunk_bytes, max_shard_bytes)?;
-        let stream = import_stream(data)?;
-        let schema = stream.schema();
-        let prefix = prefix.to_owned();
-        let shards = detached(py, move || {
-            write_prefixed_shards(&dir, &prefix, schema, stream, &options)
-        })?;
-        shards
-            .into_iter()
-            .map(|s| {
-                let entry = FileEntry {
-                    file: s.file,
-                    bytes: s.bytes,
-                    xxh3_64: checksum_hex(s.xxh3),
-                    rows: Some(s.rows),
-                    raw_bytes: Some(s.raw_bytes),
-                };
-                entry_to_dict(py, &entry)
-            })
-            .collect()
+        guarded("write_shard_files", || {
+            let options = write_options(compression, level, threads, chunk_bytes, max_shard_bytes)?;
+            let stream = import_stream(data)?;
+            let schema = stream.schema();
+            let prefix = prefix.to_owned();
+            let shards = detached(py, move || {
+                write_prefixed_shards(&dir, &prefix, schema, stream, &options)
+            })?;
+            shards
+                .into_iter()
+                .map(|s| {
+                    let entry = FileEntry {
+                        file: s.file,
+                        bytes: s.bytes,
+                        xxh3_64: checksum_hex(s.xxh3),
+                        rows: Some(s.rows),
+                        raw_bytes: Some(s.raw_bytes),
+                    };
+                    entry_to_dict(py, &entry)
+                })
+                .collect()
+        })
     }
 
     /// Reads the shard file `path`, verified against its manifest entry
@@ -598,34 +621,36 @@ mod ray_shards {
         rows: u64,
         verify: bool,
     ) -> PyResult<LoadedCheckpoint> {
-        let (dir, file) = match (path.parent(), path.file_name()) {
-            (Some(dir), Some(file)) => (dir.to_path_buf(), file.to_string_lossy().into_owned()),
-            _ => {
-                return Err(PyValueError::new_err(format!(
-                    "{} does not name a shard file",
-                    path.display()
-                )))
-            }
-        };
-        let dir = if dir.as_os_str().is_empty() {
-            PathBuf::from(".")
-        } else {
-            dir
-        };
-        let entry = FileEntry {
-            file,
-            bytes,
-            xxh3_64,
-            rows: Some(rows),
-            raw_bytes: None,
-        };
-        let (schema, batches) = detached(py, || read_verified_shard(&dir, &entry, verify))?;
-        let num_rows = batches.iter().map(|b| b.num_rows() as u64).sum();
-        Ok(LoadedCheckpoint {
-            manifest_json: serde_json::to_string(&entry).expect("an entry always serialises"),
-            num_rows,
-            files: Default::default(),
-            data: Some((schema, batches)),
+        guarded("read_shard_file", || {
+            let (dir, file) = match (path.parent(), path.file_name()) {
+                (Some(dir), Some(file)) => (dir.to_path_buf(), file.to_string_lossy().into_owned()),
+                _ => {
+                    return Err(PyValueError::new_err(format!(
+                        "{} does not name a shard file",
+                        path.display()
+                    )))
+                }
+            };
+            let dir = if dir.as_os_str().is_empty() {
+                PathBuf::from(".")
+            } else {
+                dir
+            };
+            let entry = FileEntry {
+                file,
+                bytes,
+                xxh3_64,
+                rows: Some(rows),
+                raw_bytes: None,
+            };
+            let (schema, batches) = detached(py, || read_verified_shard(&dir, &entry, verify))?;
+            let num_rows = batches.iter().map(|b| b.num_rows() as u64).sum();
+            Ok(LoadedCheckpoint {
+                manifest_json: serde_json::to_string(&entry).expect("an entry always serialises"),
+                num_rows,
+                files: Default::default(),
+                data: Some((schema, batches)),
+            })
         })
     }
 

@@ -17,9 +17,10 @@ use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::ffi;
 use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyTuple};
 
 mod raw {
-    use pyo3::ffi::PyThreadState;
+    use pyo3::ffi::{PyObject, PyThreadState};
 
     extern "C-unwind" {
         /// `PyEval_RestoreThread`, declared so that the forced unwind of
@@ -27,6 +28,15 @@ mod raw {
         /// cleanup then parks the thread.
         #[link_name = "PyEval_RestoreThread"]
         pub fn PyEval_RestoreThread_unwinding(tstate: *mut PyThreadState);
+
+        /// `PyObject_Call`, declared so that the same forced unwind, out of
+        /// Python code that re-took the GIL, may enter Rust frames.
+        #[link_name = "PyObject_Call"]
+        pub fn PyObject_Call_unwinding(
+            callable: *mut PyObject,
+            args: *mut PyObject,
+            kwargs: *mut PyObject,
+        ) -> *mut PyObject;
     }
 }
 
@@ -38,6 +48,37 @@ impl Drop for ParkForever {
     fn drop(&mut self) {
         loop {
             std::thread::park();
+        }
+    }
+}
+
+/// `callable(*args, **kwargs)`. Python code may release and re-take the
+/// GIL (I/O, a thread switch); if the interpreter is finalising by then,
+/// CPython before 3.14 ends the thread with `pthread_exit`, whose forced
+/// unwind would abort the process in PyO3's calls (declared not to unwind)
+/// or at the first `catch_unwind`. Here the thread parks forever instead.
+pub(crate) fn call_python<'py>(
+    callable: &Bound<'py, PyAny>,
+    args: &Bound<'py, PyTuple>,
+    kwargs: Option<&Bound<'py, PyDict>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let kwargs = kwargs.map_or(std::ptr::null_mut(), |kwargs| kwargs.as_ptr());
+    let park = ParkUnlessPanicking;
+    // SAFETY: live objects of this thread, which holds the GIL (`'py`).
+    let result = unsafe { raw::PyObject_Call_unwinding(callable.as_ptr(), args.as_ptr(), kwargs) };
+    std::mem::forget(park);
+    // SAFETY: `PyObject_Call` returns a new reference or null with an error set.
+    unsafe { Bound::from_owned_ptr_or_err(callable.py(), result) }
+}
+
+/// Parks the thread forever when dropped by an unwind that is not a Rust
+/// panic: the forced unwind of `pthread_exit`.
+struct ParkUnlessPanicking;
+
+impl Drop for ParkUnlessPanicking {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            drop(ParkForever);
         }
     }
 }

@@ -19,7 +19,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
 use super::events::{LogEventFastPath, Logged};
-use super::gil::panic_error;
+use super::gil::{call_python, guarded, panic_error};
 
 /// What the method hands on to Python.
 struct Installed {
@@ -54,29 +54,31 @@ pub fn log_event_method<'py>(
     python_method: Py<PyAny>,
     log_info_line: Py<PyAny>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let installed = Box::new(Installed {
-        fast_path,
-        python_method,
-        log_info_line,
-    });
-    INSTALLED.store(Box::into_raw(installed), Ordering::Release);
-    // CPython keeps a pointer to the definition for the descriptor's life.
-    let definition = Box::leak(Box::new(ffi::PyMethodDef {
-        ml_name: NAME.as_ptr(),
-        ml_meth: ffi::PyMethodDefPointer {
-            PyCFunctionFastWithKeywords: log_event,
-        },
-        ml_flags: ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
-        ml_doc: DOC.as_ptr(),
-    }));
-    // SAFETY: `definition` lives forever. The descriptor is declared on
-    // `object`, so that any executor (whatever classes it mixes in) passes
-    // the descriptor's type check on `self`.
-    unsafe {
-        let descriptor =
-            ffi::PyDescr_NewMethod(ptr::addr_of_mut!(ffi::PyBaseObject_Type), definition);
-        Bound::from_owned_ptr_or_err(py, descriptor)
-    }
+    guarded("log_event_method", || {
+        let installed = Box::new(Installed {
+            fast_path,
+            python_method,
+            log_info_line,
+        });
+        INSTALLED.store(Box::into_raw(installed), Ordering::Release);
+        // CPython keeps a pointer to the definition for the descriptor's life.
+        let definition = Box::leak(Box::new(ffi::PyMethodDef {
+            ml_name: NAME.as_ptr(),
+            ml_meth: ffi::PyMethodDefPointer {
+                PyCFunctionFastWithKeywords: log_event,
+            },
+            ml_flags: ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
+            ml_doc: DOC.as_ptr(),
+        }));
+        // SAFETY: `definition` lives forever. The descriptor is declared on
+        // `object`, so that any executor (whatever classes it mixes in) passes
+        // the descriptor's type check on `self`.
+        unsafe {
+            let descriptor =
+                ffi::PyDescr_NewMethod(ptr::addr_of_mut!(ffi::PyBaseObject_Type), definition);
+            Bound::from_owned_ptr_or_err(py, descriptor)
+        }
+    })
 }
 
 /// The C function behind the descriptor. CPython calls it holding the GIL,
@@ -158,7 +160,8 @@ unsafe fn call<'py>(
         match fast_path.log_keywords(py, &executor, bind(event_type), bind(message), keywords())? {
             Logged::Queued => return Ok(py.None().into_bound(py)),
             Logged::Built(event) => {
-                installed.log_info_line.bind(py).call1((executor, event))?;
+                let line_args = PyTuple::new(py, [executor, event])?;
+                call_python(installed.log_info_line.bind(py), &line_args, None)?;
                 return Ok(py.None().into_bound(py));
             }
             Logged::Declined => {}
@@ -177,8 +180,9 @@ unsafe fn call<'py>(
         }
     };
     let method_args = PyTuple::new(py, method_args)?;
-    installed
-        .python_method
-        .bind(py)
-        .call(method_args, kwargs.as_ref())
+    call_python(
+        installed.python_method.bind(py),
+        &method_args,
+        kwargs.as_ref(),
+    )
 }

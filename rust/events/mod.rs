@@ -1,4 +1,4 @@
-//! Job-event core: lock-free double buffer, flush thread, JSON lines.
+//! Job-event core: double buffer filled with atomics, flush thread, JSON lines.
 //!
 //! * [`json`]: the byte-level pieces of `json.dumps` output (string escaping
 //!   with `ensure_ascii`, Python's float `repr`), so lines match the

@@ -132,10 +132,10 @@ impl std::fmt::Display for WriteError {
     }
 }
 
-/// Why a line was not queued.
+/// Why a line was not buffered.
 #[derive(Debug)]
 pub enum PushError {
-    /// The queue is full; the line is handed back so the caller can wait
+    /// Both buffers are full; the line is handed back so the caller can wait
     /// (e.g. after releasing the GIL) with [`EventWriter::push_blocking`].
     Full(Vec<u8>),
     /// An earlier write failed and has not been retried successfully yet.
@@ -374,7 +374,8 @@ enum Append {
     Closed,
 }
 
-/// One JSONL file fed by two lock-free buffers and a background flush thread.
+/// One JSONL file fed by two preallocated buffers (producers reserve room
+/// with atomics) and a background flush thread.
 pub struct EventWriter {
     path: PathBuf,
     config: WriterConfig,
@@ -453,7 +454,8 @@ impl EventWriter {
             .unwrap_or_else(|| Vec::with_capacity(NEW_LINE_CAPACITY))
     }
 
-    /// Queues one line without waiting (and without taking a lock).
+    /// Buffers one line without waiting and without taking a lock (a lock is
+    /// read only after a failed write, for its error).
     pub fn try_push(&self, line: Vec<u8>) -> Result<(), PushError> {
         if let Some(error) = self.shared.error() {
             return Err(PushError::Failed(error));
@@ -498,7 +500,8 @@ impl EventWriter {
         }
     }
 
-    /// Queues one line, waiting while the buffers are full. Returns the
+    /// Buffers one line, waiting on a condition variable while both buffers
+    /// are full; a line longer than a buffer goes to the flush thread. Returns the
     /// write error instead of waiting for a flush thread that cannot write.
     pub fn push_blocking(&self, line: Vec<u8>) -> Result<(), PushError> {
         if line.len() > self.config.buffer_bytes.max(1) {
@@ -583,7 +586,7 @@ impl EventWriter {
         }
     }
 
-    /// Writes every line queued before this call and, with `fsync`, makes
+    /// Writes every line buffered before this call and, with `fsync`, makes
     /// the file durable. Returns the write error, if any.
     pub fn flush(&self, fsync: bool) -> Result<(), WriteError> {
         if self.closed.load(Ordering::Acquire) {
@@ -598,7 +601,7 @@ impl EventWriter {
             .unwrap_or_else(|_| Err(WriteError::stopped(&self.path)))
     }
 
-    /// Writes and fsyncs what is queued, then stops the flush thread.
+    /// Writes and fsyncs what is buffered, then stops the flush thread.
     /// Idempotent; later pushes are refused.
     pub fn close(&self) -> Result<(), WriteError> {
         if self.closed.swap(true, Ordering::AcqRel) {

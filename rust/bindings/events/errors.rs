@@ -44,6 +44,6 @@ pub(super) fn push_error(error: PushError, path: &std::path::Path) -> PyErr {
         PushError::Closed => {
             PyValueError::new_err(format!("event logger for {} is closed", path.display()))
         }
-        PushError::Full(_) => new_os_error(None, "event queue full".to_string(), path),
+        PushError::Full(_) => new_os_error(None, "event buffers full".to_string(), path),
     }
 }

@@ -3,7 +3,7 @@
 //! `EventSink` is what `EventLogger` holds: it turns one event into a JSON
 //! line (serialised here, in the calling thread, so the flush thread never
 //! sees a Python object), builds the `Event` dataclass for the in-memory
-//! deque, and hands the line to the queue of an [`EventWriter`]. Nothing
+//! deque, and hands the line to the buffers of an [`EventWriter`]. Nothing
 //! here panics across the boundary: errors become Python exceptions, write
 //! errors an `OSError` naming the file.
 //!

@@ -1,4 +1,4 @@
-//! `EventSink`: one logger's queue and flush thread, its write-through
+//! `EventSink`: one logger's event buffers and flush thread, its write-through
 //! rule, the `Event` objects it keeps for `events`, and the lines it writes.
 
 use std::collections::VecDeque;
@@ -69,7 +69,7 @@ fn open_append(path: &Path) -> std::io::Result<File> {
         .open(path)
 }
 
-/// The native half of one `EventLogger`: its queue, flush thread and the
+/// The native half of one `EventLogger`: its buffers, flush thread and the
 /// `Event` class it builds in-memory events of.
 #[pyclass(frozen, module = "data_juicer_accel._native")]
 pub struct EventSink {
@@ -332,7 +332,7 @@ impl EventSink {
             .map_err(|e| io_os_error("starting the event flush thread for", &self.path, &e))
     }
 
-    /// Queues `line`, waiting without the GIL when the queue is full; writes
+    /// Buffers `line`, waiting without the GIL when both buffers are full; writes
     /// it before returning in write-through mode, and makes job-level events
     /// durable before returning.
     fn push(&self, py: Python<'_>, line: Vec<u8>, durable: bool) -> PyResult<()> {
@@ -355,7 +355,8 @@ impl EventSink {
 impl EventSink {
     /// `path`: the JSONL file, created here; `event_class`: the `Event`
     /// dataclass; `fields`: its field names in order; `flush_interval` in
-    /// seconds, 0 for write-through; `queue_size` in events;
+    /// seconds, 0 for write-through; `queue_size`: events each of the two
+    /// buffers holds;
     /// `events_maxlen`: the `events` deque's maxlen; `write_through`: each
     /// call writes its line before returning (as does `flush_interval=0`).
     #[new]

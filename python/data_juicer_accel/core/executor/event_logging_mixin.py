@@ -53,7 +53,8 @@ from data_juicer_accel import _native
 
 #: Seconds a logged event may wait in memory before it is written.
 DEFAULT_FLUSH_INTERVAL = 0.1
-#: Events the queue holds before loggers wait for the flush thread.
+#: Events each of the two buffers holds (at most 4 MB of lines each) before
+#: loggers wait for the flush thread.
 DEFAULT_QUEUE_SIZE = 65536
 
 _DEBUG = 10
@@ -199,7 +200,7 @@ class EventLogger:
     """Event logging system with real-time capabilities and JSONL event log for resumability.
 
     Events go to the in-memory ``events`` deque at once and to ``jsonl_file``
-    (created here) through a Rust queue and flush thread: within
+    (created here) through two Rust buffers and a flush thread: within
     ``flush_interval`` seconds, at ``flush()``/``close()``, at exit, or at once
     for job-level events. With ``flush_interval=0``, and in worker processes,
     each event's line is in the file before ``log_event`` returns.
@@ -506,7 +507,8 @@ class EventLoggingMixin:
 
         Keys of ``cfg.event_logging``: ``enabled`` (default True),
         ``flush_interval`` (seconds, default 0.1; 0 writes each event before
-        the logging call returns), ``queue_size`` (events, default 65536).
+        the logging call returns), ``queue_size`` (events per buffer, two
+        buffers, default 65536).
         """
         # Get event logging configuration
         event_config = getattr(self.cfg, "event_logging", {})
