@@ -325,6 +325,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<LoadedCheckpoint>()?;
     m.add_function(wrap_pyfunction!(read_checkpoint, m)?)?;
     m.add_function(wrap_pyfunction!(read_manifest, m)?)?;
+    background_saves::register(m)?;
     ray_shards::register(m)
 }
 
@@ -675,5 +676,153 @@ mod ray_shards {
             let err = read_verified_shard(&path, &good, true).unwrap_err();
             assert!(err.to_string().contains("truncated"), "{err}");
         }
+    }
+}
+
+// ======================================================================
+// Background saves: `CheckpointManager(..., background=True)`.
+//
+// `submit` takes the snapshot while the caller waits (the record batches of
+// the dataset imported through the Arrow C stream: references to their
+// buffers, no copy) and returns; the writer thread of
+// `crate::checkpoint::background` compresses and commits it without Python.
+// ======================================================================
+
+mod background_saves {
+    use std::path::PathBuf;
+
+    use arrow_array::{Array, RecordBatch, UInt64Array};
+    use pyo3::exceptions::PyValueError;
+    use pyo3::prelude::*;
+
+    use super::{detached, import_stream, to_py_err};
+    use crate::checkpoint::background::{BackgroundWriter, Snapshot};
+    use crate::checkpoint::{self, CheckpointError, WriteOptions};
+
+    /// One writer thread committing the newest submitted checkpoint.
+    #[pyclass(module = "data_juicer_accel._native", frozen)]
+    pub struct BackgroundCheckpointWriter {
+        writer: BackgroundWriter,
+    }
+
+    /// All batches of a C stream, pulled without the GIL (a stream that
+    /// calls back into Python takes it itself).
+    fn collect(
+        py: Python<'_>,
+        data: &Bound<'_, PyAny>,
+    ) -> PyResult<(arrow_schema::SchemaRef, Vec<RecordBatch>)> {
+        let stream = import_stream(data)?;
+        let schema = arrow_array::RecordBatchReader::schema(&stream);
+        let batches = detached(py, move || {
+            stream
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(CheckpointError::input)
+        })?;
+        Ok((schema, batches))
+    }
+
+    /// The first column of every batch of `indices`, which must be uint64.
+    fn index_arrays(py: Python<'_>, indices: &Bound<'_, PyAny>) -> PyResult<Vec<UInt64Array>> {
+        let (_, batches) = collect(py, indices)?;
+        batches
+            .iter()
+            .map(|b| {
+                let column = (b.num_columns() == 1).then(|| b.column(0));
+                column
+                    .and_then(|c| c.as_any().downcast_ref::<UInt64Array>())
+                    .cloned()
+                    .ok_or_else(|| {
+                        PyValueError::new_err(
+                            "indices must be a table with one uint64 column (an indices mapping)",
+                        )
+                    })
+            })
+            .collect()
+    }
+
+    #[pymethods]
+    impl BackgroundCheckpointWriter {
+        #[new]
+        fn new() -> PyResult<Self> {
+            Ok(BackgroundCheckpointWriter {
+                writer: BackgroundWriter::start().map_err(to_py_err)?,
+            })
+        }
+
+        /// Snapshots `data` (and the rows `indices` selects) and queues its
+        /// save into `ckpt_dir`, replacing a save still waiting. Returns its
+        /// sequence number. Raises the failure of an earlier save not yet
+        /// reported (and queues nothing then).
+        #[pyo3(signature = (ckpt_dir, data, *, kind, files, state_template=None, indices=None,
+                            compression="zstd", level=1, threads=1, chunk_bytes=8_388_608,
+                            max_shard_bytes=524_288_000, rows_per_shard=None))]
+        #[allow(clippy::too_many_arguments)]
+        fn submit(
+            &self,
+            py: Python<'_>,
+            ckpt_dir: PathBuf,
+            data: &Bound<'_, PyAny>,
+            kind: String,
+            files: Vec<(String, Vec<u8>)>,
+            state_template: Option<Vec<u8>>,
+            indices: Option<&Bound<'_, PyAny>>,
+            compression: &str,
+            level: i32,
+            threads: usize,
+            chunk_bytes: u64,
+            max_shard_bytes: u64,
+            rows_per_shard: Option<u64>,
+        ) -> PyResult<u64> {
+            let options = WriteOptions {
+                compression: super::compression(compression, level)?,
+                threads: threads.max(1),
+                rows_per_shard,
+                max_shard_bytes,
+                chunk_bytes,
+            };
+            checkpoint::writer::ipc_options(options.compression).map_err(to_py_err)?;
+            let (schema, batches) = collect(py, data)?;
+            let indices = indices.map(|i| index_arrays(py, i)).transpose()?;
+            let snapshot = Snapshot {
+                ckpt_dir,
+                schema,
+                batches,
+                indices,
+                files,
+                state_template,
+                kind,
+                options,
+            };
+            self.writer.submit(snapshot).map_err(to_py_err)
+        }
+
+        /// Blocks (GIL released) until every submitted save is committed or
+        /// has failed; raises the first failure not yet reported.
+        fn wait(&self, py: Python<'_>) -> PyResult<()> {
+            detached(py, || self.writer.wait())
+        }
+
+        /// `wait()`, then stops the writer thread. Later calls do nothing.
+        fn close(&self, py: Python<'_>) -> PyResult<()> {
+            detached(py, || self.writer.close())
+        }
+
+        /// Sequence numbers committed since the last call, in commit order.
+        fn take_committed(&self) -> Vec<u64> {
+            self.writer.take_committed()
+        }
+
+        /// (submitted, committed, superseded, busy): sequence numbers of the
+        /// last save submitted and committed, saves dropped for a newer one,
+        /// and whether a save is being written or waiting.
+        #[getter]
+        fn progress(&self) -> (u64, u64, u64, bool) {
+            let p = self.writer.progress();
+            (p.submitted, p.committed, p.superseded, p.busy)
+        }
+    }
+
+    pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+        m.add_class::<BackgroundCheckpointWriter>()
     }
 }
