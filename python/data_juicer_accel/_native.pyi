@@ -102,6 +102,9 @@ class BackgroundCheckpointWriter:
         first failure not yet reported."""
     def close(self) -> None:
         """``wait()``, then stops the writer thread."""
+    def wait_for_commit(self, timeout: float) -> bool:
+        """Blocks (GIL released) up to ``timeout`` seconds until a commit not yet taken exists;
+        False on timeout or once the writer is closed."""
     def take_committed(self) -> list[int]:
         """Sequence numbers committed since the last call, in commit order."""
     @property

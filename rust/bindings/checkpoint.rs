@@ -807,6 +807,13 @@ mod background_saves {
             detached(py, || self.writer.close())
         }
 
+        /// Blocks (GIL released) up to `timeout` seconds until a commit not
+        /// yet taken exists; False on timeout or once the writer is closed.
+        fn wait_for_commit(&self, py: Python<'_>, timeout: f64) -> bool {
+            let timeout = std::time::Duration::from_secs_f64(timeout.clamp(0.0, 3600.0));
+            py.detach(|| self.writer.wait_for_commit(timeout))
+        }
+
         /// Sequence numbers committed since the last call, in commit order.
         fn take_committed(&self) -> Vec<u64> {
             self.writer.take_committed()

@@ -274,6 +274,23 @@ impl BackgroundWriter {
         std::mem::take(&mut self.shared.lock().newly_committed)
     }
 
+    /// Blocks up to `timeout` until a commit not yet taken exists; returns
+    /// whether one does (false on timeout, or once the writer is closed).
+    pub fn wait_for_commit(&self, timeout: std::time::Duration) -> bool {
+        if !self.in_owner_process() {
+            return false;
+        }
+        let state = self.shared.lock();
+        let (state, _) = self
+            .shared
+            .changed
+            .wait_timeout_while(state, timeout, |s| {
+                s.newly_committed.is_empty() && !s.closing
+            })
+            .unwrap_or_else(|p| p.into_inner());
+        !state.newly_committed.is_empty()
+    }
+
     fn in_owner_process(&self) -> bool {
         std::process::id() == self.owner_pid
     }

@@ -15,6 +15,7 @@ import json
 import math
 import os
 import sys
+import threading
 import uuid
 import weakref
 from abc import ABC, abstractmethod
@@ -616,7 +617,9 @@ class _BackgroundSaves:
     """The native writer thread of one ``CheckpointManager(background=True)``.
 
     Tracks which submitted saves are committed, to call the manager's
-    ``on_commit`` for them on the caller's thread. Every instance alive at
+    ``on_commit`` for them as soon as they are: from a watcher thread, or
+    from the caller's thread when it waits (in commit order, once each; a
+    lock serialises the two). Every instance alive at
     interpreter exit is closed by an ``atexit`` hook, so the process exits
     only once the last requested checkpoint is durable, or has failed loudly.
     In a forked child the writer thread does not exist: the child's copy is
@@ -629,18 +632,25 @@ class _BackgroundSaves:
         self.writer = _native.BackgroundCheckpointWriter()
         self.pid = os.getpid()
         self.ops_done_by_seq: dict[int, int] = {}
+        self.reporting = threading.Lock()
+        self.closed = False
+        # A daemon thread, joined by close() (hence by the atexit hook) before
+        # interpreter finalization, so it is never inside native code then.
+        self.watcher = threading.Thread(target=self._watch_commits, name="dja-ckpt-commits", daemon=True)
+        self.watcher.start()
         _LIVE_BACKGROUND_SAVES.add(self)
 
     def usable(self) -> bool:
         return self.writer is not None and self.pid == os.getpid()
 
     def submit(self, data, *, ops_done: int, **options) -> None:
-        try:
-            seq = self.writer.submit(self.ckpt_dir, data, **options)
-        except Exception as e:
-            self._log_failure(e)
-            raise
-        self.ops_done_by_seq[seq] = ops_done
+        with self.reporting:  # the watcher must not see the commit before its ops_done
+            try:
+                seq = self.writer.submit(self.ckpt_dir, data, **options)
+            except Exception as e:
+                self._log_failure(e)
+                raise
+            self.ops_done_by_seq[seq] = ops_done
         self._report_commits()
 
     def wait(self) -> None:
@@ -658,26 +668,41 @@ class _BackgroundSaves:
         if not self.usable():
             return
         _LIVE_BACKGROUND_SAVES.discard(self)
+        self.closed = True
         try:
             self.writer.close()
         except Exception as e:
             self._log_failure(e)
             raise
         finally:
+            if self.watcher is not threading.current_thread():
+                self.watcher.join()
             self._report_commits()
+
+    def _watch_commits(self) -> None:
+        while not self.closed:
+            if self.writer is None:
+                return
+            if self.writer.wait_for_commit(1.0):
+                self._report_commits()
 
     def _report_commits(self) -> None:
         """``on_commit`` for every save committed since the last report."""
-        committed = self.writer.take_committed()
-        if not committed:
-            return
-        callback = self.manager.on_commit
-        for seq in committed:
-            ops_done = self.ops_done_by_seq.pop(seq, None)
-            if callback is not None and ops_done is not None:
-                callback(self.manager.ckpt_ds_dir, ops_done)
-        # Saves are committed in order: one older than a commit was superseded.
-        self.ops_done_by_seq = {seq: n for seq, n in self.ops_done_by_seq.items() if seq > committed[-1]}
+        with self.reporting:
+            writer = self.writer
+            committed = writer.take_committed() if writer is not None else []
+            if not committed:
+                return
+            callback = self.manager.on_commit
+            for seq in committed:
+                ops_done = self.ops_done_by_seq.pop(seq, None)
+                if callback is not None and ops_done is not None:
+                    try:
+                        callback(self.manager.ckpt_ds_dir, ops_done)
+                    except Exception as e:  # noqa: BLE001 - a callback must not hide a commit from the others
+                        logger.error(f"on_commit callback for {self.manager.ckpt_ds_dir} failed: {e}")
+            # Saves are committed in order: one older than a commit was superseded.
+            self.ops_done_by_seq = {seq: n for seq, n in self.ops_done_by_seq.items() if seq > committed[-1]}
 
     def _log_failure(self, error: Exception) -> None:
         logger.error(f"Background checkpoint save into {self.ckpt_dir} failed: {error}")
