@@ -691,12 +691,14 @@ mod ray_shards {
 mod background_saves {
     use std::path::PathBuf;
 
-    use arrow_array::{Array, RecordBatch, UInt64Array};
+    use arrow_array::ffi_stream::RecordBatchStreamReader;
+    use arrow_array::{RecordBatch, UInt64Array};
+    use arrow_schema::DataType;
     use pyo3::exceptions::PyValueError;
     use pyo3::prelude::*;
 
     use super::{detached, import_stream, to_py_err};
-    use crate::checkpoint::background::{BackgroundWriter, Snapshot};
+    use crate::checkpoint::background::{BackgroundWriter, DeferredRows, Snapshot};
     use crate::checkpoint::{self, CheckpointError, WriteOptions};
 
     /// One writer thread committing the newest submitted checkpoint.
@@ -705,37 +707,35 @@ mod background_saves {
         writer: BackgroundWriter,
     }
 
-    /// All batches of a C stream, pulled without the GIL (a stream that
-    /// calls back into Python takes it itself).
-    fn collect(
-        py: Python<'_>,
-        data: &Bound<'_, PyAny>,
-    ) -> PyResult<(arrow_schema::SchemaRef, Vec<RecordBatch>)> {
-        let stream = import_stream(data)?;
-        let schema = arrow_array::RecordBatchReader::schema(&stream);
-        let batches = detached(py, move || {
-            stream
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(CheckpointError::input)
-        })?;
-        Ok((schema, batches))
+    /// All batches of a C stream (references to its buffers, no copy).
+    fn pull(stream: RecordBatchStreamReader) -> checkpoint::Result<Vec<RecordBatch>> {
+        stream
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(CheckpointError::input)
     }
 
-    /// The first column of every batch of `indices`, which must be uint64.
-    fn index_arrays(py: Python<'_>, indices: &Bound<'_, PyAny>) -> PyResult<Vec<UInt64Array>> {
-        let (_, batches) = collect(py, indices)?;
+    /// The C stream of `indices`, checked to be one uint64 column.
+    fn index_stream(indices: &Bound<'_, PyAny>) -> PyResult<RecordBatchStreamReader> {
+        let stream = import_stream(indices)?;
+        let schema = arrow_array::RecordBatchReader::schema(&stream);
+        if schema.fields().len() != 1 || schema.field(0).data_type() != &DataType::UInt64 {
+            return Err(PyValueError::new_err(
+                "indices must be a table with one uint64 column (an indices mapping)",
+            ));
+        }
+        Ok(stream)
+    }
+
+    /// The first column of every batch, known to be uint64 (see `index_stream`).
+    fn index_arrays(batches: Vec<RecordBatch>) -> checkpoint::Result<Vec<UInt64Array>> {
         batches
             .iter()
             .map(|b| {
-                let column = (b.num_columns() == 1).then(|| b.column(0));
-                column
-                    .and_then(|c| c.as_any().downcast_ref::<UInt64Array>())
+                b.column(0)
+                    .as_any()
+                    .downcast_ref::<UInt64Array>()
                     .cloned()
-                    .ok_or_else(|| {
-                        PyValueError::new_err(
-                            "indices must be a table with one uint64 column (an indices mapping)",
-                        )
-                    })
+                    .ok_or_else(|| CheckpointError::Input("indices column is not uint64".into()))
             })
             .collect()
     }
@@ -759,7 +759,6 @@ mod background_saves {
         #[allow(clippy::too_many_arguments)]
         fn submit(
             &self,
-            py: Python<'_>,
             ckpt_dir: PathBuf,
             data: &Bound<'_, PyAny>,
             kind: String,
@@ -781,17 +780,27 @@ mod background_saves {
                 chunk_bytes,
             };
             checkpoint::writer::ipc_options(options.compression).map_err(to_py_err)?;
-            let (schema, batches) = collect(py, data)?;
-            let indices = indices.map(|i| index_arrays(py, i)).transpose()?;
+            let stream = import_stream(data)?;
+            let schema = arrow_array::RecordBatchReader::schema(&stream);
+            let index_stream = indices.map(index_stream).transpose()?;
+            // The streams hold references to the data: the writer thread pulls them.
+            let deferred: DeferredRows = Box::new(move || {
+                let batches = pull(stream)?;
+                let indices = index_stream
+                    .map(|s| pull(s).and_then(index_arrays))
+                    .transpose()?;
+                Ok((batches, indices))
+            });
             let snapshot = Snapshot {
                 ckpt_dir,
                 schema,
-                batches,
-                indices,
+                batches: Vec::new(),
+                indices: None,
                 files,
                 state_template,
                 kind,
                 options,
+                deferred: Some(deferred),
             };
             self.writer.submit(snapshot).map_err(to_py_err)
         }

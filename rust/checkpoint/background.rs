@@ -45,11 +45,23 @@ pub struct Snapshot {
     pub state_template: Option<Vec<u8>>,
     pub kind: String,
     pub options: WriteOptions,
+    /// Fills `batches` and `indices` in the writer thread. Pulling a C
+    /// stream of an in-memory table costs tens of microseconds per batch
+    /// (~65 ms for a 1 GB table of 1,000-row batches); the stream holds
+    /// references to the table, so the caller need not wait for it.
+    pub deferred: Option<DeferredRows>,
 }
+
+/// Produces a snapshot's batches and indices, off the caller's thread.
+pub type DeferredRows =
+    Box<dyn FnOnce() -> Result<(Vec<RecordBatch>, Option<Vec<UInt64Array>>)> + Send>;
 
 impl Snapshot {
     /// Writes the snapshot into a fresh staging directory and commits it.
-    pub fn write_and_commit(self) -> Result<PathBuf> {
+    pub fn write_and_commit(mut self) -> Result<PathBuf> {
+        if let Some(pull) = self.deferred.take() {
+            (self.batches, self.indices) = pull()?;
+        }
         let mut staging = Staging::create(&self.ckpt_dir)?;
         let rows = rows_of(&self.schema, &self.batches, self.indices.as_deref());
         let shards = write_shards(staging.dir(), self.schema.clone(), rows, &self.options)?;
@@ -410,6 +422,7 @@ mod tests {
             state_template: Some(br#"{"_split": null}"#.to_vec()),
             kind: "arrow".into(),
             options: WriteOptions::default(),
+            deferred: None,
         }
     }
 
