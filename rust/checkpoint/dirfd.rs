@@ -72,6 +72,7 @@ impl CheckpointDir {
     pub fn open_regular(&self, name: &str) -> Result<Option<(File, u64)>> {
         let path = self.path.join(name);
         let cname = cstring(Path::new(name)).at(&path)?;
+        // SAFETY: `stat` is plain old data; all-zero bytes are a valid value.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
         // SAFETY: valid fd, NUL-terminated name, `st` is writable.
         let rc = unsafe {
@@ -230,6 +231,7 @@ fn open_at(dir: libc::c_int, path: &Path, flags: libc::c_int) -> io::Result<Owne
 }
 
 fn fstat(fd: libc::c_int) -> io::Result<libc::stat> {
+    // SAFETY: `stat` is plain old data; all-zero bytes are a valid value.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: valid fd, writable `st`.
     if unsafe { libc::fstat(fd, &mut st) } != 0 {
