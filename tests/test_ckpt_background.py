@@ -162,7 +162,7 @@ def test_close_then_save_again_starts_a_new_writer(tmp_path, table):
 
 def test_bad_input_raises_at_the_call_and_queues_nothing(tmp_path):
     m = manager(tmp_path / "ckpt")
-    with pytest.raises(TypeError, match="CheckpointManager.save_checkpoint"):
+    with pytest.raises(TypeError, match=r"CheckpointManager.save_ckpt\(\)"):
         m.save_ckpt([1, 2, 3])
     with pytest.raises(TypeError, match="__arrow_c_stream__"):
         _native.BackgroundCheckpointWriter().submit(str(tmp_path), object(), kind="arrow", files=[])
