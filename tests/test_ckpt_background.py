@@ -247,3 +247,50 @@ def test_sigkill_during_background_saves_leaves_the_previous_or_the_new_checkpoi
         assert found in (last_committed, last_committed + 1), (found, last_committed)
         k = max(found, last_committed)
     assert k > 20
+
+
+def _sizing_tables():
+    """Tables whose byte count pyarrow reckons slice by slice: nulls, odd
+    offsets, several chunks, nested values."""
+    import pyarrow as pa
+
+    texts = pa.array([None if i % 7 == 0 else "x" * (i % 13) for i in range(301)])
+    lists = pa.array([None if i % 5 == 0 else [f"t{j}" for j in range(i % 4)] for i in range(301)])
+    structs = pa.array(
+        [None if i % 6 == 0 else {"n": i, "ok": i % 3 == 0, "s": str(i)} for i in range(301)],
+    )
+    numbers = pa.array([None if i % 4 == 0 else i * 0.5 for i in range(301)])
+    full = pa.table({"text": texts, "lists": lists, "structs": structs, "numbers": numbers})
+    chunks = pa.concat_tables([full.slice(3, 101), full.slice(117, 9), full.slice(130, 150)])
+    yield "sliced", full.slice(5, 283)
+    yield "chunks", chunks
+    yield "no nulls left", full.slice(1, 6)
+    yield "hf", datasets.Dataset(full)
+    yield "hf mapping", datasets.Dataset(full).select(range(3, 280, 3))
+    yield "large types", pa.table({"t": texts.cast(pa.large_string()), "l": lists.cast(pa.large_list(pa.string()))})
+
+
+def _shard_files(ckpt_ds_dir) -> list:
+    with open(os.path.join(ckpt_ds_dir, "state.json")) as f:
+        return [entry["filename"] for entry in json.load(f)["_data_files"]]
+
+
+@pytest.mark.parametrize("limit_delta", [0, 1])
+def test_background_saves_shard_exactly_like_foreground_saves(tmp_path, monkeypatch, limit_delta):
+    """The writer thread sizes shards from the buffers itself; a shard limit
+    of exactly the data's byte count (or one more) tells a byte off."""
+    from data_juicer_accel.utils import ckpt_utils
+
+    for name, data in _sizing_tables():
+        source = ckpt_utils._describe_source(data, "test")
+        nbytes = source.nbytes if hasattr(source, "num_rows") else data.nbytes
+        monkeypatch.setattr(ckpt_utils, "MAX_SHARD_BYTES", nbytes + limit_delta)
+        saved = []
+        for background in (False, True):
+            ckpt_dir = tmp_path / f"{name}-{limit_delta}-{background}"
+            m = CheckpointManager(str(ckpt_dir), [], num_proc=1, background=background)
+            m.save_ckpt(data)
+            m.close()
+            saved.append(_shard_files(m.ckpt_ds_dir))
+        assert saved[0] == saved[1], name
+        assert len(saved[0]) == (2 if limit_delta == 0 else 1), name

@@ -706,10 +706,13 @@ mod background_saves {
         /// Snapshots `data` (and the rows `indices` selects) and queues its
         /// save into `ckpt_dir`, replacing a save still waiting. Returns its
         /// sequence number. Raises the failure of an earlier save not yet
-        /// reported (and queues nothing then).
+        /// reported (and queues nothing then). `size_like_datasets=num_proc`
+        /// lets the writer thread choose `rows_per_shard` as
+        /// `datasets.save_to_disk(num_proc=num_proc)` would.
         #[pyo3(signature = (ckpt_dir, data, *, kind, files, state_template=None, indices=None,
                             compression="zstd", level=1, threads=1, chunk_bytes=8_388_608,
-                            max_shard_bytes=524_288_000, rows_per_shard=None))]
+                            max_shard_bytes=524_288_000, rows_per_shard=None,
+                            size_like_datasets=None))]
         #[allow(clippy::too_many_arguments)]
         fn submit(
             &self,
@@ -725,6 +728,7 @@ mod background_saves {
             chunk_bytes: u64,
             max_shard_bytes: u64,
             rows_per_shard: Option<u64>,
+            size_like_datasets: Option<u64>,
         ) -> PyResult<u64> {
             let options = WriteOptions {
                 compression: super::compression(compression, level)?,
@@ -755,6 +759,7 @@ mod background_saves {
                 kind,
                 options,
                 deferred: Some(deferred),
+                size_like_datasets,
             };
             self.writer.submit(snapshot).map_err(to_py_err)
         }

@@ -10,6 +10,7 @@ pub mod manifest;
 pub mod memory;
 pub mod reader;
 pub mod shards;
+pub mod sizing;
 pub mod writer;
 
 pub use commit::Staging;

@@ -351,7 +351,7 @@ class CheckpointManager(CheckpointManagerBase):
             threads=max(1, int(self.num_proc or 1)),
             chunk_bytes=CHUNK_BYTES,
             max_shard_bytes=MAX_SHARD_BYTES,
-            rows_per_shard=source.rows_per_shard(self.num_proc),
+            **source.background_sizing(self.num_proc),
             ops_done=len(self.op_record),
         )
         return self.ckpt_ds_dir
@@ -360,6 +360,41 @@ class CheckpointManager(CheckpointManagerBase):
 # --------------------------------------------------------------------------
 # What a save is given: Arrow data plus what datasets needs to load it back.
 # --------------------------------------------------------------------------
+
+
+_NATIVELY_SIZED_LEAVES = (
+    pa.types.is_null,
+    pa.types.is_boolean,
+    pa.types.is_integer,
+    pa.types.is_floating,
+    pa.types.is_decimal,
+    pa.types.is_date,
+    pa.types.is_time,
+    pa.types.is_timestamp,
+    pa.types.is_duration,
+    pa.types.is_string,
+    pa.types.is_large_string,
+    pa.types.is_binary,
+    pa.types.is_large_binary,
+    pa.types.is_fixed_size_binary,
+)
+
+
+def _sized_natively(data_type: pa.DataType) -> bool:
+    """Whether the native writer counts the bytes of ``data_type`` exactly
+    as ``Table.nbytes`` does (so it shards exactly like a foreground save)."""
+    if pa.types.is_list(data_type) or pa.types.is_large_list(data_type):
+        return _sized_natively(data_type.value_type)
+    return any(is_type(data_type) for is_type in _NATIVELY_SIZED_LEAVES)
+
+
+def _background_sizing(schema: pa.Schema, rows_per_shard, num_proc) -> dict:
+    """How a background save sizes its shards: in the writer thread when it
+    can count the bytes as pyarrow does (``Table.nbytes`` of a large table
+    would cost the caller milliseconds), else here."""
+    if all(_sized_natively(field.type) for field in schema):
+        return {"size_like_datasets": max(1, int(num_proc or 1))}
+    return {"rows_per_shard": rows_per_shard(num_proc)}
 
 
 def _num_shards(nbytes: int, num_rows: int, num_proc) -> int:
@@ -390,6 +425,11 @@ class _ArrowSource:
         shards = _num_shards(self.table.nbytes, self.table.num_rows, num_proc)
         return math.ceil(self.table.num_rows / shards)
 
+    def background_sizing(self, num_proc) -> dict:
+        if self.table is None:
+            return {}  # a stream of unknown length: shards close by size
+        return _background_sizing(self.table.schema, self.rows_per_shard, num_proc)
+
     def state_json(self, shard_files: list) -> bytes:
         state: dict[str, Any] = {
             "_data_files": [{"filename": name} for name in shard_files],
@@ -416,9 +456,11 @@ class _HFSource:
         self.kind = "nested" if nested else "hf"
         self.table = ds.data.table
         self.num_rows = len(ds)
-        # Bytes of the visible rows, as datasets estimates them.
-        full = max(self.table.num_rows, 1)
-        self.nbytes = self.table.nbytes * self.num_rows // full
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the visible rows, as datasets estimates them."""
+        return self.table.nbytes * self.num_rows // max(self.table.num_rows, 1)
 
     def stream(self) -> Any:
         indices = getattr(self.ds, "_indices", None)
@@ -438,6 +480,9 @@ class _HFSource:
         if self.num_rows == 0:
             return None
         return math.ceil(self.num_rows / _num_shards(self.nbytes, self.num_rows, num_proc))
+
+    def background_sizing(self, num_proc) -> dict:
+        return _background_sizing(self.table.schema, self.rows_per_shard, num_proc)
 
     def state_json(self, shard_files: list) -> bytes:
         ds = self.ds
