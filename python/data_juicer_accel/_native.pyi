@@ -72,6 +72,50 @@ def read_manifest(path: str | Any) -> str | None:
 def xxh3_64_hex(data: bytes) -> str:
     """The xxh3-64 of ``data`` as the manifest writes it (16 lower-case hex digits)."""
 
+# ------------------------------------------------------------------ background saves
+
+@final
+class BackgroundCheckpointWriter:
+    """One native thread committing the newest submitted checkpoint: at most one save is written
+    and one waits; a newer ``submit`` replaces the waiting one. A failure is kept until raised."""
+
+    def __new__(cls) -> BackgroundCheckpointWriter: ...
+    def submit(
+        self,
+        ckpt_dir: str | Any,
+        data: ArrowStreamExportable,
+        *,
+        kind: str,
+        files: list[tuple[str, bytes]],
+        state_template: bytes | None = None,
+        indices: ArrowStreamExportable | None = None,
+        compression: str = "zstd",
+        level: int = 1,
+        threads: int = 1,
+        chunk_bytes: int = 8388608,
+        max_shard_bytes: int = 524288000,
+        rows_per_shard: int | None = None,
+        size_like_datasets: int | None = None,
+    ) -> int:
+        """Takes a zero-copy snapshot of ``data`` (and of the rows the one-uint64-column table
+        ``indices`` selects) and queues its save into ``ckpt_dir``. Returns its sequence number.
+        Raises the failure of an earlier save not yet reported, queuing nothing.
+        ``size_like_datasets=num_proc``: the writer thread picks ``rows_per_shard`` as
+        ``datasets.save_to_disk(num_proc=num_proc)`` would."""
+    def wait(self) -> None:
+        """Blocks (GIL released) until every submitted save is committed or failed; raises the
+        first failure not yet reported."""
+    def close(self) -> None:
+        """``wait()``, then stops the writer thread."""
+    def wait_for_commit(self, timeout: float) -> bool:
+        """Blocks (GIL released) up to ``timeout`` seconds until a commit not yet taken exists;
+        False on timeout or once the writer is closed."""
+    def take_committed(self) -> list[int]:
+        """Sequence numbers committed since the last call, in commit order."""
+    @property
+    def progress(self) -> tuple[int, int, int, bool]:
+        """(submitted, committed, superseded, busy)."""
+
 # ------------------------------------------------------------------ Ray shard files
 
 #: Default uncompressed size of one compression unit (one IPC message).

@@ -26,6 +26,12 @@ them explicitly.
 ``RayCheckpointManager`` (and ``CheckpointStrategy``, which it is configured
 with) is swapped as well once this package provides one.
 
+It also makes ``DefaultExecutor`` take per-op checkpoints when the
+configuration asks for them (``use_checkpoint: true`` plus ``checkpoint.*``
+keys; see ``data_juicer_accel.utils.per_op_ckpt``): ``DefaultExecutor.run``
+and ``OP.run`` get thin wrappers that do nothing outside such a run, and
+Data-Juicer's configuration parser learns ``checkpoint.background``.
+
 Calling it again does nothing. Before changing anything, the reference API is
 compared with the one this package reproduces (py-data-juicer 1.6.1): method
 names and parameter names of every class swapped, the ``EventType`` values and
@@ -36,6 +42,7 @@ changes nothing.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import inspect
 import sys
@@ -306,5 +313,77 @@ def _apply(pairs, ref_ckpt, ref_events) -> None:
                     stacklevel=3,
                 )
 
+    _install_per_op_checkpoints()
     setattr(ref_ckpt, _MARKER, True)
     setattr(ref_events, _MARKER, True)
+
+
+# --------------------------------------------------------------------------
+# Per-op checkpoints in DefaultExecutor.
+# --------------------------------------------------------------------------
+
+_EXECUTOR_MODULE = "data_juicer.core.executor.default_executor"
+_OPS_MODULE = "data_juicer.ops.base_op"
+_CONFIG_MODULE = "data_juicer.config.config"
+#: Set on every function this module wrapped (so it is wrapped once).
+_WRAPPED = "__data_juicer_accel_wrapped__"
+
+
+def _install_per_op_checkpoints() -> None:
+    """Wrap ``DefaultExecutor.run``, ``OP.run`` and ``build_base_parser``.
+
+    A module that cannot be imported (a trimmed Data-Juicer) is skipped with
+    a warning: per-op checkpoints are then off, the rest of the patch holds.
+    """
+    try:
+        executor_module = importlib.import_module(_EXECUTOR_MODULE)
+        ops_module = importlib.import_module(_OPS_MODULE)
+        config_module = importlib.import_module(_CONFIG_MODULE)
+    except ImportError as e:
+        warnings.warn(f"data-juicer-accel: per-op checkpoints unavailable ({e})", RuntimeWarning, stacklevel=4)
+        return
+    executor_cls = executor_module.DefaultExecutor
+    executor_cls.run = _wrap(executor_cls.run, _executor_run)
+    ops_module.OP.run = _wrap(ops_module.OP.run, _op_run)
+    config_module.build_base_parser = _wrap(config_module.build_base_parser, _build_base_parser)
+
+
+def _wrap(original, wrapper):
+    if getattr(original, _WRAPPED, False):
+        return original
+
+    @functools.wraps(original)
+    def wrapped(*args, **kwargs):
+        return wrapper(original, *args, **kwargs)
+
+    setattr(wrapped, _WRAPPED, True)
+    return wrapped
+
+
+def _executor_run(original, executor, *args, **kwargs):
+    from data_juicer_accel.utils.per_op_ckpt import PerOpCheckpoints
+
+    per_op = PerOpCheckpoints.for_executor(executor)
+    if per_op is None:
+        return original(executor, *args, **kwargs)
+    return per_op.run(original, executor, *args, **kwargs)
+
+
+def _op_run(original, op, dataset, *args, **kwargs):
+    from data_juicer_accel.utils import per_op_ckpt
+
+    per_op = per_op_ckpt.active()
+    if per_op is not None:
+        per_op.before_op(dataset)
+    return original(op, dataset, *args, **kwargs)
+
+
+def _build_base_parser(original, *args, **kwargs):
+    parser = original(*args, **kwargs)
+    parser.add_argument(
+        "--checkpoint.background",
+        type=bool,
+        default=True,
+        help="data-juicer-accel: save per-op checkpoints of the default executor in the background",
+    )
+    return parser

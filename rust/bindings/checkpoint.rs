@@ -433,6 +433,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(read_checkpoint, m)?)?;
     m.add_function(wrap_pyfunction!(read_manifest, m)?)?;
     m.add_function(wrap_pyfunction!(xxh3_64_hex, m)?)?;
+    background_saves::register(m)?;
     ray_shards::register(m)
 }
 
@@ -665,5 +666,174 @@ mod ray_shards {
         m.add_function(wrap_pyfunction!(write_shard_files, m)?)?;
         m.add_function(wrap_pyfunction!(read_shard_file, m)?)?;
         Ok(())
+    }
+}
+
+// ======================================================================
+// Background saves: `CheckpointManager(..., background=True)`.
+//
+// `submit` takes the snapshot while the caller waits (the record batches of
+// the dataset imported through the Arrow C stream: references to their
+// buffers, no copy) and returns; the writer thread of
+// `crate::checkpoint::background` compresses and commits it without Python.
+// ======================================================================
+
+mod background_saves {
+    use std::path::PathBuf;
+
+    use arrow_array::ffi_stream::RecordBatchStreamReader;
+    use arrow_array::{RecordBatch, UInt64Array};
+    use arrow_schema::DataType;
+    use pyo3::exceptions::PyValueError;
+    use pyo3::prelude::*;
+
+    use super::{detached, import_stream, to_py_err};
+    use crate::checkpoint::background::{BackgroundWriter, DeferredRows, Snapshot};
+    use crate::checkpoint::{self, CheckpointError, WriteOptions};
+
+    /// One writer thread committing the newest submitted checkpoint.
+    #[pyclass(module = "data_juicer_accel._native", frozen)]
+    pub struct BackgroundCheckpointWriter {
+        writer: BackgroundWriter,
+    }
+
+    /// All batches of a C stream (references to its buffers, no copy).
+    fn pull(stream: RecordBatchStreamReader) -> checkpoint::Result<Vec<RecordBatch>> {
+        stream
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(CheckpointError::input)
+    }
+
+    /// The C stream of `indices`, checked to be one uint64 column.
+    fn index_stream(indices: &Bound<'_, PyAny>) -> PyResult<RecordBatchStreamReader> {
+        let stream = import_stream(indices)?;
+        let schema = arrow_array::RecordBatchReader::schema(&stream);
+        if schema.fields().len() != 1 || schema.field(0).data_type() != &DataType::UInt64 {
+            return Err(PyValueError::new_err(
+                "indices must be a table with one uint64 column (an indices mapping)",
+            ));
+        }
+        Ok(stream)
+    }
+
+    /// The first column of every batch, known to be uint64 (see `index_stream`).
+    fn index_arrays(batches: Vec<RecordBatch>) -> checkpoint::Result<Vec<UInt64Array>> {
+        batches
+            .iter()
+            .map(|b| {
+                b.column(0)
+                    .as_any()
+                    .downcast_ref::<UInt64Array>()
+                    .cloned()
+                    .ok_or_else(|| CheckpointError::Input("indices column is not uint64".into()))
+            })
+            .collect()
+    }
+
+    #[pymethods]
+    impl BackgroundCheckpointWriter {
+        #[new]
+        fn new() -> PyResult<Self> {
+            Ok(BackgroundCheckpointWriter {
+                writer: BackgroundWriter::start().map_err(to_py_err)?,
+            })
+        }
+
+        /// Snapshots `data` (and the rows `indices` selects) and queues its
+        /// save into `ckpt_dir`, replacing a save still waiting. Returns its
+        /// sequence number. Raises the failure of an earlier save not yet
+        /// reported (and queues nothing then). `size_like_datasets=num_proc`
+        /// lets the writer thread choose `rows_per_shard` as
+        /// `datasets.save_to_disk(num_proc=num_proc)` would.
+        #[pyo3(signature = (ckpt_dir, data, *, kind, files, state_template=None, indices=None,
+                            compression="zstd", level=1, threads=1, chunk_bytes=8_388_608,
+                            max_shard_bytes=524_288_000, rows_per_shard=None,
+                            size_like_datasets=None))]
+        #[allow(clippy::too_many_arguments)]
+        fn submit(
+            &self,
+            ckpt_dir: PathBuf,
+            data: &Bound<'_, PyAny>,
+            kind: String,
+            files: Vec<(String, Vec<u8>)>,
+            state_template: Option<Vec<u8>>,
+            indices: Option<&Bound<'_, PyAny>>,
+            compression: &str,
+            level: i32,
+            threads: usize,
+            chunk_bytes: u64,
+            max_shard_bytes: u64,
+            rows_per_shard: Option<u64>,
+            size_like_datasets: Option<u64>,
+        ) -> PyResult<u64> {
+            let options = WriteOptions {
+                compression: super::compression(compression, level)?,
+                threads: threads.max(1),
+                rows_per_shard,
+                max_shard_bytes,
+                chunk_bytes,
+            };
+            checkpoint::writer::ipc_options(options.compression).map_err(to_py_err)?;
+            let stream = import_stream(data)?;
+            let schema = arrow_array::RecordBatchReader::schema(&stream);
+            let index_stream = indices.map(index_stream).transpose()?;
+            // The streams hold references to the data: the writer thread pulls them.
+            let deferred: DeferredRows = Box::new(move || {
+                let batches = pull(stream)?;
+                let indices = index_stream
+                    .map(|s| pull(s).and_then(index_arrays))
+                    .transpose()?;
+                Ok((batches, indices))
+            });
+            let snapshot = Snapshot {
+                ckpt_dir,
+                schema,
+                batches: Vec::new(),
+                indices: None,
+                files,
+                state_template,
+                kind,
+                options,
+                deferred: Some(deferred),
+                size_like_datasets,
+            };
+            self.writer.submit(snapshot).map_err(to_py_err)
+        }
+
+        /// Blocks (GIL released) until every submitted save is committed or
+        /// has failed; raises the first failure not yet reported.
+        fn wait(&self, py: Python<'_>) -> PyResult<()> {
+            detached(py, || self.writer.wait())
+        }
+
+        /// `wait()`, then stops the writer thread. Later calls do nothing.
+        fn close(&self, py: Python<'_>) -> PyResult<()> {
+            detached(py, || self.writer.close())
+        }
+
+        /// Blocks (GIL released) up to `timeout` seconds until a commit not
+        /// yet taken exists; False on timeout or once the writer is closed.
+        fn wait_for_commit(&self, py: Python<'_>, timeout: f64) -> bool {
+            let timeout = std::time::Duration::from_secs_f64(timeout.clamp(0.0, 3600.0));
+            py.detach(|| self.writer.wait_for_commit(timeout))
+        }
+
+        /// Sequence numbers committed since the last call, in commit order.
+        fn take_committed(&self) -> Vec<u64> {
+            self.writer.take_committed()
+        }
+
+        /// (submitted, committed, superseded, busy): sequence numbers of the
+        /// last save submitted and committed, saves dropped for a newer one,
+        /// and whether a save is being written or waiting.
+        #[getter]
+        fn progress(&self) -> (u64, u64, u64, bool) {
+            let p = self.writer.progress();
+            (p.submitted, p.committed, p.superseded, p.busy)
+        }
+    }
+
+    pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+        m.add_class::<BackgroundCheckpointWriter>()
     }
 }

@@ -1,6 +1,7 @@
 //! Checkpoint core: zstd Arrow IPC shards, manifest, atomic commit.
 //! Pure Rust; the bindings module is its only door to Python.
 
+pub mod background;
 pub mod commit;
 pub mod dirfd;
 pub mod error;
@@ -9,6 +10,7 @@ pub mod manifest;
 pub mod memory;
 pub mod reader;
 pub mod shards;
+pub mod sizing;
 pub mod writer;
 
 pub use commit::Staging;

@@ -277,6 +277,12 @@ def _report_text(r: dict[str, Any]) -> str:
     return out.getvalue().rstrip("\n")
 
 
+def _resume_after(op: dict[str, Any] | None) -> str:
+    if not op:
+        return "-"
+    return f"{op['operation_name']} (op {op['operation_idx'] + 1}; {op['ops_done']} done)"
+
+
 def _print_report(r: dict[str, Any]) -> None:
     summary = r["job_summary"] or {}
     res = r["resumption"]
@@ -312,6 +318,7 @@ def _print_report(r: dict[str, Any]) -> None:
         ("can resume", "yes" if res.get("can_resume") else "no"),
         ("reason", plan.get("reason")),
         ("resume from checkpoint", res.get("resume_from_checkpoint")),
+        ("resume after op", _resume_after(res.get("resume_after_operation"))),
         ("partitions to retry", ", ".join(map(str, res.get("partitions_to_retry") or [])) or "-"),
         ("partitions to skip", ", ".join(map(str, res.get("partitions_to_skip") or [])) or "-"),
     ]

@@ -10,13 +10,16 @@ checksummed manifest, and committed atomically. ``latest/`` stays loadable by
 
 from __future__ import annotations
 
+import atexit
 import errno
 import json
 import math
 import os
 import stat
 import sys
+import threading
 import uuid
+import weakref
 from typing import Any
 
 import pyarrow as pa
@@ -74,6 +77,7 @@ class CheckpointManager(CheckpointManagerBase):
         *,
         zstd_level: int = DEFAULT_ZSTD_LEVEL,
         verify_on_load: bool = True,
+        background: bool = False,
     ):
         """
         Initialization method.
@@ -83,6 +87,9 @@ class CheckpointManager(CheckpointManagerBase):
         :param num_proc: number of worker threads when saving dataset
         :param zstd_level: zstd level of the checkpoint shards
         :param verify_on_load: check every file's checksum when loading
+        :param background: ``save_ckpt`` returns once it has taken a
+            zero-copy snapshot; a native thread compresses and commits it
+            (see ``wait``)
         """
         super().__init__(ckpt_dir)
         self.ckpt_ds_dir = os.path.join(self.ckpt_dir, "latest")
@@ -92,6 +99,11 @@ class CheckpointManager(CheckpointManagerBase):
         self.op_record: list = []
         self.zstd_level = zstd_level
         self.verify_on_load = verify_on_load
+        self.background = background
+        #: Called as ``on_commit(path, ops_done)`` on the caller's thread once a
+        #: checkpoint holding the first ``ops_done`` ops of the record is committed.
+        self.on_commit = None
+        self._background_saves = None
 
         self.ckpt_available = self.check_ckpt()
 
@@ -232,6 +244,8 @@ class CheckpointManager(CheckpointManagerBase):
         return self._save(ds, "save_checkpoint")
 
     def _save(self, ds, method: str) -> str:
+        if self.background:
+            return self._save_in_background(ds, method)
         source = _describe_source(ds, f"{type(self).__name__}.{method}()")
         op_record = json.dumps(self.op_record).encode()  # fails before anything is written
         make_ckpt_dir(self.ckpt_dir)
@@ -252,6 +266,8 @@ class CheckpointManager(CheckpointManagerBase):
         finally:
             writer.abort()  # no-op after a commit; removes the staging dir otherwise
         logger.debug(f"Saved checkpoint of {rows} rows in {len(shard_files)} shard(s) to {self.ckpt_ds_dir}")
+        if self.on_commit is not None:
+            self.on_commit(self.ckpt_ds_dir, len(self.op_record))
         return self.ckpt_ds_dir
 
     def load_ckpt(self):
@@ -274,6 +290,7 @@ class CheckpointManager(CheckpointManagerBase):
         :param kwargs: Additional arguments (not used, kept for interface compatibility)
         :return: a dataset stored in checkpoint file.
         """
+        self.wait()  # a background save in flight is the newest checkpoint
         try:
             loaded = _native.read_checkpoint(self.ckpt_ds_dir, verify=self.verify_on_load)
         except CheckpointCorruptError as damage:
@@ -296,10 +313,88 @@ class CheckpointManager(CheckpointManagerBase):
             return table
         return _to_hf_dataset(table, loaded, self.ckpt_ds_dir, nested=(kind == "nested"))
 
+    # ------------------------------------------------------------------
+    # Background saves (``background=True``).
+    # ------------------------------------------------------------------
+
+    def wait(self):
+        """Block until every background save requested so far is committed.
+
+        Raises the failure of a background save not yet reported (it is
+        logged too). Does nothing for a foreground manager.
+        """
+        if self._background_saves is not None:
+            self._background_saves.wait()
+
+    def close(self):
+        """``wait()``, then stop the background writer thread. A later save
+        starts a new one."""
+        saves, self._background_saves = self._background_saves, None
+        if saves is not None:
+            saves.close()
+
+    def _save_in_background(self, ds, method: str):
+        """Snapshot ``ds`` and the op record, queue the save, return."""
+        source = _describe_source(ds, f"{type(self).__name__}.{method}()")
+        op_record = json.dumps(self.op_record).encode()  # fails before anything is queued
+        make_ckpt_dir(self.ckpt_dir)
+        if self._background_saves is None or not self._background_saves.usable():
+            self._background_saves = _BackgroundSaves(self)
+        data, indices = source.snapshot_parts()
+        self._background_saves.submit(
+            data,
+            indices=indices,
+            kind=source.kind,
+            files=[(_INFO_FILE, source.info_json()), (_OP_RECORD_FILE, op_record)],
+            state_template=_state_template(source.state_json([])),
+            level=self.zstd_level,
+            threads=max(1, int(self.num_proc or 1)),
+            chunk_bytes=CHUNK_BYTES,
+            max_shard_bytes=MAX_SHARD_BYTES,
+            **source.background_sizing(self.num_proc),
+            ops_done=len(self.op_record),
+        )
+        return self.ckpt_ds_dir
+
 
 # --------------------------------------------------------------------------
 # What a save is given: Arrow data plus what datasets needs to load it back.
 # --------------------------------------------------------------------------
+
+
+_NATIVELY_SIZED_LEAVES = (
+    pa.types.is_null,
+    pa.types.is_boolean,
+    pa.types.is_integer,
+    pa.types.is_floating,
+    pa.types.is_decimal,
+    pa.types.is_date,
+    pa.types.is_time,
+    pa.types.is_timestamp,
+    pa.types.is_duration,
+    pa.types.is_string,
+    pa.types.is_large_string,
+    pa.types.is_binary,
+    pa.types.is_large_binary,
+    pa.types.is_fixed_size_binary,
+)
+
+
+def _sized_natively(data_type: pa.DataType) -> bool:
+    """Whether the native writer counts the bytes of ``data_type`` exactly
+    as ``Table.nbytes`` does (so it shards exactly like a foreground save)."""
+    if pa.types.is_list(data_type) or pa.types.is_large_list(data_type):
+        return _sized_natively(data_type.value_type)
+    return any(is_type(data_type) for is_type in _NATIVELY_SIZED_LEAVES)
+
+
+def _background_sizing(schema: pa.Schema, rows_per_shard, num_proc) -> dict:
+    """How a background save sizes its shards: in the writer thread when it
+    can count the bytes as pyarrow does (``Table.nbytes`` of a large table
+    would cost the caller milliseconds), else here."""
+    if all(_sized_natively(field.type) for field in schema):
+        return {"size_like_datasets": max(1, int(num_proc or 1))}
+    return {"rows_per_shard": rows_per_shard(num_proc)}
 
 
 def _num_shards(nbytes: int, num_rows: int, num_proc) -> int:
@@ -320,11 +415,20 @@ class _ArrowSource:
     def stream(self) -> Any:
         return self.data
 
+    def snapshot_parts(self) -> tuple[Any, Any]:
+        """(data, indices) for a background save: no indices mapping here."""
+        return self.data, None
+
     def rows_per_shard(self, num_proc) -> int | None:
         if self.table is None or self.table.num_rows == 0:
             return None  # a stream of unknown length: shards close by size
         shards = _num_shards(self.table.nbytes, self.table.num_rows, num_proc)
         return math.ceil(self.table.num_rows / shards)
+
+    def background_sizing(self, num_proc) -> dict:
+        if self.table is None:
+            return {}  # a stream of unknown length: shards close by size
+        return _background_sizing(self.table.schema, self.rows_per_shard, num_proc)
 
     def state_json(self, shard_files: list) -> bytes:
         state: dict[str, Any] = {
@@ -352,9 +456,11 @@ class _HFSource:
         self.kind = "nested" if nested else "hf"
         self.table = ds.data.table
         self.num_rows = len(ds)
-        # Bytes of the visible rows, as datasets estimates them.
-        full = max(self.table.num_rows, 1)
-        self.nbytes = self.table.nbytes * self.num_rows // full
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the visible rows, as datasets estimates them."""
+        return self.table.nbytes * self.num_rows // max(self.table.num_rows, 1)
 
     def stream(self) -> Any:
         indices = getattr(self.ds, "_indices", None)
@@ -362,10 +468,21 @@ class _HFSource:
             return self.table  # zero-copy: Rust reads the table's own buffers
         return _gathered_rows(self.table, indices.column(0))
 
+    def snapshot_parts(self) -> tuple[Any, Any]:
+        """(table, indices) for a background save; the writer thread gathers
+        the rows the mapping selects, so the caller copies nothing."""
+        indices = getattr(self.ds, "_indices", None)
+        if indices is None:
+            return self.table, None
+        return self.table, pa.table({"indices": indices.column(0)})
+
     def rows_per_shard(self, num_proc) -> int | None:
         if self.num_rows == 0:
             return None
         return math.ceil(self.num_rows / _num_shards(self.nbytes, self.num_rows, num_proc))
+
+    def background_sizing(self, num_proc) -> dict:
+        return _background_sizing(self.table.schema, self.rows_per_shard, num_proc)
 
     def state_json(self, shard_files: list) -> bytes:
         ds = self.ds
@@ -609,3 +726,135 @@ def _write_rows(writer: Any, source: Any, num_proc) -> int:
         if errors.error is not None:
             raise errors.error  # noqa: B904 - the native error stays as its __context__
         raise
+
+
+# --------------------------------------------------------------------------
+# Background saves.
+# --------------------------------------------------------------------------
+
+
+def _state_template(state_json: bytes) -> bytes:
+    """``state.json`` without its shard list; the native writer adds it."""
+    state = json.loads(state_json)
+    state.pop("_data_files", None)
+    return json.dumps(state).encode()
+
+
+class _BackgroundSaves:
+    """The native writer thread of one ``CheckpointManager(background=True)``.
+
+    Tracks which submitted saves are committed, to call the manager's
+    ``on_commit`` for them as soon as they are: from a watcher thread, or
+    from the caller's thread when it waits (in commit order, once each; a
+    lock serialises the two). Every instance alive at
+    interpreter exit is closed by an ``atexit`` hook, so the process exits
+    only once the last requested checkpoint is durable, or has failed loudly.
+    In a forked child the writer thread does not exist: the child's copy is
+    never waited on nor freed (see ``_forget_in_child``).
+    """
+
+    def __init__(self, manager: CheckpointManager):
+        self.manager = manager
+        self.ckpt_dir = manager.ckpt_dir
+        self.writer = _native.BackgroundCheckpointWriter()
+        self.pid = os.getpid()
+        self.ops_done_by_seq: dict[int, int] = {}
+        self.reporting = threading.Lock()
+        self.closed = False
+        # A daemon thread, joined by close() (hence by the atexit hook) before
+        # interpreter finalization, so it is never inside native code then.
+        self.watcher = threading.Thread(target=self._watch_commits, name="dja-ckpt-commits", daemon=True)
+        self.watcher.start()
+        _LIVE_BACKGROUND_SAVES.add(self)
+
+    def usable(self) -> bool:
+        return self.writer is not None and self.pid == os.getpid()
+
+    def submit(self, data, *, ops_done: int, **options) -> None:
+        with self.reporting:  # the watcher must not see the commit before its ops_done
+            try:
+                seq = self.writer.submit(self.ckpt_dir, data, **options)
+            except Exception as e:
+                self._log_failure(e)
+                raise
+            self.ops_done_by_seq[seq] = ops_done
+        self._report_commits()
+
+    def wait(self) -> None:
+        if not self.usable():
+            return
+        try:
+            self.writer.wait()
+        except Exception as e:
+            self._log_failure(e)
+            raise
+        finally:
+            self._report_commits()
+
+    def close(self) -> None:
+        if not self.usable():
+            return
+        _LIVE_BACKGROUND_SAVES.discard(self)
+        self.closed = True
+        try:
+            self.writer.close()
+        except Exception as e:
+            self._log_failure(e)
+            raise
+        finally:
+            if self.watcher is not threading.current_thread():
+                self.watcher.join()
+            self._report_commits()
+
+    def _watch_commits(self) -> None:
+        while not self.closed:
+            if self.writer is None:
+                return
+            if self.writer.wait_for_commit(1.0):
+                self._report_commits()
+
+    def _report_commits(self) -> None:
+        """``on_commit`` for every save committed since the last report."""
+        with self.reporting:
+            writer = self.writer
+            committed = writer.take_committed() if writer is not None else []
+            if not committed:
+                return
+            callback = self.manager.on_commit
+            for seq in committed:
+                ops_done = self.ops_done_by_seq.pop(seq, None)
+                if callback is not None and ops_done is not None:
+                    try:
+                        callback(self.manager.ckpt_ds_dir, ops_done)
+                    except Exception as e:  # noqa: BLE001 - a callback must not hide a commit from the others
+                        logger.error(f"on_commit callback for {self.manager.ckpt_ds_dir} failed: {e}")
+            # Saves are committed in order: one older than a commit was superseded.
+            self.ops_done_by_seq = {seq: n for seq, n in self.ops_done_by_seq.items() if seq > committed[-1]}
+
+    def _log_failure(self, error: Exception) -> None:
+        logger.error(f"Background checkpoint save into {self.ckpt_dir} failed: {error}")
+
+
+_LIVE_BACKGROUND_SAVES: weakref.WeakSet = weakref.WeakSet()
+#: Writers inherited by a forked child: their thread did not survive the
+#: fork, so they are kept alive (never joined, never freed) in the child.
+_ORPHANED_IN_CHILD: list = []
+
+
+def _close_background_saves_at_exit() -> None:
+    for saves in list(_LIVE_BACKGROUND_SAVES):
+        try:
+            saves.close()
+        except Exception:  # noqa: BLE001 - logged by close(); close every other one too
+            pass
+
+
+def _forget_in_child() -> None:
+    for saves in list(_LIVE_BACKGROUND_SAVES):
+        _ORPHANED_IN_CHILD.append(saves.writer)
+        saves.writer = None
+    _LIVE_BACKGROUND_SAVES.clear()
+
+
+atexit.register(_close_background_saves_at_exit)
+os.register_at_fork(after_in_child=_forget_in_child)

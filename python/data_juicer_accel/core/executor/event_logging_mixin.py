@@ -1290,6 +1290,7 @@ class EventLoggingMixin:
             "analysis_timestamp": time.time(),
             "can_resume": resumption_plan["can_resume"],
             "resume_from_checkpoint": resumption_plan.get("resume_from_checkpoint"),
+            "resume_after_operation": _resume_after_operation(resumption_plan.get("resume_from_checkpoint")),
             "partitions_to_retry": resumption_plan.get("partitions_to_retry", []),
             "partitions_to_skip": resumption_plan.get("partitions_to_skip", []),
         }
@@ -1559,6 +1560,21 @@ def _file_has_job_complete(events_file) -> bool:
     except (OSError, json.JSONDecodeError) as e:
         logger.warning(f"Error reading events file {events_file}: {e}")
     return False
+
+
+def _resume_after_operation(checkpoint_path) -> Optional[Dict[str, Any]]:
+    """The last op a default-executor checkpoint holds, from its op record
+    (``ckpt_op.json``, which the restart itself reads): name, index, ops done.
+    None for other checkpoints or when the record cannot be read."""
+    if not isinstance(checkpoint_path, str):
+        return None
+    try:
+        with open(os.path.join(checkpoint_path, "ckpt_op.json")) as f:
+            record = json.load(f)
+        name = next(iter(record[-1]))
+    except (OSError, ValueError, TypeError, KeyError, IndexError, StopIteration):
+        return None
+    return {"operation_name": name, "operation_idx": len(record) - 1, "ops_done": len(record)}
 
 
 def _read_events(events_file) -> List[Dict]:

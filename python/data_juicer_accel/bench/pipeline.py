@@ -1,0 +1,248 @@
+"""``data-juicer-accel bench --only pipeline``: what per-op checkpoints cost a
+real Data-Juicer pipeline.
+
+Six CPU ops of py-data-juicer 1.6.1 that need no model run over the bench
+corpus's text (written once as jsonl) with ``np: 2``, each case in its own
+process, cases interleaved round by round:
+
+- ``none``: no checkpoints (``use_checkpoint: false``);
+- ``dj_end``: 1.6.1's own end-of-run checkpoint (unpatched);
+- ``dj_every_op``: a checkpoint before every op with 1.6.1's
+  ``CheckpointManager`` (``save_to_disk``), which 1.6.1 itself cannot do;
+- ``accel_fg``: ``dj-process`` patched, ``checkpoint.strategy: every_op``,
+  ``checkpoint.background: false``;
+- ``accel_bg``: the same, saved in the background.
+
+Each process reports the executor's ``run()`` time (data loading, ops, the
+checkpoints, export; not interpreter start-up) and how long every
+``save_ckpt`` call blocked it (the stall). A separate in-process case
+measures the stall of one background save of a 1 GB table.
+
+Data-Juicer's op loop calls ``free_models()`` after every op, which would
+pip-install torch; the runs get the same three-line ``torch.cuda`` stand-in
+as the integration tests, and ``PIP_NO_INDEX=1`` so nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+CASES = ["none", "dj_end", "dj_every_op", "accel_fg", "accel_bg"]
+CASE_LABELS = {
+    "none": "no checkpoints",
+    "dj_end": "1.6.1: end-of-run checkpoint",
+    "dj_every_op": "every op, 1.6.1 save_to_disk",
+    "accel_fg": "every op, data-juicer-accel, foreground",
+    "accel_bg": "every op, data-juicer-accel, background",
+}
+PROCESS = """process:
+  - whitespace_normalization_mapper:
+  - clean_email_mapper:
+  - punctuation_normalization_mapper:
+  - text_length_filter:
+      min_len: 20
+  - alphanumeric_filter:
+      min_ratio: 0.2
+  - words_num_filter:
+      min_num: 5
+"""
+TORCH_STAND_IN = (
+    "import types as _types\n"
+    "cuda = _types.SimpleNamespace(empty_cache=lambda: None, device_count=lambda: 0, is_available=lambda: False)\n"
+)
+
+#: Runs one case inside its own interpreter; prints one JSON line.
+DRIVER = r"""
+import json, sys, time
+case, config = sys.argv[1], sys.argv[2]
+stalls = []
+
+def timed_saves(cls):
+    save = cls.save_ckpt
+    def save_ckpt(self, ds):
+        start = time.perf_counter()
+        try:
+            return save(self, ds)
+        finally:
+            stalls.append(time.perf_counter() - start)
+    cls.save_ckpt = save_ckpt
+
+if case.startswith("accel"):
+    from data_juicer_accel.patch import patch_data_juicer
+    assert patch_data_juicer()
+    from data_juicer_accel.utils.ckpt_utils import CheckpointManager
+    timed_saves(CheckpointManager)
+else:
+    from data_juicer.utils.ckpt_utils import CheckpointManager
+    timed_saves(CheckpointManager)
+from data_juicer.config import init_configs
+from data_juicer.core.executor import default_executor
+
+if case == "dj_every_op":
+    # 1.6.1's manager, saving the dataset as it enters every op after the first.
+    from data_juicer.ops import base_op
+    op_run, executor_run, state = base_op.OP.run, default_executor.DefaultExecutor.run, {}
+    def run_op(self, dataset, *args, **kwargs):
+        manager = state.get("manager")
+        if manager is not None and len(manager.op_record) > state["done"]:
+            state["done"] = len(manager.op_record)
+            manager.save_ckpt(dataset)
+        return op_run(self, dataset, *args, **kwargs)
+    def run_executor(self, *args, **kwargs):
+        state.update(manager=self.ckpt_manager, done=0)
+        return executor_run(self, *args, **kwargs)
+    base_op.OP.run, default_executor.DefaultExecutor.run = run_op, run_executor
+
+cfg = init_configs(["--config", config])
+executor = default_executor.DefaultExecutor(cfg)
+start = time.perf_counter()
+executor.run()
+seconds = time.perf_counter() - start
+manager = executor.ckpt_manager
+if manager is not None and hasattr(manager, "close"):
+    manager.close()
+print("BENCH-RESULT " + json.dumps({"seconds": seconds, "stalls": stalls}), flush=True)
+"""
+
+
+def _config(workdir: str, case: str, data: str, np_: int) -> str:
+    root = os.path.join(workdir, case)
+    os.makedirs(root, exist_ok=True)
+    checkpoint = ""
+    if case.startswith("accel"):
+        checkpoint = f"checkpoint:\n  strategy: every_op\n  background: {str(case == 'accel_bg').lower()}\n"
+    path = os.path.join(root, "config.yaml")
+    with open(path, "w") as f:
+        f.write(
+            f"project_name: bench-pipeline\ndataset_path: {data}\nexport_path: {root}/out/result.jsonl\n"
+            f"work_dir: {root}/work\nnp: {np_}\nuse_checkpoint: {str(case != 'none').lower()}\n"
+            f"open_monitor: false\n{checkpoint}{PROCESS}"
+        )
+    return path
+
+
+def _env(workdir: str) -> dict:
+    stub = os.path.join(workdir, "torch_stand_in")
+    os.makedirs(os.path.join(stub, "torch"), exist_ok=True)
+    with open(os.path.join(stub, "torch", "__init__.py"), "w") as f:
+        f.write(TORCH_STAND_IN)
+    env = dict(os.environ)
+    env.update(
+        PYTHONPATH=os.pathsep.join(filter(None, [stub, env.get("PYTHONPATH")])),
+        USE_TORCH="0",
+        PIP_NO_INDEX="1",
+        UV_OFFLINE="1",
+        OMP_NUM_THREADS="1",
+        HF_DATASETS_DISABLE_PROGRESS_BARS="1",
+    )
+    return env
+
+
+def write_corpus_jsonl(size: int, path: str) -> int:
+    """The bench corpus's text column as jsonl; returns the file's bytes."""
+    import datasets
+
+    from data_juicer_accel.bench.corpus import default_corpus
+
+    table = default_corpus(size).select(["text"])
+    datasets.Dataset(datasets.table.InMemoryTable(table)).to_json(path)
+    return os.path.getsize(path)
+
+
+def run_case(case: str, workdir: str, data: str, np_: int, env: dict) -> dict:
+    import shutil
+
+    shutil.rmtree(os.path.join(workdir, case), ignore_errors=True)
+    cfg = _config(workdir, case, data, np_)
+    log = os.path.join(workdir, f"{case}.log")
+    with open(log, "w") as out:
+        proc = subprocess.run([sys.executable, "-c", DRIVER, case, cfg], env=env, stdout=out, stderr=subprocess.STDOUT)
+    text = open(log, errors="replace").read()
+    result = [line for line in text.splitlines() if line.startswith("BENCH-RESULT ")]
+    if proc.returncode != 0 or not result:
+        raise RuntimeError(f"pipeline case {case} failed (rc {proc.returncode}); see {log}:\n{text[-2000:]}")
+    return json.loads(result[-1].split(" ", 1)[1])
+
+
+def stall_at_size(size: int, rounds: int, workdir: str) -> dict:
+    """Stall of ``save_ckpt`` with background=True on a table of ``size``
+    bytes, and the time until the save is committed."""
+    from data_juicer_accel.bench.corpus import default_corpus
+    from data_juicer_accel.utils.ckpt_utils import CheckpointManager
+
+    table = default_corpus(size)
+    manager = CheckpointManager(os.path.join(workdir, "stall"), [], num_proc=2, background=True)
+    manager.save_ckpt(table.slice(0, 10))  # starts the writer thread, as the first op of a pipeline does
+    manager.wait()
+    stalls, commits = [], []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        manager.save_ckpt(table)
+        stalls.append(time.perf_counter() - start)
+        manager.wait()
+        commits.append(time.perf_counter() - start)
+    manager.close()
+    return {"bytes": table.nbytes, "stall_ms": statistics.median(stalls) * 1e3, "commit_s": statistics.median(commits)}
+
+
+def run_pipeline_bench(size: int, rounds: int, workdir: str, np_: int = 2, stall_size: int = 10**9) -> dict:
+    data = os.path.join(workdir, "corpus.jsonl")
+    data_bytes = write_corpus_jsonl(size, data)
+    env = _env(workdir)
+    seconds: dict[str, list] = {case: [] for case in CASES}
+    stalls: dict[str, list] = {case: [] for case in CASES}
+    for _ in range(rounds):
+        for case in CASES:  # interleaved, so load changes hit every case alike
+            result = run_case(case, workdir, data, np_, env)
+            seconds[case].append(result["seconds"])
+            stalls[case].extend(result["stalls"])
+    rows = []
+    base = statistics.median(seconds["none"])
+    for case in CASES:
+        wall = statistics.median(seconds[case])
+        per_save = stalls[case]
+        rows.append(
+            {
+                "case": case,
+                "label": CASE_LABELS[case],
+                "seconds": wall,
+                "vs_none": wall / base,
+                "saves_per_run": len(per_save) // rounds,
+                "stall_ms_median": statistics.median(per_save) * 1e3 if per_save else None,
+                "stall_ms_max": max(per_save) * 1e3 if per_save else None,
+            }
+        )
+    return {
+        "data_bytes": data_bytes,
+        "np": np_,
+        "rounds": rounds,
+        "loadavg": os.getloadavg(),
+        "rows": rows,
+        "stall_at_size": stall_at_size(stall_size, rounds, workdir) if stall_size else None,
+    }
+
+
+def format_report(result: dict) -> str:
+    lines = [
+        f"pipeline: 6 CPU ops of py-data-juicer 1.6.1, {result['data_bytes'] / 1e6:.0f} MB of jsonl text, "
+        f"np={result['np']}, median of {result['rounds']} interleaved round(s); "
+        f"load average at the end {result['loadavg'][0]:.1f}",
+        "",
+        f"{'case':<44} {'run() s':>8} {'x none':>7} {'saves':>6} {'stall ms (median / max)':>24}",
+    ]
+    for r in result["rows"]:
+        stall = "-" if r["stall_ms_median"] is None else f"{r['stall_ms_median']:.1f} / {r['stall_ms_max']:.1f}"
+        lines.append(f"{r['label']:<44} {r['seconds']:>8.1f} {r['vs_none']:>7.2f} {r['saves_per_run']:>6} {stall:>24}")
+    big = result.get("stall_at_size")
+    if big:
+        lines += [
+            "",
+            f"background save_ckpt of a {big['bytes'] / 1e9:.2f} GB table: stall {big['stall_ms']:.2f} ms, "
+            f"committed after {big['commit_s']:.2f} s",
+        ]
+    return "\n".join(lines)

@@ -1,0 +1,203 @@
+"""Per-op checkpoints for Data-Juicer's ``DefaultExecutor``.
+
+Data-Juicer 1.6.1's default executor saves its checkpoint once, in a
+``finally`` after the op loop: a SIGKILL (the OOM killer) runs no ``finally``
+and loses every finished op. With ``patch_data_juicer()`` and
+``use_checkpoint: true``, the executor also honours the ``checkpoint.*`` keys
+of Data-Juicer's partitioned executor:
+
+- ``checkpoint.enabled`` / ``checkpoint.strategy``: ``every_op``,
+  ``every_n_ops`` (with ``checkpoint.n_ops``), ``manual`` (with
+  ``checkpoint.op_names``) or ``disabled``;
+- ``checkpoint.background`` (default true): saves are snapshots committed by
+  a native thread while the next op runs.
+
+A checkpoint is the dataset as it enters the next op, and its ``ckpt_op.json``
+names exactly the ops done, so the original Data-Juicer resumes from it too.
+Without a ``checkpoint`` key in the configuration (or with ``disabled``), the
+behaviour is 1.6.1's: one save at the end, or when an op fails.
+
+How it hooks in (installed by ``patch_data_juicer``): ``DefaultExecutor.run``
+marks its run as active, and ``OP.run``, which every op's ``run`` calls first
+with the dataset it was given, offers that dataset here before the op starts.
+Both hooks are inert outside such a run.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from loguru import logger
+
+__all__ = ["CheckpointPolicy", "PerOpCheckpoints", "policy_from_config"]
+
+STRATEGIES = ("every_op", "every_n_ops", "manual", "disabled")
+
+#: The per-op checkpoints of the ``DefaultExecutor.run`` in progress.
+_ACTIVE: contextvars.ContextVar[PerOpCheckpoints | None] = contextvars.ContextVar(
+    "data_juicer_accel_per_op_checkpoints", default=None
+)
+
+
+@dataclass(frozen=True)
+class CheckpointPolicy:
+    """After which ops a checkpoint is taken."""
+
+    strategy: str = "every_op"
+    n_ops: int = 1
+    op_names: frozenset = frozenset()
+    background: bool = True
+
+    def wants(self, ops_done: list) -> bool:
+        """Whether to checkpoint once the ops in ``ops_done`` are done."""
+        done = len(ops_done)
+        if done == 0 or self.strategy == "disabled":
+            return False
+        if self.strategy == "every_op":
+            return True
+        if self.strategy == "every_n_ops":
+            return done % self.n_ops == 0
+        return _op_name(ops_done[-1]) in self.op_names  # manual
+
+
+def policy_from_config(cfg: Any) -> CheckpointPolicy | None:
+    """The policy the configuration asks for, or None for 1.6.1's behaviour:
+    no ``use_checkpoint``, no ``checkpoint`` key set by the user, or
+    checkpoints disabled.
+
+    Data-Juicer's parser fills ``checkpoint.*`` with defaults whether or not
+    the user wrote them, so the configuration files and command line are
+    read to tell whether the user asked.
+    """
+    if not _get(cfg, "use_checkpoint", False) or not _user_set_checkpoint(cfg):
+        return None
+    section = _get(cfg, "checkpoint", None)
+    enabled = _get(section, "enabled", True)
+    strategy = str(_get(section, "strategy", "every_op") or "every_op")
+    if strategy not in STRATEGIES:
+        raise ValueError(f"checkpoint.strategy must be one of {', '.join(STRATEGIES)}; got {strategy!r}")
+    if not enabled or strategy == "disabled":
+        return None
+    n_ops = int(_get(section, "n_ops", 1) or 1)
+    if n_ops < 1:
+        raise ValueError(f"checkpoint.n_ops must be a positive integer; got {n_ops}")
+    op_names = frozenset(_get(section, "op_names", None) or [])
+    if strategy == "manual" and not op_names:
+        logger.warning("checkpoint.strategy is 'manual' but checkpoint.op_names is empty: only 1.6.1's end save")
+    return CheckpointPolicy(strategy, n_ops, op_names, bool(_get(section, "background", True)))
+
+
+class PerOpCheckpoints:
+    """Checkpoints one ``DefaultExecutor.run`` per its policy."""
+
+    def __init__(self, executor: Any, policy: CheckpointPolicy):
+        self.executor = executor
+        self.policy = policy
+        self.manager = executor.ckpt_manager
+        # Ops restored from a checkpoint are already saved.
+        self.ops_considered = len(self.manager.op_record)
+        self.manager.background = policy.background
+        self.manager.on_commit = self._log_commit
+
+    @classmethod
+    def for_executor(cls, executor: Any) -> PerOpCheckpoints | None:
+        manager = getattr(executor, "ckpt_manager", None)
+        if manager is None or not hasattr(manager, "on_commit"):
+            return None  # not our CheckpointManager
+        policy = policy_from_config(executor.cfg)
+        if policy is None:
+            return None
+        logger.info(
+            f"Per-op checkpoints: strategy {policy.strategy}"
+            + (f" every {policy.n_ops} ops" if policy.strategy == "every_n_ops" else "")
+            + (f" after {sorted(policy.op_names)}" if policy.strategy == "manual" else "")
+            + (", saved in the background" if policy.background else "")
+        )
+        return cls(executor, policy)
+
+    def run(self, run, *args, **kwargs):
+        """``run(*args, **kwargs)`` with this object active; waits for the
+        last checkpoint before returning or raising."""
+        token = _ACTIVE.set(self)
+        failed = True
+        try:
+            result = run(*args, **kwargs)
+            failed = False
+            return result
+        finally:
+            _ACTIVE.reset(token)
+            self._finish(raise_errors=not failed)
+
+    def before_op(self, dataset: Any) -> None:
+        """Checkpoints ``dataset`` if the ops done since the last call ask for it."""
+        ops_done = self.manager.op_record
+        if len(ops_done) <= self.ops_considered:
+            return  # the first op, or an op's run called again inside it
+        self.ops_considered = len(ops_done)
+        if self.policy.wants(ops_done):
+            logger.info(f"Checkpoint after op {len(ops_done)} [{_op_name(ops_done[-1])}]")
+            self.manager.save_ckpt(dataset)
+
+    def _finish(self, raise_errors: bool) -> None:
+        try:
+            self.manager.wait()
+        except Exception:
+            if raise_errors:
+                raise
+            # Logged by the manager; the run's own error is the one to see.
+
+    def _log_commit(self, path: str, ops_done: int) -> None:
+        if ops_done == 0:
+            return
+        op_cfg = self.manager.op_record[ops_done - 1]
+        log = getattr(self.executor, "log_checkpoint_save", None)
+        if log is not None:
+            log(0, _op_name(op_cfg), ops_done - 1, path)
+
+
+def active() -> PerOpCheckpoints | None:
+    return _ACTIVE.get()
+
+
+def _op_name(op_cfg: dict) -> str:
+    return next(iter(op_cfg))
+
+
+def _get(obj: Any, key: str, default: Any) -> Any:
+    if obj is None:
+        return default
+    if isinstance(obj, dict):
+        return obj.get(key, default)
+    return getattr(obj, key, default)
+
+
+def _user_set_checkpoint(cfg: Any) -> bool:
+    """Whether a configuration file or the command line sets ``checkpoint``."""
+    if any(arg == "--checkpoint" or arg.startswith("--checkpoint.") for arg in sys.argv[1:]):
+        return True
+    for path in _get(cfg, "config", None) or []:
+        data = _read_yaml(path)
+        if isinstance(data, dict) and any(k == "checkpoint" or str(k).startswith("checkpoint.") for k in data):
+            return True
+    return False
+
+
+def _read_yaml(path: Any) -> Any:
+    absolute = getattr(path, "absolute", None)
+    if callable(absolute):
+        absolute = absolute()
+    name = str(absolute or path)
+    if not os.path.isfile(name):
+        return None
+    import yaml
+
+    try:
+        with open(name) as f:
+            return yaml.safe_load(f)
+    except (OSError, yaml.YAMLError) as e:
+        logger.warning(f"Cannot read {name} to look for checkpoint settings ({e}); per-op checkpoints off")
+        return None
