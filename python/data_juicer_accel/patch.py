@@ -345,7 +345,7 @@ def _install_per_op_checkpoints() -> None:
     executor_cls = executor_module.DefaultExecutor
     executor_cls.run = _wrap(executor_cls.run, _executor_run)
     ops_module.OP.run = _wrap(ops_module.OP.run, _op_run)
-    config_module.build_base_parser = _wrap(config_module.build_base_parser, _build_base_parser)
+    config_module.build_base_parser = _wrap(config_module.build_base_parser, _build_base_parser)  # type: ignore[attr-defined]
 
 
 def _wrap(original, wrapper):

@@ -20,6 +20,7 @@ import sys
 import threading
 import uuid
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
@@ -102,8 +103,8 @@ class CheckpointManager(CheckpointManagerBase):
         self.background = background
         #: Called as ``on_commit(path, ops_done)`` on the caller's thread once a
         #: checkpoint holding the first ``ops_done`` ops of the record is committed.
-        self.on_commit = None
-        self._background_saves = None
+        self.on_commit: Callable[[str, int], Any] | None = None
+        self._background_saves: _BackgroundSaves | None = None
 
         self.ckpt_available = self.check_ckpt()
 
