@@ -241,3 +241,15 @@ def analyze_events_file(path: str | PathLike[str]) -> dict[str, Any]:
 def events_file_has_type(path: str | PathLike[str], event_type: str) -> bool | None:
     """Whether the log holds an event of ``event_type``, read as
     ``check_job_completion`` reads it; ``None`` when only Python can tell."""
+
+class InFlight:
+    """``with InFlight(): ...``: interpreter exit waits for the block; a
+    thread entering one after exit began parks forever."""
+
+    def __init__(self) -> None: ...
+    def __enter__(self) -> InFlight: ...
+    def __exit__(self, *_exc_info: object) -> bool: ...
+
+def drain_native_calls(timeout: float) -> int:
+    """Closes the exit gate and waits up to ``timeout`` seconds for other
+    threads' native calls to end; returns how many are still running."""

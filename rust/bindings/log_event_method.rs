@@ -19,6 +19,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
 use super::events::{LogEventFastPath, Logged};
+use super::exit_gate;
 use super::gil::{call_python, guarded, panic_error};
 
 /// What the method hands on to Python.
@@ -125,6 +126,7 @@ unsafe fn call<'py>(
     nargs: ffi::Py_ssize_t,
     kwnames: *mut ffi::PyObject,
 ) -> PyResult<Bound<'py, PyAny>> {
+    let _in_flight = exit_gate::enter(py);
     // SAFETY: set before the descriptor exists; never freed.
     let Some(installed) = (unsafe { INSTALLED.load(Ordering::Acquire).as_ref() }) else {
         return Err(PyRuntimeError::new_err(

@@ -27,6 +27,7 @@ import pyarrow as pa
 from loguru import logger
 
 from data_juicer_accel import _native
+from data_juicer_accel._exit import in_flight
 from data_juicer_accel.errors import CheckpointCorruptError
 from data_juicer_accel.utils.ckpt_base import (
     DEFAULT_ZSTD_LEVEL,
@@ -247,6 +248,14 @@ class CheckpointManager(CheckpointManagerBase):
     def _save(self, ds, method: str) -> str:
         if self.background:
             return self._save_in_background(ds, method)
+        with in_flight():  # pyarrow and native calls: exit waits for them
+            rows, shard_files = self._save_now(ds, method)
+        logger.debug(f"Saved checkpoint of {rows} rows in {len(shard_files)} shard(s) to {self.ckpt_ds_dir}")
+        if self.on_commit is not None:
+            self.on_commit(self.ckpt_ds_dir, len(self.op_record))
+        return self.ckpt_ds_dir
+
+    def _save_now(self, ds, method: str) -> tuple[int, list]:
         source = _describe_source(ds, f"{type(self).__name__}.{method}()")
         op_record = json.dumps(self.op_record).encode()  # fails before anything is written
         make_ckpt_dir(self.ckpt_dir)
@@ -266,10 +275,7 @@ class CheckpointManager(CheckpointManagerBase):
             writer.commit(source.kind)
         finally:
             writer.abort()  # no-op after a commit; removes the staging dir otherwise
-        logger.debug(f"Saved checkpoint of {rows} rows in {len(shard_files)} shard(s) to {self.ckpt_ds_dir}")
-        if self.on_commit is not None:
-            self.on_commit(self.ckpt_ds_dir, len(self.op_record))
-        return self.ckpt_ds_dir
+        return rows, shard_files
 
     def load_ckpt(self):
         """
@@ -292,6 +298,10 @@ class CheckpointManager(CheckpointManagerBase):
         :return: a dataset stored in checkpoint file.
         """
         self.wait()  # a background save in flight is the newest checkpoint
+        with in_flight():  # pyarrow and native calls: exit waits for them
+            return self._load_now()
+
+    def _load_now(self):
         try:
             loaded = _native.read_checkpoint(self.ckpt_ds_dir, verify=self.verify_on_load)
         except CheckpointCorruptError as damage:
@@ -336,6 +346,10 @@ class CheckpointManager(CheckpointManagerBase):
 
     def _save_in_background(self, ds, method: str):
         """Snapshot ``ds`` and the op record, queue the save, return."""
+        with in_flight():  # pyarrow and native calls: exit waits for them
+            return self._queue_save(ds, method)
+
+    def _queue_save(self, ds, method: str):
         source = _describe_source(ds, f"{type(self).__name__}.{method}()")
         op_record = json.dumps(self.op_record).encode()  # fails before anything is queued
         make_ckpt_dir(self.ckpt_dir)

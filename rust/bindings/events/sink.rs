@@ -22,6 +22,7 @@ use super::errors::{io_os_error, os_error, push_error};
 use super::ids::{current_thread_ident, generated_event_id};
 use super::json_encoder::{encode, enum_type, enum_value, write_member, StableItems};
 use super::live_writers;
+use crate::bindings::exit_gate;
 use crate::bindings::gil::{detach, guarded};
 
 /// Job-level events are fsynced before the logging call returns.
@@ -395,6 +396,7 @@ impl EventSink {
         job_id: Bound<'py, PyAny>,
         return_event: bool,
     ) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let _in_flight = exit_gate::enter(py);
         guarded("EventSink.log_fields", || {
             let keywords = kwargs.iter().flat_map(|kwargs| kwargs.iter());
             self.log_keywords(py, event_type, message, keywords, job_id, return_event)
@@ -411,6 +413,7 @@ impl EventSink {
         event: Bound<'_, PyAny>,
         job_id: Bound<'_, PyAny>,
     ) -> PyResult<()> {
+        let _in_flight = exit_gate::enter(py);
         guarded("EventSink.log_event", || {
             self.log_event_object(py, event, job_id)
         })
@@ -421,6 +424,7 @@ impl EventSink {
     /// fields. Callers serialise calls (EventLogger holds a lock for it). If
     /// building or appending fails, the events are kept for the next call.
     fn move_events_into(&self, py: Python<'_>, events: Bound<'_, PyAny>) -> PyResult<()> {
+        let _in_flight = exit_gate::enter(py);
         guarded("EventSink.move_events_into", || {
             self.move_remembered_into(py, events)
         })
@@ -464,6 +468,7 @@ impl EventSink {
     /// Raises `OSError` if a write failed.
     #[pyo3(signature = (fsync=false))]
     fn flush(&self, py: Python<'_>, fsync: bool) -> PyResult<()> {
+        let _in_flight = exit_gate::enter(py);
         guarded("EventSink.flush", || {
             let writer = self.writer()?;
             detach(py, || writer.flush(fsync)).map_err(|e| os_error(&e))
@@ -472,6 +477,7 @@ impl EventSink {
 
     /// Flushes, fsyncs and stops the flush thread; later events are refused.
     fn close(&self, py: Python<'_>) -> PyResult<()> {
+        let _in_flight = exit_gate::enter(py);
         guarded("EventSink.close", || {
             let writer = self.writer()?;
             detach(py, || writer.close()).map_err(|e| os_error(&e))

@@ -1,0 +1,157 @@
+//! Interpreter exit waits for the native work of daemon threads.
+//!
+//! On CPython before 3.14, a thread that needs the GIL once finalisation
+//! has begun is ended with `pthread_exit`. Its forced unwind aborts the
+//! process when it crosses a frame that cannot unwind: PyO3's calls from
+//! Rust into Python (`str()`, attribute reads, loguru), or pyarrow's C++
+//! at the end of its `with nogil` sections (every Arrow import and
+//! `read_all`). [`gil::detach`] covers the GIL re-taken by our own code;
+//! this gate covers the rest.
+//!
+//! Native entry points and guarded Python blocks ([`InFlight`]) count
+//! themselves in flight. An `atexit` hook ([`drain_native_calls`]) closes
+//! the gate and waits, without the GIL, until none is left; a thread that
+//! enters one afterwards (other than the exiting thread, which still runs
+//! the other exit hooks) releases the GIL and parks forever, as CPython
+//! 3.14 parks daemon threads. Finalisation then never meets a thread
+//! inside our code or inside the pyarrow calls it makes.
+//!
+//! Entering and closing both happen with the GIL held, which orders them:
+//! a thread either entered before the gate closed (and is waited for) or
+//! sees it closed.
+//!
+//! [`gil::detach`]: super::gil::detach
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use pyo3::ffi;
+use pyo3::prelude::*;
+
+use super::gil::detach;
+
+/// Native calls and guarded blocks in flight, over all threads.
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+/// Set by the exit hook: from then on, entering parks the thread.
+static CLOSED: AtomicBool = AtomicBool::new(false);
+static RESET_IN_FORKED_CHILD: Once = Once::new();
+
+thread_local! {
+    /// How many of `IN_FLIGHT` this thread holds (nested entries).
+    static DEPTH: Cell<usize> = const { Cell::new(0) };
+    /// Whether this thread closed the gate: it runs the remaining exit
+    /// hooks, which may call native code.
+    static CLOSED_THE_GATE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// One entry in flight; leaving it (dropping it) counts it out.
+pub(crate) struct Entered {
+    /// Not `Send`: it is counted in this thread's `DEPTH`.
+    _this_thread: std::marker::PhantomData<*const ()>,
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        leave();
+    }
+}
+
+/// Counts the calling thread in flight until the returned guard drops; once
+/// the exit hook has closed the gate, parks the thread forever instead. A
+/// nested entry never parks: the exit hook waits for the outer one to end.
+pub(crate) fn enter(py: Python<'_>) -> Entered {
+    if CLOSED.load(Ordering::SeqCst) && DEPTH.get() == 0 && !CLOSED_THE_GATE.get() {
+        park_for_exit(py);
+    }
+    IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
+    DEPTH.set(DEPTH.get() + 1);
+    Entered {
+        _this_thread: std::marker::PhantomData,
+    }
+}
+
+fn leave() {
+    DEPTH.set(DEPTH.get().saturating_sub(1));
+    IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+}
+
+/// Releases the GIL and never returns: the interpreter is exiting, and the
+/// thread must not be inside native code when finalisation begins.
+fn park_for_exit(_py: Python<'_>) -> ! {
+    // SAFETY: `_py` proves the GIL is held by this thread; it is released
+    // for good, and nothing here touches Python afterwards.
+    unsafe { ffi::PyEval_SaveThread() };
+    loop {
+        std::thread::park();
+    }
+}
+
+/// A forked child has only the forking thread: it holds what it held.
+extern "C" fn reset_in_forked_child() {
+    IN_FLIGHT.store(DEPTH.get(), Ordering::SeqCst);
+    CLOSED.store(false, Ordering::SeqCst);
+    CLOSED_THE_GATE.set(false);
+}
+
+/// A block that interpreter exit waits for: ``with InFlight(): ...``.
+///
+/// Used around Python code that calls pyarrow functions which release the
+/// GIL; a daemon thread entering one after exit began parks forever.
+#[pyclass(module = "data_juicer_accel._native", unsendable)]
+pub struct InFlight {
+    entered: Option<Entered>,
+}
+
+#[pymethods]
+impl InFlight {
+    #[new]
+    fn new() -> Self {
+        InFlight { entered: None }
+    }
+
+    fn __enter__(mut slf: PyRefMut<'_, Self>) -> PyRefMut<'_, Self> {
+        if slf.entered.is_none() {
+            let entered = enter(slf.py());
+            slf.entered = Some(entered);
+        }
+        slf
+    }
+
+    #[pyo3(signature = (*_exc_info))]
+    fn __exit__(&mut self, _exc_info: &Bound<'_, pyo3::types::PyTuple>) -> bool {
+        self.entered = None;
+        false
+    }
+}
+
+/// Closes the gate and waits up to `timeout` seconds, without the GIL, for
+/// the other threads' native calls and guarded blocks to end. Returns how
+/// many are still in flight (0 once drained). Registered with `atexit`.
+#[pyfunction]
+#[pyo3(signature = (timeout))]
+pub fn drain_native_calls(py: Python<'_>, timeout: f64) -> usize {
+    CLOSED_THE_GATE.set(true);
+    CLOSED.store(true, Ordering::SeqCst);
+    let own = DEPTH.get();
+    let deadline =
+        Instant::now() + Duration::try_from_secs_f64(timeout.max(0.0)).unwrap_or(Duration::MAX);
+    detach(py, || loop {
+        let others = IN_FLIGHT.load(Ordering::SeqCst).saturating_sub(own);
+        if others == 0 || Instant::now() >= deadline {
+            return others;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    })
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    RESET_IN_FORKED_CHILD.call_once(|| {
+        // SAFETY: registers a plain function without captured state.
+        unsafe { libc::pthread_atfork(None, None, Some(reset_in_forked_child)) };
+    });
+    m.add_class::<InFlight>()?;
+    m.add_function(wrap_pyfunction!(drain_native_calls, m)?)?;
+    Ok(())
+}
