@@ -5,11 +5,13 @@ and the ``_log_event`` calls compared with the reference's."""
 
 from __future__ import annotations
 
+import gc
 import glob
 import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -23,6 +25,7 @@ ray = require("ray")
 require("ray.data")
 
 from data_juicer_accel import _native  # noqa: E402
+from data_juicer_accel.utils import ray_ckpt  # noqa: E402
 from data_juicer_accel.utils.ckpt_utils import CheckpointStrategy, RayCheckpointManager  # noqa: E402
 from tests.conftest import requires_reference, text_table  # noqa: E402
 
@@ -140,6 +143,77 @@ def test_resave_of_the_same_op_replaces_the_checkpoint(tmp_path):
     m.save_checkpoint(numbered(300, 3), 1)
     assert listing(tmp_path) == ["checkpoint_op_0001_partition_0000.accel"]
     assert m.load_checkpoint(1).count() == 300
+
+
+def test_a_lazy_load_reads_its_own_generation_after_a_resave(tmp_path):
+    """Ray reads when the dataset executes: a save of the same op and
+    partition in between must not take the shards from under it."""
+    m = RayCheckpointManager(str(tmp_path))
+    path = m.save_checkpoint(numbered(300, 3), 0)
+    old = m.load_checkpoint(0)  # nothing read yet
+    m.save_checkpoint(numbered(500, 2), 0)
+    assert ids(old) == list(range(300))
+    assert ids(m.load_checkpoint(0)) == list(range(500))
+    # Each load's hard links go once its datasets are gone.
+    del old
+    gc.collect()
+    assert os.listdir(os.path.join(path, ray_ckpt.READERS)) == []
+
+
+def _save_generations_forever(ckpt_path: str, stop_file: str) -> subprocess.Popen:
+    """Another process committing new generations of one Ray checkpoint as
+    fast as it can: generation g holds ids g*1000 .. g*1000+999, in 4 shards."""
+    code = f"""
+import os, pyarrow as pa
+from data_juicer_accel import _native
+g = 1
+while not os.path.exists({stop_file!r}):
+    staging = _native.ShardStaging({ckpt_path!r})
+    try:
+        entries = []
+        for part in range(4):
+            ids = pa.array(range(g * 1000 + part * 250, g * 1000 + (part + 1) * 250), pa.int64())
+            table = pa.table({{"id": ids}})
+            entries += _native.write_shard_files(staging.dir, table, prefix=f"g{{g}}-{{part}}", level=1)
+        staging.commit(entries, kind="ray", level=1)
+    finally:
+        staging.abort()
+    g += 1
+"""
+    return subprocess.Popen([sys.executable, "-c", code])
+
+
+def test_loads_racing_saves_by_another_process_read_one_generation_whole(tmp_path):
+    m = RayCheckpointManager(str(tmp_path))
+    first = pa.table({"id": pa.array(range(1000), pa.int64())})
+    path = m.save_checkpoint(ray.data.from_arrow(first).repartition(4), 0)
+    stop = str(tmp_path / "stop")
+    saver = _save_generations_forever(os.path.abspath(path), stop)
+    try:
+        generations = set()
+        for _ in range(12):
+            loaded = m.load_checkpoint(0)
+            assert loaded is not None
+            time.sleep(0.05)  # let a save or two commit before the read tasks run
+            got = ids(loaded)
+            generation = got[0] // 1000
+            assert got == list(range(generation * 1000, generation * 1000 + 1000))
+            generations.add(generation)
+        assert len(generations) > 1, "the saves kept committing while we loaded"
+    finally:
+        open(stop, "w").close()
+        saver.wait(timeout=60)
+
+
+def test_pins_of_dead_loaders_are_removed_by_the_next_load(tmp_path):
+    m = RayCheckpointManager(str(tmp_path))
+    path = m.save_checkpoint(numbered(100, 1), 0)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = os.path.join(path, ray_ckpt.READERS, f"{socket.gethostname()}-{dead.stdout.strip()}-0123456789ab")
+    os.makedirs(stale)
+    loaded = m.load_checkpoint(0)
+    assert not os.path.exists(stale)
+    assert loaded.count() == 100
 
 
 def test_partitioned_executor_call_pattern(tmp_path):

@@ -39,9 +39,12 @@ import functools
 import json
 import os
 import re
+import shutil
+import socket
 import stat
 import sys
 import uuid
+import weakref
 from collections.abc import Iterable
 from typing import Any
 
@@ -60,6 +63,10 @@ REFERENCE_SUFFIX = ".parquet"
 RAY_KIND = "ray"
 #: The committed checkpoint inside a ``.accel`` directory.
 LATEST = "latest"
+#: Where loads keep hard links to the shards they read (see ``_pin_generation``).
+READERS = ".readers"
+#: Saves committing faster than a load can link: read in place after this many tries.
+_PIN_ATTEMPTS = 5
 #: What a save killed between the two renames of the non-atomic fallback
 #: (filesystems without ``RENAME_EXCHANGE``) leaves in place of ``latest/``.
 _INTERRUPTED_PREFIX = ".latest.old-"
@@ -219,6 +226,85 @@ def _datasource(directory: str, manifest: dict[str, Any], verify: bool):
     return AccelShardDatasource()
 
 
+# ------------------------------------------------- one generation per load
+
+
+def _plain_file_name(name: Any) -> bool:
+    return isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\0" not in name
+
+
+def _remove_dead_pins(path: str) -> None:
+    """Removes the pins of loads by processes of this host that are gone
+    (killed before their datasets were collected)."""
+    readers = os.path.join(path, READERS)
+    prefix = f"{socket.gethostname()}-"
+    try:
+        names = os.listdir(readers)
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(prefix) :].split("-", 1)[0] if name.startswith(prefix) else ""
+        if pid.isdigit() and not _process_alive(int(pid)):
+            shutil.rmtree(os.path.join(readers, name), ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _link_shards(latest: str, pin: str, manifest: dict[str, Any]) -> None:
+    os.makedirs(pin)
+    for entry in manifest["shards"]:
+        name = entry.get("file") if isinstance(entry, dict) else None
+        if not _plain_file_name(name):
+            raise _native.CheckpointCorruptError(f"{latest}: shard name {name!r} is not a plain file name")
+        # A symlink is linked as itself, so the reader still refuses it.
+        os.link(os.path.join(latest, name), os.path.join(pin, name), follow_symlinks=False)
+
+
+def _pin_generation(path: str, committed_manifest) -> tuple[str, dict[str, Any]] | None:
+    """The directory and manifest a lazy Ray load reads: hard links to the
+    shards of the generation committed now, in a directory of the load's
+    own under ``path/.readers/``. A later save replaces ``latest/`` but
+    cannot take these files from read tasks that run after it, so a load
+    returns the old checkpoint or the new one, whole. Linking again when a
+    save commits meanwhile; read in place where there are no hard links.
+    None when nothing is committed."""
+    _remove_dead_pins(path)
+    latest = os.path.join(path, LATEST)
+    for _ in range(_PIN_ATTEMPTS):
+        manifest = committed_manifest(path)
+        if manifest is None:
+            return None
+        pin = os.path.join(path, READERS, f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:12]}")
+        try:
+            _link_shards(latest, pin, manifest)
+        except FileNotFoundError:  # a save replaced the generation while we linked
+            shutil.rmtree(pin, ignore_errors=True)
+            continue
+        except OSError as e:
+            shutil.rmtree(pin, ignore_errors=True)
+            if e.errno in (errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EACCES):
+                logger.debug(f"No hard links in {path} ({e}): its shards are read in place")
+                return latest, manifest
+            raise
+        except BaseException:
+            shutil.rmtree(pin, ignore_errors=True)
+            raise
+        if committed_manifest(path) == manifest:
+            return pin, manifest
+        shutil.rmtree(pin, ignore_errors=True)
+    logger.warning(f"{path} was saved again during each of {_PIN_ATTEMPTS} tries to pin it: reading it in place")
+    manifest = committed_manifest(path)
+    return None if manifest is None else (latest, manifest)
+
+
 # ---------------------------------------------------------------- the manager
 
 
@@ -365,6 +451,7 @@ class RayCheckpointManager(CheckpointManagerBase):
 
         # Takes the checkpoint's lock and clears what a dead save left behind.
         staging = _native.ShardStaging(checkpoint_dir)
+        _remove_dead_pins(checkpoint_dir)
         sink = _datasink_class()(staging, self.zstd_level)
         try:
             ray_data.write_datasink(sink, ray_remote_args=dict(self.write_ray_remote_args or {}))
@@ -421,7 +508,14 @@ class RayCheckpointManager(CheckpointManagerBase):
             if manifest is not None:
                 if manifest.get("kind") != RAY_KIND:
                     raise _native.CheckpointCorruptError(f"{accel_path}: kind {manifest.get('kind')!r} is not 'ray'")
-                source = _datasource(os.path.abspath(os.path.join(accel_path, LATEST)), manifest, self.verify_on_load)
+                pinned = _pin_generation(accel_path, self._committed_manifest)
+                if pinned is None:
+                    return None
+                directory, manifest = pinned
+                source = _datasource(os.path.abspath(directory), manifest, self.verify_on_load)
+                if directory != os.path.join(accel_path, LATEST):
+                    # Ray's plan of every dataset derived from this one holds the source.
+                    weakref.finalize(source, shutil.rmtree, directory, True)
                 ray_dataset = ray.data.read_datasource(source)
             else:
                 ray_dataset = ray.data.read_parquet(parquet_path)
