@@ -392,6 +392,36 @@ def test_a_shard_that_cannot_be_read_into_memory_is_memory_error_with_its_size(t
     assert load(tmp_path).num_rows == 48  # nothing was damaged
 
 
+def test_loads_at_every_memory_limit_near_the_need_load_or_raise_memory_error(tmp_path):
+    """Limits stepping 1 MiB at a time across the point where a load starts
+    to fit: each attempt loads every row or raises MemoryError; the process
+    never aborts on an allocation that fails half-way."""
+    table = pa.table({"text": pa.array([f"a{i:07d}" * 128 for i in range(48_000)])})
+    saved(tmp_path, table, num_proc=2)
+    script = f"""
+        import gc, resource
+        from data_juicer_accel.utils.ckpt_utils import CheckpointManager
+        m = CheckpointManager({str(tmp_path)!r}, {OPS!r}, num_proc=2)
+        outcomes = []
+        for extra in range(40 << 20, 80 << 20, 1 << 20):
+            with open("/proc/self/statm") as f:
+                used = int(f.read().split()[0]) * resource.getpagesize()
+            resource.setrlimit(resource.RLIMIT_AS, (used + extra, resource.RLIM_INFINITY))
+            try:
+                outcomes.append(m.load_ckpt().num_rows)
+            except MemoryError:
+                outcomes.append("MemoryError")
+            finally:
+                resource.setrlimit(resource.RLIMIT_AS, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+                gc.collect()
+        print(*outcomes)
+    """
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    outcomes = out.stdout.split()
+    assert set(outcomes) == {"MemoryError", "48000"}, outcomes
+
+
 # ------------------------------------------------ forks
 
 

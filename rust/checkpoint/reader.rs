@@ -348,6 +348,7 @@ fn check_declared_sizes(
     for (entry, shard) in entries.iter().zip(shards) {
         total = total.saturating_add(declared_bytes(&dir.join(&entry.file), shard)?);
     }
+    let total = total.saturating_add(working_memory(total));
     let available = match available_memory() {
         Some((bytes, source)) if bytes < limit => Some((bytes, source)),
         _ if limit < u64::MAX => Some((limit, "the limit the caller set".to_string())),
@@ -361,6 +362,15 @@ fn check_declared_sizes(
         }),
         _ => Ok(()),
     }
+}
+
+/// Memory a load needs beyond its decoded buffers: array structures, the
+/// decompressors, and the caller's objects around them. Rust aborts the
+/// process when a small allocation fails, so a load that would leave less
+/// than this to spare is refused up front, as a `MemoryError`.
+fn working_memory(decoded: u64) -> u64 {
+    const FIXED: u64 = 16 << 20;
+    FIXED.saturating_add(decoded / 32)
 }
 
 /// Bytes the messages of one shard will take once decoded, from their headers.
