@@ -242,6 +242,7 @@ def events_file_has_type(path: str | PathLike[str], event_type: str) -> bool | N
     """Whether the log holds an event of ``event_type``, read as
     ``check_job_completion`` reads it; ``None`` when only Python can tell."""
 
+@final
 class InFlight:
     """``with InFlight(): ...``: interpreter exit waits for the block; a
     thread entering one after exit began parks forever."""

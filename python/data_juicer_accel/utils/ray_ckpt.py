@@ -229,8 +229,8 @@ def _datasource(directory: str, manifest: dict[str, Any], verify: bool):
 # ------------------------------------------------- one generation per load
 
 
-def _plain_file_name(name: Any) -> bool:
-    return isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\0" not in name
+def _plain_file_name(name: str) -> bool:
+    return name not in ("", ".", "..") and "/" not in name and "\0" not in name
 
 
 def _remove_dead_pins(path: str) -> None:
@@ -262,7 +262,7 @@ def _link_shards(latest: str, pin: str, manifest: dict[str, Any]) -> None:
     os.makedirs(pin)
     for entry in manifest["shards"]:
         name = entry.get("file") if isinstance(entry, dict) else None
-        if not _plain_file_name(name):
+        if not isinstance(name, str) or not _plain_file_name(name):
             raise _native.CheckpointCorruptError(f"{latest}: shard name {name!r} is not a plain file name")
         # A symlink is linked as itself, so the reader still refuses it.
         os.link(os.path.join(latest, name), os.path.join(pin, name), follow_symlinks=False)
