@@ -157,7 +157,7 @@ def test_a_lazy_load_reads_its_own_generation_after_a_resave(tmp_path):
     # Each load's hard links go once its datasets are gone.
     del old
     gc.collect()
-    assert os.listdir(os.path.join(path, ray_ckpt.READERS)) == []
+    assert listing(path) == [".accel.lock", "latest"]
 
 
 def _save_generations_forever(ckpt_path: str, stop_file: str) -> subprocess.Popen:
@@ -434,7 +434,7 @@ def test_driver_killed_between_the_fallback_renames_keeps_the_checkpoint(tmp_pat
     again = RayCheckpointManager(str(tmp_path))
     assert again.find_latest_checkpoint(0) == (0, "op_0000", path)
     assert as_table(again.load_checkpoint(0)).equals(before)
-    assert listing(path) == [".accel.lock", "latest"]
+    assert [n for n in listing(path) if n != ray_ckpt.READERS] == [".accel.lock", "latest"]  # loads may hold pins
     # And the next save goes through.
     again.save_checkpoint(numbered(40, 1), 0)
     assert again.load_checkpoint(0).count() == 40

@@ -245,7 +245,7 @@ def _remove_dead_pins(path: str) -> None:
     for name in names:
         pid = name[len(prefix) :].split("-", 1)[0] if name.startswith(prefix) else ""
         if pid.isdigit() and not _process_alive(int(pid)):
-            shutil.rmtree(os.path.join(readers, name), ignore_errors=True)
+            _unpin(os.path.join(readers, name))
 
 
 def _process_alive(pid: int) -> bool:
@@ -256,6 +256,16 @@ def _process_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _unpin(pin: str) -> None:
+    """Removes a load's links, and ``.readers/`` once no load uses it (a load
+    creating its pin meanwhile finds its parent gone and links again)."""
+    shutil.rmtree(pin, ignore_errors=True)
+    try:
+        os.rmdir(os.path.dirname(pin))
+    except OSError:
+        pass
 
 
 def _link_shards(latest: str, pin: str, manifest: dict[str, Any]) -> None:
@@ -515,7 +525,7 @@ class RayCheckpointManager(CheckpointManagerBase):
                 source = _datasource(os.path.abspath(directory), manifest, self.verify_on_load)
                 if directory != os.path.join(accel_path, LATEST):
                     # Ray's plan of every dataset derived from this one holds the source.
-                    weakref.finalize(source, shutil.rmtree, directory, True)
+                    weakref.finalize(source, _unpin, directory)
                 ray_dataset = ray.data.read_datasource(source)
             else:
                 ray_dataset = ray.data.read_parquet(parquet_path)
