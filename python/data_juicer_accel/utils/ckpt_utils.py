@@ -400,6 +400,8 @@ def _sized_natively(data_type: pa.DataType) -> bool:
     as ``Table.nbytes`` does (so it shards exactly like a foreground save)."""
     if pa.types.is_list(data_type) or pa.types.is_large_list(data_type):
         return _sized_natively(data_type.value_type)
+    if pa.types.is_struct(data_type):
+        return all(_sized_natively(field.type) for field in data_type)
     return any(is_type(data_type) for is_type in _NATIVELY_SIZED_LEAVES)
 
 
