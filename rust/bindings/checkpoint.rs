@@ -144,6 +144,12 @@ fn detached<T: Send>(
 
 /// Takes ownership of the C stream behind `data.__arrow_c_stream__()`.
 fn import_stream(data: &Bound<'_, PyAny>) -> PyResult<RecordBatchStreamReader> {
+    RecordBatchStreamReader::try_new(import_raw_stream(data)?)
+        .map_err(|e| PyValueError::new_err(format!("invalid Arrow C stream: {e}")))
+}
+
+/// The C stream behind `data.__arrow_c_stream__()`, not yet imported.
+fn import_raw_stream(data: &Bound<'_, PyAny>) -> PyResult<FFI_ArrowArrayStream> {
     if !data.hasattr("__arrow_c_stream__")? {
         return Err(PyTypeError::new_err(format!(
             "expected an object exporting the Arrow C stream interface (__arrow_c_stream__), got {}",
@@ -160,9 +166,7 @@ fn import_stream(data: &Bound<'_, PyAny>) -> PyResult<RecordBatchStreamReader> {
     // SAFETY: the capsule holds a valid FFI_ArrowArrayStream (checked by
     // name). We move it out and leave a released one behind, so the
     // capsule's destructor does not release the stream we now own.
-    let stream = unsafe { std::ptr::replace(pointer.as_ptr(), FFI_ArrowArrayStream::empty()) };
-    RecordBatchStreamReader::try_new(stream)
-        .map_err(|e| PyValueError::new_err(format!("invalid Arrow C stream: {e}")))
+    Ok(unsafe { std::ptr::replace(pointer.as_ptr(), FFI_ArrowArrayStream::empty()) })
 }
 
 fn compression(name: &str, level: i32) -> PyResult<Compression> {
@@ -687,8 +691,9 @@ mod background_saves {
     use pyo3::exceptions::PyValueError;
     use pyo3::prelude::*;
 
-    use super::{detached, import_stream, to_py_err};
+    use super::{detached, import_raw_stream, import_stream, to_py_err};
     use crate::checkpoint::background::{BackgroundWriter, DeferredRows, Snapshot};
+    use crate::checkpoint::sizing::SizedStream;
     use crate::checkpoint::{self, CheckpointError, WriteOptions};
 
     /// One writer thread committing the newest submitted checkpoint.
@@ -774,16 +779,17 @@ mod background_saves {
                 chunk_bytes,
             };
             checkpoint::writer::ipc_options(options.compression).map_err(to_py_err)?;
-            let stream = import_stream(data)?;
-            let schema = arrow_array::RecordBatchReader::schema(&stream);
+            let stream = SizedStream::try_new(import_raw_stream(data)?)
+                .map_err(|e| PyValueError::new_err(format!("invalid Arrow C stream: {e}")))?;
+            let schema = stream.schema();
             let index_stream = indices.map(index_stream).transpose()?;
             // The streams hold references to the data: the writer thread pulls them.
             let deferred: DeferredRows = Box::new(move || {
-                let batches = pull(stream)?;
+                let (batches, table_bytes) = stream.read_all().map_err(CheckpointError::input)?;
                 let indices = index_stream
                     .map(|s| pull(s).and_then(index_arrays))
                     .transpose()?;
-                Ok((batches, indices))
+                Ok((batches, indices, table_bytes))
             });
             let snapshot = Snapshot {
                 ckpt_dir,
@@ -795,6 +801,7 @@ mod background_saves {
                 kind,
                 options,
                 deferred: Some(deferred),
+                table_bytes: None,
                 size_like_datasets,
             };
             self.writer.submit(snapshot).map_err(to_py_err)

@@ -50,21 +50,27 @@ pub struct Snapshot {
     /// (~65 ms for a 1 GB table of 1,000-row batches); the stream holds
     /// references to the table, so the caller need not wait for it.
     pub deferred: Option<DeferredRows>,
+    /// pyarrow's `Table.nbytes` of `batches`, counted as they were imported
+    /// (see [`sizing::SizedStream`]); `None` when unknown.
+    pub table_bytes: Option<u64>,
     /// `Some(num_proc)`: choose `options.rows_per_shard` in the writer
     /// thread as `datasets.save_to_disk(num_proc=...)` would for these rows
     /// (sizing a 1 GB table costs the caller ~10 ms in Python).
     pub size_like_datasets: Option<u64>,
 }
 
-/// Produces a snapshot's batches and indices, off the caller's thread.
-pub type DeferredRows =
-    Box<dyn FnOnce() -> Result<(Vec<RecordBatch>, Option<Vec<UInt64Array>>)> + Send>;
+/// What [`DeferredRows`] produces: a snapshot's batches, indices and
+/// `table_bytes`.
+pub type PulledRows = (Vec<RecordBatch>, Option<Vec<UInt64Array>>, Option<u64>);
+
+/// Produces a snapshot's batches, indices and byte count, off the caller's thread.
+pub type DeferredRows = Box<dyn FnOnce() -> Result<PulledRows> + Send>;
 
 impl Snapshot {
     /// Writes the snapshot into a fresh staging directory and commits it.
     pub fn write_and_commit(mut self) -> Result<PathBuf> {
         if let Some(pull) = self.deferred.take() {
-            (self.batches, self.indices) = pull()?;
+            (self.batches, self.indices, self.table_bytes) = pull()?;
         }
         if let Some(num_proc) = self.size_like_datasets {
             self.options.rows_per_shard = self.rows_per_shard_like_datasets(num_proc)?;
@@ -97,7 +103,7 @@ impl Snapshot {
             Some(arrays) => arrays.iter().map(|a| a.len() as u64).sum(),
             None => total,
         };
-        let table_bytes = sizing::batches_bytes(&self.batches).ok_or_else(|| {
+        let table_bytes = self.table_bytes.ok_or_else(|| {
             CheckpointError::Input(format!(
                 "cannot size shards of a table of schema {:?}",
                 self.schema
@@ -456,6 +462,7 @@ mod tests {
             kind: "arrow".into(),
             options: WriteOptions::default(),
             deferred: None,
+            table_bytes: None,
             size_like_datasets: None,
         }
     }

@@ -400,16 +400,29 @@ def _sized_natively(data_type: pa.DataType) -> bool:
     as ``Table.nbytes`` does (so it shards exactly like a foreground save)."""
     if pa.types.is_list(data_type) or pa.types.is_large_list(data_type):
         return _sized_natively(data_type.value_type)
+    if pa.types.is_struct(data_type):
+        return all(_sized_natively(field.type) for field in data_type)
     return any(is_type(data_type) for is_type in _NATIVELY_SIZED_LEAVES)
 
 
-def _background_sizing(schema: pa.Schema, rows_per_shard, num_proc) -> dict:
+def _background_sizing(table: pa.Table, rows_per_shard, num_proc) -> dict:
     """How a background save sizes its shards: in the writer thread when it
     can count the bytes as pyarrow does (``Table.nbytes`` of a large table
     would cost the caller milliseconds), else here."""
-    if all(_sized_natively(field.type) for field in schema):
+    if all(_sized_natively(field.type) for field in table.schema) and _chunks_aligned(table):
         return {"size_like_datasets": max(1, int(num_proc or 1))}
     return {"rows_per_shard": rows_per_shard(num_proc)}
+
+
+def _chunks_aligned(table: pa.Table) -> bool:
+    """Whether every column is chunked alike. Only then are the batches the
+    writer thread receives the table's chunks, whose bytes ``Table.nbytes``
+    sums (batches cut across chunks cover their bitmaps' bytes differently)."""
+    columns = table.columns
+    if len({column.num_chunks for column in columns}) > 1:
+        return False
+    lengths = [len(chunk) for chunk in columns[0].chunks] if columns else []
+    return all([len(chunk) for chunk in column.chunks] == lengths for column in columns[1:])
 
 
 def _num_shards(nbytes: int, num_rows: int, num_proc) -> int:
@@ -443,7 +456,7 @@ class _ArrowSource:
     def background_sizing(self, num_proc) -> dict:
         if self.table is None:
             return {}  # a stream of unknown length: shards close by size
-        return _background_sizing(self.table.schema, self.rows_per_shard, num_proc)
+        return _background_sizing(self.table, self.rows_per_shard, num_proc)
 
     def state_json(self, shard_files: list) -> bytes:
         state: dict[str, Any] = {
@@ -497,7 +510,7 @@ class _HFSource:
         return math.ceil(self.num_rows / _num_shards(self.nbytes, self.num_rows, num_proc))
 
     def background_sizing(self, num_proc) -> dict:
-        return _background_sizing(self.table.schema, self.rows_per_shard, num_proc)
+        return _background_sizing(self.table, self.rows_per_shard, num_proc)
 
     def state_json(self, shard_files: list) -> bytes:
         ds = self.ds
