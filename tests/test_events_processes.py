@@ -213,9 +213,10 @@ class MutatesWhenPrinted:
 
 @pytest.mark.parametrize("module_name", ["accel", "reference"])
 @pytest.mark.parametrize("path", ["log_event", "_log_event"])
-def test_a_value_that_mutates_the_dict_being_logged_is_a_type_error(tmp_path, module_name, path):
+@pytest.mark.parametrize("plain_items_first", [False, True])
+def test_a_value_that_mutates_the_dict_being_logged_is_a_type_error(tmp_path, module_name, path, plain_items_first):
     module = module_named(module_name)
-    metadata = {}
+    metadata = {"lang": "en", "min_score": 0.5, "n": 3, "ok": True, "none": None} if plain_items_first else {}
     metadata["value"] = MutatesWhenPrinted(metadata)
     if path == "log_event":
         event_logger = module.EventLogger(str(tmp_path), job_id="j")

@@ -61,20 +61,31 @@ impl Drop for Entered {
 /// Counts the calling thread in flight until the returned guard drops; once
 /// the exit hook has closed the gate, parks the thread forever instead. A
 /// nested entry never parks: the exit hook waits for the outer one to end.
+///
+/// Every change of `IN_FLIGHT` happens with the GIL held (`enter` takes
+/// `py`; an `Entered` is not `Send`, so it is dropped on its own thread, with
+/// the GIL, as `detach` re-takes it before returning or unwinding). The GIL
+/// thus serialises the changes and orders them with `CLOSED` (taking and
+/// releasing it is an acquire and a release), so a Relaxed load and store
+/// do for each change, instead of a locked read-modify-write per call: the
+/// exit hook, which reads the count without the GIL, only needs to see it
+/// reach zero eventually.
 pub(crate) fn enter(py: Python<'_>) -> Entered {
-    if CLOSED.load(Ordering::SeqCst) && DEPTH.get() == 0 && !CLOSED_THE_GATE.get() {
+    if CLOSED.load(Ordering::Relaxed) && DEPTH.get() == 0 && !CLOSED_THE_GATE.get() {
         park_for_exit(py);
     }
-    IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
+    IN_FLIGHT.store(IN_FLIGHT.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
     DEPTH.set(DEPTH.get() + 1);
     Entered {
         _this_thread: std::marker::PhantomData,
     }
 }
 
+/// With the GIL held, as every `Entered` is dropped (see [`enter`]).
 fn leave() {
     DEPTH.set(DEPTH.get().saturating_sub(1));
-    IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+    let count = IN_FLIGHT.load(Ordering::Relaxed);
+    IN_FLIGHT.store(count.saturating_sub(1), Ordering::Relaxed);
 }
 
 /// Releases the GIL and never returns: the interpreter is exiting, and the

@@ -108,17 +108,7 @@ pub(super) fn encode(
         encode_items(py, out, tuple.iter(), depth)?;
     } else if let Ok(dict) = value.cast::<PyDict>() {
         out.push(b'{');
-        let items = StableItems::of(dict);
-        for (i, item) in items.list.iter().enumerate() {
-            let (key, item) = item.extract::<(Bound<'_, PyAny>, Bound<'_, PyAny>)>()?;
-            if i > 0 {
-                out.extend_from_slice(b", ");
-            }
-            encode_key(py, out, &key)?;
-            out.extend_from_slice(b": ");
-            encode(py, out, &item, depth + 1)?;
-            items.check_unchanged()?;
-        }
+        encode_dict(py, out, dict, depth)?;
         out.push(b'}');
     } else if value.is_instance(enum_type(py)?)? {
         encode(py, out, &enum_value(py, value)?, depth + 1)?;
@@ -126,6 +116,86 @@ pub(super) fn encode(
         encode_str(py, out, &value.str()?)?;
     }
     Ok(())
+}
+
+/// A dict's items, without the braces. Leading plain items (a string key,
+/// a JSON scalar value) are written straight from the dict: writing them
+/// runs no Python code, so nothing can change the dict meanwhile, and no
+/// list of items is built (most event dicts, such as `op_args`, are all
+/// plain). From the first other item on, the rest come from
+/// [`StableItems`], as `json.dumps` iterates a list of the items, because
+/// writing such a value may run its `__str__`, which may change the dict.
+fn encode_dict(
+    py: Python<'_>,
+    out: &mut Vec<u8>,
+    dict: &Bound<'_, PyDict>,
+    depth: usize,
+) -> PyResult<()> {
+    let mut written = 0;
+    for (key, item) in dict.iter() {
+        let Some(key) = plain_str(&key) else { break };
+        let before = out.len();
+        if written > 0 {
+            out.extend_from_slice(b", ");
+        }
+        write_str(out, key);
+        out.extend_from_slice(b": ");
+        if !write_plain_scalar(out, &item) {
+            out.truncate(before);
+            break;
+        }
+        written += 1;
+    }
+    if written == dict.len() {
+        return Ok(());
+    }
+    // No Python code ran yet (a failed conversion above only made an
+    // exception object): the items are still the ones just iterated.
+    let items = StableItems::of(dict);
+    for (i, item) in items.list.iter().enumerate().skip(written) {
+        let (key, item) = item.extract::<(Bound<'_, PyAny>, Bound<'_, PyAny>)>()?;
+        if i > 0 {
+            out.extend_from_slice(b", ");
+        }
+        encode_key(py, out, &key)?;
+        out.extend_from_slice(b": ");
+        encode(py, out, &item, depth + 1)?;
+        items.check_unchanged()?;
+    }
+    Ok(())
+}
+
+/// The UTF-8 of a string (subclasses included) that has one; `None` for
+/// other objects and for strings with lone surrogates (which [`encode_str`]
+/// hands to `json.dumps`, Python code).
+fn plain_str<'a>(value: &'a Bound<'_, PyAny>) -> Option<&'a str> {
+    value.cast::<PyString>().ok()?.to_str().ok()
+}
+
+/// Writes `value` as [`encode`] would and returns `true` when it is a JSON
+/// scalar that needs no Python code (a string with a UTF-8 form, `None`, a
+/// bool, an int that fits `i64`, a float); otherwise writes nothing and
+/// returns `false`.
+fn write_plain_scalar(out: &mut Vec<u8>, value: &Bound<'_, PyAny>) -> bool {
+    if let Some(text) = plain_str(value) {
+        write_str(out, text);
+    } else if value.is_instance_of::<PyString>() {
+        return false;
+    } else if value.is_none() {
+        out.extend_from_slice(b"null");
+    } else if let Ok(flag) = value.cast::<PyBool>() {
+        out.extend_from_slice(if flag.is_true() { b"true" } else { b"false" });
+    } else if let Ok(int) = value.cast::<PyInt>() {
+        let Ok(small) = int.extract::<i64>() else {
+            return false;
+        };
+        write_i64(out, small);
+    } else if let Ok(float) = value.cast::<PyFloat>() {
+        write_f64(out, float.value());
+    } else {
+        return false;
+    }
+    true
 }
 
 fn encode_items<'py>(
