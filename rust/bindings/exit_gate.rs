@@ -146,11 +146,13 @@ pub fn drain_native_calls(py: Python<'_>, timeout: f64) -> usize {
     CLOSED_THE_GATE.set(true);
     CLOSED.store(true, Ordering::SeqCst);
     let own = DEPTH.get();
-    let deadline =
-        Instant::now() + Duration::try_from_secs_f64(timeout.max(0.0)).unwrap_or(Duration::MAX);
+    // No deadline for a timeout too large (or NaN) to add to the clock.
+    let deadline = Duration::try_from_secs_f64(timeout.max(0.0))
+        .ok()
+        .and_then(|wait| Instant::now().checked_add(wait));
     detach(py, || loop {
         let others = IN_FLIGHT.load(Ordering::SeqCst).saturating_sub(own);
-        if others == 0 || Instant::now() >= deadline {
+        if others == 0 || deadline.is_some_and(|deadline| Instant::now() >= deadline) {
             return others;
         }
         std::thread::sleep(Duration::from_millis(1));
