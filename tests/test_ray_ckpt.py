@@ -205,6 +205,16 @@ def test_loads_racing_saves_by_another_process_read_one_generation_whole(tmp_pat
         saver.wait(timeout=60)
 
 
+def test_a_readers_symlink_out_of_the_checkpoint_is_not_followed(tmp_path):
+    m = RayCheckpointManager(str(tmp_path / "ckpt"))
+    path = m.save_checkpoint(numbered(100, 1), 0)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    os.symlink(outside, os.path.join(path, ray_ckpt.READERS))
+    assert m.load_checkpoint(0).count() == 100
+    assert os.listdir(outside) == []
+
+
 def test_pins_of_dead_loaders_are_removed_by_the_next_load(tmp_path):
     m = RayCheckpointManager(str(tmp_path))
     path = m.save_checkpoint(numbered(100, 1), 0)

@@ -286,8 +286,12 @@ def _pin_generation(path: str, committed_manifest) -> tuple[str, dict[str, Any]]
     returns the old checkpoint or the new one, whole. Linking again when a
     save commits meanwhile; read in place where there are no hard links.
     None when nothing is committed."""
-    _remove_dead_pins(path)
     latest = os.path.join(path, LATEST)
+    if os.path.islink(os.path.join(path, READERS)):  # links are made only inside the checkpoint
+        logger.warning(f"{os.path.join(path, READERS)} is a symbolic link: reading {latest} in place")
+        manifest = committed_manifest(path)
+        return None if manifest is None else (latest, manifest)
+    _remove_dead_pins(path)
     for _ in range(_PIN_ATTEMPTS):
         manifest = committed_manifest(path)
         if manifest is None:
