@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
-import signal
 import subprocess
 import sys
 import textwrap
@@ -23,7 +21,7 @@ import pytest
 from data_juicer_accel import _native
 from data_juicer_accel.utils.ckpt_utils import CheckpointManager
 from tests.conftest import text_table
-from tests.test_ckpt_crash import committed_generation, generation, op_record
+from tests.test_ckpt_crash import committed_generation, generation, kill_a_saver, op_record
 
 datasets = pytest.importorskip("datasets")
 
@@ -231,20 +229,7 @@ def test_sigkill_during_background_saves_leaves_the_previous_or_the_new_checkpoi
     m.save_ckpt(generation(0))
     k = 0
     for _ in range(20):
-        proc = subprocess.Popen(
-            [sys.executable, "-c", BACKGROUND_SAVER, ckpt_dir, str(k + 1)],
-            stdout=subprocess.PIPE,
-            text=True,
-            env=subprocess_env(),
-        )
-        assert proc.stdout.readline().startswith("saving")
-        time.sleep(rng.uniform(0, 0.4))
-        proc.send_signal(signal.SIGKILL)
-        output = proc.communicate()[0].split("\n")
-        committed = [int(m.group(1)) for line in output if (m := re.fullmatch(r"committed (\d+)", line))]
-        last_committed = max(committed, default=k)
-        found = committed_generation(ckpt_dir)
-        assert found in (last_committed, last_committed + 1), (found, last_committed)
+        found, last_committed = kill_a_saver(BACKGROUND_SAVER, ckpt_dir, k, rng, subprocess_env())
         k = max(found, last_committed)
     assert k > 20
 

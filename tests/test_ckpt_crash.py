@@ -80,24 +80,32 @@ def run_kill_trials(tmp_path, trials: int, seed: int) -> dict:
     kills = 0
     while kills < trials or (k <= trials and kills < 4 * trials):
         kills += 1
-        proc = subprocess.Popen(
-            [sys.executable, "-c", SAVER, ckpt_dir, str(k + 1)], stdout=subprocess.PIPE, text=True, env=env
-        )
-        assert proc.stdout.readline().startswith("saving")  # past start-up, into the save loop
-        time.sleep(rng.uniform(0, 0.4))
-        proc.send_signal(signal.SIGKILL)
-        output = proc.communicate()[0].split("\n")
-        # A kill can cut the last line; a save whose "committed" line was cut
-        # did finish, which the check below allows as last_committed + 1.
-        committed = [int(m.group(1)) for line in output if (m := re.fullmatch(r"committed (\d+)", line))]
-        last_committed = max(committed, default=k)
-        found = committed_generation(ckpt_dir)
-        # The directory holds the last committed save, or the one being committed.
-        assert found in (last_committed, last_committed + 1), (found, last_committed)
+        found, last_committed = kill_a_saver(SAVER, ckpt_dir, k, rng, env)
         outcomes["new" if found > last_committed else "previous"] += 1
         k = max(found, last_committed)
     outcomes["generations"] = k
     return outcomes
+
+
+def kill_a_saver(script: str, ckpt_dir: str, k: int, rng: random.Random, env: dict) -> tuple[int, int]:
+    """Starts `script` saving generations k+1, k+2, ... into `ckpt_dir`,
+    SIGKILLs it at a random moment, and checks what the directory holds.
+    Returns (the generation found, the last one the saver said committed)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, ckpt_dir, str(k + 1)], stdout=subprocess.PIPE, text=True, env=env
+    )
+    assert proc.stdout.readline().startswith("saving")  # past start-up, into the save loop
+    time.sleep(rng.uniform(0, 0.4))
+    proc.send_signal(signal.SIGKILL)
+    output = proc.communicate()[0].split("\n")
+    # A kill can cut the last line; a save whose "committed" line was cut
+    # did finish, which the check below allows as last_committed + 1.
+    committed = [int(m.group(1)) for line in output if (m := re.fullmatch(r"committed (\d+)", line))]
+    last_committed = max(committed, default=k)
+    found = committed_generation(ckpt_dir)
+    # The directory holds the last committed save, or the one being committed.
+    assert found in (last_committed, last_committed + 1), (found, last_committed)
+    return found, last_committed
 
 
 def test_sigkill_during_saves_never_tears_a_checkpoint(tmp_path):

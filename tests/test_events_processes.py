@@ -298,6 +298,25 @@ def log(event_logger, event_id):
     event_logger.log_event(event)
 """
 
+# The executor way: the C method `_log_event`, not EventLogger.log_event.
+EXECUTOR_LOOP = """
+from types import SimpleNamespace
+from data_juicer_accel.core.executor.event_logging_mixin import EventLoggingMixin, EventType
+class Executor(EventLoggingMixin):
+    def __init__(self):
+        self.cfg = SimpleNamespace(job_id="exit", event_logging={"enabled": True})
+        self.work_dir = work_dir
+        self.executor_type = "default"
+        super().__init__()
+executor = Executor()
+def work():
+    i = 0
+    while True:
+        executor._log_event(EventType.OP_START, "m", event_id=next_id(i))
+        returned(next_id(i))
+        i += 1
+"""
+
 EXIT_SCENARIOS = {
     "log_buffered": """
 from data_juicer_accel.core.executor.event_logging_mixin import EventLogger
@@ -319,45 +338,10 @@ def work():
         returned(next_id(i))
         i += 1
 """,
-    "log_executor": """
-# loguru's default DEBUG sink: every call goes on to the Python method.
-from types import SimpleNamespace
-from data_juicer_accel.core.executor.event_logging_mixin import EventLoggingMixin, EventType
-class Executor(EventLoggingMixin):
-    def __init__(self):
-        self.cfg = SimpleNamespace(job_id="exit", event_logging={"enabled": True})
-        self.work_dir = work_dir
-        self.executor_type = "default"
-        super().__init__()
-executor = Executor()
-def work():
-    # The executor way: the C method `_log_event`, not EventLogger.log_event.
-    i = 0
-    while True:
-        executor._log_event(EventType.OP_START, "m", event_id=next_id(i))
-        returned(next_id(i))
-        i += 1
-""",
-    "log_executor_fast_path": """
-from loguru import logger
-logger.remove()  # no DEBUG sink: every call stays in Rust
-from types import SimpleNamespace
-from data_juicer_accel.core.executor.event_logging_mixin import EventLoggingMixin, EventType
-class Executor(EventLoggingMixin):
-    def __init__(self):
-        self.cfg = SimpleNamespace(job_id="exit", event_logging={"enabled": True})
-        self.work_dir = work_dir
-        self.executor_type = "default"
-        super().__init__()
-executor = Executor()
-def work():
-    # The executor way: the C method `_log_event`, not EventLogger.log_event.
-    i = 0
-    while True:
-        executor._log_event(EventType.OP_START, "m", event_id=next_id(i))
-        returned(next_id(i))
-        i += 1
-""",
+    # loguru's default DEBUG sink: every call goes on to the Python method.
+    "log_executor": EXECUTOR_LOOP,
+    "log_executor_fast_path": "from loguru import logger\nlogger.remove()  # no DEBUG sink: calls stay in Rust\n"
+    + EXECUTOR_LOOP,
     "small_queue_and_flush": """
 from data_juicer_accel.core.executor.event_logging_mixin import EventLogger
 event_logger = EventLogger(work_dir, job_id="exit", queue_size=2)
