@@ -231,3 +231,19 @@ def test_read_shard_file_refuses_a_damaged_shard(tmp_path):
     [good] = _native.write_shard_files(str(tmp_path), text_table(100), prefix="q")
     with pytest.raises(_native.CheckpointCorruptError, match="100 rows"):
         _native.read_shard_file(str(tmp_path / good["file"]), bytes=good["bytes"], xxh3_64=good["xxh3_64"], rows=7)
+
+
+def test_a_forked_child_leaves_its_parents_pins_alone(tmp_path):
+    """A load's links are removed by the process that made them, never by a
+    forked child running the inherited finalizer at its exit."""
+    pin = tmp_path / ray_ckpt.READERS / "host-1-0123456789ab"
+    pin.mkdir(parents=True)
+    parent = os.getpid()
+    child = os.fork()
+    if child == 0:
+        ray_ckpt._unpin(str(pin), parent)
+        os._exit(0)
+    os.waitpid(child, 0)
+    assert pin.exists()
+    ray_ckpt._unpin(str(pin), parent)
+    assert not (tmp_path / ray_ckpt.READERS).exists()

@@ -258,9 +258,13 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def _unpin(pin: str) -> None:
+def _unpin(pin: str, owner: int | None = None) -> None:
     """Removes a load's links, and ``.readers/`` once no load uses it (a load
-    creating its pin meanwhile finds its parent gone and links again)."""
+    creating its pin meanwhile finds its parent gone and links again). With
+    ``owner``, only in that process: a forked child exiting leaves its
+    parent's pins alone."""
+    if owner is not None and owner != os.getpid():
+        return
     shutil.rmtree(pin, ignore_errors=True)
     try:
         os.rmdir(os.path.dirname(pin))
@@ -529,7 +533,7 @@ class RayCheckpointManager(CheckpointManagerBase):
                 source = _datasource(os.path.abspath(directory), manifest, self.verify_on_load)
                 if directory != os.path.join(accel_path, LATEST):
                     # Ray's plan of every dataset derived from this one holds the source.
-                    weakref.finalize(source, _unpin, directory)
+                    weakref.finalize(source, _unpin, directory, os.getpid())
                 ray_dataset = ray.data.read_datasource(source)
             else:
                 ray_dataset = ray.data.read_parquet(parquet_path)
