@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import datasets
 import pyarrow as pa
@@ -448,6 +449,56 @@ def test_child_forked_during_a_save_does_not_keep_the_lock(tmp_path, table):
     finally:
         for pid in children:
             os.waitpid(pid, 0)
+
+
+def test_children_forked_while_saves_take_or_release_the_lock_never_hold_it(tmp_path, table, monkeypatch, fault_hook):
+    m = CheckpointManager(str(tmp_path), OPS, num_proc=2, background=True)
+    m.record(OPS[0])
+    monkeypatch.setenv(fault_hook, "lock_taken:slow,lock_released:slow")  # 100 ms in each
+    children = []
+    try:
+        for rows in range(10, 15):
+            m.save_ckpt(table.slice(0, rows))  # taken and released by the writer thread
+            for _ in range(12):  # forks that land in every part of it
+                pid = os.fork()
+                if pid == 0:  # the child outlives the parent's save
+                    time.sleep(0.5)
+                    os._exit(0)
+                children.append(pid)
+                time.sleep(0.02)
+            m.wait()  # not CheckpointLockedError
+    finally:
+        for pid in children:
+            os.waitpid(pid, 0)
+        m.close()
+    assert load(tmp_path).num_rows == 14
+
+
+def test_a_child_forked_while_a_killed_saver_took_the_lock_does_not_keep_it(tmp_path, fault_hook):
+    script = f"""
+        import os, signal, time
+        import pyarrow as pa
+        from data_juicer_accel.utils.ckpt_utils import CheckpointManager
+        m = CheckpointManager({str(tmp_path)!r}, {OPS!r}, background=True)
+        os.environ[{fault_hook!r}] = "lock_taken:slow"  # 100 ms between flock and the rest
+        m.save_ckpt(pa.table({{"text": ["row"] * 10}}))
+        time.sleep(0.05)
+        pid = os.fork()
+        if pid == 0:  # lives on after its parent is killed, off the parent's pipes
+            os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+            os.dup2(1, 2)
+            time.sleep(30)
+            os._exit(0)
+        print(pid, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True, timeout=60)
+    child = int(proc.stdout.split()[0])
+    try:
+        saved(tmp_path, pa.table({"text": ["row"] * 5}))  # not CheckpointLockedError
+    finally:
+        os.kill(child, 9)
+    assert load(tmp_path).num_rows == 5
 
 
 # ------------------------------------------------ Ctrl-C

@@ -10,6 +10,7 @@
 //! same exchange swaps the op record with the rows it describes, and callers
 //! that open `ckpt_op.json` (the original Data-Juicer too) read through it.
 
+use std::cell::UnsafeCell;
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -294,6 +295,9 @@ struct DirLock {
 
 impl DirLock {
     fn acquire(ckpt_dir: &Path) -> Result<DirLock> {
+        // From `open` until the descriptor is remembered, a fork would give
+        // the child an unremembered share of the lock: no fork in between.
+        let _no_fork = NoForkWhileLocking::enter();
         let path = ckpt_dir.join(LOCK_FILE);
         let file = OpenOptions::new()
             .create(true)
@@ -320,6 +324,7 @@ impl DirLock {
                 CheckpointError::io(&path, err)
             });
         }
+        fault::check("lock_taken", &path).at(&path)?;
         let slot = remember_held_lock(file.as_raw_fd());
         Ok(DirLock { _file: file, slot })
     }
@@ -327,9 +332,14 @@ impl DirLock {
 
 impl Drop for DirLock {
     fn drop(&mut self) {
+        // Unlock before forgetting the descriptor: a child forked after that
+        // point shares an unlocked file, which holds nothing.
+        // SAFETY: flock on the descriptor this lock owns.
+        unsafe { libc::flock(self._file.as_raw_fd(), libc::LOCK_UN) };
         if let Some(slot) = self.slot {
             HELD_LOCKS[slot].store(-1, Ordering::SeqCst);
         }
+        let _ = fault::check("lock_released", Path::new(LOCK_FILE)); // before the close
     }
 }
 
@@ -349,22 +359,67 @@ fn lock_open_error(path: &Path, err: io::Error) -> CheckpointError {
 static HELD_LOCKS: [AtomicI32; 64] = [const { AtomicI32::new(-1) }; 64];
 
 fn remember_held_lock(fd: libc::c_int) -> Option<usize> {
-    static HANDLER: Once = Once::new();
-    HANDLER.call_once(|| {
-        // SAFETY: registers a function that only makes async-signal-safe calls.
-        unsafe { libc::pthread_atfork(None, None, Some(release_locks_in_child)) };
-    });
     HELD_LOCKS.iter().position(|slot| {
         slot.compare_exchange(-1, fd, Ordering::SeqCst, Ordering::SeqCst)
             .is_ok()
     })
 }
 
-/// In a freshly forked child: points every inherited lock descriptor at
-/// /dev/null, which drops the child's share of the locked file (unlocking
-/// it would unlock the parent too). The descriptor number stays valid, so
-/// the child closing it later harms nothing.
+/// Held by a thread taking a lock and by a thread forking, so that a fork
+/// never happens between the `open` of a lock file and the remembering of
+/// its descriptor. A pthread mutex, because the fork handlers lock and
+/// unlock it in different callbacks.
+static FORK_GUARD: SyncMutex = SyncMutex(UnsafeCell::new(libc::PTHREAD_MUTEX_INITIALIZER));
+
+struct SyncMutex(UnsafeCell<libc::pthread_mutex_t>);
+// SAFETY: a pthread mutex is made to be shared between threads.
+unsafe impl Sync for SyncMutex {}
+
+struct NoForkWhileLocking;
+
+impl NoForkWhileLocking {
+    fn enter() -> NoForkWhileLocking {
+        static HANDLERS: Once = Once::new();
+        HANDLERS.call_once(|| {
+            // SAFETY: the handlers only lock or unlock FORK_GUARD and make
+            // async-signal-safe calls.
+            unsafe {
+                libc::pthread_atfork(
+                    Some(lock_fork_guard),
+                    Some(unlock_fork_guard),
+                    Some(release_locks_in_child),
+                )
+            };
+        });
+        lock_fork_guard();
+        NoForkWhileLocking
+    }
+}
+
+impl Drop for NoForkWhileLocking {
+    fn drop(&mut self) {
+        unlock_fork_guard();
+    }
+}
+
+extern "C" fn lock_fork_guard() {
+    // SAFETY: FORK_GUARD is a valid, statically initialised mutex.
+    unsafe { libc::pthread_mutex_lock(FORK_GUARD.0.get()) };
+}
+
+extern "C" fn unlock_fork_guard() {
+    // SAFETY: called only by the thread that locked it (or, in a forked
+    // child, by the copy of the thread that locked it before the fork).
+    unsafe { libc::pthread_mutex_unlock(FORK_GUARD.0.get()) };
+}
+
+/// In a freshly forked child: releases the fork guard the forking thread
+/// took, then points every inherited lock descriptor at /dev/null, which
+/// drops the child's share of the locked file (unlocking it would unlock
+/// the parent too). The descriptor number stays valid, so the child closing
+/// it later harms nothing.
 extern "C" fn release_locks_in_child() {
+    unlock_fork_guard();
     for slot in &HELD_LOCKS {
         let fd = slot.swap(-1, Ordering::SeqCst);
         if fd < 0 {

@@ -7,7 +7,9 @@
 //! fallback runs) or `abort` (the process dies on the spot, as under
 //! `kill -9`), optionally only where the path contains `<path part>`.
 //! `decode:slow` makes a load sleep 100 ms before each record batch it
-//! decodes (a long load, for the Ctrl-C test).
+//! decodes (a long load, for the Ctrl-C test); `lock_taken:slow` and
+//! `lock_released:slow` widen the moments a fork could catch the lock of a
+//! checkpoint directory half taken or half released.
 //!
 //! Compiled in only for the crate's own tests and with the `fault-injection`
 //! feature (the Python test build); elsewhere `check` is an empty inline
