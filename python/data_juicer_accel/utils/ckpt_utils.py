@@ -406,23 +406,13 @@ def _sized_natively(data_type: pa.DataType) -> bool:
 
 
 def _background_sizing(table: pa.Table, rows_per_shard, num_proc) -> dict:
-    """How a background save sizes its shards: in the writer thread when it
-    can count the bytes as pyarrow does (``Table.nbytes`` of a large table
-    would cost the caller milliseconds), else here."""
-    if all(_sized_natively(field.type) for field in table.schema) and _chunks_aligned(table):
-        return {"size_like_datasets": max(1, int(num_proc or 1))}
+    """How a background save sizes its shards: in the writer thread, from the
+    table's columns, when it can count their bytes as pyarrow does
+    (``Table.nbytes`` of a large table costs the caller milliseconds), else
+    here."""
+    if all(_sized_natively(field.type) for field in table.schema):
+        return {"size_like_datasets": max(1, int(num_proc or 1)), "columns": table.columns}
     return {"rows_per_shard": rows_per_shard(num_proc)}
-
-
-def _chunks_aligned(table: pa.Table) -> bool:
-    """Whether every column is chunked alike. Only then are the batches the
-    writer thread receives the table's chunks, whose bytes ``Table.nbytes``
-    sums (batches cut across chunks cover their bitmaps' bytes differently)."""
-    columns = table.columns
-    if len({column.num_chunks for column in columns}) > 1:
-        return False
-    lengths = [len(chunk) for chunk in columns[0].chunks] if columns else []
-    return all([len(chunk) for chunk in column.chunks] == lengths for column in columns[1:])
 
 
 def _num_shards(nbytes: int, num_rows: int, num_proc) -> int:
