@@ -693,7 +693,7 @@ mod background_saves {
 
     use super::{detached, import_raw_stream, import_stream, to_py_err};
     use crate::checkpoint::background::{BackgroundWriter, DeferredRows, Snapshot};
-    use crate::checkpoint::sizing::{chunked_array_bytes, BatchStream};
+    use crate::checkpoint::sizing::SizedStream;
     use crate::checkpoint::{self, CheckpointError, WriteOptions};
 
     /// One writer thread committing the newest submitted checkpoint.
@@ -749,13 +749,11 @@ mod background_saves {
         /// sequence number. Raises the failure of an earlier save not yet
         /// reported (and queues nothing then). `size_like_datasets=num_proc`
         /// lets the writer thread choose `rows_per_shard` as
-        /// `datasets.save_to_disk(num_proc=num_proc)` would, from the bytes
-        /// of `columns` (the table's chunked arrays, counted chunk by chunk
-        /// in the writer thread as `Table.nbytes` counts them).
+        /// `datasets.save_to_disk(num_proc=num_proc)` would.
         #[pyo3(signature = (ckpt_dir, data, *, kind, files, state_template=None, indices=None,
                             compression="zstd", level=1, threads=1, chunk_bytes=8_388_608,
                             max_shard_bytes=524_288_000, rows_per_shard=None,
-                            size_like_datasets=None, columns=None))]
+                            size_like_datasets=None))]
         #[allow(clippy::too_many_arguments)]
         fn submit(
             &self,
@@ -772,7 +770,6 @@ mod background_saves {
             max_shard_bytes: u64,
             rows_per_shard: Option<u64>,
             size_like_datasets: Option<u64>,
-            columns: Option<Vec<Bound<'_, PyAny>>>,
         ) -> PyResult<u64> {
             let options = WriteOptions {
                 compression: super::compression(compression, level)?,
@@ -782,22 +779,13 @@ mod background_saves {
                 chunk_bytes,
             };
             checkpoint::writer::ipc_options(options.compression).map_err(to_py_err)?;
-            let stream = BatchStream::try_new(import_raw_stream(data)?)
+            let stream = SizedStream::try_new(import_raw_stream(data)?)
                 .map_err(|e| PyValueError::new_err(format!("invalid Arrow C stream: {e}")))?;
             let schema = stream.schema();
             let index_stream = indices.map(index_stream).transpose()?;
-            let column_streams = columns
-                .map(|columns| {
-                    columns
-                        .iter()
-                        .map(import_raw_stream)
-                        .collect::<PyResult<Vec<_>>>()
-                })
-                .transpose()?;
             // The streams hold references to the data: the writer thread pulls them.
             let deferred: DeferredRows = Box::new(move || {
-                let table_bytes = column_streams.map(nbytes_of_columns).transpose()?.flatten();
-                let batches = stream.read_all().map_err(CheckpointError::input)?;
+                let (batches, table_bytes) = stream.read_all().map_err(CheckpointError::input)?;
                 let indices = index_stream
                     .map(|s| pull(s).and_then(index_arrays))
                     .transpose()?;
@@ -850,19 +838,6 @@ mod background_saves {
             let p = self.writer.progress();
             (p.submitted, p.committed, p.superseded, p.busy)
         }
-    }
-
-    /// pyarrow's `Table.nbytes` of a table given as its columns' chunk
-    /// streams; `None` when a column's type is not counted natively.
-    fn nbytes_of_columns(
-        columns: Vec<arrow_array::ffi_stream::FFI_ArrowArrayStream>,
-    ) -> checkpoint::Result<Option<u64>> {
-        let mut sum = Some(0u64);
-        for column in columns {
-            let bytes = chunked_array_bytes(column).map_err(CheckpointError::input)?;
-            sum = sum.zip(bytes).map(|(a, b)| a + b);
-        }
-        Ok(sum)
     }
 
     pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -50,9 +50,8 @@ pub struct Snapshot {
     /// (~65 ms for a 1 GB table of 1,000-row batches); the stream holds
     /// references to the table, so the caller need not wait for it.
     pub deferred: Option<DeferredRows>,
-    /// pyarrow's `Table.nbytes` of the table `batches` come from, counted
-    /// from its columns' chunks (see [`sizing::chunked_array_bytes`]);
-    /// `None` when unknown.
+    /// pyarrow's `Table.nbytes` of `batches`, counted as they were imported
+    /// (see [`sizing::SizedStream`]); `None` when unknown.
     pub table_bytes: Option<u64>,
     /// `Some(num_proc)`: choose `options.rows_per_shard` in the writer
     /// thread as `datasets.save_to_disk(num_proc=...)` would for these rows

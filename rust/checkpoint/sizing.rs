@@ -170,41 +170,42 @@ pub fn exported_bytes(array: &FFI_ArrowArray, data_type: &DataType) -> Option<u6
     referenced_bytes(array, data_type, array.offset(), array.len())
 }
 
-/// pyarrow's `nbytes` of one column, read from the C stream of its chunks
-/// (`pyarrow.ChunkedArray.__arrow_c_stream__`, empty chunks included), as
-/// `Table.nbytes` sums it chunk by chunk; `None` for a type
-/// [`is_sized_natively`] rejects. The chunks are released as they are counted.
-pub fn chunked_array_bytes(mut stream: FFI_ArrowArrayStream) -> Result<Option<u64>, ArrowError> {
-    let data_type = DataType::try_from(&stream_schema(&mut stream)?)?;
-    let mut nbytes = Some(0u64).filter(|_| is_sized_natively(&data_type));
-    while let Some(chunk) = next_array(&mut stream)? {
-        nbytes = nbytes.and_then(|sum| Some(sum + exported_bytes(&chunk, &data_type)?));
-    }
-    Ok(nbytes)
-}
-
-/// A C stream of record batches, imported without a copy.
-pub struct BatchStream {
+/// A C stream of record batches whose pyarrow `Table.nbytes` is counted as
+/// they are imported (the count needs the bitmaps arrow-rs drops).
+pub struct SizedStream {
     stream: FFI_ArrowArrayStream,
     schema: SchemaRef,
 }
 
-impl BatchStream {
+impl SizedStream {
     /// Takes `stream` and reads its schema.
     pub fn try_new(mut stream: FFI_ArrowArrayStream) -> Result<Self, ArrowError> {
-        let schema = std::sync::Arc::new(Schema::try_from(&stream_schema(&mut stream)?)?);
-        Ok(BatchStream { stream, schema })
+        let get_schema = stream.get_schema().ok_or_else(|| {
+            ArrowError::CDataInterface("the stream has no get_schema callback".into())
+        })?;
+        let mut ffi_schema = FFI_ArrowSchema::empty();
+        // SAFETY: the callback is called with the stream it was read from.
+        let code = unsafe { get_schema(&raw mut stream, &raw mut ffi_schema) };
+        if code != 0 {
+            return Err(stream_error(&mut stream, "get_schema", code));
+        }
+        let schema = std::sync::Arc::new(Schema::try_from(&ffi_schema)?);
+        Ok(SizedStream { stream, schema })
     }
 
     pub fn schema(&self) -> SchemaRef {
         self.schema.clone()
     }
 
-    /// All batches of the stream: references to their buffers, no copy.
-    pub fn read_all(mut self) -> Result<Vec<RecordBatch>, ArrowError> {
+    /// All batches of the stream (references to their buffers, no copy) and
+    /// pyarrow's `Table.nbytes` of them, `None` when the schema holds a type
+    /// [`is_sized_natively`] rejects.
+    pub fn read_all(mut self) -> Result<(Vec<RecordBatch>, Option<u64>), ArrowError> {
         let batch_type = DataType::Struct(self.schema.fields().clone());
+        let mut nbytes = Some(0u64).filter(|_| is_sized_natively(&batch_type));
         let mut batches = Vec::new();
-        while let Some(array) = next_array(&mut self.stream)? {
+        while let Some(array) = self.next_array()? {
+            nbytes = nbytes.and_then(|sum| Some(sum + exported_bytes(&array, &batch_type)?));
             // SAFETY: the producer exported `array` with the stream's schema.
             let data = unsafe { from_ffi_and_data_type(array, batch_type.clone()) }?;
             let rows = data.len();
@@ -216,36 +217,22 @@ impl BatchStream {
                 &options,
             )?);
         }
-        Ok(batches)
+        Ok((batches, nbytes))
     }
-}
 
-/// The schema `stream` exports.
-fn stream_schema(stream: &mut FFI_ArrowArrayStream) -> Result<FFI_ArrowSchema, ArrowError> {
-    let get_schema = stream.get_schema().ok_or_else(|| {
-        ArrowError::CDataInterface("the stream has no get_schema callback".into())
-    })?;
-    let mut ffi_schema = FFI_ArrowSchema::empty();
-    // SAFETY: the callback is called with the stream it was read from.
-    let code = unsafe { get_schema(stream, &raw mut ffi_schema) };
-    if code != 0 {
-        return Err(stream_error(stream, "get_schema", code));
+    /// The next exported batch; `None` at the end of the stream.
+    fn next_array(&mut self) -> Result<Option<FFI_ArrowArray>, ArrowError> {
+        let get_next = self.stream.get_next().ok_or_else(|| {
+            ArrowError::CDataInterface("the stream has no get_next callback".into())
+        })?;
+        let mut array = FFI_ArrowArray::empty();
+        // SAFETY: the callback is called with the stream it was read from.
+        let code = unsafe { get_next(&raw mut self.stream, &raw mut array) };
+        if code != 0 {
+            return Err(stream_error(&mut self.stream, "get_next", code));
+        }
+        Ok((!array.is_released()).then_some(array))
     }
-    Ok(ffi_schema)
-}
-
-/// The next exported array of `stream`; `None` at the end of the stream.
-fn next_array(stream: &mut FFI_ArrowArrayStream) -> Result<Option<FFI_ArrowArray>, ArrowError> {
-    let get_next = stream
-        .get_next()
-        .ok_or_else(|| ArrowError::CDataInterface("the stream has no get_next callback".into()))?;
-    let mut array = FFI_ArrowArray::empty();
-    // SAFETY: the callback is called with the stream it was read from.
-    let code = unsafe { get_next(stream, &raw mut array) };
-    if code != 0 {
-        return Err(stream_error(stream, "get_next", code));
-    }
-    Ok((!array.is_released()).then_some(array))
 }
 
 /// The producer's error for a failed `call` on `stream`.

@@ -406,12 +406,16 @@ def _sized_natively(data_type: pa.DataType) -> bool:
 
 
 def _background_sizing(table: pa.Table, rows_per_shard, num_proc) -> dict:
-    """How a background save sizes its shards: in the writer thread, from the
-    table's columns, when it can count their bytes as pyarrow does
-    (``Table.nbytes`` of a large table costs the caller milliseconds), else
-    here."""
+    """How a background save sizes its shards: in the writer thread when it
+    can count the bytes as pyarrow does, else here. The caller touches no
+    chunk: after a pause, reaching each of the hundreds of chunks of a large
+    table again costs milliseconds. (The writer counts the batches the C
+    stream yields; where columns are chunked differently these are cut
+    across chunks, and the count may differ from ``Table.nbytes`` by a few
+    bitmap bytes, which can change the number of shards only for a table
+    within those bytes of a multiple of the shard size.)"""
     if all(_sized_natively(field.type) for field in table.schema):
-        return {"size_like_datasets": max(1, int(num_proc or 1)), "columns": table.columns}
+        return {"size_like_datasets": max(1, int(num_proc or 1))}
     return {"rows_per_shard": rows_per_shard(num_proc)}
 
 
