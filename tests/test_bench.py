@@ -227,3 +227,23 @@ def test_bench_only_ray_compares_with_the_reference_on_real_ray(tmp_path):
     assert any(r["name"].startswith("bound: zstd level 1") and r["load_mb_s"] is None for r in rows)
     assert all(r["save_mb_s"] > 0 for r in rows)
     assert all(r["load_mb_s"] > 0 for r in rows if not r["name"].startswith("bound"))
+
+
+def test_bench_only_pipeline_runs_every_case_of_a_real_pipeline(tmp_path):
+    """Each case is a real 1.6.1 DefaultExecutor run; the per-op cases save
+    once per op after the first, the end-of-run case once, the others never."""
+    require("data_juicer")
+    from data_juicer_accel.bench import pipeline, readme
+
+    result = pipeline.run_pipeline_bench(300_000, 1, str(tmp_path), stall_size=2_000_000)
+    rows = {row["case"]: row for row in result["rows"]}
+    assert list(rows) == pipeline.CASES
+    assert all(row["seconds"] > 0 for row in rows.values())
+    saves = {case: row["saves_per_run"] for case, row in rows.items()}
+    assert saves == {"none": 0, "none_cached": 0, "dj_end": 1, "dj_every_op": 6, "accel_fg": 6, "accel_bg": 6}
+    exports = {case: (tmp_path / case / "out" / "result.jsonl").read_text() for case in pipeline.CASES}
+    assert len(set(exports.values())) == 1 and exports["none"], "every case exports the same rows"
+    assert result["stall_at_size"]["saves"] == 5
+    result.update(machine={"cpus": 2}, command="data-juicer-accel bench --only pipeline")
+    assert "every op, data-juicer-accel, background" in pipeline.format_report(result)
+    assert readme.pipeline_markdown(result).count("\n|") == len(pipeline.CASES) + 2  # header, rule, rows

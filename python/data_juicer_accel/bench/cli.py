@@ -92,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"plot written to {args.plot}")
         return 0
     _quiet()
+    if args.workdir:
+        os.makedirs(args.workdir, exist_ok=True)
     if args.only == "ray":
         return _run_ray(args)
     if args.only == "pipeline":
@@ -155,10 +157,14 @@ def _run_pipeline(args: argparse.Namespace) -> int:
     import tempfile
 
     from data_juicer_accel.bench import pipeline
+    from data_juicer_accel.bench.runner import CpuShare, machine_info
 
     size = 200 * 10**6 if args.size == 10**9 else args.size
+    machine, cpu = machine_info(), CpuShare()
     with tempfile.TemporaryDirectory(dir=args.workdir) as workdir:
         result = pipeline.run_pipeline_bench(size, max(1, args.rounds), workdir)
+    machine.update(loadavg_end=list(os.getloadavg()), other_processes_cores=cpu.others())
+    result.update(machine=machine, command=command_line(args))
     print(pipeline.format_report(result))
     if args.json:
         with open(args.json, "w") as f:

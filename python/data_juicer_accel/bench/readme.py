@@ -3,7 +3,8 @@ docs/bench.json measured: ``python -m data_juicer_accel.bench.readme
 docs/bench.json README.md`` (docs/regenerate-bench.sh runs it after a run).
 
 Two marked regions are replaced: ``bench-headline`` (the headline lines) and
-``bench-summary`` (the command, the machine and the main table)."""
+``bench-summary`` (the command, the machine and the main table); given the JSON
+of a ``bench --only pipeline`` run as third argument, ``bench-pipeline`` too."""
 
 from __future__ import annotations
 
@@ -11,10 +12,10 @@ import json
 import re
 import sys
 
-from data_juicer_accel.bench import report
+from data_juicer_accel.bench import pipeline, report
 from data_juicer_accel.tools._format import table
 
-REGIONS = ("bench-headline", "bench-summary")
+REGIONS = ("bench-headline", "bench-summary", "bench-pipeline")
 
 
 def headline_markdown(results: dict) -> str:
@@ -73,6 +74,32 @@ def summary_markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+def pipeline_markdown(result: dict) -> str:
+    """The per-op checkpoint pipeline table of a ``bench --only pipeline --json`` run."""
+    body = [
+        [
+            r["label"],
+            f"{r['seconds']:.1f}",
+            f"{r['vs_none']:.2f}",
+            str(r["saves_per_run"]),
+            "-" if r["stall_ms_median"] is None else f"{r['stall_ms_median']:.1f} / {r['stall_ms_max']:.1f}",
+        ]
+        for r in result["rows"]
+    ]
+    headers = ["case", "run() s", "x none", "saves", "stall ms, median / max"]
+    lines = [
+        f"Measured with `{result['command']}` on {machine_line(result)}: six CPU ops of py-data-juicer 1.6.1 over "
+        f"{result['data_bytes'] / 1e6:,.0f} MB of jsonl text, `np: {result['np']}`, "
+        f"median of {result['rounds']} interleaved round(s).",
+        "",
+        table(headers, body, right={1, 2, 3, 4}, markdown=True),
+    ]
+    if result.get("stall_at_size"):
+        stall = pipeline.stall_sentence(result["stall_at_size"])
+        lines += ["", stall[0].upper() + stall[1:] + "."]
+    return "\n".join(lines)
+
+
 def replace_region(text: str, name: str, content: str) -> str:
     pattern = re.compile(rf"(<!-- {name}:begin -->\n).*?(<!-- {name}:end -->)", re.S)
     if not pattern.search(text):
@@ -80,17 +107,25 @@ def replace_region(text: str, name: str, content: str) -> str:
     return pattern.sub(lambda m: m.group(1) + content + "\n" + m.group(2), text)
 
 
-def regions(results: dict) -> dict[str, str]:
-    return {"bench-headline": headline_markdown(results), "bench-summary": summary_markdown(results)}
+def regions(results: dict, pipeline_results: dict | None = None) -> dict[str, str]:
+    found = {"bench-headline": headline_markdown(results), "bench-summary": summary_markdown(results)}
+    if pipeline_results is not None:
+        found["bench-pipeline"] = pipeline_markdown(pipeline_results["pipeline"])
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:
-    json_path, readme_path = (argv if argv is not None else sys.argv[1:]) or ("docs/bench.json", "README.md")
+    args = (argv if argv is not None else sys.argv[1:]) or ["docs/bench.json", "README.md"]
+    json_path, readme_path = args[:2]
     with open(json_path) as f:
         results = json.load(f)
+    pipeline_results = None
+    if len(args) > 2:
+        with open(args[2]) as f:
+            pipeline_results = json.load(f)
     with open(readme_path) as f:
         text = f.read()
-    for name, content in regions(results).items():
+    for name, content in regions(results, pipeline_results).items():
         text = replace_region(text, name, content)
     with open(readme_path, "w") as f:
         f.write(text)
