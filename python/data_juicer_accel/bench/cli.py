@@ -46,7 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="run one part only; `ray` (needs the ray extra) compares RayCheckpointManager with the reference's "
         "write_parquet/read_parquet on a local 2-CPU Ray cluster, at --size capped to 64MB unless given, then runs "
         "a ray_partitioned Data-Juicer job with a checkpoint after every op, unpatched and patched (needs "
-        "py-data-juicer), at --size JOB_SIZE unless given; "
+        "py-data-juicer), at --size 200MB unless given; "
         "`pipeline` times a real 6-op Data-Juicer pipeline (np 2) without checkpoints, with 1.6.1's and with "
         "per-op checkpoints, at --size 200MB unless given, plus the stall of a background save of 1GB",
     )
