@@ -213,20 +213,60 @@ def test_bench_only_ray_compares_with_the_reference_on_real_ray(tmp_path):
             "8MB",
             "--rounds",
             "1",
+            "--partitions",
+            "4",
             "--json",
             str(out),
         ],
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = json.loads(out.read_text())["ray"]
+    results = json.loads(out.read_text())
+    rows = results["ray"]
     assert [r["name"] for r in rows][0].startswith("data-juicer-accel")
     assert any("write_parquet" in r["name"] for r in rows)
     assert any(r["name"].startswith("bound: zstd level 1") and r["load_mb_s"] is None for r in rows)
     assert all(r["save_mb_s"] > 0 for r in rows)
     assert all(r["load_mb_s"] > 0 for r in rows if not r["name"].startswith("bound"))
+
+    # Then the partitioned job, unpatched and patched, after the save/load table.
+    require("data_juicer")
+    job = results["ray_job"]
+    assert [r["case"] for r in job["rows"]] == ["reference", "accel"]
+    assert job["partitions"] == 4 and job["same_export"] and job["exported_rows"] > 0
+    for row in job["rows"]:
+        assert row["run_s"] > 0 and row["process_s"] > row["run_s"] and row["ckpt_bytes"] > 0
+        assert row["checkpoints"] == 6 * 4  # every op of every partition
+        assert row["rows"] == job["exported_rows"]
+    assert job["rows"][1]["ckpt_bytes_vs_reference"] > 0
+    assert proc.stdout.index("write_parquet") < proc.stdout.index("ray_partitioned job")
+    assert f"both exported the same {job['exported_rows']:,} rows" in proc.stdout
+
+
+def test_ray_job_is_listed_as_not_run_without_py_data_juicer(tmp_path, monkeypatch, capsys):
+    from data_juicer_accel.bench import cli as bench_cli
+    from data_juicer_accel.bench import ray_job
+
+    blocked = tmp_path / "blocked" / "data_juicer"
+    blocked.mkdir(parents=True)
+    (blocked / "__init__.py").write_text("raise ImportError('blocked by the test')\n")
+    monkeypatch.setenv("PYTHONPATH", str(blocked.parent))
+    args = cli.build_parser().parse_args(["bench", "--only", "ray", "--workdir", str(tmp_path)])
+    result = bench_cli._run_ray_job(args)
+    assert result == {"not_run": "py-data-juicer cannot be imported (ImportError: blocked by the test)"}
+    assert f"not run: {ray_job.TITLE} -- py-data-juicer cannot be imported" in capsys.readouterr().out
+
+
+def test_ray_job_fails_loudly_when_the_exports_differ():
+    from data_juicer_accel.bench import ray_job
+
+    same = {"reference": [{"rows": 3, "digest": "a" * 64}], "accel": [{"rows": 3, "digest": "a" * 64}]}
+    ray_job.check_same_export(same)
+    differ = {"reference": [{"rows": 3, "digest": "a" * 64}], "accel": [{"rows": 3, "digest": "b" * 64}]}
+    with pytest.raises(AssertionError, match="exported different rows"):
+        ray_job.check_same_export(differ)
 
 
 def test_bench_only_pipeline_runs_every_case_of_a_real_pipeline(tmp_path):

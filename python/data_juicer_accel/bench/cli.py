@@ -44,7 +44,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--only",
         choices=["checkpoints", "events", "ray", "pipeline"],
         help="run one part only; `ray` (needs the ray extra) compares RayCheckpointManager with the reference's "
-        "write_parquet/read_parquet on a local 2-CPU Ray cluster, at --size capped to 64MB unless given; "
+        "write_parquet/read_parquet on a local 2-CPU Ray cluster, at --size capped to 64MB unless given, then runs "
+        "a ray_partitioned Data-Juicer job with a checkpoint after every op, unpatched and patched (needs "
+        "py-data-juicer), at --size 200MB unless given; "
         "`pipeline` times a real 6-op Data-Juicer pipeline (np 2) without checkpoints, with 1.6.1's and with "
         "per-op checkpoints, at --size 200MB unless given, plus the stall of a background save of 1GB",
     )
@@ -67,6 +69,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         default=100_000,
         help="lines of the event log given to analyze_resumption_state (default 100000)",
+    )
+    p.add_argument(
+        "--partitions",
+        type=int,
+        default=4,
+        help="partitions of the ray_partitioned job of `--only ray` (default 4)",
     )
     p.add_argument("--workdir", metavar="DIR", help="where checkpoints are written (default: a fresh temp dir)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
@@ -129,7 +137,7 @@ def command_line(args: argparse.Namespace) -> str:
     if args.size != 10**9:
         parts += ["--size", f"{args.size / 10**6:g}MB"]
     defaults: dict[str, object] = {"rounds": 3, "num_proc": os.cpu_count() or 1, "small_rounds": 5}
-    defaults.update({"events": 200_000, "analysis_events": 100_000, "data": None, "only": None})
+    defaults.update({"events": 200_000, "analysis_events": 100_000, "data": None, "only": None, "partitions": 4})
     for name, default in defaults.items():
         value = getattr(args, name)
         if value != default:
@@ -138,18 +146,39 @@ def command_line(args: argparse.Namespace) -> str:
 
 
 def _run_ray(args: argparse.Namespace) -> int:
-    """The Ray case: our per-partition checkpoints against the reference's parquet, on real Ray."""
+    """The Ray case: our per-partition checkpoints against the reference's
+    parquet on real Ray, then the same partitioned Data-Juicer job unpatched
+    and patched."""
     from data_juicer_accel.bench import ray_checkpoints as bench_ray
 
     size_mb = 64 if args.size == 10**9 else max(1, args.size // 10**6)
     rows = bench_ray.run_ray_bench(size_mb, max(1, args.rounds))
     print(f"ray: {rows[0]['mb']} MB, local Ray with 2 CPUs, median of {args.rounds} round(s); x = vs this package")
     print(bench_ray.format_table(rows))
+    job = _run_ray_job(args)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"ray": rows}, f, indent=2)
+            json.dump({"ray": rows, "ray_job": job}, f, indent=2)
         print(f"\nresults written to {args.json}")
     return 0
+
+
+def _run_ray_job(args: argparse.Namespace) -> dict:
+    """The partitioned Ray job (see bench/ray_job.py), or why it was not run."""
+    import tempfile
+
+    from data_juicer_accel.bench import ray_job
+
+    print()
+    why = ray_job.why_not_runnable()
+    if why is not None:
+        print(f"not run: {ray_job.TITLE} -- {why}")
+        return {"not_run": why}
+    size = ray_job.JOB_SIZE if args.size == 10**9 else args.size
+    with tempfile.TemporaryDirectory(dir=args.workdir) as workdir:
+        result = ray_job.run_ray_job_bench(size, max(1, args.rounds), workdir, partitions=max(1, args.partitions))
+    print(ray_job.format_report(result))
+    return result
 
 
 def _run_pipeline(args: argparse.Namespace) -> int:

@@ -21,9 +21,8 @@ checkpoints, export; not interpreter start-up) and how long every
 ``save_ckpt`` call blocked it (the stall). A separate in-process case
 measures the stall of one background save of a 1 GB table.
 
-Data-Juicer's op loop calls ``free_models()`` after every op, which would
-pip-install torch; the runs get the same three-line ``torch.cuda`` stand-in
-as the integration tests, and ``PIP_NO_INDEX=1`` so nothing is downloaded.
+The ops, the corpus writer and the job environment (a torch stand-in, no
+package index) are those of ``dj_jobs``.
 """
 
 from __future__ import annotations
@@ -31,9 +30,10 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
+
+from data_juicer_accel.bench.dj_jobs import PROCESS, job_env, run_logged, write_corpus_jsonl
 
 CASES = ["none", "none_cached", "dj_end", "dj_every_op", "accel_fg", "accel_bg"]
 CASE_LABELS = {
@@ -44,21 +44,6 @@ CASE_LABELS = {
     "accel_fg": "every op, data-juicer-accel, foreground",
     "accel_bg": "every op, data-juicer-accel, background",
 }
-PROCESS = """process:
-  - whitespace_normalization_mapper:
-  - clean_email_mapper:
-  - punctuation_normalization_mapper:
-  - text_length_filter:
-      min_len: 20
-  - alphanumeric_filter:
-      min_ratio: 0.2
-  - words_num_filter:
-      min_num: 5
-"""
-TORCH_STAND_IN = (
-    "import types as _types\n"
-    "cuda = _types.SimpleNamespace(empty_cache=lambda: None, device_count=lambda: 0, is_available=lambda: False)\n"
-)
 
 #: Runs one case inside its own interpreter; prints one JSON line.
 DRIVER = r"""
@@ -130,46 +115,16 @@ def _config(workdir: str, case: str, data: str, np_: int) -> str:
     return path
 
 
-def _env(workdir: str) -> dict:
-    stub = os.path.join(workdir, "torch_stand_in")
-    os.makedirs(os.path.join(stub, "torch"), exist_ok=True)
-    with open(os.path.join(stub, "torch", "__init__.py"), "w") as f:
-        f.write(TORCH_STAND_IN)
-    env = dict(os.environ)
-    env.update(
-        PYTHONPATH=os.pathsep.join(filter(None, [stub, env.get("PYTHONPATH")])),
-        USE_TORCH="0",
-        PIP_NO_INDEX="1",
-        UV_OFFLINE="1",
-        OMP_NUM_THREADS="1",
-        HF_DATASETS_DISABLE_PROGRESS_BARS="1",
-    )
-    return env
-
-
-def write_corpus_jsonl(size: int, path: str) -> int:
-    """The bench corpus's text column as jsonl; returns the file's bytes."""
-    import datasets
-
-    from data_juicer_accel.bench.corpus import default_corpus
-
-    table = default_corpus(size).select(["text"])
-    datasets.Dataset(datasets.table.InMemoryTable(table)).to_json(path)
-    return os.path.getsize(path)
-
-
 def run_case(case: str, workdir: str, data: str, np_: int, env: dict) -> dict:
     import shutil
 
     shutil.rmtree(os.path.join(workdir, case), ignore_errors=True)
     cfg = _config(workdir, case, data, np_)
     log = os.path.join(workdir, f"{case}.log")
-    with open(log, "w") as out:
-        proc = subprocess.run([sys.executable, "-c", DRIVER, case, cfg], env=env, stdout=out, stderr=subprocess.STDOUT)
-    text = open(log, errors="replace").read()
+    returncode, text, _ = run_logged([sys.executable, "-c", DRIVER, case, cfg], env, log)
     result = [line for line in text.splitlines() if line.startswith("BENCH-RESULT ")]
-    if proc.returncode != 0 or not result:
-        raise RuntimeError(f"pipeline case {case} failed (rc {proc.returncode}); see {log}:\n{text[-2000:]}")
+    if returncode != 0 or not result:
+        raise RuntimeError(f"pipeline case {case} failed (rc {returncode}); see {log}:\n{text[-2000:]}")
     return json.loads(result[-1].split(" ", 1)[1])
 
 
@@ -203,7 +158,7 @@ def stall_at_size(size: int, rounds: int, workdir: str) -> dict:
 def run_pipeline_bench(size: int, rounds: int, workdir: str, np_: int = 2, stall_size: int = 10**9) -> dict:
     data = os.path.join(workdir, "corpus.jsonl")
     data_bytes = write_corpus_jsonl(size, data)
-    env = _env(workdir)
+    env = job_env(workdir)
     seconds: dict[str, list] = {case: [] for case in CASES}
     stalls: dict[str, list] = {case: [] for case in CASES}
     run_case("none", workdir, data, np_, env)  # warm-up: page cache, imports

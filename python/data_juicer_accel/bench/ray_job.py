@@ -1,0 +1,245 @@
+"""The partitioned Ray job of ``data-juicer-accel bench --only ray``:
+Data-Juicer 1.6.1's own ``ray_partitioned`` executor with a checkpoint after
+every op of every partition, unpatched and patched.
+
+The same job runs twice per round, each time in a fresh process and work
+directory, the two cases alternating round by round so that load changes hit
+both alike:
+
+- ``reference``: ``dj-process`` as installed; its ``RayCheckpointManager``
+  writes every checkpoint with Ray's ``write_parquet``;
+- ``accel``: ``data-juicer-accel dj-process`` (``patch_data_juicer()``, then
+  the same entry point); this package's ``RayCheckpointManager`` writes zstd
+  Arrow IPC shards with a checksummed manifest, committed atomically.
+
+The job: the bench corpus's text as jsonl, the six CPU ops of ``dj_jobs``,
+``np: 2``, ``partition: {mode: manual, num_of_partitions: N}``,
+``checkpoint: {enabled: true, strategy: every_op}``, ``ray_address: local``
+(each process starts its own local Ray cluster on this machine's CPUs and
+stops it at exit). Every run writes ops x partitions checkpoints.
+
+Per case (medians over the rounds):
+
+- ``run_s``: the executor's ``run()`` -- what ``dj-process`` itself logs as
+  "Running executor took N seconds": loading the jsonl, the ops, every
+  checkpoint, the export; not interpreter start-up, the config, the Ray
+  cluster's start or stop;
+- ``process_s``: the whole process, from its start to its exit (adds Python
+  and Ray start-up, the executor's set-up and Ray's shutdown);
+- ``ckpt_bytes``: every regular file under the job's checkpoint directory at
+  the end (the checkpoints with their manifests or parquet metadata, and the
+  executor's ``partitioning_info.json``);
+- ``checkpoints``: the ``checkpoint_op_*`` entries in it.
+
+Both cases must export the same rows (the sorted texts, compared by digest):
+the bench stops with an error otherwise.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import re
+import shutil
+import statistics
+import sys
+
+from data_juicer_accel.bench.dj_jobs import OPS, PROCESS, job_env, run_logged, write_corpus_jsonl
+
+#: In-memory size of the corpus the job reads unless --size is given: about
+#: 200 MB of jsonl, a run() of 1.5-2 minutes on 2 cores.
+JOB_SIZE = 200 * 10**6
+TITLE = "ray_partitioned job, checkpoint every op, unpatched and patched"
+CASES = ["reference", "accel"]
+CASE_LABELS = {
+    "reference": "py-data-juicer 1.6.1 (write_parquet)",
+    "accel": "data-juicer-accel (zstd Arrow IPC)",
+}
+#: Data-Juicer's own entry point, unpatched (as the ``dj-process`` script runs it).
+REFERENCE_MAIN = "import sys; from data_juicer.tools.process_data import main; sys.argv[0] = 'dj-process'; main()"
+COMMANDS = {
+    "reference": [sys.executable, "-c", REFERENCE_MAIN],
+    "accel": [sys.executable, "-m", "data_juicer_accel", "dj-process"],
+}
+#: What dj-process logs once the executor's run() returned.
+RUN_TIME = re.compile(r"Running executor took ([0-9.]+) seconds")
+#: What Ray prints when one of its own internal checks (RAY_CHECK) aborts a
+#: process, e.g. its task-cancellation race "Tried to complete task that was
+#: not pending". Not the job's doing: such a run is run once more.
+RAY_INTERNAL_CHECK_FAILED = "You have likely discovered a bug in Ray"
+
+
+def why_not_runnable() -> str | None:
+    """None when Data-Juicer's ``dj-process`` and partitioned Ray executor
+    import in a job's environment, else why not. Checked in a child process
+    with that environment (no package index), so a missing dependency is
+    never installed by Data-Juicer's lazy loader here."""
+    import subprocess
+    import tempfile
+
+    check = "import data_juicer.tools.process_data, data_juicer.core.executor.ray_executor_partitioned"
+    with tempfile.TemporaryDirectory(prefix="dja-bench-check-") as workdir:
+        proc = subprocess.run([sys.executable, "-c", check], env=job_env(workdir), capture_output=True, text=True)
+    if proc.returncode == 0:
+        return None
+    lines = proc.stderr.strip().splitlines()
+    return f"py-data-juicer cannot be imported ({lines[-1] if lines else f'exit {proc.returncode}'})"
+
+
+def write_config(root: str, data: str, partitions: int, np_: int) -> str:
+    path = os.path.join(root, "config.yaml")
+    with open(path, "w") as f:
+        f.write(
+            f"project_name: bench-ray-job\ndataset_path: {data}\nexport_path: {root}/out/result.jsonl\n"
+            f"work_dir: {root}/work\nexecutor_type: ray_partitioned\nray_address: local\nnp: {np_}\n"
+            f"open_monitor: false\npartition:\n  mode: manual\n  num_of_partitions: {partitions}\n"
+            f"checkpoint:\n  enabled: true\n  strategy: every_op\n{PROCESS}"
+        )
+    return path
+
+
+def checkpoint_dir(root: str) -> str:
+    """The job's checkpoint directory (under the work dir the job created)."""
+    found = glob.glob(os.path.join(root, "work", "**", "checkpoints"), recursive=True)
+    if len(found) != 1:
+        raise RuntimeError(f"expected one checkpoint directory under {root}/work, found {found}")
+    return found[0]
+
+
+def files_bytes(path: str) -> int:
+    """Bytes of the regular files under ``path`` (links not followed)."""
+    total = 0
+    for parent, _, names in os.walk(path):
+        for name in names:
+            full = os.path.join(parent, name)
+            if os.path.isfile(full) and not os.path.islink(full):
+                total += os.path.getsize(full)
+    return total
+
+
+def export_digest(root: str) -> tuple[int, str]:
+    """Rows of the export (a directory of jsonl files) and the digest of their sorted texts."""
+    texts = []
+    for part in sorted(glob.glob(os.path.join(root, "out", "result.jsonl", "*"))):
+        with open(part) as f:
+            texts += [json.loads(line)["text"] for line in f if line.strip()]
+    texts.sort()
+    digest = hashlib.sha256()
+    for text in texts:
+        digest.update(text.encode())
+        digest.update(b"\0")
+    return len(texts), digest.hexdigest()
+
+
+def run_job(case: str, workdir: str, data: str, partitions: int, np_: int, env: dict) -> dict:
+    """One job of ``case`` in a fresh directory; what it cost and what it exported.
+    A run that Ray aborts in an internal check is run once more, from scratch."""
+    for attempt in (1, 2):
+        root = os.path.join(workdir, case)
+        shutil.rmtree(root, ignore_errors=True)
+        os.makedirs(root)
+        cfg = write_config(root, data, partitions, np_)
+        log = os.path.join(workdir, f"{case}.log")
+        returncode, text, process_s = run_logged([*COMMANDS[case], "--config", cfg], env, log, cwd=root)
+        if returncode != 0 and RAY_INTERNAL_CHECK_FAILED in text and attempt == 1:
+            os.replace(log, log + ".ray-check-failed")
+            continue
+        run_time = RUN_TIME.findall(text)
+        if returncode != 0 or not run_time:
+            raise RuntimeError(f"ray job {case} failed (rc {returncode}); see {log}:\n{text[-3000:]}")
+        ckpt = checkpoint_dir(root)
+        rows, digest = export_digest(root)
+        result = {
+            "run_s": float(run_time[-1]),
+            "process_s": process_s,
+            "ckpt_bytes": files_bytes(ckpt),
+            "checkpoints": len(glob.glob(os.path.join(ckpt, "checkpoint_op_*"))),
+            "rows": rows,
+            "digest": digest,
+            "retried": attempt - 1,
+        }
+        shutil.rmtree(root, ignore_errors=True)  # the next job starts from nothing; disk stays small
+        return result
+    raise AssertionError("unreachable")
+
+
+def run_ray_job_bench(size: int, rounds: int, workdir: str, partitions: int = 4, np_: int = 2) -> dict:
+    """Both cases, ``rounds`` interleaved rounds; medians and patched/unpatched ratios."""
+    os.makedirs(workdir, exist_ok=True)
+    data = os.path.join(workdir, "corpus.jsonl")
+    data_bytes = write_corpus_jsonl(size, data)
+    env = job_env(workdir)
+    runs: dict[str, list[dict]] = {case: [] for case in CASES}
+    for r in range(rounds):
+        order = CASES if r % 2 == 0 else CASES[::-1]  # neither case always runs first
+        for case in order:
+            runs[case].append(run_job(case, workdir, data, partitions, np_, env))
+    check_same_export(runs)
+    rows = [_row(case, runs[case]) for case in CASES]
+    ref, ours = rows
+    for key in ("run_s", "process_s", "ckpt_bytes"):
+        ours[f"{key}_vs_reference"] = ours[key] / ref[key]
+    return {
+        "data_bytes": data_bytes,
+        "partitions": partitions,
+        "ops": OPS,
+        "np": np_,
+        "rounds": rounds,
+        "cpus": os.cpu_count(),
+        "exported_rows": ref["rows"],
+        "same_export": True,
+        "loadavg": list(os.getloadavg()),
+        "rows": rows,
+    }
+
+
+def check_same_export(runs: dict[str, list[dict]]) -> None:
+    """Raises unless every run of every case exported the same rows."""
+    exports = {(run["rows"], run["digest"]) for case_runs in runs.values() for run in case_runs}
+    if len(exports) != 1:
+        detail = {case: [(run["rows"], run["digest"][:12]) for run in case_runs] for case, case_runs in runs.items()}
+        raise AssertionError(f"the ray jobs exported different rows (rows, digest of the sorted texts): {detail}")
+
+
+def _row(case: str, runs: list[dict]) -> dict:
+    return {
+        "case": case,
+        "label": CASE_LABELS[case],
+        "run_s": statistics.median(r["run_s"] for r in runs),
+        "process_s": statistics.median(r["process_s"] for r in runs),
+        "ckpt_bytes": statistics.median(r["ckpt_bytes"] for r in runs),
+        "checkpoints": runs[0]["checkpoints"],
+        "rows": runs[0]["rows"],
+        "retried": sum(r["retried"] for r in runs),
+        "runs": runs,
+    }
+
+
+def format_report(result: dict) -> str:
+    lines = [
+        f"ray_partitioned job: Data-Juicer 1.6.1's executor, {result['ops']} CPU ops x {result['partitions']} "
+        f"partitions, checkpoint every op, {result['data_bytes'] / 1e6:.0f} MB of jsonl text, np={result['np']}, "
+        f"local Ray on {result['cpus']} CPUs; median of {result['rounds']} interleaved round(s); "
+        f"load average at the end {result['loadavg'][0]:.1f}",
+        "",
+        f"{'case':<40} {'run() s':>8} {'process s':>10} {'ckpt MB':>9} {'ckpts':>6} {'x ref run()':>12} "
+        f"{'x ref process':>14} {'x ref MB':>9}",
+    ]
+    for r in result["rows"]:
+        ratios = [r.get(f"{k}_vs_reference") for k in ("run_s", "process_s", "ckpt_bytes")]
+        cells = ["-" if x is None else f"{x:.2f}" for x in ratios]
+        lines.append(
+            f"{r['label']:<40} {r['run_s']:>8.1f} {r['process_s']:>10.1f} {r['ckpt_bytes'] / 1e6:>9.1f} "
+            f"{r['checkpoints']:>6} {cells[0]:>12} {cells[1]:>14} {cells[2]:>9}"
+        )
+    lines += [
+        f"both exported the same {result['exported_rows']:,} rows (sorted texts equal)",
+        "run(): the executor's run() as dj-process logs it (load, ops, checkpoints, export); process: start to exit, "
+        "with Python and Ray start-up; ckpt MB: every file under the job's checkpoint directory at the end",
+    ]
+    retried = sum(r["retried"] for r in result["rows"])
+    if retried:
+        lines.append(f"{retried} run(s) aborted by an internal check of Ray were run again")
+    return "\n".join(lines)
