@@ -394,7 +394,7 @@ def test_a_shard_that_cannot_be_read_into_memory_is_memory_error_with_its_size(t
 
 
 def test_loads_at_every_memory_limit_near_the_need_load_or_raise_memory_error(tmp_path):
-    """Limits stepping 1 MiB at a time across the point where a load starts
+    """Limits stepping 2 MiB at a time across the point where a load starts
     to fit: each attempt loads every row or raises MemoryError; the process
     never aborts on an allocation that fails half-way."""
     table = pa.table({"text": pa.array([f"a{i:07d}" * 128 for i in range(48_000)])})
@@ -404,7 +404,7 @@ def test_loads_at_every_memory_limit_near_the_need_load_or_raise_memory_error(tm
         from data_juicer_accel.utils.ckpt_utils import CheckpointManager
         m = CheckpointManager({str(tmp_path)!r}, {OPS!r}, num_proc=2)
         outcomes = []
-        for extra in range(40 << 20, 80 << 20, 1 << 20):
+        for extra in range(40 << 20, 400 << 20, 2 << 20):  # across the need: rows, working memory, arenas
             with open("/proc/self/statm") as f:
                 used = int(f.read().split()[0]) * resource.getpagesize()
             resource.setrlimit(resource.RLIMIT_AS, (used + extra, resource.RLIM_INFINITY))

@@ -58,7 +58,8 @@ fn cgroup_headroom() -> Option<(u64, String)> {
 }
 
 /// `RLIMIT_AS` minus the address space already mapped.
-fn address_space_headroom() -> Option<(u64, String)> {
+/// The process's address-space limit (`RLIMIT_AS`), if it has one.
+pub fn address_space_limit() -> Option<u64> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -69,6 +70,11 @@ fn address_space_headroom() -> Option<(u64, String)> {
     {
         return None;
     }
+    Some(limit.rlim_cur)
+}
+
+fn address_space_headroom() -> Option<(u64, String)> {
+    let limit = address_space_limit()?;
     let pages: u64 = fs::read_to_string("/proc/self/statm")
         .ok()?
         .split_whitespace()
@@ -79,8 +85,8 @@ fn address_space_headroom() -> Option<(u64, String)> {
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
     let used = pages.saturating_mul(page);
     Some((
-        limit.rlim_cur.saturating_sub(used),
-        format!("RLIMIT_AS of {} bytes", limit.rlim_cur),
+        limit.saturating_sub(used),
+        format!("RLIMIT_AS of {limit} bytes"),
     ))
 }
 

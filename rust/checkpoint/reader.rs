@@ -24,7 +24,7 @@ use arrow_schema::{Schema, SchemaRef};
 use super::dirfd::CheckpointDir;
 use super::error::{panic_message, CheckpointError, IoContext, Result};
 use super::manifest::{checksum_hex, FileEntry, Manifest};
-use super::memory::{available_memory, failed_allocation_size};
+use super::memory::{address_space_limit, available_memory, failed_allocation_size};
 
 #[derive(Debug, Clone)]
 pub struct ReadOptions {
@@ -226,7 +226,7 @@ fn read_shards(
     entries: &[FileEntry],
     opts: &ReadOptions,
 ) -> Result<Vec<ShardMessages>> {
-    parallel_map(entries.len(), opts.threads, |i| {
+    parallel_map(entries.len(), load_threads(opts), |i| {
         opts.cancelled()?;
         let bytes = read_verified(dir, &entries[i], opts)?;
         split_messages(&dir.path().join(&entries[i].file), Buffer::from_vec(bytes))
@@ -471,7 +471,7 @@ fn decode_all(
             tasks.extend((0..shard.batches.len()).map(|m| (s, Some(m))));
         }
     }
-    let decoded = parallel_map(tasks.len(), opts.threads, |t| {
+    let decoded = parallel_map(tasks.len(), load_threads(opts), |t| {
         opts.cancelled()?;
         let (s, message) = tasks[t];
         let path = dir.join(&entries[s].file);
@@ -548,15 +548,32 @@ fn decoding_arrow<T>(
     }
 }
 
-/// Runs `f(0..n)` on up to `threads` threads; results in index order. A
-/// panic in `f` comes back as an error, not an abort of the caller.
+/// Threads a load runs on. Under an address-space limit (`RLIMIT_AS`) only
+/// the calling one: a new thread maps a stack and, at its first allocation,
+/// maybe a 64 MiB malloc arena, which can take the room the size check
+/// counted on; a small allocation failing after that aborts the process.
+fn load_threads(opts: &ReadOptions) -> usize {
+    if address_space_limit().is_some() {
+        1
+    } else {
+        opts.threads
+    }
+}
+
+/// Runs `f(0..n)` on up to `threads` threads (on the calling thread alone
+/// for one); results in index order. A panic in `f` comes back as an error,
+/// not an abort of the caller.
 pub fn parallel_map<T, F>(n: usize, threads: usize, f: F) -> Result<Vec<T>>
 where
     T: Send,
     F: Fn(usize) -> Result<T> + Sync,
 {
-    let next = AtomicUsize::new(0);
     let workers = threads.clamp(1, n.max(1));
+    if workers == 1 {
+        return std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (0..n).map(&f).collect()))
+            .unwrap_or_else(|panic| Err(CheckpointError::from_panic(panic)));
+    }
+    let next = AtomicUsize::new(0);
     let mut results: Vec<(usize, T)> = thread::scope(|s| {
         let handles: Vec<_> = (0..workers)
             .map(|_| {
