@@ -52,6 +52,18 @@ def job_env(workdir: str) -> dict:
     return env
 
 
+def write_job_config(root: str, project: str, data: str, np_: int, settings: str) -> str:
+    """``root/config.yaml`` of a job over ``data`` exporting to ``root/out``,
+    with ``settings`` (YAML lines) and the six ops; returns its path."""
+    path = os.path.join(root, "config.yaml")
+    with open(path, "w") as f:
+        f.write(
+            f"project_name: {project}\ndataset_path: {data}\nexport_path: {root}/out/result.jsonl\n"
+            f"work_dir: {root}/work\nnp: {np_}\nopen_monitor: false\n{settings}{PROCESS}"
+        )
+    return path
+
+
 def write_corpus_jsonl(size: int, path: str) -> int:
     """The bench corpus's text column as jsonl; returns the file's bytes."""
     import datasets

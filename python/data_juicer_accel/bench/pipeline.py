@@ -33,7 +33,7 @@ import statistics
 import sys
 import time
 
-from data_juicer_accel.bench.dj_jobs import PROCESS, job_env, run_logged, write_corpus_jsonl
+from data_juicer_accel.bench.dj_jobs import job_env, run_logged, write_corpus_jsonl, write_job_config
 
 CASES = ["none", "none_cached", "dj_end", "dj_every_op", "accel_fg", "accel_bg"]
 CASE_LABELS = {
@@ -105,14 +105,11 @@ def _config(workdir: str, case: str, data: str, np_: int) -> str:
     checkpoint = ""
     if case.startswith("accel"):
         checkpoint = f"checkpoint:\n  strategy: every_op\n  background: {str(case == 'accel_bg').lower()}\n"
-    path = os.path.join(root, "config.yaml")
-    with open(path, "w") as f:
-        f.write(
-            f"project_name: bench-pipeline\ndataset_path: {data}\nexport_path: {root}/out/result.jsonl\n"
-            f"work_dir: {root}/work\nnp: {np_}\nuse_checkpoint: {str(not case.startswith('none')).lower()}\n"
-            f"use_cache: {str(case == 'none_cached').lower()}\nopen_monitor: false\n{checkpoint}{PROCESS}"
-        )
-    return path
+    settings = (
+        f"use_checkpoint: {str(not case.startswith('none')).lower()}\n"
+        f"use_cache: {str(case == 'none_cached').lower()}\n{checkpoint}"
+    )
+    return write_job_config(root, "bench-pipeline", data, np_, settings)
 
 
 def run_case(case: str, workdir: str, data: str, np_: int, env: dict) -> dict:

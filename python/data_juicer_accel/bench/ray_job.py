@@ -46,7 +46,7 @@ import shutil
 import statistics
 import sys
 
-from data_juicer_accel.bench.dj_jobs import OPS, PROCESS, job_env, run_logged, write_corpus_jsonl
+from data_juicer_accel.bench.dj_jobs import OPS, job_env, run_logged, write_corpus_jsonl, write_job_config
 
 #: In-memory size of the corpus the job reads unless --size is given: about
 #: 200 MB of jsonl, a run() of 1.5-2 minutes on 2 cores.
@@ -89,15 +89,15 @@ def why_not_runnable() -> str | None:
 
 
 def write_config(root: str, data: str, partitions: int, np_: int) -> str:
-    path = os.path.join(root, "config.yaml")
-    with open(path, "w") as f:
-        f.write(
-            f"project_name: bench-ray-job\ndataset_path: {data}\nexport_path: {root}/out/result.jsonl\n"
-            f"work_dir: {root}/work\nexecutor_type: ray_partitioned\nray_address: local\nnp: {np_}\n"
-            f"open_monitor: false\npartition:\n  mode: manual\n  num_of_partitions: {partitions}\n"
-            f"checkpoint:\n  enabled: true\n  strategy: every_op\n{PROCESS}"
-        )
-    return path
+    return write_job_config(
+        root,
+        "bench-ray-job",
+        data,
+        np_,
+        "executor_type: ray_partitioned\nray_address: local\n"
+        f"partition:\n  mode: manual\n  num_of_partitions: {partitions}\n"
+        "checkpoint:\n  enabled: true\n  strategy: every_op\n",
+    )
 
 
 def checkpoint_dir(root: str) -> str:
