@@ -57,7 +57,6 @@ fn cgroup_headroom() -> Option<(u64, String)> {
     best
 }
 
-/// `RLIMIT_AS` minus the address space already mapped.
 /// The process's address-space limit (`RLIMIT_AS`), if it has one.
 pub fn address_space_limit() -> Option<u64> {
     let mut limit = libc::rlimit {
@@ -73,6 +72,7 @@ pub fn address_space_limit() -> Option<u64> {
     Some(limit.rlim_cur)
 }
 
+/// `RLIMIT_AS` minus the address space already mapped.
 fn address_space_headroom() -> Option<(u64, String)> {
     let limit = address_space_limit()?;
     let pages: u64 = fs::read_to_string("/proc/self/statm")
