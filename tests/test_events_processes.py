@@ -317,27 +317,21 @@ def work():
         i += 1
 """
 
+# The EventLogger way; OPTIONS: more arguments of its constructor.
+LOGGER_LOOP = """
+from data_juicer_accel.core.executor.event_logging_mixin import EventLogger
+event_logger = EventLogger(work_dir, job_id="exit"OPTIONS)
+def work():
+    i = 0
+    while True:
+        log(event_logger, next_id(i))
+        returned(next_id(i))
+        i += 1
+"""
+
 EXIT_SCENARIOS = {
-    "log_buffered": """
-from data_juicer_accel.core.executor.event_logging_mixin import EventLogger
-event_logger = EventLogger(work_dir, job_id="exit")
-def work():
-    i = 0
-    while True:
-        log(event_logger, next_id(i))
-        returned(next_id(i))
-        i += 1
-""",
-    "log_write_through": """
-from data_juicer_accel.core.executor.event_logging_mixin import EventLogger
-event_logger = EventLogger(work_dir, job_id="exit", flush_interval=0)
-def work():
-    i = 0
-    while True:
-        log(event_logger, next_id(i))
-        returned(next_id(i))
-        i += 1
-""",
+    "log_buffered": LOGGER_LOOP.replace("OPTIONS", ""),
+    "log_write_through": LOGGER_LOOP.replace("OPTIONS", ", flush_interval=0"),
     # loguru's default DEBUG sink: every call goes on to the Python method.
     "log_executor": EXECUTOR_LOOP,
     "log_executor_fast_path": "from loguru import logger\nlogger.remove()  # no DEBUG sink: calls stay in Rust\n"

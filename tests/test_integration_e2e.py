@@ -53,6 +53,7 @@ from tests.conftest import require
 require("data_juicer")
 
 from data_juicer_accel import _native  # noqa: E402
+from data_juicer_accel.bench.dj_jobs import REFERENCE_MAIN, TORCH_STAND_IN  # noqa: E402
 
 RUN_TIMEOUT = 300
 JOB = "job1"
@@ -74,14 +75,6 @@ class DjaFailWhenToldMapper(Mapper):
             raise RuntimeError("dja_fail_when_told_mapper: failing as told")
         return sample
 '''
-
-TORCH_STAND_IN = '''"""Stand-in for an absent torch: only what free_models() calls (see test_integration_e2e.py)."""
-import types as _types
-
-cuda = _types.SimpleNamespace(empty_cache=lambda: None, device_count=lambda: 0, is_available=lambda: False)
-'''
-
-REFERENCE_MAIN = "import sys; from data_juicer.tools.process_data import main; sys.argv[0] = 'dj-process'; main()"
 
 
 def write_support_files(base: Path) -> dict[str, Path]:

@@ -33,6 +33,7 @@ from tests.conftest import require
 require("data_juicer")
 require("ray")
 
+from data_juicer_accel.bench.ray_job import RAY_INTERNAL_CHECK_FAILED  # noqa: E402
 from tests.test_integration_e2e import (  # noqa: E402
     JOB,
     RUN_TIMEOUT,
@@ -76,12 +77,11 @@ process:
     return cfg
 
 
-# What Ray prints when one of its own internal checks (RAY_CHECK) aborts the
-# process. CI met one in the driver of a patched run: "Tried to complete task
+# RAY_INTERNAL_CHECK_FAILED: what Ray prints when one of its own internal checks
+# (RAY_CHECK) aborts the process. CI met one in the driver of a patched run: "Tried to complete task
 # that was not pending", the task-cancellation race of ray-project/ray#54527
 # (fixed there for the retry path only). It is not this package's doing: our
 # code in that process is an event writer that never touches Ray.
-RAY_INTERNAL_CHECK_FAILED = "You have likely discovered a bug in Ray"
 
 
 def run_ray_dj(kind: str, cfg: Path, log: Path, support: dict[str, Path], fail: bool = False) -> int:

@@ -27,6 +27,8 @@ PROCESS = """process:
       min_num: 5
 """
 OPS = 6
+#: Data-Juicer's own entry point, unpatched (as the ``dj-process`` script runs it).
+REFERENCE_MAIN = "import sys; from data_juicer.tools.process_data import main; sys.argv[0] = 'dj-process'; main()"
 TORCH_STAND_IN = (
     "import types as _types\n"
     "cuda = _types.SimpleNamespace(empty_cache=lambda: None, device_count=lambda: 0, is_available=lambda: False)\n"

@@ -46,7 +46,14 @@ import shutil
 import statistics
 import sys
 
-from data_juicer_accel.bench.dj_jobs import OPS, job_env, run_logged, write_corpus_jsonl, write_job_config
+from data_juicer_accel.bench.dj_jobs import (
+    OPS,
+    REFERENCE_MAIN,
+    job_env,
+    run_logged,
+    write_corpus_jsonl,
+    write_job_config,
+)
 
 #: In-memory size of the corpus the job reads unless --size is given: about
 #: 200 MB of jsonl, a run() of 1.5-2 minutes on 2 cores.
@@ -57,8 +64,6 @@ CASE_LABELS = {
     "reference": "py-data-juicer 1.6.1 (write_parquet)",
     "accel": "data-juicer-accel (zstd Arrow IPC)",
 }
-#: Data-Juicer's own entry point, unpatched (as the ``dj-process`` script runs it).
-REFERENCE_MAIN = "import sys; from data_juicer.tools.process_data import main; sys.argv[0] = 'dj-process'; main()"
 COMMANDS = {
     "reference": [sys.executable, "-c", REFERENCE_MAIN],
     "accel": [sys.executable, "-m", "data_juicer_accel", "dj-process"],
