@@ -226,6 +226,9 @@ def test_bench_only_ray_compares_with_the_reference_on_real_ray(tmp_path):
     results = json.loads(out.read_text())
     rows = results["ray"]
     assert [r["name"] for r in rows][0].startswith("data-juicer-accel")
+    assert sorted({r["data"] for r in rows}) == ["random words", "text corpus"]
+    assert sum('{"num_cpus": 2}' in r["name"] for r in rows) == 2  # one row per dataset
+    assert "text corpus: our save at " in proc.stdout
     assert any("write_parquet" in r["name"] for r in rows)
     assert any(r["name"].startswith("bound: zstd level 1") and r["load_mb_s"] is None for r in rows)
     assert all(r["save_mb_s"] > 0 for r in rows)

@@ -109,6 +109,17 @@ def test_save_writes_shards_on_the_workers_and_load_reads_them_back(tmp_path):
     assert one.schema.equals(expected.schema)
 
 
+def test_write_tasks_compress_on_as_many_threads_as_cpus_ray_granted_them(tmp_path):
+    granted = ray.get([ray.remote(num_cpus=cpus)(ray_ckpt._granted_cpus).remote() for cpus in (0.5, 1, 2)])
+    assert granted == [1, 1, 2]
+    m = RayCheckpointManager(str(tmp_path))
+    m.write_ray_remote_args = {"num_cpus": 2}  # one task at a time on this cluster, two encoder threads each
+    ds = numbered()
+    expected = as_table(ds)
+    m.save_checkpoint(ds, 0)
+    assert as_table(m.load_checkpoint(0)).equals(expected)
+
+
 def test_load_reads_on_the_workers(tmp_path):
     m = RayCheckpointManager(str(tmp_path))
     m.save_checkpoint(numbered(600, 4), 0)

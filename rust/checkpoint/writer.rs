@@ -32,9 +32,12 @@ const END_OF_STREAM: [u8; 8] = [0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0];
 /// Chunks in flight per encoder, each way.
 const CHANNEL_DEPTH: usize = 2;
 /// Bytes a shard may hold dirty in the page cache before their writeback is
-/// started (like RocksDB's `bytes_per_sync`): the disk then writes while
-/// later chunks compress, and the fsync at the end only waits for the tail.
-const WRITEBACK_BYTES: u64 = 32 << 20;
+/// started (like RocksDB's `bytes_per_sync`, whose advice is 1 MiB): the
+/// disk then writes while later chunks compress, and the fsync at the end
+/// only waits for the last chunk. A larger figure leaves a small shard (one
+/// Ray block: ~14 MB compressed) to be written back at its fsync, with the
+/// compressor idle (figures in docs/engineering-notes.md).
+const WRITEBACK_BYTES: u64 = 1 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compression {

@@ -155,6 +155,7 @@ def _run_ray(args: argparse.Namespace) -> int:
     rows = bench_ray.run_ray_bench(size_mb, max(1, args.rounds))
     print(f"ray: {rows[0]['mb']} MB, local Ray with 2 CPUs, median of {args.rounds} round(s); x = vs this package")
     print(bench_ray.format_table(rows))
+    print(bench_ray.bound_summary(rows))
     job = _run_ray_job(args)
     if args.json:
         with open(args.json, "w") as f:

@@ -94,6 +94,15 @@ def _interrupted(path: str) -> bool:
 # ---------------------------------------------------------------- Ray Data glue
 
 
+def _granted_cpus() -> int:
+    """Encoder threads of a write task: the CPUs Ray granted it (one, unless
+    ``write_ray_remote_args`` asks for more), so that write tasks running
+    side by side never compress on more threads than the cluster has CPUs."""
+    import ray
+
+    return max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
+
+
 @functools.cache
 def _datasink_class():
     from ray.data import Datasink
@@ -121,6 +130,7 @@ def _datasink_class():
 
         def write(self, blocks: Iterable[Any], ctx) -> list[dict[str, Any]]:
             task = f"{ctx.task_idx:06d}-{uuid.uuid4().hex[:8]}"  # a retried task writes new names
+            threads = _granted_cpus()
             entries: list[dict[str, Any]] = []
             empty: pa.Table | None = None
             for b, block in enumerate(blocks):
@@ -129,7 +139,7 @@ def _datasink_class():
                     empty = empty or table
                     continue
                 written = _native.write_shard_files(
-                    self.staging_dir, table, prefix=f"{task}-b{b:04d}", level=self.level
+                    self.staging_dir, table, prefix=f"{task}-b{b:04d}", level=self.level, threads=threads
                 )
                 entries.extend(dict(e, order=(ctx.task_idx, b, i)) for i, e in enumerate(written))
             if not entries and empty is not None:  # keep the schema of an all-empty task
