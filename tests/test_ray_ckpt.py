@@ -461,6 +461,22 @@ def test_driver_killed_between_the_fallback_renames_keeps_the_checkpoint(tmp_pat
     assert again.load_checkpoint(0).count() == 40
 
 
+def test_an_fsync_failing_at_the_commit_keeps_the_previous_checkpoint(tmp_path, fault_hook, monkeypatch):
+    """Write tasks on the driver's machine leave the fsync of their shards
+    to the commit: one failing there fails the save, naming the shard, and
+    the previous checkpoint stays the latest."""
+    m = RayCheckpointManager(str(tmp_path))
+    path = m.save_checkpoint(numbered(300, 3), 0)
+    before = as_table(m.load_checkpoint(0))
+
+    monkeypatch.setenv(fault_hook, "shard_sync:eio")  # the driver only: the workers started before
+    with pytest.raises(OSError, match=r"Input/output error.*-data-00000-of-00001\.arrow"):
+        m.save_checkpoint(numbered(50, 2), 0)
+    monkeypatch.delenv(fault_hook)
+    assert as_table(m.load_checkpoint(0)).equals(before)
+    assert [n for n in listing(path) if n != ray_ckpt.READERS] == [".accel.lock", "latest"]
+
+
 @requires_reference
 def test_reference_checkpoints_are_found_and_loaded(tmp_path):
     from data_juicer.utils.ckpt_utils import RayCheckpointManager as Ref

@@ -57,8 +57,9 @@ def test_the_figures_are_those_of_docs_bench_json():
 
     results = json.loads((ROOT / "docs" / "bench.json").read_text())
     pipeline_results = json.loads((ROOT / "docs" / "bench-pipeline.json").read_text())
-    found = regions(results, pipeline_results)
-    assert "bench-pipeline" in found
+    ray_results = json.loads((ROOT / "docs" / "bench-ray.json").read_text())
+    found = regions(results, pipeline_results, ray_results)
+    assert "bench-pipeline" in found and "bench-ray" in found
     for name, content in found.items():
         region = re.search(rf"<!-- {name}:begin -->\n(.*?)\n<!-- {name}:end -->", README, re.S)
         assert region, f"README has no {name} region"

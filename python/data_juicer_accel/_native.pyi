@@ -141,7 +141,8 @@ class ShardStaging:
     def commit(
         self, shards: list[dict[str, Any]], *, kind: str = "ray", compression: str = "zstd", level: int = 1
     ) -> str:
-        """Removes unreported files, writes the manifest last and swaps in ``latest/``. Returns its path."""
+        """Removes unreported files, fsyncs the reported shards, writes the manifest last and swaps in
+        ``latest/``. Returns its path."""
     def abort(self) -> None:
         """Removes the staging directory and releases the lock (no-op after ``commit``)."""
 
@@ -158,9 +159,11 @@ def write_shard_files(
     threads: int = 1,
     chunk_bytes: int | None = None,
     max_shard_bytes: int | None = None,
+    sync: bool = True,
 ) -> list[dict[str, Any]]:
     """Writes ``data`` as ``{prefix}-data-NNNNN-of-NNNNN.arrow`` shards into the existing ``dir``
-    (fsynced, GIL released; no lock, manifest or commit). Returns one manifest entry per shard:
+    (fsynced; with ``sync=False`` only their writeback is started, and ``ShardStaging.commit``
+    fsyncs them; GIL released; no lock, manifest or commit). Returns one manifest entry per shard:
     ``file``, ``bytes``, ``xxh3_64``, ``rows``, ``raw_bytes``."""
 
 def read_shard_file(path: str | Any, *, bytes: int, xxh3_64: str, rows: int, verify: bool = True) -> LoadedCheckpoint:

@@ -195,6 +195,7 @@ fn write_options(
         rows_per_shard: None,
         max_shard_bytes: max_shard_bytes.unwrap_or(defaults.max_shard_bytes),
         chunk_bytes: chunk_bytes.unwrap_or(defaults.chunk_bytes),
+        sync: true,
     })
 }
 
@@ -524,8 +525,8 @@ mod ray_shards {
         }
 
         /// Commits `shards` (manifest entries in row order, as returned by
-        /// `write_shard_files`) with the manifest written last. Returns the
-        /// path of the committed `latest/`.
+        /// `write_shard_files`), each fsynced, with the manifest written last.
+        /// Returns the path of the committed `latest/`.
         #[pyo3(signature = (shards, *, kind="ray", compression="zstd", level=1))]
         fn commit(
             &mut self,
@@ -571,10 +572,12 @@ mod ray_shards {
 
     /// Writes one Ray block (or any Arrow C stream) as shard files
     /// `{prefix}-data-NNNNN-of-NNNNN.arrow` into the existing directory
-    /// `dir`, fsynced, with the GIL released. Returns one manifest file
-    /// entry per shard: `file`, `bytes`, `xxh3_64`, `rows`, `raw_bytes`.
+    /// `dir`, fsynced (with `sync=False`, only their writeback is started:
+    /// `ShardStaging.commit` fsyncs every shard it commits), with the GIL
+    /// released. Returns one manifest file entry per shard: `file`,
+    /// `bytes`, `xxh3_64`, `rows`, `raw_bytes`.
     #[pyfunction]
-    #[pyo3(signature = (dir, data, *, prefix, compression="zstd", level=1, threads=1, chunk_bytes=None, max_shard_bytes=None))]
+    #[pyo3(signature = (dir, data, *, prefix, compression="zstd", level=1, threads=1, chunk_bytes=None, max_shard_bytes=None, sync=true))]
     #[allow(clippy::too_many_arguments)]
     fn write_shard_files<'py>(
         py: Python<'py>,
@@ -586,9 +589,13 @@ mod ray_shards {
         threads: usize,
         chunk_bytes: Option<u64>,
         max_shard_bytes: Option<u64>,
+        sync: bool,
     ) -> PyResult<Vec<Bound<'py, PyDict>>> {
         guarded("write_shard_files", || {
-            let options = write_options(compression, level, threads, chunk_bytes, max_shard_bytes)?;
+            let options = WriteOptions {
+                sync,
+                ..write_options(compression, level, threads, chunk_bytes, max_shard_bytes)?
+            };
             let stream = import_stream(data)?;
             let schema = stream.schema();
             let prefix = prefix.to_owned();
@@ -777,6 +784,7 @@ mod background_saves {
                 rows_per_shard,
                 max_shard_bytes,
                 chunk_bytes,
+                sync: true,
             };
             checkpoint::writer::ipc_options(options.compression).map_err(to_py_err)?;
             let stream = SizedStream::try_new(import_raw_stream(data)?)

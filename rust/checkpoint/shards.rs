@@ -8,8 +8,10 @@
 //! manifest-last, fsync, exchange and recovery as a single-process save.
 
 use std::collections::HashSet;
-use std::fs;
+use std::fs::{self, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::thread;
 
 use arrow_array::RecordBatch;
 use arrow_schema::{ArrowError, SchemaRef};
@@ -17,13 +19,18 @@ use arrow_schema::{ArrowError, SchemaRef};
 use super::commit::Staging;
 use super::dirfd::CheckpointDir;
 use super::error::{CheckpointError, IoContext, Result};
+use super::fault;
 use super::manifest::{is_safe_file_name, FileEntry, MANIFEST_FILE};
 use super::reader::{self, ReadOptions};
 use super::{manifest_for, write_shards, SaveRequest, WriteOptions, WrittenShard};
 
+/// Most shards fsynced at once by a commit.
+const SYNC_THREADS: usize = 8;
+
 /// Writes `input` with [`write_shards`] into a private hidden directory
 /// inside `dir`, then moves each shard up to `dir` as
-/// `{prefix}-data-NNNNN-of-NNNNN.arrow` (each shard fsynced). Tasks writing into
+/// `{prefix}-data-NNNNN-of-NNNNN.arrow` (each shard fsynced, or left to
+/// [`commit_shards`] with [`WriteOptions::sync`] off). Tasks writing into
 /// the same `dir` at once must use different prefixes. On error the private
 /// directory is removed and nothing is left under a final name.
 pub fn write_prefixed_shards<I>(
@@ -65,7 +72,8 @@ where
 /// checkpoint of `staging`. Anything else in the staging directory (what
 /// failed or retried task attempts left) is removed first; a reported shard
 /// that is missing or has another size fails the commit, and the previous
-/// checkpoint stays.
+/// checkpoint stays. Every reported shard is fsynced before the manifest is
+/// written: tasks on this machine leave that to the commit.
 pub fn commit_shards(
     staging: Staging,
     request: &SaveRequest,
@@ -99,10 +107,42 @@ pub fn commit_shards(
             remove_any(&found.path())?;
         }
     }
+    sync_shards(&dir, &shards)?;
     let mut manifest = manifest_for(request, &[]);
     manifest.num_rows = shards.iter().filter_map(|s| s.rows).sum();
     manifest.shards = shards;
     staging.commit(manifest)
+}
+
+/// Fsyncs the shards in `dir`, on up to [`SYNC_THREADS`] threads: the tasks
+/// started their writeback, so this waits once for all of them, where an
+/// fsync in each task held up every task in turn. An fsync reaches the file
+/// whichever descriptor it goes through; shards written on other machines
+/// were fsynced by their tasks, and this finds them clean.
+fn sync_shards(dir: &Path, shards: &[FileEntry]) -> Result<()> {
+    let threads = shards.len().clamp(1, SYNC_THREADS);
+    thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|first| {
+                scope.spawn(move || -> Result<()> {
+                    for entry in shards.iter().skip(first).step_by(threads) {
+                        let path = dir.join(&entry.file);
+                        let file = OpenOptions::new()
+                            .read(true)
+                            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+                            .open(&path)
+                            .at(&path)?;
+                        fault::check("shard_sync", &path).at(&path)?;
+                        file.sync_all().at(&path)?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .try_for_each(|h| h.join().map_err(CheckpointError::from_panic)?)
+    })
 }
 
 /// Brings back the checkpoint in `ckpt_dir` if a save died between the two
@@ -175,6 +215,7 @@ mod tests {
             rows_per_shard: None,
             max_shard_bytes,
             chunk_bytes: 16 << 10,
+            sync: true,
         }
     }
 
@@ -253,6 +294,28 @@ mod tests {
         }
         assert_eq!(n, (0..3000).collect::<Vec<i64>>(), "task then shard order");
         assert_eq!(column_n(&loaded.batches), n);
+    }
+
+    #[test]
+    fn shards_written_without_fsync_are_committed_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let staging = Staging::create(dir.path()).unwrap();
+        let unsynced = WriteOptions {
+            sync: false,
+            ..options(64 << 10)
+        };
+        let input = (0..4).map(|i| Ok(batch(i * 500, 500)));
+        let written =
+            write_prefixed_shards(staging.dir(), "t00000-x", schema(), input, &unsynced).unwrap();
+        assert!(written.len() > 1);
+        let entries: Vec<FileEntry> = written.iter().map(entry).collect();
+        let latest = commit_shards(staging, &request(), entries.clone()).unwrap();
+        let mut n = Vec::new();
+        for e in &entries {
+            let (_, batches) = read_verified_shard(&latest, e, true).unwrap();
+            n.extend(column_n(&batches));
+        }
+        assert_eq!(n, (0..2000).collect::<Vec<i64>>());
     }
 
     #[test]

@@ -56,6 +56,10 @@ pub struct WriteOptions {
     pub max_shard_bytes: u64,
     /// Target uncompressed size of one compression unit (one IPC message).
     pub chunk_bytes: u64,
+    /// Fsync every shard before returning. Off, the writeback of every
+    /// shard is only started and the fsync is the caller's: a Ray commit
+    /// fsyncs the shards its tasks wrote on the driver's node all at once.
+    pub sync: bool,
 }
 
 impl Default for WriteOptions {
@@ -66,11 +70,13 @@ impl Default for WriteOptions {
             rows_per_shard: None,
             max_shard_bytes: 500 << 20,
             chunk_bytes: 8 << 20,
+            sync: true,
         }
     }
 }
 
-/// A finished shard file, already fsynced, under its final name.
+/// A finished shard file under its final name, fsynced unless
+/// [`WriteOptions::sync`] was off.
 #[derive(Debug, Clone)]
 pub struct WrittenShard {
     pub file: String,
@@ -206,7 +212,8 @@ impl Planner {
 }
 
 /// Writes all batches of `input` as shards into `dir`, named like HF's
-/// `data-NNNNN-of-NNNNN.arrow`. Every shard is fsynced before this returns.
+/// `data-NNNNN-of-NNNNN.arrow`. Every shard is fsynced before this returns,
+/// unless [`WriteOptions::sync`] is off.
 /// An empty input gives one shard holding the schema alone.
 pub fn write_shards<I>(
     dir: &Path,
@@ -240,8 +247,8 @@ where
             outputs.push(out_rx);
         }
         let writer = {
-            let (schema, ipc) = (schema.clone(), ipc.clone());
-            s.spawn(move || write_loop(s, dir, &schema, &ipc, outputs))
+            let (schema, ipc, sync) = (schema.clone(), ipc.clone(), opts.sync);
+            s.spawn(move || write_loop(s, dir, &schema, &ipc, outputs, sync))
         };
 
         let produced = produce(input, &mut Planner::new(&opts), &inputs);
@@ -317,6 +324,7 @@ fn write_loop<'scope>(
     schema: &SchemaRef,
     ipc: &IpcWriteOptions,
     encoders: Vec<Receiver<EncoderOutput>>,
+    sync_shards: bool,
 ) -> Result<Vec<WrittenShard>> {
     let mut done = Vec::new();
     let mut syncs: Vec<ScopedJoinHandle<'scope, Result<()>>> = Vec::new();
@@ -329,8 +337,12 @@ fn write_loop<'scope>(
         if current.as_ref().map(|s| s.index) != Some(encoded.shard) {
             if let Some(shard) = current.take() {
                 let (written, file) = shard.finish()?;
-                let path = written.file.clone();
-                syncs.push(scope.spawn(move || sync(file, &path)));
+                if sync_shards {
+                    let path = written.file.clone();
+                    syncs.push(scope.spawn(move || sync(file, &path)));
+                } else {
+                    start_writeback(&file, 0);
+                }
                 done.push(written);
             }
             current = Some(OpenShard::create(dir, encoded.shard, schema, ipc)?);
@@ -345,12 +357,37 @@ fn write_loop<'scope>(
         None => OpenShard::create(dir, 0, schema, ipc)?, // empty dataset: schema only
     };
     let (written, file) = last.finish()?;
-    sync(file, &written.file)?;
+    if sync_shards {
+        sync(file, &written.file)?;
+    } else {
+        start_writeback(&file, 0);
+    }
     done.push(written);
     for handle in syncs {
         join(handle)?;
     }
     Ok(done)
+}
+
+/// Starts (does not wait for) the writeback of `file` from byte `from` to
+/// its end. Only a hint to the kernel: a failure (a filesystem without it)
+/// leaves the work to the fsync that makes the file durable.
+fn start_writeback(file: &File, from: u64) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::io::AsRawFd;
+        // SAFETY: `fd` is an open file; a length of 0 means "to the end".
+        let _ = unsafe {
+            libc::sync_file_range(
+                file.as_raw_fd(),
+                from as libc::off64_t,
+                0,
+                libc::SYNC_FILE_RANGE_WRITE,
+            )
+        };
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (file, from);
 }
 
 fn sync(file: File, path: &str) -> Result<()> {
@@ -440,22 +477,7 @@ impl OpenShard {
             return Ok(());
         }
         self.out.inner.flush().at(&self.path)?;
-        #[cfg(target_os = "linux")]
-        {
-            use std::os::unix::io::AsRawFd;
-            let fd = self.out.inner.get_ref().as_raw_fd();
-            let (start, len) = (self.written_back, self.out.bytes - self.written_back);
-            // SAFETY: `fd` is this shard's open file; the range was written.
-            // A failure (a filesystem without it) leaves the work to fsync.
-            let _ = unsafe {
-                libc::sync_file_range(
-                    fd,
-                    start as libc::off64_t,
-                    len as libc::off64_t,
-                    libc::SYNC_FILE_RANGE_WRITE,
-                )
-            };
-        }
+        start_writeback(self.out.inner.get_ref(), self.written_back);
         self.written_back = self.out.bytes;
         Ok(())
     }

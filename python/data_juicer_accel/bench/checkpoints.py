@@ -15,6 +15,7 @@ been read:
 from __future__ import annotations
 
 import os
+import stat
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -25,10 +26,16 @@ ZSTD_LEVEL = 1
 
 
 def dir_bytes(path: str) -> int:
-    total = 0
+    """Bytes of the regular files under ``path``, each file once: symbolic
+    links are not followed, and the hard links a lazy Ray load keeps of the
+    shards it reads do not count again."""
+    total, seen = 0, set()
     for root, _dirs, files in os.walk(path):
         for name in files:
-            total += os.path.getsize(os.path.join(root, name))
+            st = os.lstat(os.path.join(root, name))
+            if stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                total += st.st_size
     return total
 
 

@@ -150,16 +150,23 @@ def _run_ray(args: argparse.Namespace) -> int:
     parquet on real Ray, then the same partitioned Data-Juicer job unpatched
     and patched."""
     from data_juicer_accel.bench import ray_checkpoints as bench_ray
+    from data_juicer_accel.bench.runner import CpuShare, machine_info
 
+    machine, cpu = machine_info(), CpuShare()
     size_mb = 64 if args.size == 10**9 else max(1, args.size // 10**6)
     rows = bench_ray.run_ray_bench(size_mb, max(1, args.rounds))
     print(f"ray: {rows[0]['mb']} MB, local Ray with 2 CPUs, median of {args.rounds} round(s); x = vs this package")
     print(bench_ray.format_table(rows))
     print(bench_ray.bound_summary(rows))
     job = _run_ray_job(args)
+    machine.update(loadavg_end=list(os.getloadavg()), other_processes_cores=cpu.others())
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"ray": rows, "ray_job": job}, f, indent=2)
+            json.dump(
+                {"ray": rows, "ray_job": job, "machine": machine, "command": command_line(args), "rounds": args.rounds},
+                f,
+                indent=2,
+            )
         print(f"\nresults written to {args.json}")
     return 0
 

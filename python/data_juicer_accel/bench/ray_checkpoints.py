@@ -42,13 +42,15 @@ from typing import Any
 
 import pyarrow as pa
 
-__all__ = ["run_ray_bench", "main", "make_table"]
+from data_juicer_accel.bench.checkpoints import dir_bytes
 
-_BLOCKS = 8
-_OURS = "data-juicer-accel (zstd Arrow IPC)"
-_OURS_2_CPUS = 'data-juicer-accel, write tasks of {"num_cpus": 2}'
-_REFERENCE = "reference (Ray write_parquet/read_parquet)"
-_BOUND = "bound: zstd level 1 alone, same Ray tasks"
+__all__ = ["run_ray_bench", "main", "make_table", "bound_summary", "format_table"]
+
+BLOCKS = 8
+OURS = "data-juicer-accel (zstd Arrow IPC)"
+OURS_2_CPUS = 'data-juicer-accel, write tasks of {"num_cpus": 2}'
+REFERENCE = "reference (Ray write_parquet/read_parquet)"
+BOUND = "bound: zstd level 1 alone, same Ray tasks"
 #: The datasets, by the name rows carry in ``data``.
 DATASETS = ("random words", "text corpus")
 
@@ -85,13 +87,6 @@ def make_table(size_mb: int, seed: int = 0) -> pa.Table:
             "__dj__stats__": [{"text_len": len(t), "num_words": t.count(" ") + 1} for t in texts],
         }
     )
-
-
-def _dir_mb(path: str) -> float:
-    total = 0
-    for root, _, files in os.walk(path):
-        total += sum(os.path.getsize(os.path.join(root, f)) for f in files)
-    return total / (1 << 20)
 
 
 def _timed(fn: Callable[..., Any]) -> float:
@@ -134,7 +129,7 @@ def run_ray_bench(size_mb: int, rounds: int) -> list[dict]:
         for data in DATASETS:
             table = _dataset_table(data, size_mb)
             mb = table.nbytes / (1 << 20)
-            dataset = ray.data.from_arrow(table).repartition(_BLOCKS).materialize()
+            dataset = ray.data.from_arrow(table).repartition(BLOCKS).materialize()
             del table
             results: dict[str, dict[str, list[float | None]]] = {}
             for r in range(max(1, rounds)):
@@ -168,20 +163,20 @@ def _one_round(dataset: Any, root: str, results: dict) -> None:
 
     from data_juicer_accel.utils.ray_ckpt import RayCheckpointManager
 
-    for name, remote_args in ((_OURS, None), (_OURS_2_CPUS, {"num_cpus": 2})):
+    for name, remote_args in ((OURS, None), (OURS_2_CPUS, {"num_cpus": 2})):
         manager = RayCheckpointManager(os.path.join(root, "ours"))
         manager.write_ray_remote_args = remote_args
         save = _timed(lambda m=manager: m.save_checkpoint(dataset, 0, "bench", 0))
         load = _timed(lambda m=manager: m.load_checkpoint(0, "bench", 0).materialize())
-        _record(results, name, save, load, _dir_mb(manager.ckpt_dir))
+        _record(results, name, save, load, dir_bytes(manager.ckpt_dir) / (1 << 20))
         shutil.rmtree(manager.ckpt_dir, ignore_errors=True)
     # the reference: what its RayCheckpointManager does
     path = os.path.join(root, "ref", "checkpoint_op_0000_partition_0000.parquet")
     save = _timed(lambda: dataset.write_parquet(path))
     load = _timed(lambda: ray.data.read_parquet(path).materialize())
-    _record(results, _REFERENCE, save, load, _dir_mb(path))
+    _record(results, REFERENCE, save, load, dir_bytes(path) / (1 << 20))
     shutil.rmtree(os.path.dirname(path), ignore_errors=True)
-    _record(results, _BOUND, _timed(lambda: _zstd_alone(dataset)), None, None)
+    _record(results, BOUND, _timed(lambda: _zstd_alone(dataset)), None, None)
 
 
 def _rows(data: str, mb: float, results: dict) -> list[dict]:
@@ -232,7 +227,7 @@ def bound_summary(rows: list[dict]) -> str:
     lines = []
     for data in dict.fromkeys(r["data"] for r in rows):
         by_name = {r["name"]: r for r in rows if r["data"] == data}
-        ours, bound = by_name[_OURS]["save_mb_s"], by_name[_BOUND]["save_mb_s"]
+        ours, bound = by_name[OURS]["save_mb_s"], by_name[BOUND]["save_mb_s"]
         lines.append(f"{data}: our save at {100 * ours / bound:.0f} % of the bound ({ours} of {bound} MB/s)")
     return "\n".join(lines)
 
@@ -243,7 +238,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3, help="rounds; the median is reported (default 3)")
     args = parser.parse_args(argv)
     rows = run_ray_bench(args.size_mb, args.rounds)
-    print(f"ray: {rows[0]['mb']} MB in {_BLOCKS} blocks, 2 CPUs, median of {args.rounds} round(s); x = vs ours")
+    print(f"ray: {rows[0]['mb']} MB in {BLOCKS} blocks, 2 CPUs, median of {args.rounds} round(s); x = vs ours")
     print(format_table(rows))
     print(bound_summary(rows))
 

@@ -26,7 +26,7 @@ Per case (medians over the rounds):
   cluster's start or stop;
 - ``process_s``: the whole process, from its start to its exit (adds Python
   and Ray start-up, the executor's set-up and Ray's shutdown);
-- ``ckpt_bytes``: every regular file under the job's checkpoint directory at
+- ``ckpt_bytes``: every regular file (each once) under the job's checkpoint directory at
   the end (the checkpoints with their manifests or parquet metadata, and the
   executor's ``partitioning_info.json``);
 - ``checkpoints``: the ``checkpoint_op_*`` entries in it.
@@ -46,6 +46,7 @@ import shutil
 import statistics
 import sys
 
+from data_juicer_accel.bench.checkpoints import dir_bytes
 from data_juicer_accel.bench.dj_jobs import (
     OPS,
     REFERENCE_MAIN,
@@ -113,17 +114,6 @@ def checkpoint_dir(root: str) -> str:
     return found[0]
 
 
-def files_bytes(path: str) -> int:
-    """Bytes of the regular files under ``path`` (links not followed)."""
-    total = 0
-    for parent, _, names in os.walk(path):
-        for name in names:
-            full = os.path.join(parent, name)
-            if os.path.isfile(full) and not os.path.islink(full):
-                total += os.path.getsize(full)
-    return total
-
-
 def export_digest(root: str) -> tuple[int, str]:
     """Rows of the export (a directory of jsonl files) and the digest of their sorted texts."""
     texts = []
@@ -159,7 +149,7 @@ def run_job(case: str, workdir: str, data: str, partitions: int, np_: int, env: 
         result = {
             "run_s": float(run_time[-1]),
             "process_s": process_s,
-            "ckpt_bytes": files_bytes(ckpt),
+            "ckpt_bytes": dir_bytes(ckpt),
             "checkpoints": len(glob.glob(os.path.join(ckpt, "checkpoint_op_*"))),
             "rows": rows,
             "digest": digest,

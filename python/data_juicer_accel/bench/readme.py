@@ -4,7 +4,8 @@ docs/bench.json README.md`` (docs/regenerate-bench.sh runs it after a run).
 
 Two marked regions are replaced: ``bench-headline`` (the headline lines) and
 ``bench-summary`` (the command, the machine and the main table); given the JSON
-of a ``bench --only pipeline`` run as third argument, ``bench-pipeline`` too."""
+of a ``bench --only pipeline`` run as third argument, ``bench-pipeline`` too,
+and given that of a ``bench --only ray`` run as fourth, ``bench-ray``."""
 
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ import json
 import re
 import sys
 
-from data_juicer_accel.bench import pipeline, report
+from data_juicer_accel.bench import pipeline, ray_checkpoints, report
 from data_juicer_accel.tools._format import table
 
-REGIONS = ("bench-headline", "bench-summary", "bench-pipeline")
+REGIONS = ("bench-headline", "bench-summary", "bench-pipeline", "bench-ray")
 
 
 def headline_markdown(results: dict) -> str:
@@ -100,6 +101,78 @@ def pipeline_markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def ray_markdown(result: dict) -> str:
+    """The save/load table and the partitioned job of a ``bench --only ray --json`` run."""
+    rows = result["ray"]
+    first = rows[0]
+    lines = [
+        f"Measured with `{result['command']}` on {machine_line(result)}; local Ray with 2 CPUs, "
+        f"{first['mb']:.0f} MB in memory in {ray_checkpoints.BLOCKS} blocks, median of {result['rounds']} "
+        "interleaved round(s).",
+        "",
+        table(
+            ["data", "checkpoint", "save MB/s", "load MB/s", "on disk MB", "save x ref", "load x ref"],
+            [_ray_cells(r, rows) for r in rows],
+            right={2, 3, 4, 5, 6},
+            markdown=True,
+        ),
+        "",
+        ray_checkpoints.bound_summary(rows).replace("\n", "; ") + ".",
+    ]
+    job = result.get("ray_job") or {}
+    if job.get("rows"):
+        lines += [
+            "",
+            f"The partitioned job, same run: {job['ops']} CPU ops x {job['partitions']} partitions "
+            f"({job['ops'] * job['partitions']} checkpoints a run) over {job['data_bytes'] / 1e6:,.0f} MB "
+            "of jsonl text, "
+            f"both exporting the same {job['exported_rows']:,} rows:",
+            "",
+            table(
+                ["job", "`run()` s", "process s", "checkpoints on disk MB"],
+                [_job_cells(r) for r in job["rows"]],
+                right={1, 2, 3},
+                markdown=True,
+            ),
+        ]
+    return "\n".join(lines)
+
+
+def _ray_cells(row: dict, rows: list[dict]) -> list[str]:
+    reference = next(r for r in rows if r["data"] == row["data"] and r["name"] == ray_checkpoints.REFERENCE)
+
+    def figure(key: str, digits: int = 0) -> str:
+        return "-" if row[key] is None else f"{row[key]:,.{digits}f}"
+
+    def versus(key: str) -> str:
+        if row[key] is None or row is reference:
+            return "-"
+        return f"{row[key] / reference[key]:.2f}"
+
+    return [
+        row["data"],
+        row["name"],
+        figure("save_mb_s"),
+        figure("load_mb_s"),
+        figure("disk_mb"),
+        versus("save_mb_s"),
+        versus("load_mb_s"),
+    ]
+
+
+def _job_cells(row: dict) -> list[str]:
+    def with_ratio(value: float, key: str, scale: float = 1.0) -> str:
+        ratio = row.get(f"{key}_vs_reference")
+        return f"{value / scale:,.1f}" + ("" if ratio is None else f" ({ratio:.2f}x)")
+
+    return [
+        row["label"],
+        with_ratio(row["run_s"], "run_s"),
+        with_ratio(row["process_s"], "process_s"),
+        with_ratio(row["ckpt_bytes"], "ckpt_bytes", 1e6),
+    ]
+
+
 def replace_region(text: str, name: str, content: str) -> str:
     pattern = re.compile(rf"(<!-- {name}:begin -->\n).*?(<!-- {name}:end -->)", re.S)
     if not pattern.search(text):
@@ -107,10 +180,12 @@ def replace_region(text: str, name: str, content: str) -> str:
     return pattern.sub(lambda m: m.group(1) + content + "\n" + m.group(2), text)
 
 
-def regions(results: dict, pipeline_results: dict | None = None) -> dict[str, str]:
+def regions(results: dict, pipeline_results: dict | None = None, ray_results: dict | None = None) -> dict[str, str]:
     found = {"bench-headline": headline_markdown(results), "bench-summary": summary_markdown(results)}
     if pipeline_results is not None:
         found["bench-pipeline"] = pipeline_markdown(pipeline_results["pipeline"])
+    if ray_results is not None:
+        found["bench-ray"] = ray_markdown(ray_results)
     return found
 
 
@@ -119,18 +194,22 @@ def main(argv: list[str] | None = None) -> int:
     json_path, readme_path = args[:2]
     with open(json_path) as f:
         results = json.load(f)
-    pipeline_results = None
-    if len(args) > 2:
-        with open(args[2]) as f:
-            pipeline_results = json.load(f)
+    pipeline_results, ray_results = (_load_json(path) for path in (args[2:3] or [None]) + (args[3:4] or [None]))
     with open(readme_path) as f:
         text = f.read()
-    for name, content in regions(results, pipeline_results).items():
+    for name, content in regions(results, pipeline_results, ray_results).items():
         text = replace_region(text, name, content)
     with open(readme_path, "w") as f:
         f.write(text)
     print(f"{readme_path}: figures of {json_path} written")
     return 0
+
+
+def _load_json(path: str | None) -> dict | None:
+    if path is None:
+        return None
+    with open(path) as f:
+        return json.load(f)
 
 
 if __name__ == "__main__":

@@ -103,6 +103,13 @@ def _granted_cpus() -> int:
     return max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
 
 
+def _on_node(node_id: str) -> bool:
+    """True in a Ray task running on the node ``node_id``."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() == node_id
+
+
 @functools.cache
 def _datasink_class():
     from ray.data import Datasink
@@ -114,9 +121,14 @@ def _datasink_class():
         entries; the driver commits them in ``on_write_complete``."""
 
         def __init__(self, staging: Any, level: int):
+            import ray
+
             self._staging = staging  # _native.ShardStaging: stays on the driver
             self.staging_dir: str = staging.dir
             self.level = level
+            # Tasks on the driver's machine leave the fsync of their shards to
+            # the commit, which waits for all of them at once.
+            self.driver_node: str = ray.get_runtime_context().get_node_id()
             self.schema: pa.Schema | None = None
             self.committed = False
 
@@ -131,6 +143,7 @@ def _datasink_class():
         def write(self, blocks: Iterable[Any], ctx) -> list[dict[str, Any]]:
             task = f"{ctx.task_idx:06d}-{uuid.uuid4().hex[:8]}"  # a retried task writes new names
             threads = _granted_cpus()
+            sync = not _on_node(self.driver_node)
             entries: list[dict[str, Any]] = []
             empty: pa.Table | None = None
             for b, block in enumerate(blocks):
@@ -139,7 +152,7 @@ def _datasink_class():
                     empty = empty or table
                     continue
                 written = _native.write_shard_files(
-                    self.staging_dir, table, prefix=f"{task}-b{b:04d}", level=self.level, threads=threads
+                    self.staging_dir, table, prefix=f"{task}-b{b:04d}", level=self.level, threads=threads, sync=sync
                 )
                 entries.extend(dict(e, order=(ctx.task_idx, b, i)) for i, e in enumerate(written))
             if not entries and empty is not None:  # keep the schema of an all-empty task
