@@ -104,6 +104,7 @@ def test_save_writes_shards_on_the_workers_and_load_reads_them_back(tmp_path):
     assert isinstance(loaded, ray.data.Dataset)
     assert loaded.count() == 1200
     assert as_table(loaded).equals(expected)
+    assert loaded.materialize().num_blocks() == 6, "the saved blocks, not Ray's default split of them"
     # The shards are ordinary zstd Arrow IPC streams.
     one = pa.ipc.open_stream(pa.OSFile(os.path.join(path, "latest", shards[0]))).read_all()
     assert one.schema.equals(expected.schema)
