@@ -1,12 +1,12 @@
 """Where a ``RayCheckpointManager.save_checkpoint`` spends its time.
 
-    python benches/ray_save_profile.py [SIZE_MB] [ROUNDS] [BLOCKS]
+    python benches/ray_save_profile.py [SIZE_MB] [ROUNDS] [BLOCKS] ["random words" | "text corpus"]
 
-On a local Ray cluster of 2 CPUs and the bench's Data-Juicer-shaped rows
-(``bench.ray_checkpoints.make_table``) in ``BLOCKS`` blocks of the object
-store, each round runs these cases one after the other (interleaved across
-rounds; a first round warms the workers up and is dropped), and prints the
-median of each:
+On a local Ray cluster of 2 CPUs and one of the datasets of ``bench --only
+ray`` (default: its random words) in ``BLOCKS`` blocks of the object store,
+each round runs these cases one after the other (interleaved across rounds;
+a first round warms the workers up and is dropped), and prints the median
+of each:
 
 * ``noop sink``: ``write_datasink`` whose tasks only iterate their blocks:
   task scheduling and the datasink protocol;
@@ -44,7 +44,7 @@ from ray.data import Datasink
 from ray.data.block import BlockAccessor
 
 from data_juicer_accel import _native
-from data_juicer_accel.bench.ray_checkpoints import make_table
+from data_juicer_accel.bench.ray_checkpoints import DATASETS, dataset_table
 from data_juicer_accel.utils import ray_ckpt
 from data_juicer_accel.utils.ray_ckpt import RayCheckpointManager
 
@@ -182,6 +182,7 @@ def main() -> None:
     size_mb = int(sys.argv[1]) if len(sys.argv) > 1 else 256
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 3
     blocks = int(sys.argv[3]) if len(sys.argv) > 3 else 8
+    data = sys.argv[4] if len(sys.argv) > 4 else DATASETS[0]
     ray.init(
         address="local",
         num_cpus=2,
@@ -191,7 +192,7 @@ def main() -> None:
         configure_logging=False,
     )
     ray.data.DataContext.get_current().enable_progress_bars = False
-    table = make_table(size_mb)
+    table = dataset_table(data, size_mb)
     mb = table.nbytes / (1 << 20)
     dataset = ray.data.from_arrow(table).repartition(blocks).materialize()
     del table
@@ -206,7 +207,7 @@ def main() -> None:
         shutil.rmtree(shm_root, ignore_errors=True)
         ray.shutdown()
     load = os.getloadavg()
-    print(f"{mb:.0f} MB in {blocks} blocks, 2 CPUs, median of {rounds} rounds, load average {load[0]:.2f} at the end")
+    print(f"{data}: {mb:.0f} MB in {blocks} blocks, 2 CPUs, median of {rounds} rounds, load average {load[0]:.2f}")
     profile.report(mb)
 
 

@@ -95,7 +95,8 @@ def _timed(fn: Callable[..., Any]) -> float:
     return time.perf_counter() - start
 
 
-def _dataset_table(name: str, size_mb: int) -> pa.Table:
+def dataset_table(name: str, size_mb: int) -> pa.Table:
+    """The dataset ``name`` (one of ``DATASETS``), about ``size_mb`` MB in memory."""
     if name == "random words":
         return make_table(size_mb)
     from data_juicer_accel.bench.corpus import default_corpus
@@ -127,7 +128,7 @@ def run_ray_bench(size_mb: int, rounds: int) -> list[dict]:
     try:
         _warm_up(root)
         for data in DATASETS:
-            table = _dataset_table(data, size_mb)
+            table = dataset_table(data, size_mb)
             mb = table.nbytes / (1 << 20)
             dataset = ray.data.from_arrow(table).repartition(BLOCKS).materialize()
             del table
