@@ -194,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     json_path, readme_path = args[:2]
     with open(json_path) as f:
         results = json.load(f)
-    pipeline_results, ray_results = (_load_json(path) for path in (args[2:3] or [None]) + (args[3:4] or [None]))
+    optional_paths: list[str | None] = [*args[2:4], None, None][:2]
+    pipeline_results, ray_results = (_load_json(path) for path in optional_paths)
     with open(readme_path) as f:
         text = f.read()
     for name, content in regions(results, pipeline_results, ray_results).items():
