@@ -187,7 +187,7 @@ def main() -> None:
         address="local",
         num_cpus=2,
         include_dashboard=False,
-        object_store_memory=max(512, 3 * size_mb) << 20,
+        object_store_memory=max(512, 5 * size_mb) << 20,  # no spilling
         log_to_driver=False,
         configure_logging=False,
     )

@@ -241,6 +241,7 @@ def test_bench_only_ray_compares_with_the_reference_on_real_ray(tmp_path):
     assert job["partitions"] == 4 and job["same_export"] and job["exported_rows"] > 0
     for row in job["rows"]:
         assert row["run_s"] > 0 and row["process_s"] > row["run_s"] and row["ckpt_bytes"] > 0
+        assert 0 < row["save_s"] < row["run_s"] * 2  # saves of partitions side by side may overlap
         assert row["checkpoints"] == 6 * 4  # every op of every partition
         assert row["rows"] == job["exported_rows"]
     assert job["rows"][1]["ckpt_bytes_vs_reference"] > 0
@@ -260,6 +261,24 @@ def test_ray_job_is_listed_as_not_run_without_py_data_juicer(tmp_path, monkeypat
     result = bench_cli._run_ray_job(args)
     assert result == {"not_run": "py-data-juicer cannot be imported (ImportError: blocked by the test)"}
     assert f"not run: {ray_job.TITLE} -- py-data-juicer cannot be imported" in capsys.readouterr().out
+
+
+def test_ray_job_sums_each_save_from_its_start_to_its_own_end():
+    from data_juicer_accel.bench import ray_job
+
+    executor = "| INFO     | data_juicer.core.executor.ray_executor_partitioned:2279 - "
+    manager = "| INFO     | data_juicer.utils.ckpt_utils:338 - Saved checkpoint: /w/checkpoints/"
+    log = "\n".join(
+        [
+            f"2026-12-01 00:00:01.000 {executor}Partition 0: Creating checkpoint after operation 2: m",
+            f"2026-12-01 00:00:01.500 {executor}Partition 1: Creating checkpoint after operation 2: m",
+            "2026-12-01 00:00:01,600\tINFO streaming_executor.py:215 -- Starting execution of Dataset d",
+            f"2026-12-01 00:00:02.250 {manager}checkpoint_op_0002_partition_0001.parquet",
+            f"2026-12-01 00:00:03.000 {manager}checkpoint_op_0002_partition_0000.parquet",
+            f"2026-12-01 00:00:09.000 {manager}checkpoint_op_0005_partition_0000.parquet",  # no start: ignored
+        ]
+    )
+    assert ray_job.save_seconds(log) == pytest.approx(2.0 + 0.75)
 
 
 def test_ray_job_fails_loudly_when_the_exports_differ():

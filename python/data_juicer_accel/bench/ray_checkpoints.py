@@ -7,7 +7,8 @@ tasks are done and (ours) the manifest is committed, a load ends when every
 block is materialized again. MB are the Arrow bytes of the dataset in memory.
 After an untimed warm-up (workers started, both code paths imported), the
 figure of each round is kept, the median reported; within a round the cases
-run one after the other on the same cluster (A/B alternating).
+run one after the other on the same cluster, the first case rotating from
+round to round.
 
 Two datasets: Data-Juicer-shaped rows of random words (``make_table``,
 compresses ~2.3x) and the text of the checkpoint bench's corpus
@@ -118,7 +119,7 @@ def run_ray_bench(size_mb: int, rounds: int) -> list[dict]:
             address="local",
             num_cpus=2,
             include_dashboard=False,
-            object_store_memory=max(512, 3 * size_mb) << 20,  # the dataset, one load, headroom
+            object_store_memory=max(512, 5 * size_mb) << 20,  # the dataset, a load, headroom: no spilling
             log_to_driver=False,
             configure_logging=False,
         )
@@ -134,8 +135,8 @@ def run_ray_bench(size_mb: int, rounds: int) -> list[dict]:
             del table
             results: dict[str, dict[str, list[float | None]]] = {}
             for r in range(max(1, rounds)):
-                _one_round(dataset, os.path.join(root, f"{r}"), results)
-            rows += _rows(data, mb, results)
+                _one_round(dataset, os.path.join(root, f"{r}"), results, first=r)
+            rows += _rows(data, mb, {name: results[name] for name in (OURS, OURS_2_CPUS, REFERENCE, BOUND)})
             del dataset
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -158,26 +159,48 @@ def _warm_up(root: str) -> None:
     ray.data.read_parquet(os.path.join(root, "warm.parquet")).materialize()
 
 
-def _one_round(dataset: Any, root: str, results: dict) -> None:
-    """Each case once, one after the other, on the same dataset."""
-    import ray
+def _one_round(dataset: Any, root: str, results: dict, first: int = 0) -> None:
+    """Each case once, one after the other, on the same dataset, starting
+    with case ``first`` (the caller rotates it round by round, so that no
+    case always follows the same one)."""
+    cases = [
+        lambda: _ours(dataset, root, results, OURS, None),
+        lambda: _ours(dataset, root, results, OURS_2_CPUS, {"num_cpus": 2}),
+        lambda: _reference(dataset, root, results),
+        lambda: _record(results, BOUND, _timed(lambda: _zstd_alone(dataset)), None, None),
+    ]
+    for i in range(len(cases)):
+        cases[(first + i) % len(cases)]()
 
+
+def _ours(dataset: Any, root: str, results: dict, name: str, remote_args: dict | None) -> None:
     from data_juicer_accel.utils.ray_ckpt import RayCheckpointManager
 
-    for name, remote_args in ((OURS, None), (OURS_2_CPUS, {"num_cpus": 2})):
-        manager = RayCheckpointManager(os.path.join(root, "ours"))
-        manager.write_ray_remote_args = remote_args
-        save = _timed(lambda m=manager: m.save_checkpoint(dataset, 0, "bench", 0))
-        load = _timed(lambda m=manager: m.load_checkpoint(0, "bench", 0).materialize())
-        _record(results, name, save, load, dir_bytes(manager.ckpt_dir) / (1 << 20))
-        shutil.rmtree(manager.ckpt_dir, ignore_errors=True)
-    # the reference: what its RayCheckpointManager does
+    manager = RayCheckpointManager(os.path.join(root, "ours"))
+    manager.write_ray_remote_args = remote_args
+    save = _timed(lambda: manager.save_checkpoint(dataset, 0, "bench", 0))
+    load = _timed(lambda: manager.load_checkpoint(0, "bench", 0).materialize())  # type: ignore[union-attr]
+    _record(results, name, save, load, dir_bytes(manager.ckpt_dir) / (1 << 20))
+    _remove(manager.ckpt_dir)
+
+
+def _reference(dataset: Any, root: str, results: dict) -> None:
+    """What the reference's RayCheckpointManager does."""
+    import ray
+
     path = os.path.join(root, "ref", "checkpoint_op_0000_partition_0000.parquet")
     save = _timed(lambda: dataset.write_parquet(path))
     load = _timed(lambda: ray.data.read_parquet(path).materialize())
     _record(results, REFERENCE, save, load, dir_bytes(path) / (1 << 20))
-    shutil.rmtree(os.path.dirname(path), ignore_errors=True)
-    _record(results, BOUND, _timed(lambda: _zstd_alone(dataset)), None, None)
+    _remove(os.path.dirname(path))
+
+
+def _remove(path: str) -> None:
+    """Removes a case's files and waits for the disk to settle (untimed): on
+    a filesystem mounted with ``discard`` the freed blocks are trimmed at the
+    next journal commit, which the next case's fsync would otherwise wait for."""
+    shutil.rmtree(path, ignore_errors=True)
+    os.sync()
 
 
 def _rows(data: str, mb: float, results: dict) -> list[dict]:

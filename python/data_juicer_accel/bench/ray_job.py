@@ -26,6 +26,11 @@ Per case (medians over the rounds):
   cluster's start or stop;
 - ``process_s``: the whole process, from its start to its exit (adds Python
   and Ray start-up, the executor's set-up and Ray's shutdown);
+- ``save_s``: the seconds of the job's checkpoint saves, summed: from the
+  executor's "Creating checkpoint after operation K" of a partition to the
+  manager's "Saved checkpoint" of that op and partition (both cases log both
+  lines). Other partitions run their ops meanwhile, so this is the share of
+  the job's wall time a save took, not its CPU time;
 - ``ckpt_bytes``: every regular file (each once) under the job's checkpoint directory at
   the end (the checkpoints with their manifests or parquet metadata, and the
   executor's ``partitioning_info.json``);
@@ -75,6 +80,10 @@ RUN_TIME = re.compile(r"Running executor took ([0-9.]+) seconds")
 #: process, e.g. its task-cancellation race "Tried to complete task that was
 #: not pending". Not the job's doing: such a run is run once more.
 RAY_INTERNAL_CHECK_FAILED = "You have likely discovered a bug in Ray"
+#: A log line's loguru timestamp.
+LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+) \|")
+SAVE_STARTS = re.compile(r"Partition (\d+): Creating checkpoint after operation (\d+)")
+SAVE_ENDS = re.compile(r"Saved checkpoint: \S*checkpoint_op_(\d+)_partition_(\d+)")
 
 
 def why_not_runnable() -> str | None:
@@ -149,6 +158,7 @@ def run_job(case: str, workdir: str, data: str, partitions: int, np_: int, env: 
         result = {
             "run_s": float(run_time[-1]),
             "process_s": process_s,
+            "save_s": save_seconds(text),
             "ckpt_bytes": dir_bytes(ckpt),
             "checkpoints": len(glob.glob(os.path.join(ckpt, "checkpoint_op_*"))),
             "rows": rows,
@@ -158,6 +168,25 @@ def run_job(case: str, workdir: str, data: str, partitions: int, np_: int, env: 
         shutil.rmtree(root, ignore_errors=True)  # the next job starts from nothing; disk stays small
         return result
     raise AssertionError("unreachable")
+
+
+def save_seconds(log: str) -> float:
+    """Seconds from each "Creating checkpoint after operation K" of partition P
+    to the "Saved checkpoint" of op K, partition P, summed over the log."""
+    import datetime
+
+    started: dict[tuple[int, int], datetime.datetime] = {}
+    total = 0.0
+    for line in log.splitlines():
+        stamp = LOG_TIME.match(line)
+        if stamp is None:
+            continue
+        at = datetime.datetime.fromisoformat(stamp.group(1))
+        if start := SAVE_STARTS.search(line):
+            started[(int(start.group(2)), int(start.group(1)))] = at
+        elif (end := SAVE_ENDS.search(line)) and (op_partition := (int(end.group(1)), int(end.group(2)))) in started:
+            total += (at - started.pop(op_partition)).total_seconds()
+    return total
 
 
 def run_ray_job_bench(size: int, rounds: int, workdir: str, partitions: int = 4, np_: int = 2) -> dict:
@@ -174,7 +203,7 @@ def run_ray_job_bench(size: int, rounds: int, workdir: str, partitions: int = 4,
     check_same_export(runs)
     rows = [_row(case, runs[case]) for case in CASES]
     ref, ours = rows
-    for key in ("run_s", "process_s", "ckpt_bytes"):
+    for key in ("run_s", "process_s", "save_s", "ckpt_bytes"):
         ours[f"{key}_vs_reference"] = ours[key] / ref[key]
     return {
         "data_bytes": data_bytes,
@@ -204,6 +233,7 @@ def _row(case: str, runs: list[dict]) -> dict:
         "label": CASE_LABELS[case],
         "run_s": statistics.median(r["run_s"] for r in runs),
         "process_s": statistics.median(r["process_s"] for r in runs),
+        "save_s": statistics.median(r["save_s"] for r in runs),
         "ckpt_bytes": statistics.median(r["ckpt_bytes"] for r in runs),
         "checkpoints": runs[0]["checkpoints"],
         "rows": runs[0]["rows"],
@@ -219,20 +249,22 @@ def format_report(result: dict) -> str:
         f"local Ray on {result['cpus']} CPUs; median of {result['rounds']} interleaved round(s); "
         f"load average at the end {result['loadavg'][0]:.1f}",
         "",
-        f"{'case':<40} {'run() s':>8} {'process s':>10} {'ckpt MB':>9} {'ckpts':>6} {'x ref run()':>12} "
-        f"{'x ref process':>14} {'x ref MB':>9}",
+        f"{'case':<40} {'run() s':>8} {'process s':>10} {'saves s':>8} {'ckpt MB':>9} {'ckpts':>6} "
+        f"{'x ref run()':>12} {'x ref process':>14} {'x ref saves':>12} {'x ref MB':>9}",
     ]
     for r in result["rows"]:
-        ratios = [r.get(f"{k}_vs_reference") for k in ("run_s", "process_s", "ckpt_bytes")]
+        ratios = [r.get(f"{k}_vs_reference") for k in ("run_s", "process_s", "save_s", "ckpt_bytes")]
         cells = ["-" if x is None else f"{x:.2f}" for x in ratios]
         lines.append(
-            f"{r['label']:<40} {r['run_s']:>8.1f} {r['process_s']:>10.1f} {r['ckpt_bytes'] / 1e6:>9.1f} "
-            f"{r['checkpoints']:>6} {cells[0]:>12} {cells[1]:>14} {cells[2]:>9}"
+            f"{r['label']:<40} {r['run_s']:>8.1f} {r['process_s']:>10.1f} {r['save_s']:>8.1f} "
+            f"{r['ckpt_bytes'] / 1e6:>9.1f} {r['checkpoints']:>6} {cells[0]:>12} {cells[1]:>14} {cells[2]:>12} "
+            f"{cells[3]:>9}"
         )
     lines += [
         f"both exported the same {result['exported_rows']:,} rows (sorted texts equal)",
         "run(): the executor's run() as dj-process logs it (load, ops, checkpoints, export); process: start to exit, "
-        "with Python and Ray start-up; ckpt MB: every file under the job's checkpoint directory at the end",
+        'with Python and Ray start-up; saves: from each "Creating checkpoint" to its "Saved checkpoint" log line, '
+        "summed (other partitions run meanwhile); ckpt MB: every file under the job's checkpoint directory at the end",
     ]
     retried = sum(r["retried"] for r in result["rows"])
     if retried:

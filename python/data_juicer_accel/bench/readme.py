@@ -129,9 +129,9 @@ def ray_markdown(result: dict) -> str:
             f"both exporting the same {job['exported_rows']:,} rows:",
             "",
             table(
-                ["job", "`run()` s", "process s", "checkpoints on disk MB"],
+                ["job", "`run()` s", "process s", "checkpoint saves s", "checkpoints on disk MB"],
                 [_job_cells(r) for r in job["rows"]],
-                right={1, 2, 3},
+                right={1, 2, 3, 4},
                 markdown=True,
             ),
         ]
@@ -169,6 +169,7 @@ def _job_cells(row: dict) -> list[str]:
         row["label"],
         with_ratio(row["run_s"], "run_s"),
         with_ratio(row["process_s"], "process_s"),
+        "-" if row.get("save_s") is None else with_ratio(row["save_s"], "save_s"),
         with_ratio(row["ckpt_bytes"], "ckpt_bytes", 1e6),
     ]
 
