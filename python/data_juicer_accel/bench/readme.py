@@ -32,9 +32,15 @@ def machine_line(results: dict) -> str:
         f"{m.get('cpus')} cores, {m.get('memory_gb', '?')} GB ({m.get('platform')}, Python {m.get('python')}, "
         f"pyarrow {m.get('pyarrow')})"
         + (f", load average {load[0]:.2f} at the start" if load[0] is not None else "")
-        + (f", other processes using {others:.2f} cores on average" if others is not None else "")
+        + (f", {_others_label(results)} using {others:.2f} cores on average" if others is not None else "")
         + (f", {m['date']}" if m.get("date") else "")
     )
+
+
+def _others_label(results: dict) -> str:
+    # Ray's raylet, object store and workers run outside the bench's process
+    # tree, so the CPU share of "other processes" counts them too.
+    return "processes outside the bench's, Ray's among them," if "ray" in results else "other processes"
 
 
 def summary_markdown(results: dict) -> str:
