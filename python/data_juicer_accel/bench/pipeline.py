@@ -34,6 +34,7 @@ import sys
 import time
 
 from data_juicer_accel.bench.dj_jobs import job_env, run_logged, write_corpus_jsonl, write_job_config
+from data_juicer_accel.tools._format import table
 
 CASES = ["none", "none_cached", "dj_end", "dj_every_op", "accel_fg", "accel_bg"]
 CASE_LABELS = {
@@ -190,17 +191,23 @@ def run_pipeline_bench(size: int, rounds: int, workdir: str, np_: int = 2, stall
     }
 
 
+def _report_cells(row: dict) -> list:
+    stall = None if row["stall_ms_median"] is None else f"{row['stall_ms_median']:.1f} / {row['stall_ms_max']:.1f}"
+    return [row["label"], f"{row['seconds']:.1f}", f"{row['vs_none']:.2f}", row["saves_per_run"], stall]
+
+
 def format_report(result: dict) -> str:
     lines = [
         f"pipeline: 6 CPU ops of py-data-juicer 1.6.1, {result['data_bytes'] / 1e6:.0f} MB of jsonl text, "
         f"np={result['np']}, median of {result['rounds']} interleaved round(s); "
         f"load average at the end {result['loadavg'][0]:.1f}",
         "",
-        f"{'case':<44} {'run() s':>8} {'x none':>7} {'saves':>6} {'stall ms (median / max)':>24}",
+        table(
+            ["case", "run() s", "x none", "saves", "stall ms (median / max)"],
+            [_report_cells(r) for r in result["rows"]],
+            right={1, 2, 3, 4},
+        ),
     ]
-    for r in result["rows"]:
-        stall = "-" if r["stall_ms_median"] is None else f"{r['stall_ms_median']:.1f} / {r['stall_ms_max']:.1f}"
-        lines.append(f"{r['label']:<44} {r['seconds']:>8.1f} {r['vs_none']:>7.2f} {r['saves_per_run']:>6} {stall:>24}")
     big = result.get("stall_at_size")
     if big:
         lines += ["", stall_sentence(big)]

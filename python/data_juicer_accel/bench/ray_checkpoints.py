@@ -44,6 +44,7 @@ from typing import Any
 import pyarrow as pa
 
 from data_juicer_accel.bench.checkpoints import dir_bytes
+from data_juicer_accel.tools._format import table
 
 __all__ = ["run_ray_bench", "main", "make_table", "bound_summary", "format_table"]
 
@@ -234,16 +235,7 @@ def _record(results, name: str, save: float, load: float | None, disk: float | N
 def format_table(rows: list[dict]) -> str:
     header = ["data", "case", "save MB/s", "load MB/s", "disk MB", "save x", "load x", "disk x"]
     keys = ["data", "name", "save_mb_s", "load_mb_s", "disk_mb", "save_ratio", "load_ratio", "disk_ratio"]
-    body = [["-" if r[k] is None else str(r[k]) for k in keys] for r in rows]
-    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(header)]
-
-    def line(cells: list[str]) -> str:
-        return "  ".join(
-            c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        )
-
-    out = [line(header), *(line(b) for b in body)]
-    return "\n".join(out)
+    return table(header, [[r[k] for k in keys] for r in rows], right=set(range(2, len(header))))
 
 
 def bound_summary(rows: list[dict]) -> str:

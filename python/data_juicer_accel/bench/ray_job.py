@@ -60,6 +60,7 @@ from data_juicer_accel.bench.dj_jobs import (
     write_corpus_jsonl,
     write_job_config,
 )
+from data_juicer_accel.tools._format import table
 
 #: In-memory size of the corpus the job reads unless --size is given: about
 #: 200 MB of jsonl, a run() of 1.5-2 minutes on 2 cores.
@@ -242,6 +243,24 @@ def _row(case: str, runs: list[dict]) -> dict:
     }
 
 
+REPORT_HEADER = ["case", "run() s", "process s", "saves s", "ckpt MB", "ckpts"] + [
+    f"x ref {figure}" for figure in ("run()", "process", "saves", "MB")
+]
+
+
+def _report_cells(row: dict) -> list:
+    ratios = [row.get(f"{k}_vs_reference") for k in ("run_s", "process_s", "save_s", "ckpt_bytes")]
+    return [
+        row["label"],
+        f"{row['run_s']:.1f}",
+        f"{row['process_s']:.1f}",
+        f"{row['save_s']:.1f}",
+        f"{row['ckpt_bytes'] / 1e6:.1f}",
+        row["checkpoints"],
+        *(None if x is None else f"{x:.2f}" for x in ratios),
+    ]
+
+
 def format_report(result: dict) -> str:
     lines = [
         f"ray_partitioned job: Data-Juicer 1.6.1's executor, {result['ops']} CPU ops x {result['partitions']} "
@@ -249,17 +268,12 @@ def format_report(result: dict) -> str:
         f"local Ray on {result['cpus']} CPUs; median of {result['rounds']} interleaved round(s); "
         f"load average at the end {result['loadavg'][0]:.1f}",
         "",
-        f"{'case':<40} {'run() s':>8} {'process s':>10} {'saves s':>8} {'ckpt MB':>9} {'ckpts':>6} "
-        f"{'x ref run()':>12} {'x ref process':>14} {'x ref saves':>12} {'x ref MB':>9}",
+        table(
+            REPORT_HEADER,
+            [_report_cells(r) for r in result["rows"]],
+            right=set(range(1, 10)),
+        ),
     ]
-    for r in result["rows"]:
-        ratios = [r.get(f"{k}_vs_reference") for k in ("run_s", "process_s", "save_s", "ckpt_bytes")]
-        cells = ["-" if x is None else f"{x:.2f}" for x in ratios]
-        lines.append(
-            f"{r['label']:<40} {r['run_s']:>8.1f} {r['process_s']:>10.1f} {r['save_s']:>8.1f} "
-            f"{r['ckpt_bytes'] / 1e6:>9.1f} {r['checkpoints']:>6} {cells[0]:>12} {cells[1]:>14} {cells[2]:>12} "
-            f"{cells[3]:>9}"
-        )
     lines += [
         f"both exported the same {result['exported_rows']:,} rows (sorted texts equal)",
         "run(): the executor's run() as dj-process logs it (load, ops, checkpoints, export); process: start to exit, "
