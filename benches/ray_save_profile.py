@@ -44,7 +44,7 @@ from ray.data import Datasink
 from ray.data.block import BlockAccessor
 
 from data_juicer_accel import _native
-from data_juicer_accel.bench.ray_checkpoints import DATASETS, dataset_table
+from data_juicer_accel.bench.ray_checkpoints import DATASETS, dataset_table, start_local_ray
 from data_juicer_accel.utils import ray_ckpt
 from data_juicer_accel.utils.ray_ckpt import RayCheckpointManager
 
@@ -183,14 +183,7 @@ def main() -> None:
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 3
     blocks = int(sys.argv[3]) if len(sys.argv) > 3 else 8
     data = sys.argv[4] if len(sys.argv) > 4 else DATASETS[0]
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        object_store_memory=max(512, 5 * size_mb) << 20,  # no spilling
-        log_to_driver=False,
-        configure_logging=False,
-    )
+    start_local_ray(size_mb)
     ray.data.DataContext.get_current().enable_progress_bars = False
     table = dataset_table(data, size_mb)
     mb = table.nbytes / (1 << 20)

@@ -107,6 +107,22 @@ def dataset_table(name: str, size_mb: int) -> pa.Table:
     return corpus.select([c for c in corpus.column_names if c in ("text", "meta", "__dj__stats__")])
 
 
+def start_local_ray(size_mb: int) -> None:
+    """A local Ray cluster of 2 CPUs whose object store holds a dataset of
+    ``size_mb`` MB, a load of it and headroom: a store that spills to disk
+    slows whichever case runs next."""
+    import ray
+
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        object_store_memory=max(512, 5 * size_mb) << 20,
+        log_to_driver=False,
+        configure_logging=False,
+    )
+
+
 def run_ray_bench(size_mb: int, rounds: int) -> list[dict]:
     """One row per dataset and implementation: ``data``, ``name``,
     ``save_mb_s``, ``load_mb_s``, ``disk_mb`` (median of ``rounds``), and
@@ -116,14 +132,7 @@ def run_ray_bench(size_mb: int, rounds: int) -> list[dict]:
 
     started = not ray.is_initialized()
     if started:
-        ray.init(
-            address="local",
-            num_cpus=2,
-            include_dashboard=False,
-            object_store_memory=max(512, 5 * size_mb) << 20,  # the dataset, a load, headroom: no spilling
-            log_to_driver=False,
-            configure_logging=False,
-        )
+        start_local_ray(size_mb)
     ray.data.DataContext.get_current().enable_progress_bars = False
     rows: list[dict] = []
     root = tempfile.mkdtemp(prefix="dja-bench-ray-")

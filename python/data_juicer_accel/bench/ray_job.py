@@ -42,6 +42,7 @@ the bench stops with an error otherwise.
 
 from __future__ import annotations
 
+import datetime
 import glob
 import hashlib
 import json
@@ -174,8 +175,6 @@ def run_job(case: str, workdir: str, data: str, partitions: int, np_: int, env: 
 def save_seconds(log: str) -> float:
     """Seconds from each "Creating checkpoint after operation K" of partition P
     to the "Saved checkpoint" of op K, partition P, summed over the log."""
-    import datetime
-
     started: dict[tuple[int, int], datetime.datetime] = {}
     total = 0.0
     for line in log.splitlines():
