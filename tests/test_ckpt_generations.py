@@ -137,6 +137,23 @@ def test_background_save_moves_what_a_load_expects(tmp_path):
         m.close()
 
 
+def test_a_failed_background_save_leaves_the_expectation_on_the_checkpoint_there(tmp_path, monkeypatch, fault_hook):
+    ckpt_dir = str(tmp_path / "ckpt")
+    save_in_another_process(ckpt_dir, done=1, gen="first", rows=50)
+    m = CheckpointManager(ckpt_dir, OPS, background=True)
+    try:
+        m.record(OPS[1])
+        monkeypatch.setenv(fault_hook, "shard_write:enospc")
+        m.save_ckpt(generation("mine", 10))
+        with pytest.raises(OSError):
+            m.wait()
+        monkeypatch.delenv(fault_hook)
+        # The previous checkpoint, which the decision was about, is what there is.
+        assert m.load_ckpt().equals(generation("first", 50))
+    finally:
+        m.close()
+
+
 def test_no_decision_to_keep_loads_what_is_there(tmp_path):
     ckpt_dir = str(tmp_path / "ckpt")
     save_in_another_process(ckpt_dir, done=1, gen="first", rows=5)

@@ -345,11 +345,11 @@ class CheckpointManager(CheckpointManagerBase):
         if expected is None or found == expected:
             return
         raise CheckpointChangedError(
-            f"{self.ckpt_ds_dir} was replaced by another save after {self._lock_holder()} decided which ops to "
-            f"skip: it decided on the op record {_describe_record(expected, found)}, but the checkpoint there now "
-            f"holds the rows after the op record {_describe_record(found, expected)}. Loading them would run ops "
-            "twice or skip some, so nothing was loaded; create the CheckpointManager (or the executor) again to "
-            "decide from the checkpoint there now."
+            f"{self.ckpt_ds_dir} was replaced by another save: {self._lock_holder()} expects the rows after the op "
+            f"record {_describe_record(expected, found)} (the one its skip decision used, or its last save wrote), "
+            f"but the checkpoint there now holds the rows after the op record {_describe_record(found, expected)}. "
+            "Loading them would run ops twice or skip some, so nothing was loaded; create the CheckpointManager "
+            "(or the executor) again to decide from the checkpoint there now."
         )
 
     # ------------------------------------------------------------------
@@ -396,9 +396,9 @@ class CheckpointManager(CheckpointManagerBase):
             max_shard_bytes=MAX_SHARD_BYTES,
             **source.background_sizing(self.num_proc),
             ops_done=len(self.op_record),
+            record=json.loads(op_record),
             holder=self._lock_holder(),
         )
-        self._expected_record = json.loads(op_record)  # load_ckpt() waits for it
         return self.ckpt_ds_dir
 
 
@@ -854,6 +854,9 @@ class _BackgroundSaves:
         self.writer = _native.BackgroundCheckpointWriter()
         self.pid = os.getpid()
         self.ops_done_by_seq: dict[int, int] = {}
+        #: The op record of each save not yet committed; a commit makes it
+        #: what the manager's loads expect.
+        self.records_by_seq: dict[int, list] = {}
         self.reporting = threading.Lock()
         self.closed = False
         # A daemon thread, joined by close() (hence by the atexit hook) before
@@ -865,7 +868,7 @@ class _BackgroundSaves:
     def usable(self) -> bool:
         return self.writer is not None and self.pid == os.getpid()
 
-    def submit(self, data, *, ops_done: int, **options) -> None:
+    def submit(self, data, *, ops_done: int, record: list, **options) -> None:
         with self.reporting:  # the watcher must not see the commit before its ops_done
             try:
                 seq = self.writer.submit(self.ckpt_dir, data, **options)
@@ -873,6 +876,7 @@ class _BackgroundSaves:
                 self._log_failure(e)
                 raise
             self.ops_done_by_seq[seq] = ops_done
+            self.records_by_seq[seq] = record
         self._report_commits()
 
     def wait(self) -> None:
@@ -918,6 +922,9 @@ class _BackgroundSaves:
             callback = self.manager.on_commit
             for seq in committed:
                 ops_done = self.ops_done_by_seq.pop(seq, None)
+                record = self.records_by_seq.pop(seq, None)
+                if record is not None:
+                    self.manager._expected_record = record
                 if callback is not None and ops_done is not None:
                     try:
                         callback(self.manager.ckpt_ds_dir, ops_done)
@@ -925,6 +932,7 @@ class _BackgroundSaves:
                         logger.error(f"on_commit callback for {self.manager.ckpt_ds_dir} failed: {e}")
             # Saves are committed in order: one older than a commit was superseded.
             self.ops_done_by_seq = {seq: n for seq, n in self.ops_done_by_seq.items() if seq > committed[-1]}
+            self.records_by_seq = {seq: r for seq, r in self.records_by_seq.items() if seq > committed[-1]}
 
     def _log_failure(self, error: Exception) -> None:
         logger.error(f"Background checkpoint save into {self.ckpt_dir} failed: {error}")
