@@ -111,7 +111,7 @@ def test_second_concurrent_saver_gets_a_clear_error(tmp_path, table):
     m = saved(tmp_path, table)
     holder = _native.CheckpointWriter(m.ckpt_dir)  # holds the lock until aborted
     try:
-        with pytest.raises(CheckpointLockedError, match="another process is saving"):
+        with pytest.raises(CheckpointLockedError, match="a checkpoint writer, in this process, is saving"):
             m.save_ckpt(table.slice(0, 1))
     finally:
         holder.abort()

@@ -9,12 +9,13 @@ Change one word in an import::
 from data_juicer_accel import _exit  # noqa: F401 - first: its exit hook must run after the others
 from data_juicer_accel._native import __version__
 from data_juicer_accel.core.executor.event_logging_mixin import Event, EventLogger, EventLoggingMixin, EventType
-from data_juicer_accel.errors import CheckpointCorruptError, CheckpointLockedError
+from data_juicer_accel.errors import CheckpointChangedError, CheckpointCorruptError, CheckpointLockedError
 from data_juicer_accel.patch import patch_data_juicer
 from data_juicer_accel.utils.ckpt_utils import CheckpointManager, CheckpointManagerBase, CheckpointStrategy
 
 __all__ = [
     "__version__",
+    "CheckpointChangedError",
     "CheckpointCorruptError",
     "CheckpointLockedError",
     "CheckpointManager",

@@ -36,9 +36,11 @@ class CheckpointWriter:
         threads: int = 1,
         chunk_bytes: int | None = None,
         max_shard_bytes: int | None = None,
+        holder: str | None = None,
     ) -> CheckpointWriter:
         """``chunk_bytes`` and ``max_shard_bytes`` default to ``DEFAULT_CHUNK_BYTES`` and
-        ``DEFAULT_MAX_SHARD_BYTES``."""
+        ``DEFAULT_MAX_SHARD_BYTES``. ``holder`` names this save to another saver of this process
+        that finds the directory locked."""
     @property
     def staging_dir(self) -> str | None: ...
     def write_data(self, data: ArrowStreamExportable, *, rows_per_shard: int | None = None) -> int:
@@ -69,6 +71,10 @@ def read_checkpoint(path: str | Any, *, verify: bool = True, threads: int | None
 def read_manifest(path: str | Any) -> str | None:
     """The validated manifest of the checkpoint in ``path`` as JSON text, or None."""
 
+def compressed_shard(path: str | Any, names: list[str]) -> tuple[str, str] | None:
+    """The first of ``names`` in the directory ``path`` that is an Arrow IPC stream with compressed
+    batches, as ``(name, codec)``; None when none is. Reads message headers only."""
+
 def xxh3_64_hex(data: bytes) -> str:
     """The xxh3-64 of ``data`` as the manifest writes it (16 lower-case hex digits)."""
 
@@ -96,6 +102,7 @@ class BackgroundCheckpointWriter:
         max_shard_bytes: int = 524288000,
         rows_per_shard: int | None = None,
         size_like_datasets: int | None = None,
+        holder: str | None = None,
     ) -> int:
         """Takes a zero-copy snapshot of ``data`` (and of the rows the one-uint64-column table
         ``indices`` selects) and queues its save into ``ckpt_dir``. Returns its sequence number.
@@ -135,7 +142,7 @@ class ShardStaging:
     staging directory is removed and the lock released.
     """
 
-    def __new__(cls, ckpt_dir: str | Any) -> ShardStaging: ...
+    def __new__(cls, ckpt_dir: str | Any, *, holder: str | None = None) -> ShardStaging: ...
     @property
     def dir(self) -> str | None: ...
     def commit(

@@ -8,7 +8,7 @@ very classes), so they pickle and cross process boundaries, e.g. from a
 
 from __future__ import annotations
 
-__all__ = ["CheckpointCorruptError", "CheckpointLockedError"]
+__all__ = ["CheckpointChangedError", "CheckpointCorruptError", "CheckpointLockedError"]
 
 
 class CheckpointCorruptError(ValueError):
@@ -19,4 +19,14 @@ class CheckpointCorruptError(ValueError):
 
 
 class CheckpointLockedError(OSError):
-    """Another process is saving into the same checkpoint directory."""
+    """Another saver holds the checkpoint directory's lock: another process, or another manager of
+    this process (the message names it)."""
+
+
+class CheckpointChangedError(RuntimeError):
+    """The checkpoint was replaced, by another save, with one of another op record after the manager
+    decided which ops to skip (the message names both records).
+
+    Loading it would run ops twice or skip some, so nothing is loaded; a new manager (or executor)
+    decides again from the checkpoint there now.
+    """

@@ -219,7 +219,8 @@ impl CheckpointWriter {
 #[pymethods]
 impl CheckpointWriter {
     #[new]
-    #[pyo3(signature = (ckpt_dir, *, compression="zstd", level=1, threads=1, chunk_bytes=None, max_shard_bytes=None))]
+    #[pyo3(signature = (ckpt_dir, *, compression="zstd", level=1, threads=1, chunk_bytes=None, max_shard_bytes=None, holder=None))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         ckpt_dir: PathBuf,
@@ -228,11 +229,12 @@ impl CheckpointWriter {
         threads: usize,
         chunk_bytes: Option<u64>,
         max_shard_bytes: Option<u64>,
+        holder: Option<String>,
     ) -> PyResult<Self> {
         guarded("CheckpointWriter()", || {
             let options = write_options(compression, level, threads, chunk_bytes, max_shard_bytes)?;
             checkpoint::writer::ipc_options(options.compression).map_err(to_py_err)?;
-            let staging = detached(py, || Staging::create(&ckpt_dir))?;
+            let staging = detached(py, || Staging::create_for(&ckpt_dir, holder.as_deref()))?;
             Ok(CheckpointWriter {
                 staging: Some(staging),
                 options,
@@ -415,6 +417,32 @@ fn read_manifest(py: Python<'_>, path: PathBuf) -> PyResult<Option<String>> {
     })
 }
 
+/// The first of `names` in the directory `path` that is an Arrow IPC
+/// stream with compressed batches, as `(name, codec)`; None when none is.
+/// Only message headers are read. A missing file or one that is no IPC
+/// stream counts as not compressed; a symlink or special file is
+/// `CheckpointCorruptError`.
+#[pyfunction]
+fn compressed_shard(
+    py: Python<'_>,
+    path: PathBuf,
+    names: Vec<String>,
+) -> PyResult<Option<(String, String)>> {
+    guarded("compressed_shard", || {
+        detached(py, || {
+            let Some(dir) = checkpoint::dirfd::CheckpointDir::open(&path)? else {
+                return Ok(None);
+            };
+            for name in names {
+                if let Some(codec) = reader::batch_compression(&dir, &name)? {
+                    return Ok(Some((name, codec)));
+                }
+            }
+            Ok(None)
+        })
+    })
+}
+
 /// The xxh3-64 of `data` as the manifest writes it (16 lower-case hex digits).
 #[pyfunction]
 fn xxh3_64_hex(data: &[u8]) -> String {
@@ -438,6 +466,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(read_checkpoint, m)?)?;
     m.add_function(wrap_pyfunction!(read_manifest, m)?)?;
     m.add_function(wrap_pyfunction!(xxh3_64_hex, m)?)?;
+    m.add_function(wrap_pyfunction!(compressed_shard, m)?)?;
     background_saves::register(m)?;
     ray_shards::register(m)
 }
@@ -508,9 +537,10 @@ mod ray_shards {
     #[pymethods]
     impl ShardStaging {
         #[new]
-        fn new(py: Python<'_>, ckpt_dir: PathBuf) -> PyResult<Self> {
+        #[pyo3(signature = (ckpt_dir, *, holder=None))]
+        fn new(py: Python<'_>, ckpt_dir: PathBuf, holder: Option<String>) -> PyResult<Self> {
             guarded("ShardStaging()", || {
-                let staging = detached(py, || Staging::create(&ckpt_dir))?;
+                let staging = detached(py, || Staging::create_for(&ckpt_dir, holder.as_deref()))?;
                 Ok(ShardStaging {
                     staging: Some(staging),
                 })
@@ -760,7 +790,7 @@ mod background_saves {
         #[pyo3(signature = (ckpt_dir, data, *, kind, files, state_template=None, indices=None,
                             compression="zstd", level=1, threads=1, chunk_bytes=8_388_608,
                             max_shard_bytes=524_288_000, rows_per_shard=None,
-                            size_like_datasets=None))]
+                            size_like_datasets=None, holder=None))]
         #[allow(clippy::too_many_arguments)]
         fn submit(
             &self,
@@ -777,6 +807,7 @@ mod background_saves {
             max_shard_bytes: u64,
             rows_per_shard: Option<u64>,
             size_like_datasets: Option<u64>,
+            holder: Option<String>,
         ) -> PyResult<u64> {
             let options = WriteOptions {
                 compression: super::compression(compression, level)?,
@@ -811,6 +842,7 @@ mod background_saves {
                 deferred: Some(deferred),
                 table_bytes: None,
                 size_like_datasets,
+                holder,
             };
             self.writer.submit(snapshot).map_err(to_py_err)
         }

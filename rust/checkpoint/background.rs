@@ -57,6 +57,9 @@ pub struct Snapshot {
     /// thread as `datasets.save_to_disk(num_proc=...)` would for these rows
     /// (sizing a 1 GB table costs the caller ~10 ms in Python).
     pub size_like_datasets: Option<u64>,
+    /// Who saves (the Python manager), named to another saver of this
+    /// process that finds the directory's lock taken.
+    pub holder: Option<String>,
 }
 
 /// What [`DeferredRows`] produces: a snapshot's batches, indices and
@@ -75,7 +78,7 @@ impl Snapshot {
         if let Some(num_proc) = self.size_like_datasets {
             self.options.rows_per_shard = self.rows_per_shard_like_datasets(num_proc)?;
         }
-        let mut staging = Staging::create(&self.ckpt_dir)?;
+        let mut staging = Staging::create_for(&self.ckpt_dir, self.holder.as_deref())?;
         let rows = rows_of(&self.schema, &self.batches, self.indices.as_deref());
         let shards = write_shards(staging.dir(), self.schema.clone(), rows, &self.options)?;
         if let Some(template) = &self.state_template {
@@ -464,6 +467,7 @@ mod tests {
             deferred: None,
             table_bytes: None,
             size_like_datasets: None,
+            holder: None,
         }
     }
 

@@ -15,10 +15,10 @@ use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{symlink, OpenOptionsExt};
+use std::os::unix::fs::{symlink, MetadataExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::Once;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -51,8 +51,15 @@ impl Staging {
     /// Creates `ckpt_dir` if needed, takes its lock, clears what an
     /// interrupted save left behind, and makes a fresh staging directory.
     pub fn create(ckpt_dir: &Path) -> Result<Staging> {
+        Self::create_for(ckpt_dir, None)
+    }
+
+    /// [`Staging::create`] on behalf of `holder` (e.g. the Python manager
+    /// saving): another saver of this process that finds the lock taken is
+    /// told who holds it.
+    pub fn create_for(ckpt_dir: &Path, holder: Option<&str>) -> Result<Staging> {
         fs::create_dir_all(ckpt_dir).at(ckpt_dir)?;
-        let lock = DirLock::acquire(ckpt_dir)?;
+        let lock = DirLock::acquire(ckpt_dir, holder)?;
         remove_leftovers(ckpt_dir)?;
         let dir = ckpt_dir.join(format!(
             "{STAGING_PREFIX}{}-{}",
@@ -291,10 +298,12 @@ fn remove_leftovers(ckpt_dir: &Path) -> Result<()> {
 struct DirLock {
     _file: File,
     slot: Option<usize>,
+    /// Its entry in [`LOCK_HOLDERS`].
+    token: u64,
 }
 
 impl DirLock {
-    fn acquire(ckpt_dir: &Path) -> Result<DirLock> {
+    fn acquire(ckpt_dir: &Path, holder: Option<&str>) -> Result<DirLock> {
         // From `open` until the descriptor is remembered, a fork would give
         // the child an unremembered share of the lock: no fork in between.
         let _no_fork = NoForkWhileLocking::enter();
@@ -319,6 +328,7 @@ impl DirLock {
             return Err(if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
                 CheckpointError::Locked {
                     path: ckpt_dir.to_path_buf(),
+                    holder: file_id(&file).and_then(holder_in_this_process),
                 }
             } else {
                 CheckpointError::io(&path, err)
@@ -326,7 +336,12 @@ impl DirLock {
         }
         fault::check("lock_taken", &path).at(&path)?;
         let slot = remember_held_lock(file.as_raw_fd());
-        Ok(DirLock { _file: file, slot })
+        let token = remember_holder(&file, holder);
+        Ok(DirLock {
+            _file: file,
+            slot,
+            token,
+        })
     }
 }
 
@@ -340,7 +355,53 @@ impl Drop for DirLock {
             HELD_LOCKS[slot].store(-1, Ordering::SeqCst);
         }
         let _ = fault::check("lock_released", Path::new(LOCK_FILE)); // before the close
+        forget_holder(self.token);
     }
+}
+
+/// Who holds each lock this process took: (pid, lock file's device and
+/// inode, token, description). Touched only under [`NoForkWhileLocking`],
+/// so a fork never copies it locked; entries copied into a child carry the
+/// parent's pid and are ignored there.
+type Holders = Vec<(u32, (u64, u64), u64, String)>;
+static LOCK_HOLDERS: std::sync::Mutex<Holders> = std::sync::Mutex::new(Vec::new());
+static NEXT_TOKEN: AtomicU64 = AtomicU64::new(1);
+
+fn file_id(file: &File) -> Option<(u64, u64)> {
+    let meta = file.metadata().ok()?;
+    Some((meta.dev(), meta.ino()))
+}
+
+fn remember_holder(file: &File, holder: Option<&str>) -> u64 {
+    let token = NEXT_TOKEN.fetch_add(1, Ordering::Relaxed);
+    let description = match (holder, std::thread::current().name()) {
+        (Some(holder), _) => holder.to_string(),
+        (None, Some(thread)) => format!("a checkpoint writer on thread {thread:?}"),
+        (None, None) => "a checkpoint writer".to_string(),
+    };
+    if let Some(id) = file_id(file) {
+        let mut holders = LOCK_HOLDERS.lock().unwrap_or_else(|e| e.into_inner());
+        holders.push((std::process::id(), id, token, description));
+    }
+    token
+}
+
+/// The holder of the lock file `id` when it is a lock of this process
+/// (the newest entry: an older one may be a lock being released).
+fn holder_in_this_process(id: (u64, u64)) -> Option<String> {
+    let pid = std::process::id();
+    let holders = LOCK_HOLDERS.lock().unwrap_or_else(|e| e.into_inner());
+    holders
+        .iter()
+        .rev()
+        .find(|(p, i, _, _)| *p == pid && *i == id)
+        .map(|(_, _, _, description)| description.clone())
+}
+
+fn forget_holder(token: u64) {
+    let _no_fork = NoForkWhileLocking::enter();
+    let mut holders = LOCK_HOLDERS.lock().unwrap_or_else(|e| e.into_inner());
+    holders.retain(|(_, _, t, _)| *t != token);
 }
 
 fn lock_open_error(path: &Path, err: io::Error) -> CheckpointError {

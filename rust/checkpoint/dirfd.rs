@@ -116,8 +116,9 @@ impl CheckpointDir {
         cancel: Option<&AtomicBool>,
     ) -> Result<Vec<u8>> {
         let path = self.path.join(name);
+        // The manifest lists it: missing, it is damage, not a caller's wrong path.
         let (file, size) = self.open_regular(name)?.ok_or_else(|| {
-            CheckpointError::io(&path, io::Error::from_raw_os_error(libc::ENOENT))
+            CheckpointError::corrupt(&path, "listed in the manifest, but the file is missing")
         })?;
         if size != expected {
             return Err(CheckpointError::corrupt(

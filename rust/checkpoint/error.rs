@@ -15,8 +15,12 @@ pub enum CheckpointError {
     Corrupt { path: PathBuf, detail: String },
     /// The data handed in could not be read or encoded.
     Input(String),
-    /// Another writer holds the checkpoint directory's lock.
-    Locked { path: PathBuf },
+    /// Another writer holds the checkpoint directory's lock: `holder`
+    /// describes it when it is in this process, `None` for another process.
+    Locked {
+        path: PathBuf,
+        holder: Option<String>,
+    },
     /// Not enough memory for what a checkpoint needs once decoded.
     OutOfMemory {
         path: PathBuf,
@@ -71,9 +75,19 @@ impl fmt::Display for CheckpointError {
                 write!(f, "corrupted checkpoint file {}: {detail}", path.display())
             }
             CheckpointError::Input(msg) => f.write_str(msg),
-            CheckpointError::Locked { path } => write!(
+            CheckpointError::Locked { path, holder: None } => write!(
                 f,
                 "another process is saving a checkpoint into {} (its lock file is held)",
+                path.display()
+            ),
+            CheckpointError::Locked {
+                path,
+                holder: Some(holder),
+            } => write!(
+                f,
+                "{holder}, in this process, is saving a checkpoint into {} (it holds the lock \
+                 file); wait for that save to end (wait() or close() of a background manager) \
+                 or save into another directory",
                 path.display()
             ),
             CheckpointError::OutOfMemory {

@@ -252,6 +252,28 @@ fn a_second_writer_is_refused_while_the_first_holds_the_lock() {
 }
 
 #[test]
+fn a_second_writer_of_this_process_is_told_who_holds_the_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Staging::create_for(dir.path(), Some("the first manager")).unwrap();
+    match Staging::create_for(dir.path(), Some("the second manager")) {
+        Err(err @ CheckpointError::Locked { .. }) => {
+            let message = err.to_string();
+            assert!(
+                message.starts_with("the first manager, in this process, is saving"),
+                "{message}"
+            );
+        }
+        other => panic!("expected Locked, got {:?}", other.map(|_| ())),
+    }
+    drop(first);
+    // Released and forgotten: the next holder is the one named.
+    let second = Staging::create_for(dir.path(), Some("the second manager")).unwrap();
+    let err = Staging::create(dir.path()).map(|_| ()).unwrap_err();
+    assert!(err.to_string().starts_with("the second manager,"), "{err}");
+    drop(second);
+}
+
+#[test]
 fn leftovers_of_a_dead_save_are_removed_and_an_interrupted_fallback_is_undone() {
     let dir = tempfile::tempdir().unwrap();
     let latest = save(dir.path(), batches(10, 10), WriteOptions::default()).unwrap();

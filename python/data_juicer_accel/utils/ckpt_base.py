@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import os
+import sys
 from abc import ABC, abstractmethod
 from enum import Enum
 from typing import Any
@@ -27,6 +28,18 @@ def make_ckpt_dir(ckpt_dir: str) -> None:
     os.makedirs(ckpt_dir, exist_ok=True)
 
 
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _caller_outside_package() -> str:
+    """``file:line`` of the innermost caller outside data-juicer-accel
+    (e.g. Data-Juicer's executor creating the manager)."""
+    frame = sys._getframe(1)
+    while frame.f_back is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE_DIR + os.sep):
+        frame = frame.f_back
+    return f"{frame.f_code.co_filename}:{frame.f_lineno}"
+
+
 class CheckpointManagerBase(ABC):
     """
     Base class for checkpoint managers.
@@ -42,8 +55,15 @@ class CheckpointManagerBase(ABC):
         :param ckpt_dir: Directory to save and load checkpoints
         """
         self.ckpt_dir = ckpt_dir
+        self._created_at = _caller_outside_package()
         # Ensure checkpoint directory exists
         make_ckpt_dir(self.ckpt_dir)
+
+    def _lock_holder(self) -> str:
+        """How a save of this manager is named to another saver of this
+        process that finds the directory locked."""
+        created_at = getattr(self, "_created_at", "an unknown place")  # a subclass may skip our __init__
+        return f"{type(self).__name__}({self.ckpt_dir!r}) at {id(self):#x}, created at {created_at}"
 
     @abstractmethod
     def save_checkpoint(self, dataset: Any, **kwargs) -> str:

@@ -28,7 +28,7 @@ from loguru import logger
 
 from data_juicer_accel import _native
 from data_juicer_accel._exit import in_flight
-from data_juicer_accel.errors import CheckpointCorruptError
+from data_juicer_accel.errors import CheckpointChangedError, CheckpointCorruptError
 from data_juicer_accel.utils.ckpt_base import (
     DEFAULT_ZSTD_LEVEL,
     CheckpointManagerBase,
@@ -106,6 +106,10 @@ class CheckpointManager(CheckpointManagerBase):
         #: checkpoint holding the first ``ops_done`` ops of the record is committed.
         self.on_commit: Callable[[str, int], Any] | None = None
         self._background_saves: _BackgroundSaves | None = None
+        #: The op record the rows of ``latest/`` must come with for a load to
+        #: return them: the one the skip decision used, then the one of this
+        #: manager's last save. None: no decision to keep (load what is there).
+        self._expected_record: list | None = None
 
         self.ckpt_available = self.check_ckpt()
 
@@ -153,6 +157,7 @@ class CheckpointManager(CheckpointManagerBase):
 
         :return: whether to skip some ops or not
         """
+        self._expected_record = None
         self.op_record = self._read_op_record()
         if self.op_record is None:
             self.op_record = []
@@ -187,6 +192,7 @@ class CheckpointManager(CheckpointManagerBase):
                 op_name = list(op.keys())[0]
                 logger.info(f"Skip op [{op_name}].")
             self.process_list = self.process_list[recorded_op_num:]
+            self._expected_record = list(self.op_record)
             return True
         else:
             logger.warning(
@@ -265,6 +271,7 @@ class CheckpointManager(CheckpointManagerBase):
             threads=max(1, int(self.num_proc or 1)),
             chunk_bytes=CHUNK_BYTES,
             max_shard_bytes=MAX_SHARD_BYTES,
+            holder=self._lock_holder(),
         )
         try:
             rows = _write_rows(writer, source, self.num_proc)
@@ -275,6 +282,7 @@ class CheckpointManager(CheckpointManagerBase):
             writer.commit(source.kind)
         finally:
             writer.abort()  # no-op after a commit; removes the staging dir otherwise
+        self._expected_record = json.loads(op_record)
         return rows, shard_files
 
     def load_ckpt(self):
@@ -304,6 +312,8 @@ class CheckpointManager(CheckpointManagerBase):
     def _load_now(self):
         try:
             loaded = _native.read_checkpoint(self.ckpt_ds_dir, verify=self.verify_on_load)
+            if loaded is not None:
+                self._check_record(_record_of(loaded.file(_OP_RECORD_FILE)))
         except CheckpointCorruptError as damage:
             if not _replaced_by_another_writer(self.ckpt_ds_dir):
                 raise
@@ -314,7 +324,10 @@ class CheckpointManager(CheckpointManagerBase):
             )
             loaded = None
         if loaded is None:
-            return _load_foreign_checkpoint(self.ckpt_ds_dir)
+            dataset = _load_foreign_checkpoint(self.ckpt_ds_dir)
+            # Another writer saves the rows first, then the record: read after.
+            self._check_record(self._read_op_record() if self._expected_record is not None else None)
+            return dataset
         kind = json.loads(loaded.manifest)["kind"]
         if kind not in _KINDS:
             manifest_path = os.path.join(self.ckpt_ds_dir, _native.MANIFEST_FILE)
@@ -323,6 +336,21 @@ class CheckpointManager(CheckpointManagerBase):
         if kind == "arrow":
             return table
         return _to_hf_dataset(table, loaded, self.ckpt_ds_dir, nested=(kind == "nested"))
+
+    def _check_record(self, found: list | None) -> None:
+        """The rows about to be returned come with the op record ``found``:
+        it must be the one the skip decision (or this manager's last save)
+        saw, or the caller would run ops twice, or skip some, on them."""
+        expected = self._expected_record
+        if expected is None or found == expected:
+            return
+        raise CheckpointChangedError(
+            f"{self.ckpt_ds_dir} was replaced by another save: {self._lock_holder()} expects the rows after the op "
+            f"record {_describe_record(expected, found)} (the one its skip decision used, or its last save wrote), "
+            f"but the checkpoint there now holds the rows after the op record {_describe_record(found, expected)}. "
+            "Loading them would run ops twice or skip some, so nothing was loaded; create the CheckpointManager "
+            "(or the executor) again to decide from the checkpoint there now."
+        )
 
     # ------------------------------------------------------------------
     # Background saves (``background=True``).
@@ -368,6 +396,8 @@ class CheckpointManager(CheckpointManagerBase):
             max_shard_bytes=MAX_SHARD_BYTES,
             **source.background_sizing(self.num_proc),
             ops_done=len(self.op_record),
+            record=json.loads(op_record),
+            holder=self._lock_holder(),
         )
         return self.ckpt_ds_dir
 
@@ -572,6 +602,26 @@ def _describe_source(ds: Any, method: str):
 # --------------------------------------------------------------------------
 
 
+def _record_of(text: bytes | None) -> list | None:
+    """A verified ``ckpt_op.json`` as a list, or None when there is none."""
+    try:
+        record = json.loads(text) if text is not None else None
+    except (ValueError, RecursionError):
+        return None
+    return record if isinstance(record, list) else None
+
+
+def _describe_record(record: list | None, other: list | None) -> str:
+    """Op names of ``record`` (its whole JSON when ``other`` has the same names)."""
+    if record is None:
+        return "(none: no ckpt_op.json)"
+    names = [next(iter(op), "?") if isinstance(op, dict) else "?" for op in record]
+    other_names = [next(iter(op), "?") if isinstance(op, dict) else "?" for op in other or []]
+    if names == other_names:
+        return json.dumps(record)[:2000]
+    return f"{names} ({len(names)} ops)"
+
+
 def _import_datasets(why: str):
     try:
         import datasets
@@ -679,8 +729,9 @@ def _replaced_by_another_writer(path: str) -> bool:
     return bool(listed) and not kept
 
 
-def _check_foreign_files(path: str) -> None:
-    """Files ``datasets.load_from_disk`` will open must be regular files in ``path``."""
+def _check_foreign_files(path: str) -> list[str]:
+    """Files ``datasets.load_from_disk`` will open must be regular files in
+    ``path``; returns the names of its data files."""
     state_path = os.path.join(path, _STATE_FILE)
     try:
         state = json.loads(_read_metadata_file(state_path, root=path))
@@ -695,6 +746,28 @@ def _check_foreign_files(path: str) -> None:
             raise CheckpointCorruptError(
                 f"corrupted checkpoint file {state_path}: it lists {file}, which is not a regular file inside {path}"
             )
+    return names
+
+
+def _refuse_our_shards(path: str, names: list[str]) -> None:
+    """Shards this package wrote are loaded only with their manifest: through
+    ``datasets`` nothing checks them, and a flipped byte loads wrong rows.
+    ``datasets`` never compresses the Arrow IPC it writes; we always do."""
+    ours = _native.compressed_shard(path, names)
+    if ours is None:
+        return
+    name, codec = ours
+    manifest = os.path.join(path, _native.MANIFEST_FILE)
+    why = (
+        f"its manifest {manifest} is missing"
+        if not os.path.lexists(manifest)
+        else f"its {_STATE_FILE} is not the one committed with its manifest {manifest}"
+    )
+    raise CheckpointCorruptError(
+        f"corrupted checkpoint {path}: data-juicer-accel wrote it (its shard {os.path.join(path, name)} is "
+        f"{codec}-compressed Arrow IPC, which datasets never writes), but {why}, so its rows cannot be verified "
+        f"and it is not loaded. Restore {_native.MANIFEST_FILE}, or remove {path} to process from the beginning."
+    )
 
 
 def _load_foreign_checkpoint(path: str):
@@ -703,7 +776,7 @@ def _load_foreign_checkpoint(path: str):
         raise FileNotFoundError(2, "No checkpoint found", path)
     if os.path.islink(path) and not _inside(path, os.path.dirname(path) or "."):
         raise CheckpointCorruptError(f"{path} is a symbolic link leading outside its checkpoint directory")
-    _check_foreign_files(path)
+    _refuse_our_shards(path, _check_foreign_files(path))
     nested_cls = _nested_dataset_class()
     if nested_cls is not None:
         return nested_cls.load_from_disk(path)
@@ -781,6 +854,9 @@ class _BackgroundSaves:
         self.writer = _native.BackgroundCheckpointWriter()
         self.pid = os.getpid()
         self.ops_done_by_seq: dict[int, int] = {}
+        #: The op record of each save not yet committed; a commit makes it
+        #: what the manager's loads expect.
+        self.records_by_seq: dict[int, list] = {}
         self.reporting = threading.Lock()
         self.closed = False
         # A daemon thread, joined by close() (hence by the atexit hook) before
@@ -792,7 +868,7 @@ class _BackgroundSaves:
     def usable(self) -> bool:
         return self.writer is not None and self.pid == os.getpid()
 
-    def submit(self, data, *, ops_done: int, **options) -> None:
+    def submit(self, data, *, ops_done: int, record: list, **options) -> None:
         with self.reporting:  # the watcher must not see the commit before its ops_done
             try:
                 seq = self.writer.submit(self.ckpt_dir, data, **options)
@@ -800,6 +876,7 @@ class _BackgroundSaves:
                 self._log_failure(e)
                 raise
             self.ops_done_by_seq[seq] = ops_done
+            self.records_by_seq[seq] = record
         self._report_commits()
 
     def wait(self) -> None:
@@ -845,6 +922,9 @@ class _BackgroundSaves:
             callback = self.manager.on_commit
             for seq in committed:
                 ops_done = self.ops_done_by_seq.pop(seq, None)
+                record = self.records_by_seq.pop(seq, None)
+                if record is not None:
+                    self.manager._expected_record = record
                 if callback is not None and ops_done is not None:
                     try:
                         callback(self.manager.ckpt_ds_dir, ops_done)
@@ -852,6 +932,7 @@ class _BackgroundSaves:
                         logger.error(f"on_commit callback for {self.manager.ckpt_ds_dir} failed: {e}")
             # Saves are committed in order: one older than a commit was superseded.
             self.ops_done_by_seq = {seq: n for seq, n in self.ops_done_by_seq.items() if seq > committed[-1]}
+            self.records_by_seq = {seq: r for seq, r in self.records_by_seq.items() if seq > committed[-1]}
 
     def _log_failure(self, error: Exception) -> None:
         logger.error(f"Background checkpoint save into {self.ckpt_dir} failed: {error}")

@@ -491,7 +491,7 @@ class RayCheckpointManager(CheckpointManagerBase):
         ray_data = dataset.data if hasattr(dataset, "data") else dataset
 
         # Takes the checkpoint's lock and clears what a dead save left behind.
-        staging = _native.ShardStaging(checkpoint_dir)
+        staging = _native.ShardStaging(checkpoint_dir, holder=self._lock_holder())
         _remove_dead_pins(checkpoint_dir)
         sink = _datasink_class()(staging, self.zstd_level)
         try:
