@@ -1,4 +1,5 @@
-"""Which ops a per-op checkpoint policy saves after, and how the configuration selects it."""
+"""Which ops a per-op checkpoint policy saves after, how the configuration selects it, and which
+loop's ops checkpoint."""
 
 from __future__ import annotations
 
@@ -60,3 +61,60 @@ def test_an_unknown_strategy_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["dj-process"])
     with pytest.raises(ValueError, match="checkpoint.strategy must be one of"):
         policy_from_config(config(tmp_path, "checkpoint:\n  strategy: sometimes\n"))
+
+
+# --------------------------------------------------------------------------
+# The ops the executor's loop runs: stand-ins that checkpoint as they start.
+
+
+class _Executor:
+    """What ``PerOpCheckpoints`` reads of a ``DefaultExecutor``."""
+
+    def __init__(self, ckpt_dir: str):
+        from data_juicer_accel.utils.ckpt_utils import CheckpointManager
+
+        self.cfg: dict = {}
+        self.ckpt_manager = CheckpointManager(ckpt_dir, [{"a_mapper": {}}, {"b_filter": {}}])
+
+
+class _Op:
+    """An op with Data-Juicer's ``run`` signature, counting the rows it got."""
+
+    def __init__(self, name: str):
+        self._name = name
+        self._op_cfg = {name: {}}
+        self.seen: list[int] = []
+
+    def run(self, dataset, *, exporter=None, tracer=None):
+        self.seen.append(dataset.num_rows)
+        return dataset.slice(1)
+
+
+def test_only_the_loop_of_the_run_s_manager_gets_stand_ins_that_checkpoint_its_rows(tmp_path):
+    import pyarrow as pa
+
+    from data_juicer_accel.utils.ckpt_utils import CheckpointManager
+    from data_juicer_accel.utils.per_op_ckpt import PerOpCheckpoints
+
+    executor = _Executor(str(tmp_path / "ckpt"))
+    manager = executor.ckpt_manager
+    per_op = PerOpCheckpoints(executor, CheckpointPolicy("every_op", background=False))
+    ops = [_Op("a_mapper"), _Op("b_filter")]
+
+    assert per_op.ops_for_loop(ops, checkpointer=None) is ops  # the analyzer's loop, probes
+    assert per_op.ops_for_loop(ops, checkpointer=CheckpointManager(str(tmp_path / "other"), [])) is ops
+    loop = per_op.ops_for_loop(ops, checkpointer=manager)
+    assert [op._name for op in loop] == ["a_mapper", "b_filter"]
+    loop[1].batch_size = 7  # attributes are the op's, read and written
+    assert ops[1].batch_size == 7 and loop[1].batch_size == 7
+
+    table = pa.table({"x": list(range(10))})
+    dataset = loop[0].run(dataset=table, exporter=None, tracer=None)
+    manager.record(loop[0]._op_cfg)
+    ops[1].run(pa.table({"x": [0]}))  # someone else running the op on a sample: no checkpoint
+    assert not (tmp_path / "ckpt" / "latest").exists()
+    loop[1].run(dataset=dataset, exporter=None, tracer=None)
+    assert ops[1].seen == [1, 9]
+    assert manager.load_ckpt().column("x").to_pylist() == list(range(1, 10))  # the loop's rows
+    per_op._finish(raise_errors=True)
+    assert manager.on_commit is None and manager.background is False  # the run is forgotten

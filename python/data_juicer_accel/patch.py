@@ -29,8 +29,10 @@ with) is swapped as well once this package provides one.
 It also makes ``DefaultExecutor`` take per-op checkpoints when the
 configuration asks for them (``use_checkpoint: true`` plus ``checkpoint.*``
 keys; see ``data_juicer_accel.utils.per_op_ckpt``): ``DefaultExecutor.run``
-and ``OP.run`` get thin wrappers that do nothing outside such a run, and
-Data-Juicer's configuration parser learns ``checkpoint.background``.
+and ``NestedDataset.process`` (the executor's op loop) get thin wrappers that
+do nothing outside such a run, and Data-Juicer's configuration parser learns
+``checkpoint.background``. ``OP.run`` is left alone: the insight miner,
+probes and users run ops too, and none of that may become a checkpoint.
 
 Calling it again does nothing. Before changing anything, the reference API is
 compared with the one this package reproduces (py-data-juicer 1.6.1): method
@@ -323,28 +325,29 @@ def _apply(pairs, ref_ckpt, ref_events) -> None:
 # --------------------------------------------------------------------------
 
 _EXECUTOR_MODULE = "data_juicer.core.executor.default_executor"
-_OPS_MODULE = "data_juicer.ops.base_op"
+_DATASET_MODULE = "data_juicer.core.data.dj_dataset"
 _CONFIG_MODULE = "data_juicer.config.config"
 #: Set on every function this module wrapped (so it is wrapped once).
 _WRAPPED = "__data_juicer_accel_wrapped__"
 
 
 def _install_per_op_checkpoints() -> None:
-    """Wrap ``DefaultExecutor.run``, ``OP.run`` and ``build_base_parser``.
+    """Wrap ``DefaultExecutor.run``, ``NestedDataset.process`` and ``build_base_parser``.
 
     A module that cannot be imported (a trimmed Data-Juicer) is skipped with
     a warning: per-op checkpoints are then off, the rest of the patch holds.
     """
     try:
         executor_module = importlib.import_module(_EXECUTOR_MODULE)
-        ops_module = importlib.import_module(_OPS_MODULE)
+        dataset_module = importlib.import_module(_DATASET_MODULE)
         config_module = importlib.import_module(_CONFIG_MODULE)
     except ImportError as e:
         warnings.warn(f"data-juicer-accel: per-op checkpoints unavailable ({e})", RuntimeWarning, stacklevel=4)
         return
     executor_cls = executor_module.DefaultExecutor
     executor_cls.run = _wrap(executor_cls.run, _executor_run)
-    ops_module.OP.run = _wrap(ops_module.OP.run, _op_run)
+    dataset_cls = dataset_module.NestedDataset
+    dataset_cls.process = _wrap(dataset_cls.process, _dataset_process)
     config_module.build_base_parser = _wrap(config_module.build_base_parser, _build_base_parser)  # type: ignore[attr-defined]
 
 
@@ -369,13 +372,15 @@ def _executor_run(original, executor, *args, **kwargs):
     return per_op.run(original, executor, *args, **kwargs)
 
 
-def _op_run(original, op, dataset, *args, **kwargs):
+def _dataset_process(original, dataset, operators, *args, **kwargs):
+    """The executor's op loop: per-op checkpoints when its ``checkpointer`` is
+    the manager of the per-op run in progress (no other caller passes it)."""
     from data_juicer_accel.utils import per_op_ckpt
 
     per_op = per_op_ckpt.active()
     if per_op is not None:
-        per_op.before_op(dataset)
-    return original(op, dataset, *args, **kwargs)
+        operators = per_op.ops_for_loop(operators, kwargs.get("checkpointer"))
+    return original(dataset, operators, *args, **kwargs)
 
 
 def _build_base_parser(original, *args, **kwargs):

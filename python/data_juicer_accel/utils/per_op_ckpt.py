@@ -18,9 +18,15 @@ Without a ``checkpoint`` key in the configuration (or with ``disabled``), the
 behaviour is 1.6.1's: one save at the end, or when an op fails.
 
 How it hooks in (installed by ``patch_data_juicer``): ``DefaultExecutor.run``
-marks its run as active, and ``OP.run``, which every op's ``run`` calls first
-with the dataset it was given, offers that dataset here before the op starts.
-Both hooks are inert outside such a run.
+marks its run as active, and ``NestedDataset.process``, when that run's
+executor calls it with the run's ``CheckpointManager`` as ``checkpointer``,
+loops over thin stand-ins of the ops (``_OpInLoop``) whose ``run`` offers the
+dataset the loop passes in here before the real op runs. Anything else that
+runs an op (the insight miner and its analyzer, fusion and batch-size probes,
+a user's op running another op on a sample) calls the op itself, so it never
+becomes, nor triggers, a checkpoint. Both hooks are inert outside such a run.
+Once the run returns or raises, nothing of it is left: its background writer
+and watcher threads are stopped and the manager forgets the callback.
 """
 
 from __future__ import annotations
@@ -100,6 +106,8 @@ class PerOpCheckpoints:
         self.manager = executor.ckpt_manager
         # Ops restored from a checkpoint are already saved.
         self.ops_considered = len(self.manager.op_record)
+        # What the manager had before this run, put back once it ends.
+        self._manager_settings = (self.manager.background, self.manager.on_commit)
         self.manager.background = policy.background
         self.manager.on_commit = self._log_commit
 
@@ -132,23 +140,38 @@ class PerOpCheckpoints:
             _ACTIVE.reset(token)
             self._finish(raise_errors=not failed)
 
+    def ops_for_loop(self, operators: Any, checkpointer: Any) -> Any:
+        """The ops ``NestedDataset.process`` should loop over when called with
+        ``checkpointer``: stand-ins that checkpoint as they start, if it is
+        this run's manager; ``operators`` unchanged otherwise."""
+        if checkpointer is not self.manager or operators is None:
+            return operators
+        if not isinstance(operators, list):
+            operators = [operators]
+        return [_OpInLoop(op, self) for op in operators]
+
     def before_op(self, dataset: Any) -> None:
-        """Checkpoints ``dataset`` if the ops done since the last call ask for it."""
+        """Checkpoints ``dataset``, which the executor's loop passes to its
+        next op, if the ops done since the last call ask for it."""
         ops_done = self.manager.op_record
         if len(ops_done) <= self.ops_considered:
-            return  # the first op, or an op's run called again inside it
+            return  # the first op (of this run)
         self.ops_considered = len(ops_done)
         if self.policy.wants(ops_done):
             logger.info(f"Checkpoint after op {len(ops_done)} [{_op_name(ops_done[-1])}]")
             self.manager.save_ckpt(dataset)
 
     def _finish(self, raise_errors: bool) -> None:
+        """Waits for the last checkpoint, stops the manager's writer and
+        watcher threads and forgets this run (so nothing keeps the executor)."""
         try:
-            self.manager.wait()
+            self.manager.close()
         except Exception:
             if raise_errors:
                 raise
             # Logged by the manager; the run's own error is the one to see.
+        finally:
+            self.manager.background, self.manager.on_commit = self._manager_settings
 
     def _log_commit(self, path: str, ops_done: int) -> None:
         if ops_done == 0:
@@ -157,6 +180,33 @@ class PerOpCheckpoints:
         log = getattr(self.executor, "log_checkpoint_save", None)
         if log is not None:
             log(0, _op_name(op_cfg), ops_done - 1, path)
+
+
+class _OpInLoop:
+    """An op as the executor's loop sees it: every attribute is the op's,
+    and ``run`` first offers the dataset it is given for a checkpoint."""
+
+    __slots__ = ("_op", "_per_op")
+
+    def __init__(self, op: Any, per_op: PerOpCheckpoints):
+        object.__setattr__(self, "_op", op)
+        object.__setattr__(self, "_per_op", per_op)
+
+    def run(self, dataset: Any, *args: Any, **kwargs: Any) -> Any:
+        self._per_op.before_op(dataset)
+        return self._op.run(dataset, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._op, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._op, name, value)
+
+    def __delattr__(self, name: str) -> None:
+        delattr(self._op, name)
+
+    def __repr__(self) -> str:
+        return repr(self._op)
 
 
 def active() -> PerOpCheckpoints | None:
