@@ -75,14 +75,29 @@ fn interruptible<T: Send>(
 ) -> PyResult<T> {
     let cancel = Arc::new(AtomicBool::new(false));
     let (done, result) = mpsc::channel();
+    // `f` runs on the worker, or here when no thread can be started (a
+    // memory limit): then without Ctrl-C checks, but it runs.
+    let f = std::sync::Mutex::new(Some(f));
+    let run = |cancel: Arc<AtomicBool>| {
+        let f = f.lock().ok().and_then(|mut f| f.take());
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match f {
+            Some(f) => f(cancel),
+            None => Err(CheckpointError::Internal(
+                "the checkpoint work ran twice".into(),
+            )),
+        }))
+        .unwrap_or_else(|payload| Err(CheckpointError::from_panic(payload)))
+    };
     std::thread::scope(|scope| {
         let worker_cancel = cancel.clone();
-        scope.spawn(move || {
-            let outcome =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(worker_cancel)))
-                    .unwrap_or_else(|payload| Err(CheckpointError::from_panic(payload)));
-            let _ = done.send(outcome);
-        });
+        let spawned = std::thread::Builder::new()
+            .name("dja-ckpt-call".into())
+            .spawn_scoped(scope, || {
+                let _ = done.send(run(worker_cancel));
+            });
+        if spawned.is_err() {
+            return super::gil::detach(py, || run(cancel.clone())).map_err(to_py_err);
+        }
         let mut interrupt: Option<PyErr> = None;
         let mut result = result;
         loop {

@@ -258,9 +258,7 @@ impl BackgroundWriter {
         let thread = std::thread::Builder::new()
             .name("dja-ckpt-writer".into())
             .spawn(move || write_loop(&worker))
-            .map_err(|e| {
-                CheckpointError::Internal(format!("cannot start the checkpoint writer thread: {e}"))
-            })?;
+            .map_err(|e| super::memory::thread_error("the checkpoint writer thread", e))?;
         Ok(BackgroundWriter {
             shared,
             thread: Mutex::new(Some(thread)),

@@ -809,7 +809,12 @@ class _BackgroundSaves:
         # A daemon thread, joined by close() (hence by the atexit hook) before
         # interpreter finalization, so it is never inside native code then.
         self.watcher = threading.Thread(target=self._watch_commits, name="dja-ckpt-commits", daemon=True)
-        self.watcher.start()
+        try:
+            self.watcher.start()
+        except RuntimeError as e:  # "can't start new thread": out of memory or threads
+            self.closed = True
+            self.writer.close()
+            raise MemoryError(f"cannot start the checkpoint commit watcher thread for {self.ckpt_dir}: {e}") from e
         _LIVE_BACKGROUND_SAVES.add(self)
 
     def usable(self) -> bool:
