@@ -325,7 +325,7 @@ where
 {
     let mut next = 0usize;
     for batch in input {
-        let batch = batch.map_err(CheckpointError::input)?;
+        let batch = batch.map_err(input_error)?;
         let delivered = planner.split(&batch, |chunk| {
             let sent = encoders[next].send(chunk).is_ok();
             next = (next + 1) % encoders.len();
@@ -435,6 +435,18 @@ fn write_loop<'scope>(
         join(handle)?;
     }
     Ok(done)
+}
+
+/// A failure of the input: one of ours passed through the stream (out of
+/// memory gathering rows) keeps its kind; anything else is bad input.
+fn input_error(error: ArrowError) -> CheckpointError {
+    match error {
+        ArrowError::ExternalError(inner) => match inner.downcast::<CheckpointError>() {
+            Ok(ours) => *ours,
+            Err(other) => CheckpointError::input(ArrowError::ExternalError(other)),
+        },
+        other => CheckpointError::input(other),
+    }
 }
 
 /// An encoder's failure: an allocation zstd reported failed, or input the
