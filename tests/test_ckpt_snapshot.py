@@ -182,3 +182,22 @@ def test_other_pyarrow_shapes_are_snapshotted_too(tmp_path, monkeypatch, fault_h
     m.wait()
     assert m.load_ckpt().to_pydict() == expected
     m.close()
+
+
+class SourceBroke(RuntimeError):
+    pass
+
+
+def test_an_exception_of_the_callers_stream_reaches_the_caller_as_it_was_and_queues_nothing(tmp_path, table):
+    def batches():
+        yield table.to_batches()[0]
+        raise SourceBroke("the source broke")
+
+    m = manager(tmp_path / "ckpt")
+    with pytest.raises(SourceBroke, match="the source broke"):
+        m.save_ckpt(pa.RecordBatchReader.from_batches(table.schema, batches()))
+    m.wait()
+    assert not os.path.exists(m.ckpt_ds_dir)
+    m.save_ckpt(table)
+    assert m.load_ckpt().equals(table)
+    m.close()
