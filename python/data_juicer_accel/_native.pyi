@@ -103,12 +103,15 @@ class BackgroundCheckpointWriter:
         rows_per_shard: int | None = None,
         size_like_datasets: int | None = None,
         holder: str | None = None,
+        immutable: bool = False,
     ) -> int:
-        """Takes a zero-copy snapshot of ``data`` (and of the rows the one-uint64-column table
+        """Takes a snapshot of ``data`` (and of the rows the one-uint64-column table
         ``indices`` selects) and queues its save into ``ckpt_dir``. Returns its sequence number.
         Raises the failure of an earlier save not yet reported, queuing nothing.
         ``size_like_datasets=num_proc``: the writer thread picks ``rows_per_shard`` as
-        ``datasets.save_to_disk(num_proc=num_proc)`` would."""
+        ``datasets.save_to_disk(num_proc=num_proc)`` would. ``immutable=True`` (HF datasets'
+        tables): references only, the stream read by the writer thread; otherwise the stream is
+        read before this returns and every buffer not provably pyarrow's own memory is copied."""
     def wait(self) -> None:
         """Blocks (GIL released) until every submitted save is committed or failed; raises the
         first failure not yet reported."""

@@ -55,7 +55,9 @@ pub fn to_py_err(err: CheckpointError) -> PyErr {
         e @ CheckpointError::Corrupt { .. } => CheckpointCorruptError::new_err(e.to_string()),
         e @ CheckpointError::Locked { .. } => CheckpointLockedError::new_err(e.to_string()),
         e @ CheckpointError::Input(_) => PyValueError::new_err(e.to_string()),
-        e @ CheckpointError::OutOfMemory { .. } => PyMemoryError::new_err(e.to_string()),
+        e @ (CheckpointError::OutOfMemory { .. } | CheckpointError::NoMemory { .. }) => {
+            PyMemoryError::new_err(e.to_string())
+        }
         CheckpointError::Cancelled => PyKeyboardInterrupt::new_err(()),
         e @ CheckpointError::Internal(_) => PyRuntimeError::new_err(e.to_string()),
     }
@@ -73,14 +75,29 @@ fn interruptible<T: Send>(
 ) -> PyResult<T> {
     let cancel = Arc::new(AtomicBool::new(false));
     let (done, result) = mpsc::channel();
+    // `f` runs on the worker, or here when no thread can be started (a
+    // memory limit): then without Ctrl-C checks, but it runs.
+    let f = std::sync::Mutex::new(Some(f));
+    let run = |cancel: Arc<AtomicBool>| {
+        let f = f.lock().ok().and_then(|mut f| f.take());
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match f {
+            Some(f) => f(cancel),
+            None => Err(CheckpointError::Internal(
+                "the checkpoint work ran twice".into(),
+            )),
+        }))
+        .unwrap_or_else(|payload| Err(CheckpointError::from_panic(payload)))
+    };
     std::thread::scope(|scope| {
         let worker_cancel = cancel.clone();
-        scope.spawn(move || {
-            let outcome =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(worker_cancel)))
-                    .unwrap_or_else(|payload| Err(CheckpointError::from_panic(payload)));
-            let _ = done.send(outcome);
-        });
+        let spawned = std::thread::Builder::new()
+            .name("dja-ckpt-call".into())
+            .spawn_scoped(scope, || {
+                let _ = done.send(run(worker_cancel));
+            });
+        if spawned.is_err() {
+            return super::gil::detach(py, || run(cancel.clone())).map_err(to_py_err);
+        }
         let mut interrupt: Option<PyErr> = None;
         let mut result = result;
         loop {
@@ -729,8 +746,9 @@ mod background_saves {
     use pyo3::prelude::*;
 
     use super::{detached, import_raw_stream, import_stream, to_py_err};
-    use crate::checkpoint::background::{BackgroundWriter, DeferredRows, Snapshot};
+    use crate::checkpoint::background::{BackgroundWriter, Snapshot};
     use crate::checkpoint::sizing::SizedStream;
+    use crate::checkpoint::snapshot::{detach_batches, MemoryMap};
     use crate::checkpoint::{self, CheckpointError, WriteOptions};
 
     /// One writer thread committing the newest submitted checkpoint.
@@ -787,13 +805,20 @@ mod background_saves {
         /// reported (and queues nothing then). `size_like_datasets=num_proc`
         /// lets the writer thread choose `rows_per_shard` as
         /// `datasets.save_to_disk(num_proc=num_proc)` would.
+        ///
+        /// `immutable=True` (HF datasets' tables) keeps references to every
+        /// buffer and leaves reading the stream to the writer thread.
+        /// Otherwise the stream is read before this returns, and every
+        /// buffer not provably pyarrow's own memory is copied (see
+        /// `checkpoint::snapshot`).
         #[pyo3(signature = (ckpt_dir, data, *, kind, files, state_template=None, indices=None,
                             compression="zstd", level=1, threads=1, chunk_bytes=8_388_608,
                             max_shard_bytes=524_288_000, rows_per_shard=None,
-                            size_like_datasets=None, holder=None))]
+                            size_like_datasets=None, holder=None, immutable=false))]
         #[allow(clippy::too_many_arguments)]
         fn submit(
             &self,
+            py: Python<'_>,
             ckpt_dir: PathBuf,
             data: &Bound<'_, PyAny>,
             kind: String,
@@ -808,6 +833,7 @@ mod background_saves {
             rows_per_shard: Option<u64>,
             size_like_datasets: Option<u64>,
             holder: Option<String>,
+            immutable: bool,
         ) -> PyResult<u64> {
             let options = WriteOptions {
                 compression: super::compression(compression, level)?,
@@ -822,15 +848,7 @@ mod background_saves {
                 .map_err(|e| PyValueError::new_err(format!("invalid Arrow C stream: {e}")))?;
             let schema = stream.schema();
             let index_stream = indices.map(index_stream).transpose()?;
-            // The streams hold references to the data: the writer thread pulls them.
-            let deferred: DeferredRows = Box::new(move || {
-                let (batches, table_bytes) = stream.read_all().map_err(CheckpointError::input)?;
-                let indices = index_stream
-                    .map(|s| pull(s).and_then(index_arrays))
-                    .transpose()?;
-                Ok((batches, indices, table_bytes))
-            });
-            let snapshot = Snapshot {
+            let mut snapshot = Snapshot {
                 ckpt_dir,
                 schema,
                 batches: Vec::new(),
@@ -839,11 +857,42 @@ mod background_saves {
                 state_template,
                 kind,
                 options,
-                deferred: Some(deferred),
+                deferred: None,
                 table_bytes: None,
                 size_like_datasets,
                 holder,
             };
+            if immutable {
+                // The streams hold references to the data: the writer thread pulls them.
+                snapshot.deferred = Some(Box::new(move || {
+                    let (batches, table_bytes) =
+                        stream.read_all().map_err(CheckpointError::input)?;
+                    let indices = index_stream
+                        .map(|s| pull(s).and_then(index_arrays))
+                        .transpose()?;
+                    Ok((batches, indices, table_bytes))
+                }));
+            } else {
+                // Read now, while the caller waits: the stream may call back
+                // into Python, and the memory behind it may change after
+                // this returns. What is not pyarrow's own memory is copied.
+                let (batches, table_bytes) = stream.read_all().map_err(|e| {
+                    PyValueError::new_err(format!(
+                        "the dataset could not be read as Arrow data: {e}"
+                    ))
+                })?;
+                let indices = index_stream
+                    .map(|s| pull(s).and_then(index_arrays))
+                    .transpose()
+                    .map_err(to_py_err)?;
+                let memory = MemoryMap::read();
+                let (batches, _) = py
+                    .detach(|| detach_batches(batches, memory.as_ref()))
+                    .map_err(to_py_err)?;
+                snapshot.batches = batches;
+                snapshot.indices = indices;
+                snapshot.table_bytes = table_bytes;
+            }
             self.writer.submit(snapshot).map_err(to_py_err)
         }
 

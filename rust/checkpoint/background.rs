@@ -143,6 +143,11 @@ fn rows_of<'a>(
         })
         .collect();
     let total: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+    let table_bytes: u64 = batches
+        .iter()
+        .map(|b| b.get_array_memory_size() as u64)
+        .sum();
+    let row_bytes = table_bytes / total.max(1) + 1;
     let schema = schema.clone();
     Box::new(
         indices
@@ -152,7 +157,15 @@ fn rows_of<'a>(
                     .step_by(GATHER_ROWS)
                     .map(move |at| array.slice(at, GATHER_ROWS.min(array.len() - at)))
             })
-            .map(move |step| gather(&schema, batches, &starts, total, &step)),
+            .map(move |step| {
+                // interleave allocates infallibly: check the room first.
+                let need = row_bytes
+                    .saturating_mul(step.len() as u64)
+                    .saturating_mul(2);
+                super::memory::ensure_room(need, "gathering the rows an indices mapping selects")
+                    .map_err(|e| ArrowError::ExternalError(Box::new(e)))?;
+                gather(&schema, batches, &starts, total, &step)
+            }),
     )
 }
 
@@ -261,9 +274,7 @@ impl BackgroundWriter {
         let thread = std::thread::Builder::new()
             .name("dja-ckpt-writer".into())
             .spawn(move || write_loop(&worker))
-            .map_err(|e| {
-                CheckpointError::Internal(format!("cannot start the checkpoint writer thread: {e}"))
-            })?;
+            .map_err(|e| super::memory::thread_error("the checkpoint writer thread", e))?;
         Ok(BackgroundWriter {
             shared,
             thread: Mutex::new(Some(thread)),

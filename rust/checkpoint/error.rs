@@ -28,6 +28,12 @@ pub enum CheckpointError {
         /// What the process may still use, and which limit says so.
         available: Option<(u64, String)>,
     },
+    /// Not enough memory for `what` of a save (or to start a thread).
+    NoMemory {
+        what: String,
+        needed: u64,
+        available: Option<(u64, String)>,
+    },
     /// The caller interrupted the operation (Ctrl-C).
     Cancelled,
     /// A bug in this crate (a caught panic); never the caller's fault.
@@ -105,6 +111,19 @@ impl fmt::Display for CheckpointError {
                         write!(f, ", but this process may use only {bytes} more ({limit})")
                     }
                     None => f.write_str(", and that much could not be allocated"),
+                }
+            }
+            CheckpointError::NoMemory {
+                what,
+                needed,
+                available,
+            } => {
+                write!(f, "not enough memory for {what} ({needed} bytes)")?;
+                match available {
+                    Some((bytes, limit)) => {
+                        write!(f, ": this process may use only {bytes} more ({limit})")
+                    }
+                    None => Ok(()),
                 }
             }
             CheckpointError::Cancelled => f.write_str("interrupted"),

@@ -7,6 +7,47 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use super::error::{CheckpointError, Result};
+
+/// Address space a thread of this crate reserves for its stack (Rust's
+/// default, 2 MiB) plus its guard page, rounded up.
+pub const THREAD_BYTES: u64 = 3 << 20;
+
+/// Fails with a clear out-of-memory error, before anything is allocated,
+/// when `bytes` more would not fit: beyond the tightest limit of
+/// [`available_memory`], or not allocatable now (a probe reserves the
+/// address space, touches no page, and frees it). Rust aborts the process
+/// on a failed allocation it did not ask to handle, and the encoders of
+/// arrow and the IPC writer allocate that way: this check keeps a save
+/// under a memory limit from getting that far.
+pub fn ensure_room(bytes: u64, what: &str) -> Result<()> {
+    let available = available_memory();
+    let fits_limit = available.as_ref().is_none_or(|(free, _)| bytes <= *free);
+    let mut probe: Vec<u8> = Vec::new();
+    if fits_limit
+        && usize::try_from(bytes)
+            .ok()
+            .is_some_and(|n| probe.try_reserve_exact(n).is_ok())
+    {
+        return Ok(());
+    }
+    Err(CheckpointError::NoMemory {
+        what: what.to_string(),
+        needed: bytes,
+        available,
+    })
+}
+
+/// The error for a thread that could not be started: the system had no
+/// memory (or no thread) left for it.
+pub fn thread_error(what: &str, error: std::io::Error) -> CheckpointError {
+    CheckpointError::NoMemory {
+        what: format!("starting {what} ({error})"),
+        needed: THREAD_BYTES,
+        available: available_memory(),
+    }
+}
+
 /// Bytes this process may still allocate, and which limit says so; `None`
 /// when no limit could be read.
 pub fn available_memory() -> Option<(u64, String)> {

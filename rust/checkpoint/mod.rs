@@ -11,6 +11,7 @@ pub mod memory;
 pub mod reader;
 pub mod shards;
 pub mod sizing;
+pub mod snapshot;
 pub mod writer;
 
 pub use commit::Staging;

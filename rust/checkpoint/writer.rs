@@ -25,7 +25,7 @@ use arrow_schema::{ArrowError, DataType, SchemaRef};
 use xxhash_rust::xxh3::Xxh3;
 
 use super::error::{CheckpointError, IoContext, Result};
-use super::fault;
+use super::{fault, memory};
 
 /// Arrow IPC end-of-stream marker: continuation token, then a zero length.
 const END_OF_STREAM: [u8; 8] = [0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0];
@@ -100,7 +100,7 @@ struct EncodedChunk {
     message: EncodedData,
 }
 
-type EncoderOutput = std::result::Result<EncodedChunk, ArrowError>;
+type EncoderOutput = Result<EncodedChunk>;
 
 pub fn ipc_options(compression: Compression) -> Result<IpcWriteOptions> {
     let options = IpcWriteOptions::default();
@@ -232,7 +232,7 @@ where
         opts.rows_per_shard = None;
         opts.max_shard_bytes = u64::MAX;
     }
-    let threads = opts.threads.max(1);
+    let threads = affordable_encoders(opts.threads.max(1), &opts);
 
     let shards = thread::scope(|s| -> Result<Vec<WrittenShard>> {
         let mut inputs = Vec::with_capacity(threads);
@@ -242,13 +242,27 @@ where
             let (chunk_tx, chunk_rx) = sync_channel::<Chunk>(CHANNEL_DEPTH);
             let (out_tx, out_rx) = sync_channel::<EncoderOutput>(CHANNEL_DEPTH);
             let (schema, ipc) = (schema.clone(), ipc.clone());
-            encoders.push(s.spawn(move || encode_loop(&schema, &ipc, chunk_rx, out_tx)));
+            let level = zstd_level(opts.compression);
+            let spawned = thread::Builder::new()
+                .name("dja-ckpt-encode".into())
+                .spawn_scoped(s, move || {
+                    encode_loop(&schema, &ipc, chunk_rx, out_tx, threads, level)
+                });
+            match spawned {
+                Ok(handle) => encoders.push(handle),
+                // Fewer encoders than asked for: slower, not wrong.
+                Err(_) if !encoders.is_empty() => break,
+                Err(e) => return Err(memory::thread_error("a checkpoint encoder thread", e)),
+            }
             inputs.push(chunk_tx);
             outputs.push(out_rx);
         }
         let writer = {
             let (schema, ipc, sync) = (schema.clone(), ipc.clone(), opts.sync);
-            s.spawn(move || write_loop(s, dir, &schema, &ipc, outputs, sync))
+            thread::Builder::new()
+                .name("dja-ckpt-shards".into())
+                .spawn_scoped(s, move || write_loop(s, dir, &schema, &ipc, outputs, sync))
+                .map_err(|e| memory::thread_error("the checkpoint shard writer thread", e))?
         };
 
         let produced = produce(input, &mut Planner::new(&opts), &inputs);
@@ -264,6 +278,42 @@ where
     rename_to_final_names(dir, shards)
 }
 
+/// Bytes an open shard buffers before writing (its `BufWriter`).
+const SHARD_BUFFER_BYTES: usize = 1 << 20;
+
+/// The zstd level, 0 for no compression.
+fn zstd_level(compression: Compression) -> i32 {
+    match compression {
+        Compression::Zstd(level) => level,
+        Compression::None => 0,
+    }
+}
+
+/// Memory one encoder needs for a chunk of `raw_bytes`: the IPC body and
+/// zstd's output bound, each about the chunk's size, and zstd's context
+/// (its size grows with the level: windows and tables).
+fn chunk_need(raw_bytes: u64, level: i32) -> u64 {
+    let context: u64 = match level {
+        0 => 0,
+        ..=3 => 8 << 20,
+        4..=9 => 32 << 20,
+        _ => 160 << 20,
+    };
+    2 * raw_bytes + context + (1 << 20)
+}
+
+/// How many of `wanted` encoders the memory left can carry, each with its
+/// stack and a full chunk; at least one (whose chunks are checked anyway).
+fn affordable_encoders(wanted: usize, opts: &WriteOptions) -> usize {
+    let Some((free, _)) = memory::available_memory() else {
+        return wanted;
+    };
+    let writer = memory::THREAD_BYTES + SHARD_BUFFER_BYTES as u64;
+    let encoder = memory::THREAD_BYTES + chunk_need(opts.chunk_bytes, zstd_level(opts.compression));
+    let fits = free.saturating_sub(writer) / encoder.max(1);
+    (fits as usize).clamp(1, wanted)
+}
+
 fn join<T>(handle: ScopedJoinHandle<'_, Result<T>>) -> Result<T> {
     handle.join().map_err(CheckpointError::from_panic)?
 }
@@ -275,7 +325,7 @@ where
 {
     let mut next = 0usize;
     for batch in input {
-        let batch = batch.map_err(CheckpointError::input)?;
+        let batch = batch.map_err(input_error)?;
         let delivered = planner.split(&batch, |chunk| {
             let sent = encoders[next].send(chunk).is_ok();
             next = (next + 1) % encoders.len();
@@ -294,6 +344,8 @@ fn encode_loop(
     ipc: &IpcWriteOptions,
     chunks: Receiver<Chunk>,
     out: SyncSender<EncoderOutput>,
+    encoders: usize,
+    level: i32,
 ) -> Result<()> {
     let generator = IpcDataGenerator::default();
     let mut tracker = DictionaryTracker::new(false);
@@ -301,6 +353,12 @@ fn encode_loop(
     let _ = generator.schema_to_bytes_with_dictionary_tracker(schema, &mut tracker, ipc);
     let mut context = IpcWriteContext::default();
     for chunk in chunks {
+        // Every encoder may be at this point at once: room for all of them.
+        let need = chunk_need(chunk.raw_bytes, level).saturating_mul(encoders as u64);
+        if let Err(e) = memory::ensure_room(need, "compressing checkpoint chunks") {
+            let _ = out.send(Err(e));
+            break;
+        }
         let encoded = generator
             .encode(&chunk.batch, &mut tracker, ipc, &mut context)
             .map(|(dictionaries, message)| EncodedChunk {
@@ -309,7 +367,8 @@ fn encode_loop(
                 raw_bytes: chunk.raw_bytes,
                 dictionaries,
                 message,
-            });
+            })
+            .map_err(encoder_error);
         let failed = encoded.is_err();
         if out.send(encoded).is_err() || failed {
             break;
@@ -333,13 +392,22 @@ fn write_loop<'scope>(
         let Ok(encoded) = encoders[seq % encoders.len()].recv() else {
             break; // every chunk is written
         };
-        let encoded = encoded.map_err(CheckpointError::input)?;
+        let encoded = encoded?;
         if current.as_ref().map(|s| s.index) != Some(encoded.shard) {
             if let Some(shard) = current.take() {
                 let (written, file) = shard.finish()?;
                 if sync_shards {
                     let path = written.file.clone();
-                    syncs.push(scope.spawn(move || sync(file, &path)));
+                    let spawned = file.try_clone().ok().and_then(|clone| {
+                        thread::Builder::new()
+                            .name("dja-ckpt-fsync".into())
+                            .spawn_scoped(scope, move || sync(clone, &path))
+                            .ok()
+                    });
+                    match spawned {
+                        Some(handle) => syncs.push(handle),
+                        None => sync(file, &written.file)?, // no thread left: here, then
+                    }
                 } else {
                     start_writeback(&file, 0);
                 }
@@ -367,6 +435,32 @@ fn write_loop<'scope>(
         join(handle)?;
     }
     Ok(done)
+}
+
+/// A failure of the input: one of ours passed through the stream (out of
+/// memory gathering rows) keeps its kind; anything else is bad input.
+fn input_error(error: ArrowError) -> CheckpointError {
+    match error {
+        ArrowError::ExternalError(inner) => match inner.downcast::<CheckpointError>() {
+            Ok(ours) => *ours,
+            Err(other) => CheckpointError::input(ArrowError::ExternalError(other)),
+        },
+        other => CheckpointError::input(other),
+    }
+}
+
+/// An encoder's failure: an allocation zstd reported failed, or input the
+/// IPC encoder refused.
+fn encoder_error(error: ArrowError) -> CheckpointError {
+    let message = error.to_string();
+    match memory::failed_allocation_size(&message) {
+        Some(needed) => CheckpointError::NoMemory {
+            what: format!("compressing a checkpoint chunk ({message})"),
+            needed,
+            available: memory::available_memory(),
+        },
+        None => CheckpointError::input(error),
+    }
 }
 
 /// Starts (does not wait for) the writeback of `file` from byte `from` to
@@ -428,11 +522,12 @@ struct OpenShard {
 impl OpenShard {
     fn create(dir: &Path, index: usize, schema: &SchemaRef, ipc: &IpcWriteOptions) -> Result<Self> {
         let path = dir.join(format!("part-{index:05}.arrow"));
+        memory::ensure_room(SHARD_BUFFER_BYTES as u64, "the write buffer of a shard")?;
         let file = File::create(&path).at(&path)?;
         let mut shard = OpenShard {
             index,
             out: HashingWriter {
-                inner: BufWriter::with_capacity(1 << 20, file),
+                inner: BufWriter::with_capacity(SHARD_BUFFER_BYTES, file),
                 hasher: Xxh3::new(),
                 bytes: 0,
             },

@@ -219,17 +219,28 @@ unsafe impl Send for Slab {}
 unsafe impl Sync for Slab {}
 
 impl Slab {
-    fn new(capacity: usize, max_lines: usize, sealed: bool) -> Self {
-        let bytes: Box<[u8]> = vec![0u8; capacity.max(1)].into_boxed_slice();
-        let base = NonNull::new(Box::into_raw(bytes).cast::<u8>()).expect("a box is not null");
-        Slab {
+    /// A zeroed buffer of `capacity` bytes; `OutOfMemory` (not an abort)
+    /// when it cannot be allocated, e.g. under `RLIMIT_AS`.
+    fn new(capacity: usize, max_lines: usize, sealed: bool) -> io::Result<Self> {
+        let capacity = capacity.max(1);
+        let layout = std::alloc::Layout::array::<u8>(capacity)
+            .map_err(|_| io::Error::from(io::ErrorKind::OutOfMemory))?;
+        // SAFETY: `layout` has a non-zero size. Freed in `drop` as the boxed
+        // slice of `capacity` bytes it has the layout of.
+        let base = NonNull::new(unsafe { std::alloc::alloc_zeroed(layout) }).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::OutOfMemory,
+                format!("cannot allocate an event buffer of {capacity} bytes"),
+            )
+        })?;
+        Ok(Slab {
             base,
-            capacity: capacity.max(1),
+            capacity,
             max_lines: max_lines.clamp(1, MAX_LINES) as u64,
             reserved: AtomicU64::new(if sealed { SEALED } else { 0 }),
             committed: AtomicU64::new(0),
             overflow_at: AtomicU64::new(NO_OVERFLOW),
-        }
+        })
     }
 
     /// Reserves room for `line` and copies it in. `Err(true)`: the buffer
@@ -307,8 +318,8 @@ impl Slab {
 impl Drop for Slab {
     fn drop(&mut self) {
         let slice = std::ptr::slice_from_raw_parts_mut(self.base.as_ptr(), self.capacity);
-        // SAFETY: `base` and `capacity` came from `Box::into_raw` of a boxed
-        // slice of exactly this length, freed only here.
+        // SAFETY: `base` was allocated with the layout of a boxed slice of
+        // exactly `capacity` bytes (see `new`) and is freed only here.
         drop(unsafe { Box::from_raw(slice) });
     }
 }
@@ -401,7 +412,7 @@ impl EventWriter {
             error: Mutex::new(None),
             batches_written: AtomicU64::new(0),
             spare_lines: ArrayQueue::new(POOLED_LINES),
-            slabs: [slab(false), slab(true)],
+            slabs: [slab(false)?, slab(true)?],
             active: AtomicUsize::new(0),
             flips: AtomicU64::new(0),
             closed: AtomicBool::new(false),

@@ -384,9 +384,24 @@ class CheckpointManager(CheckpointManagerBase):
         if self._background_saves is None or not self._background_saves.usable():
             self._background_saves = _BackgroundSaves(self)
         data, indices = source.snapshot_parts()
-        self._background_saves.submit(
-            data,
-            indices=indices,
+        errors = _StreamErrors()
+        if not source.immutable and not isinstance(data, pa.Table):  # a table cannot fail; streams can
+            data = errors.watch(data)
+        try:
+            self._background_saves.submit(
+                data,
+                indices=indices,
+                immutable=source.immutable,
+                **self._submit_options(source, op_record),
+            )
+        except BaseException:
+            if errors.error is not None:
+                raise errors.error  # noqa: B904 - the native error stays as its __context__
+            raise
+        return self.ckpt_ds_dir
+
+    def _submit_options(self, source, op_record: bytes) -> dict:
+        return dict(
             kind=source.kind,
             files=[(_INFO_FILE, source.info_json()), (_OP_RECORD_FILE, op_record)],
             state_template=_state_template(source.state_json([])),
@@ -399,7 +414,6 @@ class CheckpointManager(CheckpointManagerBase):
             record=json.loads(op_record),
             holder=self._lock_holder(),
         )
-        return self.ckpt_ds_dir
 
 
 # --------------------------------------------------------------------------
@@ -459,6 +473,10 @@ class _ArrowSource:
     """A pyarrow Table, RecordBatchReader or ``__arrow_c_stream__`` object."""
 
     kind = "arrow"
+    #: Its memory may change after a save returns (numpy arrays, mapped
+    #: files) and its stream may call back into Python: a background save
+    #: reads it at once and copies what is not pyarrow's own memory.
+    immutable = False
 
     def __init__(self, data: Any):
         self.data = data
@@ -502,6 +520,11 @@ class _ArrowSource:
 
 class _HFSource:
     """A ``datasets.Dataset`` (or Data-Juicer ``NestedDataset``)."""
+
+    #: datasets never writes a table's buffers, nor a cache file in place
+    #: (it writes a new file and renames it): a background save keeps
+    #: references and reads the table in its own thread.
+    immutable = True
 
     def __init__(self, ds: Any, nested: bool):
         self.ds = ds
@@ -862,7 +885,12 @@ class _BackgroundSaves:
         # A daemon thread, joined by close() (hence by the atexit hook) before
         # interpreter finalization, so it is never inside native code then.
         self.watcher = threading.Thread(target=self._watch_commits, name="dja-ckpt-commits", daemon=True)
-        self.watcher.start()
+        try:
+            self.watcher.start()
+        except RuntimeError as e:  # "can't start new thread": out of memory or threads
+            self.closed = True
+            self.writer.close()
+            raise MemoryError(f"cannot start the checkpoint commit watcher thread for {self.ckpt_dir}: {e}") from e
         _LIVE_BACKGROUND_SAVES.add(self)
 
     def usable(self) -> bool:

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use pyo3::exceptions::{PyOSError, PyValueError};
+use pyo3::exceptions::{PyMemoryError, PyOSError, PyValueError};
 use pyo3::PyErr;
 
 use crate::events::writer::{PushError, WriteError};
@@ -31,6 +31,9 @@ pub(super) fn os_error(error: &WriteError) -> PyErr {
 
 /// A failed file operation: `action` (e.g. "reading") on `path`.
 pub(super) fn io_os_error(action: &str, path: &Path, error: &std::io::Error) -> PyErr {
+    if error.kind() == std::io::ErrorKind::OutOfMemory {
+        return PyMemoryError::new_err(format!("{action} {}: {error}", path.display()));
+    }
     new_os_error(
         error.raw_os_error(),
         format!("{action} {}: {error}", path.display()),
