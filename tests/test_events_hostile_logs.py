@@ -6,7 +6,6 @@ the Ray executor's ``--resume`` relies on."""
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import json
@@ -303,35 +302,46 @@ def test_the_latest_events_file_is_the_latest_run_that_logged(tmp_path):
 # --------------------------------------------------------------------------
 # The Ray executor's --resume path (py-data-juicer 1.6.1's own code)
 
+_RAY_RESUME = """
+import argparse, json, sys, types
+from data_juicer_accel.patch import patch_data_juicer
+assert patch_data_juicer()
+from data_juicer.core.executor.ray_executor_partitioned import PartitionedRayExecutor
+from data_juicer_accel.core.executor.event_logging_mixin import EventLogger
 
-@pytest.fixture
-def ray_executor():
-    """A ``PartitionedRayExecutor`` as far as ``_resume_job`` needs it: its
-    real event logging set up by the patched mixin (no Ray cluster needed)."""
-    from data_juicer_accel.patch import patch_data_juicer
-
-    assert patch_data_juicer()
-    from data_juicer.core.executor.ray_executor_partitioned import PartitionedRayExecutor
-
-    made = []
-
-    def make(work_dir: Path, job_id: str):
-        executor = object.__new__(PartitionedRayExecutor)
-        executor.cfg = argparse.Namespace(job_id=job_id, event_logging={}, _same_yaml_config=True)
-        executor.work_dir = str(work_dir)
-        executor.executor_type = "ray_partitioned"
-        executor.ckpt_manager = types.SimpleNamespace(ckpt_dir=str(work_dir / "fresh_ckpt"))
-        executor._setup_event_logging()
-        assert isinstance(executor.event_logger, ours.EventLogger)
-        made.append(executor)
-        return executor
-
-    yield make
-    for executor in made:
-        executor.event_logger.close()
+work_dir, job_id = sys.argv[1:]
+# A PartitionedRayExecutor as far as _resume_job needs it: its real event
+# logging, set up by the patched mixin (no Ray cluster needed).
+executor = object.__new__(PartitionedRayExecutor)
+executor.cfg = argparse.Namespace(job_id=job_id, event_logging={}, _same_yaml_config=True)
+executor.work_dir = work_dir
+executor.executor_type = "ray_partitioned"
+executor.ckpt_manager = types.SimpleNamespace(ckpt_dir="fresh")
+executor._setup_event_logging()
+assert isinstance(executor.event_logger, EventLogger)
+answer = {
+    "work_dir_found": executor._find_work_directory(job_id),
+    "resume": executor._resume_job(job_id),
+    "ckpt_dir": executor.ckpt_manager.ckpt_dir,
+    "own_file": executor.event_logger.jsonl_file.name,
+}
+executor.event_logger.close()
+print(json.dumps(answer))
+"""
 
 
-def test_ray_resume_finds_a_completed_job_past_hostile_lines(tmp_path, ray_executor):
+def _ray_resume(work: Path, job_id: str) -> dict:
+    """py-data-juicer 1.6.1's ``PartitionedRayExecutor._resume_job`` (what
+    ``--resume`` runs) under the patch, in a fresh interpreter (the patch
+    changes Data-Juicer for the whole process)."""
+    done = subprocess.run(
+        [sys.executable, "-c", _RAY_RESUME, str(work), job_id], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def test_ray_resume_finds_a_completed_job_past_hostile_lines(tmp_path):
     work = tmp_path / "job42"
     work.mkdir()
     (work / OLD_RUN).write_bytes(
@@ -339,23 +349,74 @@ def test_ray_resume_finds_a_completed_job_past_hostile_lines(tmp_path, ray_execu
         + b'{"event_type": "job_complete", "timestamp": 2}\n'
         + _cut_last_line()
     )
-    assert ray_executor(work, "job42")._resume_job("job42") == "completed"
+    assert _ray_resume(work, "job42")["resume"] == "completed"
 
 
-def test_ray_resume_resumes_an_unfinished_job_from_its_checkpoints(tmp_path, ray_executor):
+def test_ray_resume_resumes_an_unfinished_job_from_its_checkpoints(tmp_path):
+    """The previous run's file is read, not the new run's (empty) one."""
     work = tmp_path / "job42"
     (work / "checkpoints").mkdir(parents=True)
     (work / OLD_RUN).write_bytes(b'{"event_type": "job_start", "timestamp": 1}\n\xe4\xb8\n')
-    executor = ray_executor(work, "job42")
-    assert executor._resume_job("job42") == "resuming"
-    assert executor.ckpt_manager.ckpt_dir == str(work / "checkpoints")
+    answer = _ray_resume(work, "job42")
+    assert answer["resume"] == "resuming"
+    assert answer["ckpt_dir"] == str(work / "checkpoints")
 
 
-def test_ray_resume_of_a_job_that_never_logged_fails_as_in_the_reference(tmp_path, ray_executor):
+def test_ray_resume_of_a_completed_job_is_not_hidden_by_the_new_runs_file(tmp_path):
+    work = tmp_path / "job42"
+    work.mkdir()
+    (work / OLD_RUN).write_text('{"event_type": "job_complete", "timestamp": 2}\n')
+    assert _ray_resume(work, "job42")["resume"] == "completed"
+
+
+def test_ray_resume_of_a_job_that_never_logged_fails_as_in_the_reference(tmp_path):
     """No events in the job's directory: 1.6.1 finds no work directory."""
     work = tmp_path / "job42"
-    executor = ray_executor(work, "job42")
-    assert executor.event_logger.jsonl_file.exists()
-    assert executor._find_work_directory("job42") is None
-    assert executor._resume_job("job42") == "failed"
-    assert sorted(os.listdir(work)) == sorted(["logs", executor.event_logger.jsonl_file.name])
+    answer = _ray_resume(work, "job42")
+    assert answer["work_dir_found"] is None
+    assert answer["resume"] == "failed"
+    assert sorted(os.listdir(work)) == sorted(["logs", answer["own_file"]])
+
+
+# --------------------------------------------------------------------------
+# The line reader agrees with json.loads
+
+
+def _loads_object(line: str) -> bool:
+    try:
+        return isinstance(json.loads(line.strip()), dict)
+    except ValueError:
+        return False
+
+
+def test_a_line_is_read_exactly_when_json_loads_returns_an_object():
+    """Random short lines over a JSON alphabet (seeded): the Rust reader reads
+    a line if and only if ``json.loads`` returns a dict for it."""
+    from data_juicer_accel import _native
+
+    alphabet = ["{", "}", "[", "]", ",", ":", " ", '"k"', '"', "\\", "\\u00e9", "\\ud800", "\\x", "1", "0", "-"]
+    alphabet += [
+        ".5",
+        ".",
+        "e9",
+        "E-2",
+        "+",
+        "null",
+        "true",
+        "NaN",
+        "Infinity",
+        "\t",
+        "\x01",
+        "中",
+        "x",
+        "\x0b",
+        "\ufeff",
+    ]
+    rng = random.Random(1)
+    read = 0
+    for _ in range(30_000):
+        line = "{" + "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 10))) + rng.choice(["}", ""])
+        got = _native.event_lines(line.encode()) == [line.strip()]
+        assert got == _loads_object(line), repr(line)
+        read += got
+    assert read > 100, read

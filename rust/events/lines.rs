@@ -357,4 +357,43 @@ mod tests {
             ["{\"a\": 1}", "{\"b\": 2}"]
         );
     }
+
+    /// The one-parse path of the analysis reads no line the readers skip:
+    /// where serde accepts an object and [`serde_suffices`], [`is_object`]
+    /// agrees (random short lines over a JSON alphabet, seeded).
+    #[test]
+    fn serde_never_accepts_what_the_readers_skip() {
+        const ALPHABET: &[&str] = &[
+            "{", "}", "[", "]", ",", ":", " ", "\"k\"", "\"", "\\", "\\u00e9", "\\ud800", "1", "0",
+            "-", ".5", "e9", "E-2", "null", "true", "NaN", "Infinity", "\t", "\u{1}", "\u{4e2d}",
+            "x",
+        ];
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        };
+        let (mut accepted, mut objects) = (0, 0);
+        for _ in 0..200_000 {
+            let mut line = String::from("{");
+            for _ in 0..next(12) {
+                line.push_str(ALPHABET[next(ALPHABET.len())]);
+            }
+            if next(2) == 0 {
+                line.push('}');
+            }
+            let serde_reads = serde_json::from_str::<serde::de::IgnoredAny>(&line).is_ok();
+            if serde_reads && serde_suffices(&line) {
+                accepted += 1;
+                assert!(is_object(&line), "{line}");
+            }
+            objects += usize::from(is_object(&line));
+        }
+        assert!(
+            accepted > 100 && objects >= accepted,
+            "{accepted} {objects}"
+        );
+    }
 }
