@@ -5,9 +5,10 @@
 //! partition and op events: quadratic in partitions × events. Here each line
 //! is parsed once, keeping only the handful of fields the analysis reads (as
 //! raw JSON, so values round-trip exactly), and folded into per-partition
-//! aggregates. Large files are split at line boundaries and folded on several
-//! threads; the partial results are merged in file order, so "the first
-//! maximum wins" ties resolve as Python's `max()` resolves them.
+//! aggregates; lines no reader reads (see [`super::lines`]) are skipped.
+//! Large files are split at line boundaries and folded on several threads;
+//! the partial results are merged in file order, so "the first maximum
+//! wins" ties resolve as Python's `max()` resolves them.
 
 use serde::de::{self, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
@@ -597,8 +598,8 @@ enum Line<'a> {
     Event(LineFields<'a>),
     /// A blank line, or one every reader skips ([`lines::LogLine::Unreadable`]).
     Skipped,
-    /// An object only Python reads as the reference does: `NaN`,
-    /// `Infinity`, lone surrogates, nesting deeper than serde's limit.
+    /// An object only Python reads as the reference does (`NaN`,
+    /// `Infinity`, lone surrogates serde refuses).
     Irregular,
 }
 
