@@ -252,8 +252,16 @@ def analyze_events_file(path: str | PathLike[str]) -> dict[str, Any]:
     ``needs_reference_reading`` when a line only Python reads as the reference does."""
 
 def events_file_has_type(path: str | PathLike[str], event_type: str) -> bool | None:
-    """Whether the log holds an event of ``event_type``, read as
-    ``check_job_completion`` reads it; ``None`` when only Python can tell."""
+    """Whether the log holds an event of ``event_type`` (unreadable lines
+    skipped); ``None`` when only Python can tell."""
+
+def read_event_lines(path: str | PathLike[str]) -> list[str]:
+    """The lines of the log every reader reads, stripped: JSON objects
+    ``json.loads`` returns, nested at most 256 deep. Lines that are not
+    UTF-8 or not such an object are skipped."""
+
+def event_lines(data: bytes) -> list[str]:
+    """``read_event_lines`` over bytes already read."""
 
 @final
 class InFlight:

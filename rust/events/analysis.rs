@@ -5,9 +5,10 @@
 //! partition and op events: quadratic in partitions × events. Here each line
 //! is parsed once, keeping only the handful of fields the analysis reads (as
 //! raw JSON, so values round-trip exactly), and folded into per-partition
-//! aggregates. Large files are split at line boundaries and folded on several
-//! threads; the partial results are merged in file order, so "the first
-//! maximum wins" ties resolve as Python's `max()` resolves them.
+//! aggregates; lines no reader reads (see [`super::lines`]) are skipped.
+//! Large files are split at line boundaries and folded on several threads;
+//! the partial results are merged in file order, so "the first maximum
+//! wins" ties resolve as Python's `max()` resolves them.
 
 use serde::de::{self, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
@@ -16,6 +17,8 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io;
 use std::path::Path;
+
+use super::lines;
 
 /// Event types counted as checkpoints: the reference looks for
 /// `checkpoint_saved`, which nothing writes; `checkpoint_save` is what
@@ -194,18 +197,29 @@ fn is_plain_number(text: &str) -> bool {
         || (text.bytes().any(|b| matches!(b, b'.' | b'e' | b'E')) && text.parse::<f64>().is_ok())
 }
 
+/// Nesting up to this depth converts to Python here (serde's own limit
+/// is 128).
+const MAX_CONVERTED_DEPTH: usize = 100;
+
 /// Whether a value passed through to Python converts exactly: no integer
-/// of more than 15 digits (read as a float on the way) and no `\uD8xx`..
-/// `\uDFxx` escape (a lone surrogate fails to convert).
+/// of more than 15 digits (read as a float on the way), no `\uD8xx`..
+/// `\uDFxx` escape (a lone surrogate fails to convert), no nesting deeper
+/// than [`MAX_CONVERTED_DEPTH`] (brackets inside strings count: a false
+/// "no" only sends the log to Python).
 fn converts_exactly(value: Option<&RawValue>) -> bool {
     let Some(text) = value.map(RawValue::get) else {
         return true;
     };
     let bytes = text.as_bytes();
-    let mut digits = 0;
+    let (mut digits, mut depth) = (0, 0usize);
     for (i, byte) in bytes.iter().enumerate() {
         digits = if byte.is_ascii_digit() { digits + 1 } else { 0 };
-        if digits > 15 {
+        match byte {
+            b'[' | b'{' => depth += 1,
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        if digits > 15 || depth > MAX_CONVERTED_DEPTH {
             return false;
         }
         if *byte == b'u'
@@ -577,110 +591,42 @@ impl Analysis {
     }
 }
 
-/// What Python's `json.loads(line.strip())` makes of one line, as far as
-/// this reader can tell without Python.
+/// One line of the log, as this pass reads it.
 enum Line<'a> {
-    /// A JSON object, its read fields (the last of duplicate keys).
+    /// A JSON object (see [`lines::classify`]), its read fields (the last
+    /// of duplicate keys).
     Event(LineFields<'a>),
-    /// Not JSON to `json.loads` either (a partial last line, text): the
-    /// reference skips it, or stops reading at it.
-    Invalid,
-    /// Something only Python can read as the reference does: JSON that is
-    /// not an object (the reference fails on it), nesting deeper than
-    /// serde's limit, `NaN`, lone surrogates, a lone `\r` (a line break to
-    /// Python's text mode), bytes that are not UTF-8, any other parse error.
+    /// A blank line, or one every reader skips ([`lines::LogLine::Unreadable`]).
+    Skipped,
+    /// An object only Python reads as the reference does (`NaN`,
+    /// `Infinity`, lone surrogates serde refuses).
     Irregular,
 }
 
-/// Python's `str.strip()` whitespace: Unicode `White_Space` plus the
-/// separators `\x1c`..`\x1f`.
-fn python_space(c: char) -> bool {
-    c.is_whitespace() || ('\x1c'..='\x1f').contains(&c)
-}
-
-fn read_line(line: &str) -> Line<'_> {
-    let line = line.trim_matches(python_space);
-    if nests_deeper_than(line.as_bytes(), MAX_PLAIN_DEPTH) {
-        return Line::Irregular;
-    }
-    let parsed = if line.starts_with('{') {
-        serde_json::from_str::<LineFields<'_>>(line).map(Line::Event)
-    } else {
-        // JSON, but not an object: the reference fails on it.
-        serde_json::from_str::<IgnoredAny>(line).map(|_| Line::Irregular)
+fn read_line(line: &[u8]) -> Line<'_> {
+    let Some(text) = lines::stripped(line) else {
+        return Line::Skipped;
     };
-    match parsed {
-        Ok(line) => line,
-        Err(error) if error.is_eof() => Line::Invalid,
-        // What `json.loads` accepts and serde does not.
-        Err(_) if ["NaN", "Infinity", "\\u"].iter().any(|t| line.contains(t)) => Line::Irregular,
-        Err(_) => Line::Invalid,
-    }
-}
-
-/// Nesting up to this depth is read here; deeper, Python's recursion limit
-/// (which depends on the caller's stack) decides whether `json.loads`
-/// fails, so Python reads the line.
-const MAX_PLAIN_DEPTH: usize = 100;
-
-/// Whether brackets outside strings nest deeper than `limit` in `line`.
-fn nests_deeper_than(line: &[u8], limit: usize) -> bool {
-    let opening = line.iter().filter(|b| matches!(b, b'[' | b'{')).count();
-    if opening <= limit {
-        return false;
-    }
-    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
-    for &byte in line {
-        if in_string {
-            match (escaped, byte) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match byte {
-            b'"' => in_string = true,
-            b'[' | b'{' => {
-                depth += 1;
-                if depth > limit {
-                    return true;
-                }
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
+    if lines::serde_suffices(text) {
+        if let Ok(fields) = serde_json::from_str::<LineFields<'_>>(text) {
+            return Line::Event(fields);
         }
     }
-    false
+    if !lines::is_object(text) {
+        return Line::Skipped; // blank, or unreadable to every reader
+    }
+    serde_json::from_str::<LineFields<'_>>(text).map_or(Line::Irregular, Line::Event)
 }
 
-/// Calls `visit` with each non-blank line of `bytes`, in order, until it
-/// returns false. A file that is not UTF-8 or holds a lone `\r` is one
-/// irregular line: Python's text mode would fail on it or split it.
+/// Calls `visit` with each line of `bytes` every reader reads, in order,
+/// until it returns false.
 fn for_each_line(bytes: &[u8], mut visit: impl FnMut(u64, Line<'_>) -> bool) {
-    let text = match std::str::from_utf8(bytes) {
-        Ok(text) if !has_lone_carriage_return(bytes) => text,
-        _ => {
-            visit(0, Line::Irregular);
-            return;
-        }
-    };
-    for (line_no, line) in text.split('\n').enumerate() {
-        if line.trim_matches(python_space).is_empty() {
-            continue;
-        }
-        if !visit(line_no as u64, read_line(line)) {
+    for (line_no, line) in lines::split(bytes).enumerate() {
+        let line = read_line(line);
+        if !matches!(line, Line::Skipped) && !visit(line_no as u64, line) {
             return;
         }
     }
-}
-
-fn has_lone_carriage_return(bytes: &[u8]) -> bool {
-    bytes
-        .iter()
-        .enumerate()
-        .any(|(i, b)| *b == b'\r' && bytes.get(i + 1) != Some(&b'\n'))
 }
 
 /// Splits `bytes` into about `parts` pieces, each ending at a newline.
@@ -707,8 +653,8 @@ fn analyze_chunk(chunk: usize, bytes: &[u8]) -> Analysis {
     for_each_line(bytes, |line_no, line| {
         match line {
             Line::Event(fields) => analysis.fold_line(line_no, &fields),
-            Line::Invalid => {}
             Line::Irregular => analysis.irregular = true,
+            Line::Skipped => {}
         }
         !analysis.irregular
     });
@@ -749,32 +695,31 @@ pub fn analyze_file(path: &Path) -> io::Result<Analysis> {
     Ok(analyze_bytes(&std::fs::read(path)?))
 }
 
-/// Whether the log at `path` holds an event of type `event_type`, read as
-/// `check_job_completion` reads it: blank lines skipped, reading stops at the
-/// first line that is not JSON. `None` when a line needs Python to tell
-/// (see [`Line::Irregular`]); a missing file holds none.
+/// Whether the log at `path` holds an event of type `event_type` (lines
+/// every reader skips are skipped). `None` when only an object Python must
+/// read could hold it (see [`Line::Irregular`]); a missing file holds none.
 pub fn file_has_event_type(path: &Path, event_type: &str) -> io::Result<Option<bool>> {
     let bytes = match std::fs::read(path) {
         Ok(bytes) => bytes,
         Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Some(false)),
         Err(err) => return Err(err),
     };
-    let mut answer = Some(false);
-    for_each_line(&bytes, |_, line| match line {
-        Line::Event(fields) => {
-            if event_type_of(fields.event_type).as_deref() == Some(event_type) {
-                answer = Some(true);
-                return false;
+    let (mut found, mut irregular) = (false, false);
+    for_each_line(&bytes, |_, line| {
+        match line {
+            Line::Event(fields) => {
+                found = event_type_of(fields.event_type).as_deref() == Some(event_type);
             }
-            true
+            Line::Irregular => irregular = true,
+            Line::Skipped => {}
         }
-        Line::Invalid => false,
-        Line::Irregular => {
-            answer = None;
-            false
-        }
+        !found
     });
-    Ok(answer)
+    Ok(if found || !irregular {
+        Some(found)
+    } else {
+        None
+    })
 }
 
 #[cfg(test)]
@@ -926,10 +871,10 @@ mod tests {
             has("\n  \n{\"event_type\": \"job_complete\"}\n"),
             Some(true)
         );
-        // The reference stops reading at the first line that is not JSON.
+        // Lines every reader skips do not end the reading.
         assert_eq!(
-            has("oops\n{\"event_type\": \"job_complete\"}\n"),
-            Some(false)
+            has("oops\n[1]\n5\n{\"event_type\": \"job_complete\"}\n"),
+            Some(true)
         );
         // The last of duplicate keys wins, escaped keys are keys.
         let dup = r#"{"event_type": "job_start", "event_type": "job_complete"}"#;
@@ -940,17 +885,19 @@ mod tests {
             has("{\"event\\u005ftype\": \"job_complete\"}\n"),
             Some(true)
         );
-        // Only Python can tell what these do in the reference (a
-        // non-object fails there; Python may parse or fail on deep nesting).
-        assert_eq!(has("[1]\n{\"event_type\": \"job_complete\"}\n"), None);
-        assert_eq!(
-            has(&format!("{}{}\n", "[".repeat(1000), "]".repeat(1000))),
-            None
-        );
-        assert_eq!(has("{\"x\": NaN}\n"), None);
+        // Skipped lines do not hide a later event.
+        assert_eq!(has("[1]\n{\"event_type\": \"job_complete\"}\n"), Some(true));
+        let deep = format!("{}{}\n", "[".repeat(1000), "]".repeat(1000));
+        assert_eq!(has(&deep), Some(false));
         assert_eq!(
             has("{\"a\": 1}\r{\"event_type\": \"job_complete\"}\n"),
-            None
+            Some(true)
+        );
+        // Only Python reads NaN as the reference does.
+        assert_eq!(has("{\"x\": NaN}\n"), None);
+        assert_eq!(
+            has("{\"x\": NaN}\n{\"event_type\": \"job_complete\"}\n"),
+            Some(true)
         );
     }
 
@@ -989,24 +936,81 @@ mod tests {
             r#"{"event_type": "partition_complete", "metadata": {"duration_seconds": 12345678901234567890}}"#,
             r#"{"event_type": "checkpoint_save", "metadata": [1]}"#,
             r#"{"event_type": "job_start", "timestamp": NaN}"#,
-            "[1]",
-            "\"text\"",
-            "5",
         ] {
             assert!(flagged(irregular), "{irregular}");
         }
-        let deep = format!("{{\"a\": {}1{}}}", "[".repeat(500), "]".repeat(500));
+        // Deeper than is converted here, not deeper than every reader reads.
+        let nested = |depth| format!("{}1{}", "[".repeat(depth), "]".repeat(depth));
+        let deep = format!(
+            r#"{{"event_type": "partition_complete", "partition_id": 1, "metadata": {{"output_path": {}}}}}"#,
+            nested(200)
+        );
         assert!(flagged(&deep));
-        assert!(analyze_bytes(b"{\"event_type\": \"job_start\"}\n\xff\n").needs_reference_reading());
+        assert!(!flagged(&format!(
+            r#"{{"event_type": "job_start", "x": {}}}"#,
+            nested(200)
+        )));
         for regular in [
             r#"{"event_type": "op_start", "partition_id": [1]}"#,
             r#"{"event_type": ["job_complete"]}"#,
             r#"{"event_type": "partition_start", "partition_id": "p", "timestamp": 1e3}"#,
             r#"{"event_type": "partition_complete", "partition_id": 1, "metadata": {"success": "yes"}}"#,
-            "not json",
-            "{\"event_type\": \"job_comp",
         ] {
             assert!(!flagged(regular), "{regular}");
+        }
+    }
+
+    /// Lines no reader reads are skipped, the rest read as without them.
+    #[test]
+    fn unreadable_lines_are_skipped_as_if_removed() {
+        let clean = sample_log();
+        // Deeper than every reader reads, though serde alone would read it.
+        let deep = format!(
+            "{{\"event_type\": \"job_complete\", \"a\": {}1{}}}",
+            "[".repeat(300),
+            "]".repeat(300)
+        );
+        let big = format!(
+            "{{\"event_type\": \"job_complete\", \"n\": {}}}",
+            "7".repeat(5000)
+        );
+        let cut = "{\"event_type\": \"job_complete\", \"message\": \"\u{4e2d}\"}";
+        let cut = &cut.as_bytes()[..cut.len() - 4];
+        let hostile: [&[u8]; 9] = [
+            b"\xff\xfe\x00garbage",
+            b"{\"event_type\": \"job_complete\", \"m\": \"\xe4\xb8\"}",
+            b"[1, 2]",
+            b"\"text\"",
+            b"null",
+            b"not json",
+            deep.as_bytes(),
+            big.as_bytes(),
+            cut,
+        ];
+        let expected = analyze_bytes(clean.as_bytes());
+        let lines: Vec<&str> = clean.lines().collect();
+        for (i, bad) in hostile.iter().enumerate() {
+            let mut log = Vec::new();
+            for (j, line) in lines.iter().enumerate() {
+                if j == i % lines.len() {
+                    log.extend_from_slice(bad);
+                    log.push(b'\n');
+                }
+                log.extend_from_slice(line.as_bytes());
+                log.push(b'\n');
+            }
+            log.extend_from_slice(bad); // and as a last line without a newline
+            let got = analyze_bytes(&log);
+            assert!(!got.needs_reference_reading(), "{i}");
+            assert_eq!(got.total_events, expected.total_events, "{i}");
+            assert_eq!(got.job_status(), expected.job_status(), "{i}");
+            let ids = |a: &Analysis| {
+                a.partitions()
+                    .iter()
+                    .map(|p| (p.id.clone(), p.status(), p.start_time()))
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(ids(&got), ids(&expected), "{i}");
         }
     }
 

@@ -12,4 +12,5 @@
 
 pub mod analysis;
 pub mod json;
+pub mod lines;
 pub mod writer;

@@ -7,9 +7,12 @@ WORK_DIR is a job's work directory (``<work_dir>/<job_id>``, holding
 events file without writing anything. ``--follow`` prints events as the running
 job appends them and stops at ``job_complete`` / ``job_failed``.
 
+Lines no reader can use (garbage, text that is not UTF-8, a line cut by a
+kill, JSON that is not an object, nesting deeper than 256 levels) are skipped
+here as in the analysis; the report is the one the log without them gives.
+
 Exit codes: 0 report printed (``--follow``: job completed), 1 ``--follow``: job
-failed, or the events file holds lines Data-Juicer's own analysis fails on (a
-list as ``partition_id``, nesting too deep for ``json.loads``), 2 no events
+failed, or the report cannot be built from what the file holds, 2 no events
 there, 124 ``--follow --timeout`` elapsed, 130 interrupted.
 """
 
@@ -157,19 +160,20 @@ def _classes():
 
 
 def _read_lines(path: Path) -> list[dict[str, Any]]:
-    """Whole JSON lines of ``path`` (a partial last line being written is skipped)."""
-    out = []
+    """The events of ``path`` every reader reads (a partial last line being
+    written is left for later)."""
     with open(path, "rb") as f:
-        for line in f:
-            if not line.endswith(b"\n"):
-                break
-            try:
-                record = json.loads(line)
-            except (ValueError, RecursionError):
-                continue
-            if isinstance(record, dict):
-                out.append(record)
-    return out
+        data = f.read()
+    return _records(data[: data.rfind(b"\n") + 1])
+
+
+def _records(data: bytes) -> list[dict[str, Any]]:
+    """The events in whole lines ``data``: lines that are not a JSON object
+    (garbage, text that is not UTF-8, non-objects, nesting too deep) are skipped."""
+    from data_juicer_accel import _native
+    from data_juicer_accel.core.executor.event_logging_mixin import _parse_event_lines
+
+    return _parse_event_lines(_native.event_lines(data))
 
 
 def _events_files(work_dir: str) -> list[Path]:
@@ -402,14 +406,9 @@ def _follow(work_dir: str, timeout: float | None, interval: float, as_json: bool
             continue
         pos += len(chunk)
         pending += chunk
-        *lines, pending = pending.split(b"\n")  # the last piece is a partial line, or empty
-        for line in lines:
-            try:
-                record = json.loads(line)
-            except (ValueError, RecursionError):
-                continue
-            if not isinstance(record, dict):
-                continue
+        whole = pending.rfind(b"\n") + 1  # after it, a partial line (or nothing)
+        records, pending = _records(pending[:whole]), pending[whole:]
+        for record in records:
             if as_json:
                 print(json.dumps(record, default=str), flush=True)
             else:

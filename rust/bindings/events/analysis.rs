@@ -9,6 +9,7 @@ use pyo3::types::{PyBool, PyDict, PyFloat, PyList, PyString};
 
 use crate::bindings::gil::{detach, guarded};
 use crate::events::analysis::{self, Analysis, PartitionState, Raw};
+use crate::events::lines;
 
 use super::errors::io_os_error;
 
@@ -170,8 +171,8 @@ pub(super) fn analyze_events_file<'py>(
     })
 }
 
-/// Whether the log at `path` holds an event of type `event_type`, read as
-/// `check_job_completion` reads it; `None` when only Python can tell.
+/// Whether the log at `path` holds an event of type `event_type`
+/// (unreadable lines skipped); `None` when only Python can tell.
 #[pyfunction]
 pub(super) fn events_file_has_type(
     py: Python<'_>,
@@ -182,4 +183,36 @@ pub(super) fn events_file_has_type(
         detach(py, || analysis::file_has_event_type(&path, &event_type))
             .map_err(|e| io_os_error("reading events from", &path, &e))
     })
+}
+
+/// The lines of `bytes` every reader reads (JSON objects; see
+/// `events::lines`), stripped, in order.
+fn readable_lines<'py>(py: Python<'py>, bytes: &[u8]) -> PyResult<Bound<'py, PyList>> {
+    let list = PyList::empty(py);
+    for line in lines::objects(bytes) {
+        list.append(PyString::new(py, line))?;
+    }
+    Ok(list)
+}
+
+/// The lines of the log at `path` that every reader reads: each is a JSON
+/// object `json.loads` returns; binary garbage, text that is not UTF-8,
+/// JSON that is not an object, over-long integers and nesting deeper than
+/// 256 levels are skipped.
+#[pyfunction]
+pub(super) fn read_event_lines<'py>(
+    py: Python<'py>,
+    path: PathBuf,
+) -> PyResult<Bound<'py, PyList>> {
+    guarded("read_event_lines", || {
+        let bytes = detach(py, || std::fs::read(&path))
+            .map_err(|e| io_os_error("reading events from", &path, &e))?;
+        readable_lines(py, &bytes)
+    })
+}
+
+/// `read_event_lines` over bytes already read (a followed log's new lines).
+#[pyfunction]
+pub(super) fn event_lines<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyList>> {
+    guarded("event_lines", || readable_lines(py, data))
 }

@@ -34,5 +34,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<LogEventFastPath>()?;
     m.add_function(wrap_pyfunction!(analysis::analyze_events_file, m)?)?;
     m.add_function(wrap_pyfunction!(analysis::events_file_has_type, m)?)?;
+    m.add_function(wrap_pyfunction!(analysis::read_event_lines, m)?)?;
+    m.add_function(wrap_pyfunction!(analysis::event_lines, m)?)?;
     Ok(())
 }

@@ -25,6 +25,12 @@ lines. What differs is underneath:
   module, each logging call has its line in the file before it returns.
 * The loguru INFO line is only formatted when some sink accepts INFO.
 * ``analyze_resumption_state`` reads the log in Rust in linear time.
+* No log stops a reader (the analysis, ``check_job_completion``, the
+  ``events`` command): lines that are not UTF-8 (garbage, a character cut by a
+  kill), not a JSON object, or nested deeper than 256 levels are skipped, and
+  events whose timestamp, metadata or partition id the analysis cannot use are
+  left out where they would make it raise. A job that logged nothing gets the
+  reference's answers, though its file exists from construction.
 
 The logging methods (``log_job_start`` ... ``log_partition_resume``) are
 copied from py-data-juicer 1.6.1 (Apache-2.0), so metadata and messages
@@ -32,6 +38,7 @@ match the reference exactly. Compatible fixes are marked "Fix:".
 """
 
 import atexit
+import contextlib
 import json
 import os
 import re
@@ -297,13 +304,30 @@ class EventLogger:
         if not events_dir.exists():
             return None
 
-        # Find all events files with timestamp pattern
-        events_files = list(events_dir.glob("events_*.jsonl"))
-        if not events_files:
+        # Our own events must be on disk (a run's file is empty until then).
+        if isinstance(self, EventLogger):
+            try:
+                self.flush()
+            except OSError as e:
+                logger.warning(f"Event logger for {self.jsonl_file}: {e}")
+
+        # Find all events files with timestamp pattern. Fix: only files holding
+        # events, as in the reference, where a file exists once an event is
+        # logged (ours exists from construction); a file that vanished
+        # meanwhile is passed over rather than raising.
+        mtimes = {}
+        for events_file in events_dir.glob("events_*.jsonl"):
+            try:
+                stat = events_file.stat()
+            except OSError:
+                continue
+            if stat.st_size > 0:
+                mtimes[events_file] = stat.st_mtime
+        if not mtimes:
             return None
 
         # Sort by modification time and return the latest
-        latest_file = max(events_files, key=lambda f: f.stat().st_mtime)
+        latest_file = max(mtimes, key=mtimes.__getitem__)
         return latest_file
 
     def check_job_completion(self, events_file: Path) -> bool:
@@ -1246,34 +1270,59 @@ class EventLoggingMixin:
             flush()
 
         events_file = self.event_logger.jsonl_file
-        if not os.path.exists(events_file):
+        # Fix: our file exists from construction; the reference's only once an
+        # event is logged. An empty file is one nothing was logged to, so the
+        # answer is the reference's for a job that logged nothing.
+        if not _holds_events(events_file):
             return {"error": f"Events file not found: {events_file}"}
 
         native = _native.analyze_events_file(str(events_file)) if self._uses_reference_helpers() else None
         if native is not None and not native["needs_reference_reading"]:
             # One pass in Rust; the two helpers below see reduced inputs that
             # give the same answer (the latest checkpoint, the first job_start).
-            total_events = native["total_events"]
-            job_status = native["job_status"]
-            partition_states = native["partition_states"]
-            checkpoints = native["checkpoints"]
-            job_events = native["job_start_events"]
-        else:
-            events = _read_events(events_file)
-            total_events = len(events)
-            partition_starts = [e for e in events if e.get("event_type") == "partition_start"]
-            partition_completes = [e for e in events if e.get("event_type") == "partition_complete"]
-            partition_failures = [e for e in events if e.get("event_type") == "partition_failed"]
-            op_starts = [e for e in events if e.get("event_type") == "op_start"]
-            op_completes = [e for e in events if e.get("event_type") == "op_complete"]
-            # Fix: the reference looks only for "checkpoint_saved", which nothing writes.
-            checkpoints = [e for e in events if e.get("event_type") in _CHECKPOINT_EVENT_TYPES]
-            job_status = self._determine_job_status(events, partition_completes, partition_failures)
-            partition_states = self._analyze_partition_states(
-                partition_starts, partition_completes, partition_failures, op_starts, op_completes
-            )
-            job_events = events
+            with contextlib.suppress(TypeError):  # a job_start timestamp that is not a number
+                return self._resumption_answer(
+                    job_id,
+                    native["total_events"],
+                    native["job_status"],
+                    native["partition_states"],
+                    native["checkpoints"],
+                    native["job_start_events"],
+                )
+        events = _read_events(events_file)
+        try:
+            return self._resumption_answer_from_events(job_id, events)
+        except (TypeError, AttributeError):
+            # Fix: the reference raises on an event whose timestamp, metadata or
+            # partition id it cannot compare, call or key. Such events are left
+            # out, as lines no reader reads are.
+            return self._resumption_answer_from_events(job_id, [e for e in events if _analysable(e)])
 
+    def _resumption_answer_from_events(self, job_id: str, events: List[Dict]) -> Dict[str, Any]:
+        """``analyze_resumption_state``'s answer from every event, as the reference computes it."""
+        partition_starts = [e for e in events if e.get("event_type") == "partition_start"]
+        partition_completes = [e for e in events if e.get("event_type") == "partition_complete"]
+        partition_failures = [e for e in events if e.get("event_type") == "partition_failed"]
+        op_starts = [e for e in events if e.get("event_type") == "op_start"]
+        op_completes = [e for e in events if e.get("event_type") == "op_complete"]
+        # Fix: the reference looks only for "checkpoint_saved", which nothing writes.
+        checkpoints = [e for e in events if e.get("event_type") in _CHECKPOINT_EVENT_TYPES]
+        job_status = self._determine_job_status(events, partition_completes, partition_failures)
+        partition_states = self._analyze_partition_states(
+            partition_starts, partition_completes, partition_failures, op_starts, op_completes
+        )
+        return self._resumption_answer(job_id, len(events), job_status, partition_states, checkpoints, events)
+
+    def _resumption_answer(
+        self,
+        job_id: str,
+        total_events: int,
+        job_status: str,
+        partition_states: Dict,
+        checkpoints: List[Dict],
+        job_events: List[Dict],
+    ) -> Dict[str, Any]:
+        """The answer from the analysed events: plan and progress as the reference adds them."""
         # Generate resumption plan
         resumption_plan = self._generate_resumption_plan(partition_states, checkpoints, job_status)
 
@@ -1548,18 +1597,33 @@ def _reference_partition_states(
 
 
 def _file_has_job_complete(events_file) -> bool:
-    """``check_job_completion`` as the reference reads the file: blank lines
-    skipped, reading stops at the first line that is not JSON."""
+    """``check_job_completion`` read in Python (for objects only Python reads
+    as the reference does): lines no reader reads are skipped."""
     try:
-        with open(events_file) as f:
-            for line in f:
-                if line.strip():
-                    event = json.loads(line.strip())
-                    if event.get("event_type") == "job_complete":
-                        return True
-    except (OSError, json.JSONDecodeError) as e:
+        return any(e.get("event_type") == "job_complete" for e in _read_events(events_file))
+    except OSError as e:
         logger.warning(f"Error reading events file {events_file}: {e}")
     return False
+
+
+def _analysable(event: Dict) -> bool:
+    """Whether the analysis can use ``event``: a number (or no) timestamp,
+    an object (or no) metadata, a partition id a dict can key."""
+    timestamp = event.get("timestamp", 0)
+    return (
+        isinstance(timestamp, (int, float))
+        and isinstance(event.get("metadata", {}), dict)
+        and not isinstance(event.get("partition_id"), (list, dict))
+    )
+
+
+def _holds_events(events_file) -> bool:
+    """Whether ``events_file`` exists and is not empty (``os.path.exists``
+    is false for a file it cannot stat, too)."""
+    try:
+        return os.stat(events_file).st_size > 0
+    except (OSError, ValueError):
+        return False
 
 
 def _resume_after_operation(checkpoint_path) -> Optional[Dict[str, Any]]:
@@ -1578,13 +1642,21 @@ def _resume_after_operation(checkpoint_path) -> Optional[Dict[str, Any]]:
 
 
 def _read_events(events_file) -> List[Dict]:
-    """Every line of ``events_file`` that parses as JSON (a partial last line
-    left by a killed writer does not)."""
+    """The events of ``events_file``, as ``json.loads`` reads them: its lines
+    every reader reads (``_native.read_event_lines``: JSON objects; garbage,
+    text that is not UTF-8, a line cut by a kill, non-objects and nesting
+    deeper than 256 levels are skipped)."""
+    return _parse_event_lines(_native.read_event_lines(str(events_file)))
+
+
+def _parse_event_lines(lines: List[str]) -> List[Dict]:
+    """``json.loads`` of lines ``_native`` found readable. A line it still
+    refuses (a lowered ``sys.set_int_max_str_digits``, a call stack already
+    near the recursion limit) is skipped like any unreadable line."""
     events = []
-    with open(events_file) as f:
-        for line in f:
-            try:
-                events.append(json.loads(line.strip()))
-            except json.JSONDecodeError:
-                continue
+    for line in lines:
+        try:
+            events.append(json.loads(line))
+        except (ValueError, RecursionError):
+            continue
     return events
