@@ -173,9 +173,8 @@ def _run_ray(args: argparse.Namespace) -> int:
 
 def _run_ray_job(args: argparse.Namespace) -> dict:
     """The partitioned Ray job (see bench/ray_job.py), or why it was not run."""
-    import tempfile
-
     from data_juicer_accel.bench import ray_job
+    from data_juicer_accel.tools import _interrupt
 
     print()
     why = ray_job.why_not_runnable()
@@ -183,7 +182,7 @@ def _run_ray_job(args: argparse.Namespace) -> dict:
         print(f"not run: {ray_job.TITLE} -- {why}")
         return {"not_run": why}
     size = ray_job.JOB_SIZE if args.size == 10**9 else args.size
-    with tempfile.TemporaryDirectory(dir=args.workdir) as workdir:
+    with _interrupt.temporary_directory("dja-bench-", dir=args.workdir) as workdir:
         result = ray_job.run_ray_job_bench(size, max(1, args.rounds), workdir, partitions=max(1, args.partitions))
     print(ray_job.format_report(result))
     return result
@@ -191,14 +190,13 @@ def _run_ray_job(args: argparse.Namespace) -> dict:
 
 def _run_pipeline(args: argparse.Namespace) -> int:
     """Per-op checkpoints in a real Data-Juicer pipeline (see bench/pipeline.py)."""
-    import tempfile
-
     from data_juicer_accel.bench import pipeline
     from data_juicer_accel.bench.runner import CpuShare, machine_info
+    from data_juicer_accel.tools import _interrupt
 
     size = 200 * 10**6 if args.size == 10**9 else args.size
     machine, cpu = machine_info(), CpuShare()
-    with tempfile.TemporaryDirectory(dir=args.workdir) as workdir:
+    with _interrupt.temporary_directory("dja-bench-", dir=args.workdir) as workdir:
         result = pipeline.run_pipeline_bench(size, max(1, args.rounds), workdir)
     machine.update(loadavg_end=list(os.getloadavg()), other_processes_cores=cpu.others())
     result.update(machine=machine, command=command_line(args))

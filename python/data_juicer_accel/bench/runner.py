@@ -6,7 +6,6 @@ import os
 import platform
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -17,6 +16,7 @@ from data_juicer_accel.bench import events as ev
 from data_juicer_accel.bench.corpus import default_corpus, load_user_data, table_buffers, text_zstd_ratio
 from data_juicer_accel.bench.measure import PeakRSS, median, release_memory, timed, timed_cpu, zstd_ceiling
 from data_juicer_accel.bench.progress import Progress
+from data_juicer_accel.tools import _interrupt
 
 MB = 1e6
 
@@ -132,16 +132,14 @@ class Runner:
 
     def run(self) -> dict:
         cfg = self.cfg
-        owned = cfg.workdir is None
-        base = cfg.workdir or tempfile.mkdtemp(prefix="dja-bench-")
-        os.makedirs(base, exist_ok=True)
+        base = _interrupt.temp_dir("dja-bench-", dir=cfg.workdir)
         comps = self._runnable(ck.competitors(cfg.num_proc)) if cfg.run_checkpoints else []
         impls = ev.implementations() if cfg.run_events else {}
         self.base = base
         self.disk_peak = 0
         if cfg.progress:
             print(
-                f"temporary files go to {base} ({'removed at the end' if owned else 'kept'}); at most about the "
+                f"temporary files go to {base} (removed at the end); at most about the "
                 "size of the data at once (Data-Juicer's checkpoint is uncompressed)",
                 file=sys.stderr,
             )
@@ -154,12 +152,11 @@ class Runner:
                 self._events(impls, base)
         finally:
             self.progress.close()
-            if owned:
-                shutil.rmtree(base, ignore_errors=True)
+            _interrupt.remove_temp_dir(base)
         self.results["machine"]["loadavg_end"] = list(os.getloadavg())
         self.results["machine"]["other_processes_cores"] = self.cpu.others()
         self.results["wall_seconds"] = time.monotonic() - started
-        self.results["temp_disk"] = {"peak_bytes": self.disk_peak, "dir": base, "removed": owned}
+        self.results["temp_disk"] = {"peak_bytes": self.disk_peak, "dir": base, "removed": True}
         return self.results
 
     def _runnable(self, comps):
