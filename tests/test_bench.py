@@ -309,3 +309,59 @@ def test_bench_only_pipeline_runs_every_case_of_a_real_pipeline(tmp_path):
     result.update(machine={"cpus": 2}, command="data-juicer-accel bench --only pipeline")
     assert "every op, data-juicer-accel, background" in pipeline.format_report(result)
     assert readme.pipeline_markdown(result).count("\n|") == len(pipeline.CASES) + 2  # header, rule, rows
+
+
+BAD_ARGUMENTS = [
+    (["--size", "0"], "argument --size: '0' is too small"),
+    (["--size", "lots"], "argument --size: not a size: 'lots'"),
+    (["--rounds", "0"], "argument --rounds: must be at least 1, not 0"),
+    (["--small-rounds", "-1"], "argument --small-rounds: must be at least 1, not -1"),
+    (["--num-proc", "0"], "argument --num-proc: must be at least 1, not 0"),
+    (["--events", "10"], "argument --events: must be at least 1,000, not 10"),
+    (["--only", "nothing"], "argument --only: invalid choice: 'nothing'"),
+    (["--data", "{tmp}/missing.jsonl"], "--data {tmp}/missing.jsonl: no such file or directory"),
+    (["--data", "{tmp}/bad.jsonl"], "--data {tmp}/bad.jsonl: cannot be read as jsonl, parquet or Arrow (JSON parse"),
+    (["--data", "{tmp}/empty.parquet"], "--data {tmp}/empty.parquet: has no rows"),
+    (["--data", "{tmp}/notes.txt"], "--data {tmp}/notes.txt: cannot be read as jsonl, parquet or Arrow"),
+    (["--report", "{tmp}/missing.json"], "--report {tmp}/missing.json: No such file or directory"),
+    (["--report", "{tmp}/bad.jsonl"], "--report {tmp}/bad.jsonl: not JSON"),
+    (["--report", "{tmp}/other.json"], "--report {tmp}/other.json: not the results of `bench --json`"),
+    (["--json", "{tmp}/no/such/dir/r.json"], "--json {tmp}/no/such/dir/r.json: no such directory"),
+    (["--workdir", "{tmp}/notes.txt"], "--workdir {tmp}/notes.txt: not a directory"),
+]
+
+
+@pytest.mark.parametrize(("args", "says"), BAD_ARGUMENTS, ids=[" ".join(a) for a, _ in BAD_ARGUMENTS])
+def test_a_bad_argument_is_one_line_naming_it_before_any_work(tmp_path, args, says):
+    (tmp_path / "bad.jsonl").write_text('{"text": "a"}\nnot json\n')
+    pq.write_table(pa.table({"text": pa.array([], pa.string())}), tmp_path / "empty.parquet")
+    (tmp_path / "notes.txt").write_text("plain text\n")
+    (tmp_path / "other.json").write_text('{"something": "else"}')
+    tmpdir = tmp_path / "tmpdir"
+    tmpdir.mkdir()
+    args = [a.format(tmp=tmp_path) for a in args]
+    proc = subprocess.run(
+        [sys.executable, "-m", "data_juicer_accel", "bench", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, TMPDIR=str(tmpdir)),
+    )
+    assert proc.returncode == 2
+    assert len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert proc.stderr.startswith(f"data-juicer-accel bench: {says.format(tmp=tmp_path)}"), proc.stderr
+    assert proc.stdout == "" and list(tmpdir.iterdir()) == []  # no work started
+
+
+def test_plot_without_matplotlib_is_refused_before_the_run(tmp_path):
+    code = (
+        "import sys; sys.modules['matplotlib'] = None\n"
+        "from data_juicer_accel.cli import main\n"
+        f"sys.exit(main(['bench', '--size', '2MB', '--plot', {str(tmp_path / 'p.png')!r}]))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        "data-juicer-accel bench: --plot needs matplotlib: pip install 'data-juicer-accel[bench]'"
+    ]
+    assert proc.stdout == ""

@@ -396,3 +396,25 @@ def test_inspect_config_with_an_unknown_key_is_one_line_naming_it(our_ckpt, tmp_
         f"data-juicer-accel: cannot load config {cfg}: Option 'checkpoint.backgruond' is not accepted "
         "(the accepted options: data-juicer-accel dj-process --help)"
     ]
+
+
+def test_a_closed_stdout_ends_quietly_with_141(tmp_path):
+    """``events --json | head -1``: the reader goes away while the command
+    writes; it ends with no BrokenPipeError and the code a command killed by
+    SIGPIPE gets (128 + 13), as ``yes | head`` does."""
+    work = tmp_path / "job-pipe"
+    work.mkdir()
+    lines = [_line("job_start", "Job started")]
+    lines += [_line("op_start", f"op {i}", operation_name="clean_email_mapper") for i in range(20_000)]
+    (work / "events_20260101_000000.jsonl").write_bytes(b"".join([*lines, _line("job_complete", "done")]))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "data_juicer_accel", "events", str(work), "--follow", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert "job_start" in proc.stdout.readline()
+    proc.stdout.close()  # more than a pipe buffer is still to come
+    err = proc.stderr.read()
+    assert proc.wait(120) == 141
+    assert err == ""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import NoReturn
 
 from data_juicer_accel import __version__
 from data_juicer_accel.bench import cli as bench
@@ -23,8 +24,15 @@ from data_juicer_accel.tools import _interrupt, dj_process, events, inspect_ckpt
 SUBCOMMANDS = [inspect_ckpt, events, dj_process, bench]
 
 
+class _Parser(argparse.ArgumentParser):
+    """A bad argument is one line naming it (not the usage block), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="data-juicer-accel",
         description="Rust-accelerated checkpoints and job events for Data-Juicer.",
     )

@@ -105,8 +105,10 @@ def machine_info() -> dict:
 
 
 class Runner:
-    def __init__(self, cfg: BenchConfig):
+    def __init__(self, cfg: BenchConfig, data: pa.Table | None = None):
+        """``data``: the table of ``cfg.data``, when read already (to check it)."""
         self.cfg = cfg
+        self.data = data
         self.results: dict = {"config": asdict(cfg), "machine": machine_info()}
         self.cpu = CpuShare()
 
@@ -184,7 +186,7 @@ class Runner:
         cfg = self.cfg
         if cfg.data:
             self.progress.step(f"reading {cfg.data}")
-            table = load_user_data(cfg.data)
+            table = self.data if self.data is not None else load_user_data(cfg.data)
             source = cfg.data
         else:
             self.progress.step(f"generating the {cfg.size / MB:,.0f} MB default corpus")
