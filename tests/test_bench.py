@@ -128,8 +128,9 @@ def test_bench_command_end_to_end(tmp_path):
         args += ["--plot", str(tmp_path / "p.png")]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
-    assert "checkpoint writer" in proc.stdout
+    assert "writer" in proc.stdout
     assert proc.stdout.startswith("data-juicer-accel saves ")
+    assert max(len(line) for line in proc.stdout.splitlines()) <= report.WIDTH
     assert "temporary disk" in proc.stdout.split("\n\n")[0]
     for word in ("issue", "MISSED", "target"):
         assert word not in proc.stdout
@@ -185,7 +186,8 @@ def test_without_py_data_juicer_the_row_is_its_save_to_disk_call(tmp_path):
 def test_a_writer_that_cannot_run_is_listed_with_the_reason(tmp_path):
     stdout, results = _bench_without(["data_juicer", "datasets"], tmp_path)
     assert [s["key"] for s in results["skipped"]] == ["hf"]
-    assert "not measured: " + ck.HFDatasets.label + " -- `datasets` cannot be imported" in stdout
+    said = " ".join(stdout.split())  # the report wraps lines at 100 columns
+    assert "not measured: " + ck.HFDatasets.label + " -- `datasets` cannot be imported" in said
     assert {r["key"] for r in results["checkpoints"]} == {"accel", "ipc", "ipc_sharded", "parquet"}
 
 
@@ -365,3 +367,36 @@ def test_plot_without_matplotlib_is_refused_before_the_run(tmp_path):
         "data-juicer-accel bench: --plot needs matplotlib: pip install 'data-juicer-accel[bench]'"
     ]
     assert proc.stdout == ""
+
+
+def test_the_report_fits_100_columns_and_explains_its_terms():
+    """On the figures of a real default run (docs/bench.json)."""
+    from pathlib import Path
+
+    results = json.loads((Path(__file__).resolve().parent.parent / "docs" / "bench.json").read_text())
+    text = report.render(results)
+    assert max(len(line) for line in text.splitlines()) <= 100
+    for unexplained in ("x ref (1 t)", "save CPU-s/GB", "% of zstd ceiling"):
+        assert unexplained not in text
+    terms = "\n".join(line for line in text.splitlines() if line.startswith("  "))
+    for term in ("ratio:", "peak +MB:", "save x / load x:", "max x:", "CPU s/GB:", "of zstd speed:", "log sink:"):
+        assert term in terms, term
+    # The load trade-off, in the headline.
+    headline = text.split("\n\n")[0]
+    assert "  load: " in headline and "memory-maps" in headline and "not comparable" in headline
+
+
+def test_progress_ends_when_the_work_ends_and_the_first_lines_say_time_and_disk(capsys, tmp_path):
+    """The bar advances by the costs it planned with: it reaches the plan's
+    total exactly at the end (and shows at most 99% until then)."""
+    from data_juicer_accel.bench.runner import BenchConfig, Runner
+
+    cfg = BenchConfig(size=2 * 10**6, rounds=1, small_rounds=1, events=1000, analysis_events=100, num_proc=2)
+    runner = Runner(cfg)
+    runner.run()
+    assert runner.progress.done == pytest.approx(runner.progress.total)
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("expected: about ") and "Ctrl-C stops it" in err[0]
+    assert err[1].startswith("temporary disk: at most about ") and "removed at the end" in err[1]
+    ours = [line for line in err if line.startswith("[") and "%" in line]  # HF prints bars of its own
+    assert ours and all(int(line[1:].split("%")[0]) <= 99 for line in ours)
