@@ -10,6 +10,7 @@ be left. The seconds from the signal to the exit are printed (``pytest -s``).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -199,3 +200,8 @@ def test_ctrl_c_during_dj_process(tmp_path):
     assert [ln.strip() for ln in after if "interrupted" in ln] == [MESSAGE], text
     assert after[-1].strip() == MESSAGE, text
     cmd.assert_nothing_left()
+    # The job's events were written out, whole lines only.
+    logs = list((tmp_path / "work").rglob("events_*.jsonl"))
+    assert logs, "no event log"
+    events = [json.loads(line) for log in logs for line in log.read_text().splitlines()]
+    assert "job_start" in {e["event_type"] for e in events}

@@ -130,7 +130,20 @@ def _library_temp_dirs() -> list[str]:
     return [name] if isinstance(name, str) else []
 
 
+def _flush_event_logs() -> None:
+    """What the exit hook of the event logger would do (``os._exit`` skips
+    hooks): write the events still queued; bounded, as a flush could wait on
+    a lock the interrupted main thread holds."""
+    events = sys.modules.get("data_juicer_accel.core.executor.event_logging_mixin")
+    flush = getattr(events, "_flush_all_loggers", None)
+    if flush is not None:
+        flusher = threading.Thread(target=flush, name="flush-events", daemon=True)
+        flusher.start()
+        flusher.join(2.0)
+
+
 def _clean_up() -> str:
+    _flush_event_logs()
     _kill_descendants()
     left = []
     for path in [*_temp_dirs, *_library_temp_dirs()]:
