@@ -128,8 +128,9 @@ def test_bench_command_end_to_end(tmp_path):
         args += ["--plot", str(tmp_path / "p.png")]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
-    assert "checkpoint writer" in proc.stdout
+    assert "writer" in proc.stdout
     assert proc.stdout.startswith("data-juicer-accel saves ")
+    assert max(len(line) for line in proc.stdout.splitlines()) <= report.WIDTH
     assert "temporary disk" in proc.stdout.split("\n\n")[0]
     for word in ("issue", "MISSED", "target"):
         assert word not in proc.stdout
@@ -185,7 +186,8 @@ def test_without_py_data_juicer_the_row_is_its_save_to_disk_call(tmp_path):
 def test_a_writer_that_cannot_run_is_listed_with_the_reason(tmp_path):
     stdout, results = _bench_without(["data_juicer", "datasets"], tmp_path)
     assert [s["key"] for s in results["skipped"]] == ["hf"]
-    assert "not measured: " + ck.HFDatasets.label + " -- `datasets` cannot be imported" in stdout
+    said = " ".join(stdout.split())  # the report wraps lines at 100 columns
+    assert "not measured: " + ck.HFDatasets.label + " -- `datasets` cannot be imported" in said
     assert {r["key"] for r in results["checkpoints"]} == {"accel", "ipc", "ipc_sharded", "parquet"}
 
 
@@ -309,3 +311,92 @@ def test_bench_only_pipeline_runs_every_case_of_a_real_pipeline(tmp_path):
     result.update(machine={"cpus": 2}, command="data-juicer-accel bench --only pipeline")
     assert "every op, data-juicer-accel, background" in pipeline.format_report(result)
     assert readme.pipeline_markdown(result).count("\n|") == len(pipeline.CASES) + 2  # header, rule, rows
+
+
+BAD_ARGUMENTS = [
+    (["--size", "0"], "argument --size: '0' is too small"),
+    (["--size", "lots"], "argument --size: not a size: 'lots'"),
+    (["--rounds", "0"], "argument --rounds: must be at least 1, not 0"),
+    (["--small-rounds", "-1"], "argument --small-rounds: must be at least 1, not -1"),
+    (["--num-proc", "0"], "argument --num-proc: must be at least 1, not 0"),
+    (["--events", "10"], "argument --events: must be at least 1,000, not 10"),
+    (["--only", "nothing"], "argument --only: invalid choice: 'nothing'"),
+    (["--data", "{tmp}/missing.jsonl"], "--data {tmp}/missing.jsonl: no such file or directory"),
+    (["--data", "{tmp}/bad.jsonl"], "--data {tmp}/bad.jsonl: cannot be read as jsonl, parquet or Arrow (JSON parse"),
+    (["--data", "{tmp}/empty.parquet"], "--data {tmp}/empty.parquet: has no rows"),
+    (["--data", "{tmp}/notes.txt"], "--data {tmp}/notes.txt: cannot be read as jsonl, parquet or Arrow"),
+    (["--report", "{tmp}/missing.json"], "--report {tmp}/missing.json: No such file or directory"),
+    (["--report", "{tmp}/bad.jsonl"], "--report {tmp}/bad.jsonl: not JSON"),
+    (["--report", "{tmp}/other.json"], "--report {tmp}/other.json: not the results of `bench --json`"),
+    (["--json", "{tmp}/no/such/dir/r.json"], "--json {tmp}/no/such/dir/r.json: no such directory"),
+    (["--workdir", "{tmp}/notes.txt"], "--workdir {tmp}/notes.txt: not a directory"),
+]
+
+
+@pytest.mark.parametrize(("args", "says"), BAD_ARGUMENTS, ids=[" ".join(a) for a, _ in BAD_ARGUMENTS])
+def test_a_bad_argument_is_one_line_naming_it_before_any_work(tmp_path, args, says):
+    (tmp_path / "bad.jsonl").write_text('{"text": "a"}\nnot json\n')
+    pq.write_table(pa.table({"text": pa.array([], pa.string())}), tmp_path / "empty.parquet")
+    (tmp_path / "notes.txt").write_text("plain text\n")
+    (tmp_path / "other.json").write_text('{"something": "else"}')
+    tmpdir = tmp_path / "tmpdir"
+    tmpdir.mkdir()
+    args = [a.format(tmp=tmp_path) for a in args]
+    proc = subprocess.run(
+        [sys.executable, "-m", "data_juicer_accel", "bench", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, TMPDIR=str(tmpdir)),
+    )
+    assert proc.returncode == 2
+    assert len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert proc.stderr.startswith(f"data-juicer-accel bench: {says.format(tmp=tmp_path)}"), proc.stderr
+    assert proc.stdout == "" and list(tmpdir.iterdir()) == []  # no work started
+
+
+def test_plot_without_matplotlib_is_refused_before_the_run(tmp_path):
+    code = (
+        "import sys; sys.modules['matplotlib'] = None\n"
+        "from data_juicer_accel.cli import main\n"
+        f"sys.exit(main(['bench', '--size', '2MB', '--plot', {str(tmp_path / 'p.png')!r}]))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        "data-juicer-accel bench: --plot needs matplotlib: pip install 'data-juicer-accel[bench]'"
+    ]
+    assert proc.stdout == ""
+
+
+def test_the_report_fits_100_columns_and_explains_its_terms():
+    """On the figures of a real default run (docs/bench.json)."""
+    from pathlib import Path
+
+    results = json.loads((Path(__file__).resolve().parent.parent / "docs" / "bench.json").read_text())
+    text = report.render(results)
+    assert max(len(line) for line in text.splitlines()) <= 100
+    for unexplained in ("x ref (1 t)", "save CPU-s/GB", "% of zstd ceiling"):
+        assert unexplained not in text
+    terms = "\n".join(line for line in text.splitlines() if line.startswith("  "))
+    for term in ("ratio:", "peak +MB:", "save x / load x:", "max x:", "CPU s/GB:", "of zstd speed:", "log sink:"):
+        assert term in terms, term
+    # The load trade-off, in the headline.
+    headline = text.split("\n\n")[0]
+    assert "  load: " in headline and "memory-maps" in headline and "not comparable" in headline
+
+
+def test_progress_ends_when_the_work_ends_and_the_first_lines_say_time_and_disk(capsys, tmp_path):
+    """The bar advances by the costs it planned with: it reaches the plan's
+    total exactly at the end (and shows at most 99% until then)."""
+    from data_juicer_accel.bench.runner import BenchConfig, Runner
+
+    cfg = BenchConfig(size=2 * 10**6, rounds=1, small_rounds=1, events=1000, analysis_events=100, num_proc=2)
+    runner = Runner(cfg)
+    runner.run()
+    assert runner.progress.done == pytest.approx(runner.progress.total)
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("expected: about ") and "Ctrl-C stops it" in err[0]
+    assert err[1].startswith("temporary disk: at most about ") and "removed at the end" in err[1]
+    ours = [line for line in err if line.startswith("[") and "%" in line]  # HF prints bars of its own
+    assert ours and all(int(line[1:].split("%")[0]) <= 99 for line in ours)

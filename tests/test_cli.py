@@ -356,3 +356,65 @@ def test_dj_process_wrapper_passes_arguments_to_data_juicer():
     proc = cli("dj-process", "--help", timeout=180)
     assert proc.returncode == 0, proc.stderr
     assert "--config" in proc.stdout and "--use_checkpoint" in proc.stdout
+
+
+def _documented_checkpoint_yaml() -> list[str]:
+    """The ```yaml blocks of README.md and docs/usage.md that set ``checkpoint:`` keys."""
+    import re
+
+    root = Path(__file__).resolve().parent.parent
+    blocks = []
+    for doc in ("README.md", "docs/usage.md"):
+        text = (root / doc).read_text()
+        blocks += [b for b in re.findall(r"```yaml\n(.*?)```", text, re.S) if "checkpoint:" in b]
+    assert blocks, "no per-op checkpoint YAML in README.md or docs/usage.md"
+    return blocks
+
+
+def test_inspect_config_accepts_the_documented_per_op_checkpoint_keys(our_ckpt, tmp_path):
+    """``checkpoint.background`` is this package's key: inspect reads a config
+    as ``data-juicer-accel dj-process`` does, patched."""
+    require("data_juicer")
+    for i, block in enumerate(_documented_checkpoint_yaml()):
+        cfg = tmp_path / f"documented-{i}.yaml"
+        cfg.write_text(
+            f"dataset_path: {tmp_path}/data.jsonl\nwork_dir: {tmp_path}/work\n{block}"
+            "process:\n  - whitespace_normalization_mapper:\n"
+        )
+        proc = cli("inspect", str(our_ckpt), "--config", str(cfg), "--json")
+        assert proc.returncode == 0, f"{block}\n{proc.stderr}"
+        assert json.loads(proc.stdout)["config"]["would_run"] == ["whitespace_normalization_mapper"]
+
+
+def test_inspect_config_with_an_unknown_key_is_one_line_naming_it(our_ckpt, tmp_path):
+    require("data_juicer")
+    cfg = tmp_path / "typo.yaml"
+    cfg.write_text(f"dataset_path: x.jsonl\nwork_dir: {tmp_path}/work\ncheckpoint:\n  backgruond: true\n")
+    proc = cli("inspect", str(our_ckpt), "--config", str(cfg))
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        f"data-juicer-accel: cannot load config {cfg}: Option 'checkpoint.backgruond' is not accepted "
+        "(the accepted options: data-juicer-accel dj-process --help)"
+    ]
+
+
+def test_a_closed_stdout_ends_quietly_with_141(tmp_path):
+    """``events --json | head -1``: the reader goes away while the command
+    writes; it ends with no BrokenPipeError and the code a command killed by
+    SIGPIPE gets (128 + 13), as ``yes | head`` does."""
+    work = tmp_path / "job-pipe"
+    work.mkdir()
+    lines = [_line("job_start", "Job started")]
+    lines += [_line("op_start", f"op {i}", operation_name="clean_email_mapper") for i in range(20_000)]
+    (work / "events_20260101_000000.jsonl").write_bytes(b"".join([*lines, _line("job_complete", "done")]))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "data_juicer_accel", "events", str(work), "--follow", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert "job_start" in proc.stdout.readline()
+    proc.stdout.close()  # more than a pipe buffer is still to come
+    err = proc.stderr.read()
+    assert proc.wait(120) == 141
+    assert err == ""

@@ -11,17 +11,41 @@ import argparse
 import json
 import os
 import sys
+from typing import Any
 
 NAME = "bench"
+
+
+class BadArgument(Exception):
+    """An argument the bench cannot run with: one line naming it, exit 2."""
 
 
 def _size(text: str) -> int:
     from data_juicer_accel.bench.corpus import parse_size
 
     try:
-        return parse_size(text)
+        size = parse_size(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from e
+    if size < 1000:
+        raise argparse.ArgumentTypeError(f"{text!r} is too small (at least 1KB; e.g. 256MB)")
+    return size
+
+
+def _at_least(minimum: int):
+    def whole(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum:,}, not {value:,}")
+        return value
+
+    return whole
+
+
+_positive = _at_least(1)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -50,29 +74,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "`pipeline` times a real 6-op Data-Juicer pipeline (np 2) without checkpoints, with 1.6.1's and with "
         "per-op checkpoints, at --size 200MB unless given, plus the stall of a background save of 1GB",
     )
-    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds per case; medians are shown (default 3)")
+    p.add_argument(
+        "--rounds", type=_positive, default=3, help="interleaved rounds per case; medians are shown (default 3)"
+    )
     p.add_argument(
         "--num-proc",
-        type=int,
+        type=_positive,
         default=os.cpu_count() or 1,
         help="num_proc of every checkpoint writer (default: the number of cores)",
     )
-    p.add_argument("--small-rounds", type=int, default=5, help="rounds of the 1,000-row checkpoint (default 5)")
+    p.add_argument("--small-rounds", type=_positive, default=5, help="rounds of the 1,000-row checkpoint (default 5)")
     p.add_argument(
         "--events",
-        type=int,
+        type=_at_least(1000),
         default=200_000,
         help="events logged per case by this package; the reference logs a tenth (default 200000)",
     )
     p.add_argument(
         "--analysis-events",
-        type=int,
+        type=_at_least(100),
         default=100_000,
         help="lines of the event log given to analyze_resumption_state (default 100000)",
     )
     p.add_argument(
         "--partitions",
-        type=int,
+        type=_positive,
         default=4,
         help="partitions of the ray_partitioned job of `--only ray` (default 4)",
     )
@@ -88,17 +114,81 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        data = check(args)
+    except BadArgument as e:
+        print(f"data-juicer-accel bench: {e}", file=sys.stderr)
+        return 2
+    if args.report:
+        return _print_report(data, args)
+    return _run(args, data)
+
+
+def check(args: argparse.Namespace) -> Any:
+    """Every argument checked before any work starts; returns the --report
+    results or the --data table (None when neither is given)."""
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise BadArgument("--plot needs matplotlib: pip install 'data-juicer-accel[bench]'") from None
+    for option, path in (("--json", args.json), ("--plot", args.plot)):
+        folder = os.path.dirname(os.path.abspath(path)) if path else None
+        if folder and not os.path.isdir(folder):
+            raise BadArgument(f"{option} {path}: no such directory {folder}")
+    if args.workdir and os.path.exists(args.workdir) and not os.path.isdir(args.workdir):
+        raise BadArgument(f"--workdir {args.workdir}: not a directory")
+    if args.report:
+        return _read_report(args.report)
+    if args.data:
+        return _read_data(args.data)
+    return None
+
+
+def _read_report(path: str) -> dict:
+    try:
+        with open(path) as f:
+            results = json.load(f)
+    except OSError as e:
+        raise BadArgument(f"--report {path}: {e.strerror or e}") from None
+    except ValueError as e:
+        raise BadArgument(f"--report {path}: not JSON ({e})") from None
+    if not isinstance(results, dict) or not {"checkpoints", "events", "small"} & set(results):
+        raise BadArgument(f"--report {path}: not the results of `bench --json` (no checkpoints, small or events)")
+    return results
+
+
+def _read_data(path: str) -> Any:
+    import pyarrow as pa
+
+    from data_juicer_accel.bench.corpus import load_user_data
+
+    if not os.path.exists(path):
+        raise BadArgument(f"--data {path}: no such file or directory")
+    try:
+        table = load_user_data(path)
+    except (OSError, ValueError, pa.ArrowException) as e:
+        first = str(e).strip().splitlines()[0].removeprefix(f"{path}: ") if str(e).strip() else type(e).__name__
+        raise BadArgument(f"--data {path}: cannot be read as jsonl, parquet or Arrow ({first})") from None
+    if table.num_rows == 0:
+        raise BadArgument(f"--data {path}: has no rows")
+    return table
+
+
+def _print_report(results: dict, args: argparse.Namespace) -> int:
+    from data_juicer_accel.bench import report
+
+    print(report.render(results))
+    if args.plot:
+        report.plot(results, args.plot)
+        print(f"plot written to {args.plot}")
+    return 0
+
+
+def _run(args: argparse.Namespace, data: Any) -> int:
     from data_juicer_accel.bench import report
     from data_juicer_accel.bench.runner import BenchConfig, Runner
 
-    if args.report:
-        with open(args.report) as f:
-            results = json.load(f)
-        print(report.render(results))
-        if args.plot:
-            report.plot(results, args.plot)
-            print(f"plot written to {args.plot}")
-        return 0
     _quiet()
     if args.workdir:
         os.makedirs(args.workdir, exist_ok=True)
@@ -109,16 +199,16 @@ def run(args: argparse.Namespace) -> int:
     cfg = BenchConfig(
         size=args.size,
         data=args.data,
-        rounds=max(1, args.rounds),
-        num_proc=max(1, args.num_proc),
+        rounds=args.rounds,
+        num_proc=args.num_proc,
         only=args.only,
         workdir=args.workdir,
-        small_rounds=max(1, args.small_rounds),
-        events=max(1000, args.events),
-        analysis_events=max(100, args.analysis_events),
+        small_rounds=args.small_rounds,
+        events=args.events,
+        analysis_events=args.analysis_events,
         progress=not args.no_progress,
     )
-    results = Runner(cfg).run()
+    results = Runner(cfg, data=data).run()
     results["command"] = command_line(args)
     print(report.render(results))
     if args.json:
@@ -154,7 +244,7 @@ def _run_ray(args: argparse.Namespace) -> int:
 
     machine, cpu = machine_info(), CpuShare()
     size_mb = 64 if args.size == 10**9 else max(1, args.size // 10**6)
-    rows = bench_ray.run_ray_bench(size_mb, max(1, args.rounds))
+    rows = bench_ray.run_ray_bench(size_mb, args.rounds)
     print(f"ray: {rows[0]['mb']} MB, local Ray with 2 CPUs, median of {args.rounds} round(s); x = vs this package")
     print(bench_ray.format_table(rows))
     print(bench_ray.bound_summary(rows))
@@ -173,9 +263,8 @@ def _run_ray(args: argparse.Namespace) -> int:
 
 def _run_ray_job(args: argparse.Namespace) -> dict:
     """The partitioned Ray job (see bench/ray_job.py), or why it was not run."""
-    import tempfile
-
     from data_juicer_accel.bench import ray_job
+    from data_juicer_accel.tools import _interrupt
 
     print()
     why = ray_job.why_not_runnable()
@@ -183,23 +272,22 @@ def _run_ray_job(args: argparse.Namespace) -> dict:
         print(f"not run: {ray_job.TITLE} -- {why}")
         return {"not_run": why}
     size = ray_job.JOB_SIZE if args.size == 10**9 else args.size
-    with tempfile.TemporaryDirectory(dir=args.workdir) as workdir:
-        result = ray_job.run_ray_job_bench(size, max(1, args.rounds), workdir, partitions=max(1, args.partitions))
+    with _interrupt.temporary_directory("dja-bench-", dir=args.workdir) as workdir:
+        result = ray_job.run_ray_job_bench(size, args.rounds, workdir, partitions=args.partitions)
     print(ray_job.format_report(result))
     return result
 
 
 def _run_pipeline(args: argparse.Namespace) -> int:
     """Per-op checkpoints in a real Data-Juicer pipeline (see bench/pipeline.py)."""
-    import tempfile
-
     from data_juicer_accel.bench import pipeline
     from data_juicer_accel.bench.runner import CpuShare, machine_info
+    from data_juicer_accel.tools import _interrupt
 
     size = 200 * 10**6 if args.size == 10**9 else args.size
     machine, cpu = machine_info(), CpuShare()
-    with tempfile.TemporaryDirectory(dir=args.workdir) as workdir:
-        result = pipeline.run_pipeline_bench(size, max(1, args.rounds), workdir)
+    with _interrupt.temporary_directory("dja-bench-", dir=args.workdir) as workdir:
+        result = pipeline.run_pipeline_bench(size, args.rounds, workdir)
     machine.update(loadavg_end=list(os.getloadavg()), other_processes_cores=cpu.others())
     result.update(machine=machine, command=command_line(args))
     print(pipeline.format_report(result))

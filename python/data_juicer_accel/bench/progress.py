@@ -23,27 +23,31 @@ class Progress:
         self._draw(force=not self.tty)
 
     def advance(self, amount: float = 1.0) -> None:
-        self.done = min(self.total, self.done + amount)
+        self.done += amount
         self._draw()
 
     def _draw(self, force: bool = False) -> None:
         if not self.enabled:
             return
-        frac = self.done / self.total
+        # Work is planned in expected seconds; the bar shows what is done of
+        # the plan, never 100% before close() (the last step is still running
+        # when its cost is added), and the time left at the pace so far.
+        frac = min(self.done / self.total, 0.99)
         elapsed = time.monotonic() - self.start
+        left = f"~{elapsed / frac * (1 - frac):.0f}s left" if frac > 0.02 else ""
         if self.tty:
-            width = 30
+            width = 24
             filled = int(frac * width)
             bar = "#" * filled + "-" * (width - filled)
-            text = f"\r[{bar}] {frac * 100:5.1f}% {elapsed:6.0f}s  {self.label[:60]:<60}"
+            text = f"\r[{bar}] {frac * 100:3.0f}% {elapsed:5.0f}s {left:>11}  {self.label[:45]:<45}"
             self.stream.write(text)
             self.stream.flush()
         elif force or elapsed - self._last_line > 10:
             self._last_line = elapsed
-            self.stream.write(f"[{frac * 100:5.1f}% {elapsed:5.0f}s] {self.label}\n")
+            self.stream.write(f"[{frac * 100:3.0f}% {elapsed:5.0f}s {left}] {self.label}\n")
             self.stream.flush()
 
     def close(self) -> None:
         if self.enabled and self.tty:
-            self.stream.write("\r" + " " * 110 + "\r")
+            self.stream.write("\r" + " " * 96 + "\r")
             self.stream.flush()

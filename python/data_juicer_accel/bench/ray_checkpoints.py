@@ -36,7 +36,6 @@ import os
 import random
 import shutil
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -44,6 +43,7 @@ from typing import Any
 import pyarrow as pa
 
 from data_juicer_accel.bench.checkpoints import dir_bytes
+from data_juicer_accel.tools import _interrupt
 from data_juicer_accel.tools._format import table
 
 __all__ = ["run_ray_bench", "main", "make_table", "bound_summary", "format_table"]
@@ -135,7 +135,7 @@ def run_ray_bench(size_mb: int, rounds: int) -> list[dict]:
         start_local_ray(size_mb)
     ray.data.DataContext.get_current().enable_progress_bars = False
     rows: list[dict] = []
-    root = tempfile.mkdtemp(prefix="dja-bench-ray-")
+    root = _interrupt.temp_dir("dja-bench-ray-")
     try:
         _warm_up(root)
         for data in DATASETS:
@@ -149,7 +149,7 @@ def run_ray_bench(size_mb: int, rounds: int) -> list[dict]:
             rows += _rows(data, mb, {name: results[name] for name in (OURS, OURS_2_CPUS, REFERENCE, BOUND)})
             del dataset
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        _interrupt.remove_temp_dir(root)
         if started:
             ray.shutdown()
     return rows

@@ -94,10 +94,11 @@ def why_not_runnable() -> str | None:
     with that environment (no package index), so a missing dependency is
     never installed by Data-Juicer's lazy loader here."""
     import subprocess
-    import tempfile
+
+    from data_juicer_accel.tools import _interrupt
 
     check = "import data_juicer.tools.process_data, data_juicer.core.executor.ray_executor_partitioned"
-    with tempfile.TemporaryDirectory(prefix="dja-bench-check-") as workdir:
+    with _interrupt.temporary_directory("dja-bench-check-") as workdir:
         proc = subprocess.run([sys.executable, "-c", check], env=job_env(workdir), capture_output=True, text=True)
     if proc.returncode == 0:
         return None

@@ -4,6 +4,7 @@ ratio beside the bound that limits it; and the optional JSON and plot."""
 from __future__ import annotations
 
 import json
+import textwrap
 
 from data_juicer_accel.tools._format import table
 
@@ -11,6 +12,8 @@ MB = 1e6
 CALLS = ("_log_event", "log_op_start")
 SINKS = ("none", "info-file")
 DJ = "Data-Juicer 1.6.1"
+#: The widest line of the terminal report.
+WIDTH = 100
 
 
 def _fmt(value, spec: str, missing: str = "-") -> str:
@@ -173,19 +176,43 @@ def _machine(results: dict) -> list[str]:
     return out
 
 
+#: Short names of the writers in the tables; ``_writers`` says what each is.
+SHORT = {
+    "accel": "data-juicer-accel",
+    "dj": "Data-Juicer 1.6.1",
+    "hf": "DJ's save_to_disk",
+    "ipc": "pyarrow IPC",
+    "ipc_sharded": "pyarrow IPC sharded",
+    "parquet": "pyarrow parquet",
+}
+
+
+def _short(row: dict) -> str:
+    key = row["key"]
+    base = key.removesuffix("_np1")
+    return SHORT.get(base, row["label"]) + (" np=1" if key.endswith("_np1") else "")
+
+
+def _writers(rows: list[dict]) -> str:
+    """One line per writer: its short name, what it is and what its save includes."""
+    lines = ["writers:"]
+    for r in rows:
+        lines.append(f"  {_short(r)}: {r['label']}" + (f" -- {r['note']}" if r.get("note") else ""))
+    return "\n".join(lines)
+
+
 def _checkpoint_table(results: dict) -> list[str]:
     rows = results["checkpoints"]
     ours = _by_key(rows, "accel")
     ceiling = results.get("ceiling")
-    headers = ["checkpoint writer", "save MB/s", "load MB/s", "on disk MB", "ratio", "peak mem +MB (% data)"]
-    headers += ["accel save x", "at most", "accel load x", "% of zstd ceiling", "save CPU-s/GB", "load CPU-s/GB"]
-    body = []
+    headers = ["writer", "save MB/s", "load MB/s", "disk MB", "ratio", "peak +MB", "save x", "max x", "load x"]
+    body, cpu = [], []
     for r in rows:
         bound = save_bound(results, r)
         share = ceiling_share(results, r)
         body.append(
             [
-                r["label"],
+                _short(r),
                 f"{r['save_MBps']:,.0f}",
                 f"{r['load_MBps']:,.0f}",
                 f"{r['disk_MB']:,.0f}",
@@ -194,20 +221,40 @@ def _checkpoint_table(results: dict) -> list[str]:
                 "-" if r is ours else f"{ours['save_MBps'] / r['save_MBps']:.2f}",
                 "-" if r is ours or bound is None else f"{bound:.2f}",
                 "-" if r is ours else f"{ours['load_MBps'] / r['load_MBps']:.2f}",
-                "-" if share is None else f"{100 * share:.0f}%",
-                _fmt(r.get("save_cpu_s_per_GB"), ".2f"),
-                _fmt(r.get("load_cpu_s_per_GB"), ".2f"),
             ]
         )
-    out = [table(headers, body, right=set(range(1, len(headers))))]
-    if ceiling:
-        out.append(
-            f"'at most': the best save ratio any zstd writer can reach here -- zstd level {ceiling['level']} alone "
-            f"on this machine\n  (python-zstandard, the same bytes in 8 MiB pieces, {ceiling['threads']} threads like "
-            f"the writers, measured after every save, best of {ceiling.get('samples', 1)}): "
-            f"{ceiling['all_cores_MBps']:,.0f} MB/s; on one thread {ceiling['one_thread_MBps']:,.0f} MB/s.\n"
-            "  '% of zstd ceiling': a zstd writer's best save against it; writers that do not compress show '-'."
+        cpu.append(
+            [
+                _short(r),
+                _fmt(r.get("save_cpu_s_per_GB"), ".2f"),
+                _fmt(r.get("load_cpu_s_per_GB"), ".2f"),
+                "-" if share is None else f"{100 * share:.0f}%",
+            ]
         )
+    out = [
+        f"checkpoints of {results.get('corpus', {}).get('bytes', 0) / MB:,.0f} MB (terms below)",
+        table(headers, body, right=set(range(1, len(headers)))),
+        "",
+        table(["writer", "save CPU s/GB", "load CPU s/GB", "of zstd speed"], cpu, right={1, 2, 3}),
+        "",
+        "terms:",
+        "  ratio: in-memory bytes over bytes on disk; peak +MB: memory above the start during the save",
+        "    (and its share of the data); save x / load x: data-juicer-accel's speed over the writer's",
+        "  load: to a table with every byte in memory -- zstd writers decompress; Data-Juicer memory-maps",
+        "    uncompressed files, so its figure is the time to map them and touch every page, and it",
+        "    depends on the page cache: not comparable, and it swings widely between runs",
+        "  CPU s/GB: CPU seconds of all threads and processes per GB of data",
+    ]
+    if ceiling:
+        out += [
+            f"  max x: the best save x any zstd writer can reach: zstd level {ceiling['level']} alone on this "
+            f"machine ({ceiling['threads']} threads,",
+            f"    the same bytes in 8 MiB pieces, best of {ceiling.get('samples', 1)} samples taken after "
+            f"the saves) compresses {ceiling['all_cores_MBps']:,.0f} MB/s",
+            f"    ({ceiling['one_thread_MBps']:,.0f} MB/s on one thread); of zstd speed: a zstd writer's best save "
+            "as a share of that",
+        ]
+    out.append(_writers(rows))
     return out
 
 
@@ -216,7 +263,7 @@ def _small_table(results: dict) -> list[str]:
     ours = _by_key(small["cases"], "accel")
     body = [
         [
-            c["label"],
+            _short(c),
             f"{c['save_ms']:,.1f}",
             f"{c['load_ms']:,.1f}",
             "-" if c is ours else f"{c['save_ms'] / ours['save_ms']:.1f}",
@@ -227,8 +274,8 @@ def _small_table(results: dict) -> list[str]:
     rounds = results.get("config", {}).get("small_rounds")
     return [
         f"small checkpoint: {small['rows']:,} rows ({small['bytes'] / MB:.1f} MB), median of {rounds} rounds "
-        "after a warm-up",
-        table(["checkpoint writer", "save ms", "load ms", "accel save x", "accel load x"], body, right={1, 2, 3, 4}),
+        "after a warm-up; np=1: num_proc=1",
+        table(["writer", "save ms", "load ms", "save x", "load x"], body, right={1, 2, 3, 4}),
     ]
 
 
@@ -243,8 +290,8 @@ def _event_tables(results: dict) -> list[str]:
                     r1, r4 = event_rate(results, impl, sink, 1, call), event_rate(results, impl, sink, 4, call)
                     if r1 is None:
                         continue
-                    cells = [call, "no INFO sink" if sink == "none" else "INFO file sink"]
-                    cells += ["data-juicer-accel" if impl == "accel" else "py-data-juicer 1.6.1"]
+                    cells = [call, "none" if sink == "none" else "INFO file"]
+                    cells += ["accel" if impl == "accel" else "DJ 1.6.1"]
                     cells += [f"{r1:,.0f}", _fmt(r4, ",.0f")]
                     for threads, rate in ((1, r1), (4, r4)):
                         ref = event_rate(results, "reference", sink, threads, call)
@@ -252,24 +299,26 @@ def _event_tables(results: dict) -> list[str]:
                         ours = impl == "accel" and ref and rate
                         cells += [f"{rate / ref:.1f}" if ours else "-", _fmt(bound if ours else None, ".1f")]
                     body.append(cells)
-        headers = ["call", "loguru", "event logger", "1 thread ev/s", "4 threads ev/s"]
-        headers += ["x ref (1 t)", "at most", "x ref (4 t)", "at most"]
-        out.append("events per second, from the first call until every line is in the JSONL file")
+        headers = ["call", "log sink", "logger", "ev/s 1 thr", "ev/s 4 thr", "x 1 thr", "max x", "x 4 thr", "max x"]
+        out.append("job events per second, from the first call until every line is in the JSONL file")
         out.append(table(headers, body, right=set(range(3, len(headers)))))
-        out.append(
-            "'at most': the reference's time per event over the time of the same loop with the logging removed\n"
-            "  (plus one loguru info() per event with an INFO file sink): what no event logger can go below."
-        )
+        out += [
+            "terms:",
+            "  log sink: none, or loguru INFO to a file; accel: data-juicer-accel; DJ 1.6.1: py-data-juicer",
+            "  x: accel's events/s over DJ's, on 1 or 4 threads; max x: DJ's time per event over that of",
+            "    the same loop with the logging removed (plus one loguru info() per event with an INFO sink):",
+            "    no event logger can go below it",
+        ]
         if evs.get("loguru_info_file_us"):
             four = evs.get("loguru_info_file_us_4_threads")
             out.append(
-                f"  one loguru logger.info() of an event line to a file sink: {evs['loguru_info_file_us']:.1f} us"
+                f"  one loguru info() of an event line to a file: {evs['loguru_info_file_us']:.1f} us"
                 + (f"; from 4 threads at once: {four:.1f} us per line" if four else "")
             )
         for call, by_threads in evs.get("no_logging_us", {}).items():
             out.append(
                 f"  the {call} loop with the logging removed: {by_threads['1']:.2f} us per call on 1 thread, "
-                f"{by_threads['4']:.2f} us on 4 threads"
+                f"{by_threads['4']:.2f} us on 4"
             )
     if evs.get("analysis"):
         ref = next((a for a in evs["analysis"] if a["impl"] == "reference"), None)
@@ -288,9 +337,39 @@ def _event_tables(results: dict) -> list[str]:
     return out
 
 
+def load_line(results: dict) -> str | None:
+    """The load trade-off, in one line under the headline."""
+    rows = results.get("checkpoints") or []
+    ours, ref = _by_key(rows, "accel"), _reference(rows)
+    if not ours or not ref:
+        return None
+    return (
+        f"  load: {ours['load_MBps']:,.0f} MB/s into memory, decompressed; Data-Juicer only memory-maps "
+        f"({ref['load_MBps']:,.0f} MB/s here; it swings widely between runs): not comparable"
+    )
+
+
+def _wrap(text: str, width: int = WIDTH) -> str:
+    """Lines longer than ``width`` wrapped, continuation lines indented two
+    more than the line's own indent (tables are built narrower than this)."""
+    out = []
+    for line in text.split("\n"):
+        if len(line) <= width:
+            out.append(line)
+            continue
+        indent = " " * (len(line) - len(line.lstrip()))
+        out.append(textwrap.fill(line.strip(), width, initial_indent=indent, subsequent_indent=indent + "  "))
+    return "\n".join(out)
+
+
 def render(results: dict) -> str:
-    """Headline, the competitors that could not run and why, then the details."""
-    parts = ["\n".join(headline(results))]
+    """Headline, the competitors that could not run and why, then the details;
+    no line wider than ``WIDTH``."""
+    lines = headline(results)
+    load = load_line(results)
+    if load:
+        lines.insert(3 if len(lines) > 3 else len(lines), load)
+    parts = ["\n".join(lines)]
     parts += [f"not measured: {s['label']} -- {s['why']}" for s in results.get("skipped", [])]
     parts.append("\n".join(_machine(results)))
     if results.get("checkpoints"):
@@ -299,7 +378,7 @@ def render(results: dict) -> str:
         parts.append("\n".join(_small_table(results)))
     if results.get("events") is not None:
         parts.append("\n".join(_event_tables(results)))
-    return "\n\n".join(p for p in parts if p)
+    return _wrap("\n\n".join(p for p in parts if p))
 
 
 def write_json(results: dict, path: str) -> None:

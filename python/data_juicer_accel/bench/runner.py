@@ -6,7 +6,6 @@ import os
 import platform
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -17,6 +16,7 @@ from data_juicer_accel.bench import events as ev
 from data_juicer_accel.bench.corpus import default_corpus, load_user_data, table_buffers, text_zstd_ratio
 from data_juicer_accel.bench.measure import PeakRSS, median, release_memory, timed, timed_cpu, zstd_ceiling
 from data_juicer_accel.bench.progress import Progress
+from data_juicer_accel.tools import _interrupt
 
 MB = 1e6
 
@@ -104,48 +104,98 @@ def machine_info() -> dict:
     return info
 
 
+class Costs:
+    """Expected seconds of each unit of work on a quiet 2-core machine (from
+    docs/bench.json's default run, 262 s at 1 GB); a busy machine takes longer."""
+
+    #: Seconds per GB of a save and a load; Data-Juicer's save also starts a
+    #: spawn pool (about a second).
+    CHECKPOINT_S_PER_GB = {"accel": 2.1, "dj": 4.5, "hf": 4.5, "ipc": 5.2, "ipc_sharded": 2.9, "parquet": 8.0}
+    #: Seconds per case of 200,000 events (the reference logs a tenth).
+    EVENTS_S = {
+        ("accel", "none", 1): 0.4,
+        ("accel", "none", 4): 0.5,
+        ("accel", "info-file", 1): 3.5,
+        ("accel", "info-file", 4): 13.0,
+        ("reference", "none", 1): 0.5,
+        ("reference", "none", 4): 1.0,
+        ("reference", "info-file", 1): 0.8,
+        ("reference", "info-file", 4): 1.4,
+    }
+
+    def __init__(self, cfg: BenchConfig, nbytes: int):
+        self.gb = nbytes / 1e9
+        self.ev = max(cfg.events / 200_000, 0.02)
+        self.an = max(cfg.analysis_events / 100_000, 0.02)
+        self.generated = cfg.data is None
+
+    def corpus(self) -> float:
+        return 15 * self.gb if self.generated else 0.0
+
+    def checkpoint(self, key: str) -> float:
+        return self.CHECKPOINT_S_PER_GB.get(key, 5.0) * self.gb + (1.0 if key in ("dj", "hf") else 0.0)
+
+    def ceiling(self) -> float:
+        return 1.0 * self.gb
+
+    def small(self, key: str) -> float:
+        return 0.8 if key.startswith(("dj", "hf")) else 0.05
+
+    def events(self, impl: str, call: str, sink: str, threads: int) -> float:
+        return self.EVENTS_S[(impl, sink, threads)] * self.ev
+
+    def floors(self) -> float:
+        """One round of the loguru floors (1 and 4 threads) and the loops with the logging removed."""
+        return 2.0 + 4 * 0.3 * self.ev
+
+    def analysis_log(self) -> float:
+        return 3.0 * self.an
+
+    def analysis(self, impl: str) -> float:
+        return (4.0 if impl == "reference" else 0.1) * self.an
+
+
 class Runner:
-    def __init__(self, cfg: BenchConfig):
+    def __init__(self, cfg: BenchConfig, data: pa.Table | None = None):
+        """``data``: the table of ``cfg.data``, when read already (to check it)."""
         self.cfg = cfg
+        self.data = data
+        self.costs = Costs(cfg, data.nbytes if data is not None else cfg.size)
         self.results: dict = {"config": asdict(cfg), "machine": machine_info()}
         self.cpu = CpuShare()
 
     # -- plan ---------------------------------------------------------------
 
     def _plan(self, comps, impls) -> float:
-        cfg = self.cfg
+        """Expected seconds of the whole run (see ``Costs``); the progress bar
+        advances by the same costs, so that it ends when the work ends."""
+        cfg, cost = self.cfg, self.costs
         total = 0.0
         if cfg.run_checkpoints:
-            scale = (cfg.size if cfg.data is None else 10**9) / 10**9
-            total += 10 * scale  # corpus
-            per_round = sum(30 if c.key in ("dj", "hf") else 5 for c in comps) * scale + len(comps) * scale
-            total += per_round * cfg.rounds
-            total += cfg.small_rounds * sum(3 if c.key in ("dj", "hf") else 0.2 for c in comps)
-        if cfg.run_events:
-            present = [k for k, m in impls.items() if m is not None]
-            total += cfg.rounds * 2 * 4 * 1.5 * len(present)
-            if len(present) == 2:
-                total += 3 + cfg.rounds * 8
+            total += cost.corpus()
+            total += cfg.rounds * sum(cost.checkpoint(c.key) + cost.ceiling() for c in comps)
+            total += (cfg.small_rounds + 1) * sum(cost.small(c.key) for c in self._small_cases(comps))
+        present = [k for k, m in impls.items() if m is not None]
+        if cfg.run_events and present:
+            cases = [(n, call, sink, t) for n in present for call in ev.CALLS for sink in ev.SINKS for t in (1, 4)]
+            total += cfg.rounds * sum(cost.events(*case) for case in cases)
+            total += cfg.rounds * cost.floors()
+            total += cost.analysis_log() + cfg.rounds * sum(cost.analysis(n) for n in present)
         return total
 
     # -- main ---------------------------------------------------------------
 
     def run(self) -> dict:
         cfg = self.cfg
-        owned = cfg.workdir is None
-        base = cfg.workdir or tempfile.mkdtemp(prefix="dja-bench-")
-        os.makedirs(base, exist_ok=True)
+        base = _interrupt.temp_dir("dja-bench-", dir=cfg.workdir)
         comps = self._runnable(ck.competitors(cfg.num_proc)) if cfg.run_checkpoints else []
         impls = ev.implementations() if cfg.run_events else {}
         self.base = base
         self.disk_peak = 0
+        plan = self._plan(comps, impls)
         if cfg.progress:
-            print(
-                f"temporary files go to {base} ({'removed at the end' if owned else 'kept'}); at most about the "
-                "size of the data at once (Data-Juicer's checkpoint is uncompressed)",
-                file=sys.stderr,
-            )
-        self.progress = Progress(self._plan(comps, impls), enabled=cfg.progress)
+            print(self._expectations(plan, base), file=sys.stderr)
+        self.progress = Progress(plan, enabled=cfg.progress)
         started = time.monotonic()
         try:
             if cfg.run_checkpoints:
@@ -154,13 +204,27 @@ class Runner:
                 self._events(impls, base)
         finally:
             self.progress.close()
-            if owned:
-                shutil.rmtree(base, ignore_errors=True)
+            _interrupt.remove_temp_dir(base)
         self.results["machine"]["loadavg_end"] = list(os.getloadavg())
         self.results["machine"]["other_processes_cores"] = self.cpu.others()
         self.results["wall_seconds"] = time.monotonic() - started
-        self.results["temp_disk"] = {"peak_bytes": self.disk_peak, "dir": base, "removed": owned}
+        self.results["temp_disk"] = {"peak_bytes": self.disk_peak, "dir": base, "removed": True}
         return self.results
+
+    def _expectations(self, seconds: float, base: str) -> str:
+        """The first line: how long the run should take and how much disk it needs."""
+        nbytes = self.data.nbytes if self.data is not None else self.cfg.size
+        disk = nbytes if self.cfg.run_checkpoints else 0  # Data-Juicer's checkpoint is uncompressed
+        if self.cfg.run_events:
+            disk += self.cfg.analysis_events * 400  # the analysed event log
+        minutes = seconds / 60
+        took = f"about {minutes:.0f} min" if minutes >= 1.5 else f"about {max(seconds, 1):.0f} s"
+        load = os.getloadavg()[0]
+        busy = f" (load average now {load:.1f}: expect longer)" if load > (os.cpu_count() or 1) else ""
+        return (
+            f"expected: {took} on a quiet 2-core machine{busy}; Ctrl-C stops it\n"
+            f"temporary disk: at most about {disk / 1e6:,.0f} MB in {base} (removed at the end)"
+        )
 
     def _runnable(self, comps):
         """The competitors that can run; each one that cannot is recorded
@@ -187,15 +251,14 @@ class Runner:
         cfg = self.cfg
         if cfg.data:
             self.progress.step(f"reading {cfg.data}")
-            table = load_user_data(cfg.data)
+            table = self.data if self.data is not None else load_user_data(cfg.data)
             source = cfg.data
         else:
             self.progress.step(f"generating the {cfg.size / MB:,.0f} MB default corpus")
-            scale = cfg.size / 10**9
             last = [0.0]
 
             def tick(frac):
-                self.progress.advance((frac - last[0]) * 10 * scale)
+                self.progress.advance((frac - last[0]) * self.costs.corpus())
                 last[0] = frac
 
             table = default_corpus(cfg.size, seed=cfg.seed, progress=tick)
@@ -229,7 +292,6 @@ class Runner:
         # run down, so the best sample is the most robust estimate of what
         # the machine can do. Writers are compared by their best round too.
         ceiling: dict = {"one": [], "all": [], "cpu": []}
-        scale = nbytes / 10**9
         checked = set()
         for r in range(cfg.rounds):
             order = comps[r % len(comps) :] + comps[: r % len(comps)]
@@ -237,7 +299,7 @@ class Runner:
                 self.progress.step(f"round {r + 1}/{cfg.rounds}: {comp.label}")
                 path = os.path.join(base, f"ckpt-{comp.key}-{r}")
                 self._one_round(comp, prepared[comp.key], table, path, raw, checked)
-                self.progress.advance((30 if comp.key in ("dj", "hf") else 5) * scale)
+                self.progress.advance(self.costs.checkpoint(comp.key))
                 self.progress.step(f"round {r + 1}/{cfg.rounds}: zstd ceiling")
                 z = zstd_ceiling(pieces, level=ck.ZSTD_LEVEL, threads=cfg.num_proc, one_thread=comp is order[0])
                 if "one_thread_s" in z:
@@ -245,7 +307,7 @@ class Runner:
                 ceiling["all"].append(z["bytes"] / z["all_cores_s"])
                 ceiling["cpu"].append(z["all_cores_cpu_s"] / (z["bytes"] / 1e9))
                 ceiling["ratio"] = z["ratio"]
-                self.progress.advance(1 * scale)
+                self.progress.advance(self.costs.ceiling())
         self.results["ceiling"] = {
             "level": ck.ZSTD_LEVEL,
             "one_thread_MBps": max(ceiling["one"]) / MB,
@@ -308,17 +370,22 @@ class Runner:
         shutil.rmtree(path, ignore_errors=True)
         release_memory()
 
-    def _small(self, comps, table, base):
-        cfg = self.cfg
-        small = table.slice(0, min(cfg.small_rows, table.num_rows))
+    def _small_cases(self, comps):
+        """The writers, plus the reference with num_proc=1 when num_proc > 1."""
         cases = list(comps)
         ref = next((c for c in comps if c.key in ("dj", "hf")), None)
-        if ref is not None and cfg.num_proc > 1:
+        if ref is not None and self.cfg.num_proc > 1:
             single = type(ref)(1)
             single.available()
             single.key = ref.key + "_np1"
             single.label = ref.label + " (num_proc=1)"
             cases.append(single)
+        return cases
+
+    def _small(self, comps, table, base):
+        cfg = self.cfg
+        small = table.slice(0, min(cfg.small_rows, table.num_rows))
+        cases = self._small_cases(comps)
         prepared = {c.key: c.prepare(small) for c in cases}
         raw = {c.key: {"save_s": [], "load_s": []} for c in cases}
         for r in range(cfg.small_rounds + 1):  # round 0 warms imports up, not counted
@@ -330,10 +397,10 @@ class Runner:
                 if loaded.num_rows != small.num_rows:
                     raise AssertionError(f"{comp.label}: loaded {loaded.num_rows} rows, saved {small.num_rows}")
                 shutil.rmtree(path, ignore_errors=True)
+                self.progress.advance(self.costs.small(comp.key))
                 if r:
                     raw[comp.key]["save_s"].append(save_s)
                     raw[comp.key]["load_s"].append(load_s)
-                    self.progress.advance(3 if comp.key.startswith(("dj", "hf")) else 0.2)
         self.results["small"] = {
             "rows": small.num_rows,
             "bytes": small.nbytes,
@@ -377,7 +444,7 @@ class Runner:
                             self._note_disk()
                             raw.setdefault((name, call, sink, threads), []).append(rate)
                             shutil.rmtree(path, ignore_errors=True)
-                            self.progress.advance(1.5)
+                            self.progress.advance(self.costs.events(name, call, sink, threads))
         for (name, call, sink, threads), rates in raw.items():
             out["rates"].append(
                 {
@@ -391,6 +458,7 @@ class Runner:
                 }
             )
         if present:
+            self.progress.step("the floors: loguru alone, and the loops with the logging removed")
             floor = [ev.loguru_info_floor(os.path.join(base, f"loguru-{r}")) for r in range(cfg.rounds)]
             out["loguru_info_file_us"] = median(floor) * 1e6
             floor4 = [ev.loguru_info_floor(os.path.join(base, f"loguru4-{r}"), threads=4) for r in range(cfg.rounds)]
@@ -404,6 +472,7 @@ class Runner:
                     for threads in (1, 4):
                         seconds = ev.interpreter_floor(body_module, cfg.events, threads, call)
                         floors.setdefault(call, {}).setdefault(str(threads), []).append(seconds)
+            self.progress.advance(cfg.rounds * self.costs.floors())
             out["no_logging_us"] = {
                 call: {threads: median(values) * 1e6 for threads, values in by_threads.items()}
                 for call, by_threads in floors.items()
@@ -415,7 +484,7 @@ class Runner:
             log_file = os.path.join(log_dir, "events_bench.jsonl")
             lines = ev.write_event_log(log_file, cfg.analysis_events, cfg.analysis_partitions)
             self._note_disk()
-            self.progress.advance(3)
+            self.progress.advance(self.costs.analysis_log())
             times: dict = {}
             answers: dict = {}
             for r in range(cfg.rounds):
@@ -424,7 +493,7 @@ class Runner:
                     seconds, result = ev.analysis_case(module, os.path.join(log_dir, f"{name}-{r}"), log_file)
                     times.setdefault(name, []).append(seconds)
                     answers[name] = ev.analysis_summary(result)
-                    self.progress.advance(8 / len(present))
+                    self.progress.advance(self.costs.analysis(name))
             if len(answers) == 2 and answers["accel"] != answers["reference"]:
                 raise AssertionError(f"analyze_resumption_state answers differ: {answers}")
             out["analysis"] = [

@@ -95,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
         try:
             report["config"] = _config_plan(ckpt_dir, args.config, args.job_id)
         except Exception as e:  # a config Data-Juicer itself rejects
-            return _fail(args, f"cannot load config {args.config}: {type(e).__name__}: {e}", EXIT_NOT_A_CHECKPOINT)
+            why = str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
+            return _fail(args, f"cannot load config {args.config}: {why}", EXIT_NOT_A_CHECKPOINT)
 
     report["damaged"] = bool(report["problems"])
     if args.json:
@@ -323,10 +324,32 @@ def _config_plan(ckpt_dir: str, config: str, job_id: str | None) -> dict[str, An
 
 def _load_process_list(config: str, job_id: str) -> list[dict[str, Any]]:
     """The config's ``process`` list as Data-Juicer's executor sees it (defaults
-    filled in, work_dir resolved): what its op record is compared with."""
+    filled in, work_dir resolved): what its op record is compared with.
+
+    The config is read as ``data-juicer-accel dj-process`` reads it: patched,
+    so that the keys this package adds (``checkpoint.background``) are
+    accepted. A config Data-Juicer rejects raises ValueError with its error,
+    pointing to the help that lists the options."""
+    import contextlib
+    import io
+
     from data_juicer.config import init_configs
 
-    cfg = init_configs(["--config", config, "--job_id", job_id], load_configs_only=True)
+    from data_juicer_accel.patch import patch_data_juicer
+
+    patch_data_juicer()
+    said = io.StringIO()
+    saved_argv0 = sys.argv[0]
+    sys.argv[0] = "data-juicer-accel dj-process"
+    try:
+        with contextlib.redirect_stderr(said):
+            cfg = init_configs(["--config", config, "--job_id", job_id], load_configs_only=True)
+    except SystemExit:  # jsonargparse's parser.error()
+        errors = [ln.removeprefix("error: ") for ln in said.getvalue().splitlines() if ln.startswith("error:")]
+        reason = "; ".join(errors) or said.getvalue().strip() or "rejected by Data-Juicer"
+        raise ValueError(f"{reason} (the accepted options: data-juicer-accel dj-process --help)") from None
+    finally:
+        sys.argv[0] = saved_argv0
     return list(cfg.process or [])
 
 
