@@ -27,7 +27,7 @@ import pyarrow as pa
 from loguru import logger
 
 from data_juicer_accel import _native
-from data_juicer_accel._exit import in_flight
+from data_juicer_accel._exit import in_flight, say_at_exit
 from data_juicer_accel.errors import CheckpointCorruptError
 from data_juicer_accel.utils.ckpt_base import (
     DEFAULT_ZSTD_LEVEL,
@@ -332,7 +332,9 @@ class CheckpointManager(CheckpointManagerBase):
         """Block until every background save requested so far is committed.
 
         Raises the failure of a background save not yet reported (it is
-        logged too). Does nothing for a foreground manager.
+        logged too). Does nothing for a foreground manager. A Ctrl-C while
+        waiting abandons the saves not committed yet (the previous checkpoint
+        stays) and raises ``KeyboardInterrupt``.
         """
         if self._background_saves is not None:
             self._background_saves.wait()
@@ -770,7 +772,9 @@ class _BackgroundSaves:
     from the caller's thread when it waits (in commit order, once each; a
     lock serialises the two). Every instance alive at
     interpreter exit is closed by an ``atexit`` hook, so the process exits
-    only once the last requested checkpoint is durable, or has failed loudly.
+    only once the last requested checkpoint is durable; a save that failed
+    unseen, or that a Ctrl-C abandons there, is lost: said on stderr, and
+    the process exits non-zero (see ``_close_background_saves_at_exit``).
     In a forked child the writer thread does not exist: the child's copy is
     never waited on nor freed (see ``_forget_in_child``).
     """
@@ -791,6 +795,14 @@ class _BackgroundSaves:
 
     def usable(self) -> bool:
         return self.writer is not None and self.pid == os.getpid()
+
+    def abandoned(self) -> int:
+        """Saves abandoned so far (an interrupted wait abandons them)."""
+        return self.writer.abandoned if self.usable() else 0
+
+    def abandon(self, timeout: float) -> bool:
+        """Gives up the saves not committed yet; whether there was one."""
+        return self.usable() and self.writer.abandon(timeout)
 
     def submit(self, data, *, ops_done: int, **options) -> None:
         with self.reporting:  # the watcher must not see the commit before its ops_done
@@ -863,12 +875,37 @@ _LIVE_BACKGROUND_SAVES: weakref.WeakSet = weakref.WeakSet()
 _ORPHANED_IN_CHILD: list = []
 
 
+#: Seconds the exit hook gives an abandoned save to stop and remove its staging directory.
+_ABANDON_WAIT_SECONDS = 5.0
+
+
 def _close_background_saves_at_exit() -> None:
-    for saves in list(_LIVE_BACKGROUND_SAVES):
+    """Waits for the last save of every background writer. One that failed
+    without the program seeing it, or that a Ctrl-C abandons here, is lost:
+    that is said on stderr and the process exits non-zero, as after an
+    uncaught exception (by SIGINT after a Ctrl-C)."""
+    remaining = list(_LIVE_BACKGROUND_SAVES)
+    while remaining:
+        saves = remaining.pop(0)
+        abandoned_before = saves.abandoned()
         try:
             saves.close()
-        except Exception:  # noqa: BLE001 - logged by close(); close every other one too
-            pass
+        except KeyboardInterrupt:
+            lost = [saves] if saves.abandoned() > abandoned_before else []
+            lost += [other for other in remaining if other.abandon(_ABANDON_WAIT_SECONDS)]
+            for each in lost:
+                say_at_exit(
+                    f"Ctrl-C at interpreter exit: abandoned the background save of the checkpoint "
+                    f"{each.manager.ckpt_ds_dir}; it is lost, the previous checkpoint is kept."
+                )
+            _native.fail_exit("interrupted")
+            return
+        except Exception as e:  # noqa: BLE001 - logged by close(); close every other one too
+            say_at_exit(
+                f"the checkpoint {saves.manager.ckpt_ds_dir} was lost at interpreter exit: its background "
+                f"save failed: {e}. The previous checkpoint is kept."
+            )
+            _native.fail_exit("failed")
 
 
 def _forget_in_child() -> None:
