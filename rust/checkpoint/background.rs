@@ -654,4 +654,59 @@ mod tests {
             b"[2]"
         );
     }
+
+    #[test]
+    fn an_abandoned_save_stops_before_its_commit_and_is_not_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = BackgroundWriter::start().unwrap();
+        writer
+            .submit(snapshot(dir.path(), vec![batch(0, 5)], "[0]"))
+            .unwrap();
+        writer.wait().unwrap();
+        // Slow to compress: many units at level 19, so the abandon lands mid-write.
+        let mut slow = snapshot(
+            dir.path(),
+            (0..40).map(|i| batch(i * 5000, 5000)).collect(),
+            "[1]",
+        );
+        slow.options.compression = crate::checkpoint::Compression::Zstd(19);
+        writer.submit(slow).unwrap();
+        assert!(writer.abandon(Duration::from_secs(600)));
+        assert!(!writer.progress().busy);
+        assert_eq!(writer.abandoned(), 1);
+        writer.wait().unwrap(); // abandoned, not failed
+        assert_eq!(saved_ids(dir.path()), vec![0, 1, 2, 3, 4]);
+        assert_eq!(
+            std::fs::read(dir.path().join("ckpt_op.json")).unwrap(),
+            b"[0]"
+        );
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".latest"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+        assert!(!writer.abandon(Duration::from_secs(1))); // nothing left to abandon
+        writer
+            .submit(snapshot(dir.path(), vec![batch(7, 2)], "[2]"))
+            .unwrap();
+        writer.close().unwrap();
+        assert_eq!(saved_ids(dir.path()), vec![7, 8]);
+    }
+
+    #[test]
+    fn wait_for_returns_none_while_a_save_is_still_running() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = BackgroundWriter::start().unwrap();
+        let mut slow = snapshot(
+            dir.path(),
+            (0..40).map(|i| batch(i * 5000, 5000)).collect(),
+            "[1]",
+        );
+        slow.options.compression = crate::checkpoint::Compression::Zstd(19);
+        writer.submit(slow).unwrap();
+        assert!(writer.wait_for(Duration::ZERO).is_none());
+        writer.wait_for(Duration::from_secs(600)).unwrap().unwrap();
+        assert_eq!(saved_ids(dir.path()).len(), 200_000);
+    }
 }

@@ -1208,4 +1208,24 @@ mod tests {
         writer.flush(true).unwrap();
         assert_eq!(lines_of(&path).len(), 1);
     }
+
+    #[test]
+    fn a_failed_write_counts_the_lines_it_left_unwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("missing-dir").join("events.jsonl");
+        let writer = EventWriter::open(&path, WriterConfig::default()).unwrap();
+        for i in 0..3 {
+            writer
+                .try_push(format!("{{\"i\": {i}}}\n").into_bytes())
+                .unwrap();
+        }
+        assert!(writer.flush(false).is_err());
+        assert_eq!(writer.unwritten_lines(), 3);
+        assert!(writer.close().is_err());
+        assert!(
+            writer.close().is_err(),
+            "a second close still reports the loss"
+        );
+        assert_eq!(writer.unwritten_lines(), 3);
+    }
 }
