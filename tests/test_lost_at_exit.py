@@ -170,3 +170,52 @@ def test_a_failed_background_write_of_events_is_raised_to_the_caller(tiny_fs):  
     events.close()
     with open(events.jsonl_file) as f:
         assert [line for line in f if '"queued"' in line]
+
+
+def slow_table(k: int):
+    """About 1 MB of text with little redundancy: seconds to save at zstd 19."""
+    import numpy as np
+    import pyarrow as pa
+
+    rng = np.random.default_rng(k)
+    vocabulary = np.array(["".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz"), 6)) for _ in range(5_000)])
+    return pa.table({"text": [" ".join(row) for row in rng.choice(vocabulary, size=(2_500, 60))]})
+
+
+LATE_SAVES = """
+    import atexit, os, sys, threading, time
+    import data_juicer_accel._exit  # its exit hook runs last
+    # Another library's exit hook, between this package's hooks: a daemon
+    # thread keeps saving meanwhile.
+    atexit.register(time.sleep, 1.0)
+    from tests.test_ckpt_crash import op_record
+    from tests.test_lost_at_exit import slow_table
+    from data_juicer_accel.utils.ckpt_utils import CheckpointManager
+    root = sys.argv[1]
+    two_saved = threading.Event()
+    def keep_saving():
+        for k in range(1, 100_000):
+            m = CheckpointManager(os.path.join(root, str(k)), [], background=True, zstd_level=19)
+            m.op_record = op_record(k)
+            m.save_ckpt(slow_table(k))
+            print("saved", k, flush=True)
+            if k == 2:
+                two_saved.set()
+    threading.Thread(target=keep_saving, daemon=True).start()
+    two_saved.wait()
+"""
+
+
+def test_a_daemon_thread_saving_after_the_exit_hook_loses_nothing_it_was_told_was_saved(tmp_path):
+    """Saves a daemon thread requests once the exit hook has closed the
+    background writers are made before ``save_ckpt`` returns (exit waits
+    for them), not left to a writer nobody waits for."""
+    root = str(tmp_path / "ckpts")
+    proc = run_script(LATE_SAVES, root)
+    assert proc.returncode == 0, proc.stderr
+    said = [int(line.split()[1]) for line in proc.stdout.splitlines() if line.startswith("saved ")]
+    assert said and said[-1] > 2, proc.stdout
+    for k in said:
+        m = CheckpointManager(os.path.join(root, str(k)), op_record(k))
+        assert m.ckpt_available, f"save {k} was said to be saved and is not"
+        assert m.load_ckpt().equals(slow_table(k))

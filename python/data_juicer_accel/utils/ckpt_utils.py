@@ -247,7 +247,11 @@ class CheckpointManager(CheckpointManagerBase):
 
     def _save(self, ds, method: str) -> str:
         if self.background:
-            return self._save_in_background(ds, method)
+            if not _exit_hook_started:
+                return self._save_in_background(ds, method)
+            # A daemon thread saving once exit began: no hook would wait for
+            # a background writer now, so save here (exit waits for this thread).
+            self.close()
         with in_flight():  # pyarrow and native calls: exit waits for them
             rows, shard_files = self._save_now(ds, method)
         logger.debug(f"Saved checkpoint of {rows} rows in {len(shard_files)} shard(s) to {self.ckpt_ds_dir}")
@@ -793,16 +797,21 @@ class _BackgroundSaves:
         self.watcher.start()
         _LIVE_BACKGROUND_SAVES.add(self)
 
-    def usable(self) -> bool:
+    def owned(self) -> bool:
+        """Whether the writer thread is this process's (not a forked parent's)."""
         return self.writer is not None and self.pid == os.getpid()
+
+    def usable(self) -> bool:
+        """Whether saves may still be queued here."""
+        return self.owned() and not self.closed
 
     def abandoned(self) -> int:
         """Saves abandoned so far (an interrupted wait abandons them)."""
-        return self.writer.abandoned if self.usable() else 0
+        return self.writer.abandoned if self.owned() else 0
 
     def abandon(self, timeout: float) -> bool:
         """Gives up the saves not committed yet; whether there was one."""
-        return self.usable() and self.writer.abandon(timeout)
+        return self.owned() and self.writer.abandon(timeout)
 
     def submit(self, data, *, ops_done: int, **options) -> None:
         with self.reporting:  # the watcher must not see the commit before its ops_done
@@ -815,7 +824,7 @@ class _BackgroundSaves:
         self._report_commits()
 
     def wait(self) -> None:
-        if not self.usable():
+        if not self.owned():
             return
         try:
             self.writer.wait()
@@ -826,7 +835,7 @@ class _BackgroundSaves:
             self._report_commits()
 
     def close(self) -> None:
-        if not self.usable():
+        if not self.owned():
             return
         _LIVE_BACKGROUND_SAVES.discard(self)
         self.closed = True
@@ -877,6 +886,8 @@ _ORPHANED_IN_CHILD: list = []
 
 #: Seconds the exit hook gives an abandoned save to stop and remove its staging directory.
 _ABANDON_WAIT_SECONDS = 5.0
+#: Set when the exit hook starts: later background saves are made in the caller's thread.
+_exit_hook_started = False
 
 
 def _close_background_saves_at_exit() -> None:
@@ -884,9 +895,13 @@ def _close_background_saves_at_exit() -> None:
     without the program seeing it, or that a Ctrl-C abandons here, is lost:
     that is said on stderr and the process exits non-zero, as after an
     uncaught exception (by SIGINT after a Ctrl-C)."""
+    global _exit_hook_started
+    _exit_hook_started = True
     remaining = list(_LIVE_BACKGROUND_SAVES)
     while remaining:
         saves = remaining.pop(0)
+        # A writer a daemon thread started while this hook ran is closed too.
+        remaining += [later for later in _LIVE_BACKGROUND_SAVES if later not in remaining and later is not saves]
         abandoned_before = saves.abandoned()
         try:
             saves.close()
