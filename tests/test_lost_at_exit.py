@@ -219,3 +219,24 @@ def test_a_daemon_thread_saving_after_the_exit_hook_loses_nothing_it_was_told_wa
         m = CheckpointManager(os.path.join(root, str(k)), op_record(k))
         assert m.ckpt_available, f"save {k} was said to be saved and is not"
         assert m.load_ckpt().equals(slow_table(k))
+
+
+def _save_in_a_worker(ckpt_dir: str) -> None:
+    m = CheckpointManager(ckpt_dir, [], num_proc=2, background=True)
+    m.op_record = op_record(1)
+    m.save_ckpt(generation(1))  # the worker returns at once and ends by os._exit
+
+
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+def test_a_background_save_in_a_multiprocessing_worker_is_committed_before_it_returns(tmp_path, start_method):
+    """A worker may end without exit hooks (``os._exit`` after a fork-started
+    ``Process``, ``Pool.terminate``): there a background save is made before
+    ``save_ckpt`` returns."""
+    import multiprocessing
+
+    ckpt_dir = str(tmp_path / "ckpt")
+    worker = multiprocessing.get_context(start_method).Process(target=_save_in_a_worker, args=(ckpt_dir,))
+    worker.start()
+    worker.join(timeout=120)
+    assert worker.exitcode == 0
+    assert committed_generation(ckpt_dir) == 1

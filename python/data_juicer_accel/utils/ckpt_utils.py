@@ -247,10 +247,11 @@ class CheckpointManager(CheckpointManagerBase):
 
     def _save(self, ds, method: str) -> str:
         if self.background:
-            if not _exit_hook_started:
+            if not (_exit_hook_started or _in_worker_process()):
                 return self._save_in_background(ds, method)
-            # A daemon thread saving once exit began: no hook would wait for
-            # a background writer now, so save here (exit waits for this thread).
+            # No exit hook would wait for a background writer: exit began (a
+            # daemon thread saving), or this process may end by os._exit (a
+            # forked child, a multiprocessing worker). Save here instead.
             self.close()
         with in_flight():  # pyarrow and native calls: exit waits for them
             rows, shard_files = self._save_now(ds, method)
@@ -923,7 +924,28 @@ def _close_background_saves_at_exit() -> None:
             _native.fail_exit("failed")
 
 
+#: Set in a child forked from this process.
+_forked_child = False
+
+
+def _in_worker_process() -> bool:
+    """Whether this process may end by ``os._exit`` or a signal, without exit
+    hooks: a forked child (``multiprocessing``'s fork workers end so), or a
+    process started by ``multiprocessing``/``multiprocess`` (pools terminate
+    their workers). Background saves are made in the foreground there."""
+    if _forked_child:
+        return True
+    for name in ("multiprocessing", "multiprocess"):
+        module = sys.modules.get(name)
+        parent_process = getattr(module, "parent_process", None)
+        if parent_process is not None and parent_process() is not None:
+            return True
+    return False
+
+
 def _forget_in_child() -> None:
+    global _forked_child
+    _forked_child = True
     for saves in list(_LIVE_BACKGROUND_SAVES):
         _ORPHANED_IN_CHILD.append(saves.writer)
         saves.writer = None
