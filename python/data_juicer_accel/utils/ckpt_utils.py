@@ -907,14 +907,8 @@ def _close_background_saves_at_exit() -> None:
         try:
             saves.close()
         except KeyboardInterrupt:
-            lost = [saves] if saves.abandoned() > abandoned_before else []
-            lost += [other for other in remaining if other.abandon(_ABANDON_WAIT_SECONDS)]
-            for each in lost:
-                say_at_exit(
-                    f"Ctrl-C at interpreter exit: abandoned the background save of the checkpoint "
-                    f"{each.manager.ckpt_ds_dir}; it is lost, the previous checkpoint is kept."
-                )
-            _native.fail_exit("interrupted")
+            interrupted = [saves] if saves.abandoned() > abandoned_before else []
+            _abandon_at_exit(interrupted + [other for other in remaining if other.abandon(_ABANDON_WAIT_SECONDS)])
             return
         except Exception as e:  # noqa: BLE001 - logged by close(); close every other one too
             say_at_exit(
@@ -922,6 +916,17 @@ def _close_background_saves_at_exit() -> None:
                 f"save failed: {e}. The previous checkpoint is kept."
             )
             _native.fail_exit("failed")
+
+
+def _abandon_at_exit(lost: list) -> None:
+    """After a Ctrl-C in the exit hook: names the saves it abandoned; the
+    process ends by SIGINT, as on an unhandled KeyboardInterrupt."""
+    for saves in lost:
+        say_at_exit(
+            f"Ctrl-C at interpreter exit: abandoned the background save of the checkpoint "
+            f"{saves.manager.ckpt_ds_dir}; it is lost, the previous checkpoint is kept."
+        )
+    _native.fail_exit("interrupted")
 
 
 #: Set in a child forked from this process.
