@@ -105,3 +105,44 @@ def test_any_timeout_is_accepted_and_nothing_in_flight_returns_at_once():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["0"] * 5
+
+
+DAEMON_IN_FLIGHT_AT_EXIT = """
+    import atexit, sys, threading, time
+    from data_juicer_accel._exit import in_flight
+    # Runs right before the package's exit wait (exit hooks run last registered first).
+    atexit.register(lambda: print("exit hooks running", flush=True))
+    started = threading.Event()
+    def work():  # a save that never ends
+        with in_flight():
+            started.set()
+            while True:
+                time.sleep(0.05)
+    threading.Thread(target=work, daemon=True).start()
+    started.wait()
+"""
+
+
+def test_ctrl_c_ends_the_exit_wait_for_daemon_threads_says_so_and_exits_non_zero():
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(DAEMON_IN_FLIGHT_AT_EXIT)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout.readline() == "exit hooks running\n"
+        proc.send_signal(signal.SIGINT)
+        sent = time.monotonic()
+        _, err = proc.communicate(timeout=120)
+        took = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert "Ctrl-C at interpreter exit" in err and "lost" in err, err
+    assert proc.returncode == -signal.SIGINT
+    assert took < 10, f"exited {took:.1f} s after Ctrl-C"  # not the 60 s exit wait

@@ -6,11 +6,15 @@ when the thread is inside native code (ours, or pyarrow's C++). The hook
 below runs after this package's other exit hooks: it waits for native
 calls and ``in_flight()`` blocks to end, and parks forever any thread that
 enters one afterwards.
+
+Work that exit cannot complete (a daemon thread's save still running when
+the wait ends, or abandoned by a Ctrl-C) is lost: that is said on stderr
+and the process exits non-zero (``_native.fail_exit``), as the package's
+other exit hooks do for background saves and events.
 """
 
 import atexit
-
-from loguru import logger
+import sys
 
 from data_juicer_accel import _native
 
@@ -23,12 +27,30 @@ in_flight = _native.InFlight
 
 
 def _wait_for_native_calls() -> None:
-    still_running = _native.drain_native_calls(EXIT_WAIT_SECONDS)
-    if still_running:
-        logger.warning(
-            f"data_juicer_accel: {still_running} native call(s) of daemon threads still running "
-            f"after {EXIT_WAIT_SECONDS:.0f} s at interpreter exit; exiting anyway"
+    try:
+        still_running = _native.drain_native_calls(EXIT_WAIT_SECONDS)
+    except KeyboardInterrupt:
+        say_at_exit(
+            "Ctrl-C at interpreter exit: abandoned the native calls of daemon threads still running "
+            "(checkpoint saves, event writes); their work is lost, a previous checkpoint is kept."
         )
+        _native.fail_exit("interrupted")
+        return
+    if still_running:
+        say_at_exit(
+            f"{still_running} native call(s) of daemon threads (checkpoint saves, event writes) still "
+            f"running after {EXIT_WAIT_SECONDS:.0f} s at interpreter exit; exiting anyway: their work is "
+            "lost, a previous checkpoint is kept."
+        )
+        _native.fail_exit("failed")
+
+
+def say_at_exit(message: str) -> None:
+    """Writes ``message`` to stderr, where an uncaught exception would be."""
+    try:
+        print(f"data_juicer_accel: {message}", file=sys.stderr, flush=True)
+    except (OSError, ValueError, AttributeError):  # no usable stderr: the exit status still says it
+        pass
 
 
 # Registered before this package's other hooks, so that it runs after them

@@ -2,7 +2,7 @@
 
 from os import PathLike
 from pathlib import Path
-from typing import Any, Protocol, final
+from typing import Any, Literal, Protocol, final
 
 from data_juicer_accel.errors import CheckpointCorruptError as CheckpointCorruptError
 from data_juicer_accel.errors import CheckpointLockedError as CheckpointLockedError
@@ -114,12 +114,19 @@ class BackgroundCheckpointWriter:
         read before this returns and every buffer not provably pyarrow's own memory is copied."""
     def wait(self) -> None:
         """Blocks (GIL released) until every submitted save is committed or failed; raises the
-        first failure not yet reported."""
+        first failure not yet reported. A Ctrl-C abandons the saves not committed yet (the
+        previous checkpoint stays) and is raised."""
     def close(self) -> None:
         """``wait()``, then stops the writer thread."""
+    def abandon(self, timeout: float) -> bool:
+        """Abandons the saves not committed yet; waits up to ``timeout`` seconds for the one being
+        written to stop. Returns whether a save was abandoned."""
     def wait_for_commit(self, timeout: float) -> bool:
         """Blocks (GIL released) up to ``timeout`` seconds until a commit not yet taken exists;
-        False on timeout or once the writer is closed."""
+        False on timeout, once the writer is closed or a save was abandoned."""
+    @property
+    def abandoned(self) -> int:
+        """Saves abandoned so far (by an interrupted ``wait``, or ``abandon``)."""
     def take_committed(self) -> list[int]:
         """Sequence numbers committed since the last call, in commit order."""
     @property
@@ -274,4 +281,11 @@ class InFlight:
 
 def drain_native_calls(timeout: float) -> int:
     """Closes the exit gate and waits up to ``timeout`` seconds for other
-    threads' native calls to end; returns how many are still running."""
+    threads' native calls to end; returns how many are still running.
+    A Ctrl-C ends the wait and is raised."""
+
+def fail_exit(reason: Literal["failed", "interrupted"]) -> None:
+    """Exit lost work the caller has reported: the process will not end
+    with status 0 (``"failed"``: status 1; ``"interrupted"``: killed by
+    SIGINT, as on an unhandled KeyboardInterrupt). A forked child does not
+    inherit this."""

@@ -290,9 +290,9 @@ impl CheckpointWriter {
             let shards = interruptible(py, move |cancel| {
                 let input = Cancellable {
                     inner: stream,
-                    cancel,
+                    cancel: cancel.clone(),
                 };
-                checkpoint::write_shards(&dir, schema, input, &options)
+                checkpoint::write_shards_cancellable(&dir, schema, input, &options, &cancel)
             })?;
             let rows = shards.iter().map(|s| s.rows).sum();
             self.shards = Some(shards);
@@ -738,6 +738,7 @@ mod ray_shards {
 
 mod background_saves {
     use std::path::PathBuf;
+    use std::time::Duration;
 
     use arrow_array::ffi_stream::RecordBatchStreamReader;
     use arrow_array::{RecordBatch, UInt64Array};
@@ -745,11 +746,16 @@ mod background_saves {
     use pyo3::exceptions::PyValueError;
     use pyo3::prelude::*;
 
-    use super::{detached, import_raw_stream, import_stream, to_py_err};
+    use super::super::gil;
+    use super::{detached, import_raw_stream, import_stream, to_py_err, SIGNAL_POLL};
     use crate::checkpoint::background::{BackgroundWriter, Snapshot};
     use crate::checkpoint::sizing::SizedStream;
     use crate::checkpoint::snapshot::{detach_batches, MemoryMap};
     use crate::checkpoint::{self, CheckpointError, WriteOptions};
+
+    /// How long an interrupted wait gives the save being written to stop
+    /// (at its next piece of work) and remove its staging directory.
+    const ABANDON_WAIT: Duration = Duration::from_secs(5);
 
     /// One writer thread committing the newest submitted checkpoint.
     #[pyclass(module = "data_juicer_accel._native", frozen)]
@@ -897,21 +903,50 @@ mod background_saves {
         }
 
         /// Blocks (GIL released) until every submitted save is committed or
-        /// has failed; raises the first failure not yet reported.
+        /// has failed; raises the first failure not yet reported. A Ctrl-C
+        /// (whatever a signal handler raises) abandons the saves not
+        /// committed yet, keeping the previous checkpoint, and is raised.
         fn wait(&self, py: Python<'_>) -> PyResult<()> {
-            detached(py, || self.writer.wait())
+            loop {
+                let waited = gil::detach(py, || self.writer.wait_for(SIGNAL_POLL));
+                match waited {
+                    Some(result) => return result.map_err(to_py_err),
+                    None => {
+                        if let Err(interrupt) = py.check_signals() {
+                            gil::detach(py, || self.writer.abandon(ABANDON_WAIT));
+                            return Err(interrupt);
+                        }
+                    }
+                }
+            }
         }
 
         /// `wait()`, then stops the writer thread. Later calls do nothing.
         fn close(&self, py: Python<'_>) -> PyResult<()> {
+            self.wait(py)?;
             detached(py, || self.writer.close())
         }
 
+        /// Abandons the saves not committed yet (see `wait`) and waits up
+        /// to `timeout` seconds for the one being written to stop. Returns
+        /// whether a save was abandoned.
+        fn abandon(&self, py: Python<'_>, timeout: f64) -> bool {
+            let timeout = Duration::from_secs_f64(timeout.clamp(0.0, 3600.0));
+            gil::detach(py, || self.writer.abandon(timeout))
+        }
+
         /// Blocks (GIL released) up to `timeout` seconds until a commit not
-        /// yet taken exists; False on timeout or once the writer is closed.
+        /// yet taken exists; False on timeout, once the writer is closed or
+        /// a save was abandoned.
         fn wait_for_commit(&self, py: Python<'_>, timeout: f64) -> bool {
-            let timeout = std::time::Duration::from_secs_f64(timeout.clamp(0.0, 3600.0));
-            py.detach(|| self.writer.wait_for_commit(timeout))
+            let timeout = Duration::from_secs_f64(timeout.clamp(0.0, 3600.0));
+            gil::detach(py, || self.writer.wait_for_commit(timeout))
+        }
+
+        /// Saves abandoned so far (by an interrupted `wait`, or `abandon`).
+        #[getter]
+        fn abandoned(&self) -> u64 {
+            self.writer.abandoned()
         }
 
         /// Sequence numbers committed since the last call, in commit order.

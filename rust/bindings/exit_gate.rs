@@ -20,12 +20,20 @@
 //! a thread either entered before the gate closed (and is waited for) or
 //! sees it closed.
 //!
+//! The gate also keeps the process's exit duty: work that exit could not
+//! make durable (a background checkpoint save, events) is reported where
+//! it is found ([`fail_exit`]), and the process then ends non-zero even
+//! when the program itself ended normally (see [`enforce_exit_status`]).
+//!
 //! [`gil::detach`]: super::gil::detach
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::ffi::{c_int, c_void};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
 use std::sync::Once;
 use std::time::{Duration, Instant};
+
+use pyo3::exceptions::PyValueError;
 
 use pyo3::ffi;
 use pyo3::prelude::*;
@@ -99,11 +107,99 @@ fn park_for_exit(_py: Python<'_>) -> ! {
     }
 }
 
-/// A forked child has only the forking thread: it holds what it held.
+/// A forked child has only the forking thread: it holds what it held, and
+/// none of its parent's exit duty.
 extern "C" fn reset_in_forked_child() {
     IN_FLIGHT.store(DEPTH.get(), Ordering::SeqCst);
     CLOSED.store(false, Ordering::SeqCst);
     CLOSED_THE_GATE.set(false);
+    EXIT_FAILURE.store(NO_FAILURE, Ordering::SeqCst);
+}
+
+/// `EXIT_FAILURE` when nothing was lost.
+const NO_FAILURE: i32 = 0;
+/// `EXIT_FAILURE` when a Ctrl-C made exit abandon work: the process ends as
+/// CPython ends on an unhandled KeyboardInterrupt, killed by SIGINT.
+const FAILED_BY_SIGINT: i32 = -1;
+/// The exit status a loss imposes, as an uncaught exception's.
+const FAILED: i32 = 1;
+
+/// What the process must end with because exit lost something.
+static EXIT_FAILURE: AtomicI32 = AtomicI32::new(NO_FAILURE);
+static ENFORCE_AT_EXIT: Once = Once::new();
+
+extern "C" {
+    /// glibc's `on_exit`: like `atexit`, and the handler is given the
+    /// status passed to `exit()`.
+    fn on_exit(handler: extern "C" fn(c_int, *mut c_void), arg: *mut c_void) -> c_int;
+}
+
+/// Records that exit lost work (the caller has said what, on stderr): the
+/// process will not end with status 0. `by_sigint`: a Ctrl-C abandoned it.
+pub(crate) fn fail_exit(by_sigint: bool) {
+    // A Ctrl-C outranks a failure: the process ends as interrupted.
+    if by_sigint {
+        EXIT_FAILURE.store(FAILED_BY_SIGINT, Ordering::SeqCst);
+    } else {
+        let (none, failed) = (NO_FAILURE, FAILED);
+        let _ = EXIT_FAILURE.compare_exchange(none, failed, Ordering::SeqCst, Ordering::SeqCst);
+    }
+}
+
+/// Runs in `exit()`, after the interpreter is finalised and after the C
+/// exit handlers registered later (the event writers' last flush, which
+/// may itself report a loss). A process that lost work and was about to
+/// end with status 0 ends with status 1, or by SIGINT after a Ctrl-C; a
+/// non-zero status (an uncaught exception, `sys.exit(3)`) is kept.
+///
+/// CPython offers no later hook that may set the status, and an exception
+/// in an `atexit` callback is printed and ignored; so this handler ends
+/// the process itself, once every C stream is flushed. The C exit handlers
+/// registered before this module was imported are skipped then (as
+/// `os._exit` skips them); Python's own shutdown has completed.
+extern "C" fn enforce_exit_status(status: c_int, _arg: *mut c_void) {
+    let failure = EXIT_FAILURE.load(Ordering::SeqCst);
+    if failure == NO_FAILURE || status != 0 {
+        return;
+    }
+    // SAFETY: flushing every C stream and ending the process; nothing of
+    // this process runs afterwards.
+    unsafe {
+        libc::fflush(std::ptr::null_mut());
+        if failure == FAILED_BY_SIGINT {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            libc::raise(libc::SIGINT);
+            libc::_exit(128 + libc::SIGINT);
+        }
+        libc::_exit(failure);
+    }
+}
+
+/// Registers [`enforce_exit_status`] once, when this module is imported.
+fn enforce_exit_status_at_exit() {
+    ENFORCE_AT_EXIT.call_once(|| {
+        // SAFETY: registers a plain function without captured state.
+        unsafe { on_exit(enforce_exit_status, std::ptr::null_mut()) };
+    });
+}
+
+/// `fail_exit(reason)`: exit lost work the caller has reported (on
+/// stderr); the process will not end with status 0. `reason` is
+/// `"failed"` (status 1, as an uncaught exception) or `"interrupted"` (a
+/// Ctrl-C abandoned it: killed by SIGINT, as an unhandled KeyboardInterrupt).
+#[pyfunction]
+#[pyo3(name = "fail_exit")]
+fn fail_exit_py(reason: &str) -> PyResult<()> {
+    match reason {
+        "failed" => fail_exit(false),
+        "interrupted" => fail_exit(true),
+        other => {
+            return Err(PyValueError::new_err(format!(
+                "fail_exit() takes 'failed' or 'interrupted', not {other:?}"
+            )))
+        }
+    }
+    Ok(())
 }
 
 /// A block that interpreter exit waits for: ``with InFlight(): ...``.
@@ -137,12 +233,17 @@ impl InFlight {
     }
 }
 
+/// How often a wait at exit looks for Ctrl-C.
+const SIGNAL_POLL: Duration = Duration::from_millis(100);
+
 /// Closes the gate and waits up to `timeout` seconds, without the GIL, for
 /// the other threads' native calls and guarded blocks to end. Returns how
 /// many are still in flight (0 once drained). Registered with `atexit`.
+/// A Ctrl-C (any exception a signal handler raises) ends the wait: it is
+/// raised, the gate staying closed.
 #[pyfunction]
 #[pyo3(signature = (timeout))]
-pub fn drain_native_calls(py: Python<'_>, timeout: f64) -> usize {
+pub fn drain_native_calls(py: Python<'_>, timeout: f64) -> PyResult<usize> {
     CLOSED_THE_GATE.set(true);
     CLOSED.store(true, Ordering::SeqCst);
     let own = DEPTH.get();
@@ -150,13 +251,21 @@ pub fn drain_native_calls(py: Python<'_>, timeout: f64) -> usize {
     let deadline = Duration::try_from_secs_f64(timeout.max(0.0))
         .ok()
         .and_then(|wait| Instant::now().checked_add(wait));
-    detach(py, || loop {
-        let others = IN_FLIGHT.load(Ordering::SeqCst).saturating_sub(own);
-        if others == 0 || deadline.is_some_and(|deadline| Instant::now() >= deadline) {
-            return others;
+    loop {
+        let poll_until = Instant::now() + SIGNAL_POLL;
+        let others = detach(py, || loop {
+            let others = IN_FLIGHT.load(Ordering::SeqCst).saturating_sub(own);
+            let now = Instant::now();
+            if others == 0 || now >= poll_until || deadline.is_some_and(|d| now >= d) {
+                return others;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        });
+        if others == 0 || deadline.is_some_and(|d| Instant::now() >= d) {
+            return Ok(others);
         }
-        std::thread::sleep(Duration::from_millis(1));
-    })
+        py.check_signals()?;
+    }
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -164,7 +273,9 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
         // SAFETY: registers a plain function without captured state.
         unsafe { libc::pthread_atfork(None, None, Some(reset_in_forked_child)) };
     });
+    enforce_exit_status_at_exit();
     m.add_class::<InFlight>()?;
     m.add_function(wrap_pyfunction!(drain_native_calls, m)?)?;
+    m.add_function(wrap_pyfunction!(fail_exit_py, m)?)?;
     Ok(())
 }

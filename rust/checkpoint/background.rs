@@ -4,17 +4,24 @@
 //! their buffers: Arrow data is immutable, so nothing is copied), the rows an
 //! indices mapping selects, and the small files of the checkpoint. One
 //! thread per [`BackgroundWriter`] writes and commits snapshots through the
-//! ordinary path ([`Staging`], [`write_shards`], atomic commit), so a crash
+//! ordinary path ([`Staging`], [`write_shards_cancellable`], atomic commit), so a crash
 //! mid-save leaves the previous checkpoint or the new one.
 //!
 //! At most one snapshot is being written and one waits. A newer submit
 //! replaces the waiting one: the newest always wins, and a superseded
 //! snapshot is dropped (its buffers released) without being written. An
 //! error is kept until a caller takes it, so no failure goes unreported.
+//!
+//! A caller that stops waiting (Ctrl-C) abandons what is not committed yet
+//! ([`BackgroundWriter::abandon`]): the waiting snapshot is dropped and the
+//! one being written stops at its next piece, before its commit, so the
+//! previous checkpoint stays.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use arrow_array::{Array, RecordBatch, UInt64Array};
 use arrow_schema::{ArrowError, SchemaRef};
@@ -22,7 +29,7 @@ use arrow_select::interleave::interleave_record_batch;
 use serde_json::Value;
 
 use super::error::{CheckpointError, Result};
-use super::{manifest_for, sizing, write_shards, SaveRequest, Staging, WriteOptions};
+use super::{manifest_for, sizing, write_shards_cancellable, SaveRequest, Staging, WriteOptions};
 
 /// Name of the HF state file whose `_data_files` list is filled in once the
 /// shard names are known.
@@ -69,18 +76,30 @@ pub type PulledRows = (Vec<RecordBatch>, Option<Vec<UInt64Array>>, Option<u64>);
 /// Produces a snapshot's batches, indices and byte count, off the caller's thread.
 pub type DeferredRows = Box<dyn FnOnce() -> Result<PulledRows> + Send>;
 
+/// `Err(Cancelled)` once `cancel` is raised.
+fn check_cancel(cancel: &AtomicBool) -> Result<()> {
+    if cancel.load(Ordering::Relaxed) {
+        return Err(CheckpointError::Cancelled);
+    }
+    Ok(())
+}
+
 impl Snapshot {
-    /// Writes the snapshot into a fresh staging directory and commits it.
-    pub fn write_and_commit(mut self) -> Result<PathBuf> {
+    /// Writes the snapshot into a fresh staging directory and commits it,
+    /// unless `cancel` is raised first: then it stops at its next piece of
+    /// work (the staging directory removed) with `Err(Cancelled)`.
+    pub fn write_and_commit(mut self, cancel: &AtomicBool) -> Result<PathBuf> {
         if let Some(pull) = self.deferred.take() {
             (self.batches, self.indices, self.table_bytes) = pull()?;
         }
+        check_cancel(cancel)?;
         if let Some(num_proc) = self.size_like_datasets {
             self.options.rows_per_shard = self.rows_per_shard_like_datasets(num_proc)?;
         }
         let mut staging = Staging::create_for(&self.ckpt_dir, self.holder.as_deref())?;
         let rows = rows_of(&self.schema, &self.batches, self.indices.as_deref());
-        let shards = write_shards(staging.dir(), self.schema.clone(), rows, &self.options)?;
+        let (dir, schema) = (staging.dir(), self.schema.clone());
+        let shards = write_shards_cancellable(dir, schema, rows, &self.options, cancel)?;
         if let Some(template) = &self.state_template {
             let names: Vec<&str> = shards.iter().map(|s| s.file.as_str()).collect();
             staging.add_file(STATE_FILE, &state_json(template, &names)?)?;
@@ -92,6 +111,7 @@ impl Snapshot {
             kind: &self.kind,
             options: self.options.clone(),
         };
+        check_cancel(cancel)?;
         staging.commit(manifest_for(&request, &shards))
     }
 }
@@ -229,11 +249,18 @@ struct State {
     error: Option<(u64, CheckpointError)>,
     next_seq: u64,
     closing: bool,
+    /// Calls of `abandon` so far (they wake `wait_for_commit`).
+    abandons: u64,
+    /// Saves given up by `abandon` so far.
+    abandoned: u64,
 }
 
 struct Shared {
     state: Mutex<State>,
     changed: Condvar,
+    /// Raised by `abandon`: the snapshot being written stops. Lowered by the
+    /// writer thread once that write has ended.
+    cancel: AtomicBool,
 }
 
 impl Shared {
@@ -269,6 +296,7 @@ impl BackgroundWriter {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
+            cancel: AtomicBool::new(false),
         });
         let worker = shared.clone();
         let thread = std::thread::Builder::new()
@@ -313,24 +341,64 @@ impl BackgroundWriter {
     /// Blocks until nothing is written or waiting; returns the first failure
     /// since the last call, if any.
     pub fn wait(&self) -> Result<()> {
+        loop {
+            if let Some(result) = self.wait_for(Duration::from_secs(3600)) {
+                return result;
+            }
+        }
+    }
+
+    /// [`wait`](Self::wait) for at most `timeout`: `None` when saves are
+    /// still being written or waiting then (so that a caller can look for
+    /// Ctrl-C between the calls).
+    pub fn wait_for(&self, timeout: Duration) -> Option<Result<()>> {
         if !self.in_owner_process() {
-            return Err(CheckpointError::Input(
+            return Some(Err(CheckpointError::Input(
                 "this background checkpoint writer belongs to the parent process (forked child)"
                     .into(),
-            ));
+            )));
         }
-        let mut state = self.shared.lock();
-        while state.pending.is_some() || state.writing.is_some() {
-            state = self
-                .shared
-                .changed
-                .wait(state)
-                .unwrap_or_else(|p| p.into_inner());
+        let state = self.shared.lock();
+        let (mut state, _) = self
+            .shared
+            .changed
+            .wait_timeout_while(state, timeout, |s| {
+                s.pending.is_some() || s.writing.is_some()
+            })
+            .unwrap_or_else(|p| p.into_inner());
+        if state.pending.is_some() || state.writing.is_some() {
+            return None;
         }
-        match state.error.take() {
+        Some(match state.error.take() {
             Some((_, err)) => Err(err),
             None => Ok(()),
+        })
+    }
+
+    /// Gives up the saves not committed yet: drops the waiting snapshot and
+    /// makes the one being written stop at its next piece of work, before
+    /// its commit (its staging directory is removed). Waits up to `timeout`
+    /// for that write to end. Returns whether a save was abandoned. A save
+    /// already committing completes; it is reported as committed.
+    pub fn abandon(&self, timeout: Duration) -> bool {
+        if !self.in_owner_process() {
+            return false;
         }
+        let mut state = self.shared.lock();
+        let dropped = state.pending.take().is_some();
+        let writing = state.writing.is_some();
+        if writing {
+            self.shared.cancel.store(true, Ordering::Relaxed);
+        }
+        state.abandons += 1;
+        state.abandoned += u64::from(dropped) + u64::from(writing);
+        self.shared.changed.notify_all();
+        let _ = self
+            .shared
+            .changed
+            .wait_timeout_while(state, timeout, |s| s.writing.is_some())
+            .unwrap_or_else(|p| p.into_inner());
+        dropped || writing
     }
 
     /// Sequence numbers of the snapshots committed since the last call, in
@@ -346,11 +414,12 @@ impl BackgroundWriter {
             return false;
         }
         let state = self.shared.lock();
+        let abandons = state.abandons;
         let (state, _) = self
             .shared
             .changed
             .wait_timeout_while(state, timeout, |s| {
-                s.newly_committed.is_empty() && !s.closing
+                s.newly_committed.is_empty() && !s.closing && s.abandons == abandons
             })
             .unwrap_or_else(|p| p.into_inner());
         !state.newly_committed.is_empty()
@@ -368,6 +437,11 @@ impl BackgroundWriter {
             superseded: state.superseded,
             busy: state.pending.is_some() || state.writing.is_some(),
         }
+    }
+
+    /// Saves given up by [`abandon`](Self::abandon) so far.
+    pub fn abandoned(&self) -> u64 {
+        self.shared.lock().abandoned
     }
 
     /// Waits for the last snapshot, stops the thread; returns the failure
@@ -415,16 +489,21 @@ fn write_loop(shared: &Shared) {
                     .unwrap_or_else(|p| p.into_inner());
             }
         };
-        let outcome =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| snapshot.write_and_commit()))
-                .unwrap_or_else(|payload| Err(CheckpointError::from_panic(payload)));
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            snapshot.write_and_commit(&shared.cancel)
+        }))
+        .unwrap_or_else(|payload| Err(CheckpointError::from_panic(payload)));
         let mut state = shared.lock();
         state.writing = None;
+        // Raised (under this lock) only while this write ran: it was abandoned.
+        let abandoned = shared.cancel.swap(false, Ordering::Relaxed);
         match outcome {
             Ok(_) => {
                 state.committed = seq;
                 state.newly_committed.push(seq);
             }
+            // The caller that abandoned it was told (KeyboardInterrupt).
+            Err(_) if abandoned => {}
             Err(err) => {
                 if state.error.is_none() {
                     state.error = Some((seq, err));
@@ -589,5 +668,60 @@ mod tests {
             std::fs::read(dir.path().join("ckpt_op.json")).unwrap(),
             b"[2]"
         );
+    }
+
+    #[test]
+    fn an_abandoned_save_stops_before_its_commit_and_is_not_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = BackgroundWriter::start().unwrap();
+        writer
+            .submit(snapshot(dir.path(), vec![batch(0, 5)], "[0]"))
+            .unwrap();
+        writer.wait().unwrap();
+        // Slow to compress: many units at level 19, so the abandon lands mid-write.
+        let mut slow = snapshot(
+            dir.path(),
+            (0..40).map(|i| batch(i * 5000, 5000)).collect(),
+            "[1]",
+        );
+        slow.options.compression = crate::checkpoint::Compression::Zstd(19);
+        writer.submit(slow).unwrap();
+        assert!(writer.abandon(Duration::from_secs(600)));
+        assert!(!writer.progress().busy);
+        assert_eq!(writer.abandoned(), 1);
+        writer.wait().unwrap(); // abandoned, not failed
+        assert_eq!(saved_ids(dir.path()), vec![0, 1, 2, 3, 4]);
+        assert_eq!(
+            std::fs::read(dir.path().join("ckpt_op.json")).unwrap(),
+            b"[0]"
+        );
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".latest"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+        assert!(!writer.abandon(Duration::from_secs(1))); // nothing left to abandon
+        writer
+            .submit(snapshot(dir.path(), vec![batch(7, 2)], "[2]"))
+            .unwrap();
+        writer.close().unwrap();
+        assert_eq!(saved_ids(dir.path()), vec![7, 8]);
+    }
+
+    #[test]
+    fn wait_for_returns_none_while_a_save_is_still_running() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = BackgroundWriter::start().unwrap();
+        let mut slow = snapshot(
+            dir.path(),
+            (0..40).map(|i| batch(i * 5000, 5000)).collect(),
+            "[1]",
+        );
+        slow.options.compression = crate::checkpoint::Compression::Zstd(19);
+        writer.submit(slow).unwrap();
+        assert!(writer.wait_for(Duration::ZERO).is_none());
+        writer.wait_for(Duration::from_secs(600)).unwrap().unwrap();
+        assert_eq!(saved_ids(dir.path()).len(), 200_000);
     }
 }

@@ -18,7 +18,7 @@ pub use commit::Staging;
 pub use error::{CheckpointError, Result};
 pub use manifest::{FileEntry, Manifest};
 pub use reader::{read_checkpoint, LoadedCheckpoint, ReadOptions};
-pub use writer::{write_shards, Compression, WriteOptions, WrittenShard};
+pub use writer::{write_shards, write_shards_cancellable, Compression, WriteOptions, WrittenShard};
 
 use std::path::Path;
 

@@ -393,3 +393,26 @@ fn a_shard_that_makes_arrow_assert_is_reported_as_corrupt() {
         "{err}"
     );
 }
+
+#[test]
+fn a_cancelled_write_stops_at_the_next_unit_with_cancelled() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let cancel = AtomicBool::new(false);
+    let pulled = AtomicUsize::new(0);
+    // The input raises the flag as it hands out its third batch (as Ctrl-C
+    // would meanwhile); nothing after it is pulled.
+    let input = batches(100_000, 1_000).into_iter().map(|b| {
+        if pulled.fetch_add(1, Ordering::Relaxed) == 2 {
+            cancel.store(true, Ordering::Relaxed);
+        }
+        Ok(b)
+    });
+    let options = WriteOptions {
+        compression: Compression::Zstd(19),
+        ..WriteOptions::default()
+    };
+    let err = write_shards_cancellable(dir.path(), schema(), input, &options, &cancel).unwrap_err();
+    assert!(matches!(err, CheckpointError::Cancelled), "{err}");
+    assert_eq!(pulled.load(Ordering::Relaxed), 3);
+}

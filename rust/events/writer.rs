@@ -328,6 +328,8 @@ impl Drop for Slab {
 struct Shared {
     has_error: AtomicBool,
     error: Mutex<Option<WriteError>>,
+    /// Lines a failed write left unwritten (kept for the retry).
+    unwritten_lines: AtomicU64,
     batches_written: AtomicU64,
     spare_lines: ArrayQueue<Vec<u8>>,
     slabs: [Slab; 2],
@@ -410,6 +412,7 @@ impl EventWriter {
         let shared = Arc::new(Shared {
             has_error: AtomicBool::new(false),
             error: Mutex::new(None),
+            unwritten_lines: AtomicU64::new(0),
             batches_written: AtomicU64::new(0),
             spare_lines: ArrayQueue::new(POOLED_LINES),
             slabs: [slab(false)?, slab(true)?],
@@ -453,6 +456,13 @@ impl EventWriter {
     /// The pending write error, if the last write failed.
     pub fn error(&self) -> Option<WriteError> {
         self.shared.error()
+    }
+
+    /// Lines the last failed write left unwritten (0 after a successful
+    /// one): after a failed `flush` or `close`, every line buffered before
+    /// it. They are lost if the process ends now.
+    pub fn unwritten_lines(&self) -> u64 {
+        self.shared.unwritten_lines.load(Ordering::Acquire)
     }
 
     /// An empty buffer to serialise a line into (a recycled one when there
@@ -613,10 +623,11 @@ impl EventWriter {
     }
 
     /// Writes and fsyncs what is buffered, then stops the flush thread.
-    /// Idempotent; later pushes are refused.
+    /// Idempotent (a later call returns the error of lines still unwritten);
+    /// later pushes are refused.
     pub fn close(&self) -> Result<(), WriteError> {
         if self.closed.swap(true, Ordering::AcqRel) {
-            return Ok(());
+            return self.shared.error().map_or(Ok(()), Err);
         }
         let (ack, done) = sync_channel(1);
         let sent = self.requests.send(Request::Close { ack });
@@ -769,6 +780,7 @@ impl Flusher {
             let result = self.write_batch(bytes, fsync);
             if let Err((error, written)) = result {
                 self.retry.extend_from_slice(&bytes[written..]);
+                self.count_unwritten();
                 return Err(error);
             }
             return Ok(());
@@ -780,7 +792,7 @@ impl Flusher {
     fn write_retry(&mut self, fsync: bool) -> Result<(), WriteError> {
         let retry = std::mem::take(&mut self.retry);
         let result = self.write_batch(&retry, fsync);
-        match result {
+        let result = match result {
             Ok(()) => {
                 self.retry = retry;
                 self.retry.clear();
@@ -794,7 +806,17 @@ impl Flusher {
                 self.retry.drain(..written);
                 Err(error)
             }
-        }
+        };
+        self.count_unwritten();
+        result
+    }
+
+    /// Publishes how many lines the retry bytes hold (a cut line counts).
+    fn count_unwritten(&self) {
+        let newlines = self.retry.iter().filter(|&&b| b == b'\n').count() as u64;
+        let cut = u64::from(self.retry.last().is_some_and(|&b| b != b'\n'));
+        let lines = newlines + cut;
+        self.shared.unwritten_lines.store(lines, Ordering::Release);
     }
 
     /// Writes `batch` in one `write()` (more only after a short write) and
@@ -1196,5 +1218,25 @@ mod tests {
         ));
         writer.flush(true).unwrap();
         assert_eq!(lines_of(&path).len(), 1);
+    }
+
+    #[test]
+    fn a_failed_write_counts_the_lines_it_left_unwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("missing-dir").join("events.jsonl");
+        let writer = EventWriter::open(&path, WriterConfig::default()).unwrap();
+        for i in 0..3 {
+            writer
+                .try_push(format!("{{\"i\": {i}}}\n").into_bytes())
+                .unwrap();
+        }
+        assert!(writer.flush(false).is_err());
+        assert_eq!(writer.unwritten_lines(), 3);
+        assert!(writer.close().is_err());
+        assert!(
+            writer.close().is_err(),
+            "a second close still reports the loss"
+        );
+        assert_eq!(writer.unwritten_lines(), 3);
     }
 }

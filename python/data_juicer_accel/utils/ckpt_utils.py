@@ -27,7 +27,7 @@ import pyarrow as pa
 from loguru import logger
 
 from data_juicer_accel import _native
-from data_juicer_accel._exit import in_flight
+from data_juicer_accel._exit import in_flight, say_at_exit
 from data_juicer_accel.errors import CheckpointChangedError, CheckpointCorruptError
 from data_juicer_accel.utils.ckpt_base import (
     DEFAULT_ZSTD_LEVEL,
@@ -253,7 +253,12 @@ class CheckpointManager(CheckpointManagerBase):
 
     def _save(self, ds, method: str) -> str:
         if self.background:
-            return self._save_in_background(ds, method)
+            if not (_exit_hook_started or _in_worker_process()):
+                return self._save_in_background(ds, method)
+            # No exit hook would wait for a background writer: exit began (a
+            # daemon thread saving), or this process may end by os._exit (a
+            # forked child, a multiprocessing worker). Save here instead.
+            self.close()
         with in_flight():  # pyarrow and native calls: exit waits for them
             rows, shard_files = self._save_now(ds, method)
         logger.debug(f"Saved checkpoint of {rows} rows in {len(shard_files)} shard(s) to {self.ckpt_ds_dir}")
@@ -360,7 +365,9 @@ class CheckpointManager(CheckpointManagerBase):
         """Block until every background save requested so far is committed.
 
         Raises the failure of a background save not yet reported (it is
-        logged too). Does nothing for a foreground manager.
+        logged too). Does nothing for a foreground manager. A Ctrl-C while
+        waiting abandons the saves not committed yet (the previous checkpoint
+        stays) and raises ``KeyboardInterrupt``.
         """
         if self._background_saves is not None:
             self._background_saves.wait()
@@ -866,7 +873,9 @@ class _BackgroundSaves:
     from the caller's thread when it waits (in commit order, once each; a
     lock serialises the two). Every instance alive at
     interpreter exit is closed by an ``atexit`` hook, so the process exits
-    only once the last requested checkpoint is durable, or has failed loudly.
+    only once the last requested checkpoint is durable; a save that failed
+    unseen, or that a Ctrl-C abandons there, is lost: said on stderr, and
+    the process exits non-zero (see ``_close_background_saves_at_exit``).
     In a forked child the writer thread does not exist: the child's copy is
     never waited on nor freed (see ``_forget_in_child``).
     """
@@ -893,8 +902,21 @@ class _BackgroundSaves:
             raise MemoryError(f"cannot start the checkpoint commit watcher thread for {self.ckpt_dir}: {e}") from e
         _LIVE_BACKGROUND_SAVES.add(self)
 
-    def usable(self) -> bool:
+    def owned(self) -> bool:
+        """Whether the writer thread is this process's (not a forked parent's)."""
         return self.writer is not None and self.pid == os.getpid()
+
+    def usable(self) -> bool:
+        """Whether saves may still be queued here."""
+        return self.owned() and not self.closed
+
+    def abandoned(self) -> int:
+        """Saves abandoned so far (an interrupted wait abandons them)."""
+        return self.writer.abandoned if self.owned() else 0
+
+    def abandon(self, timeout: float) -> bool:
+        """Gives up the saves not committed yet; whether there was one."""
+        return self.owned() and self.writer.abandon(timeout)
 
     def submit(self, data, *, ops_done: int, record: list, **options) -> None:
         with self.reporting:  # the watcher must not see the commit before its ops_done
@@ -908,7 +930,7 @@ class _BackgroundSaves:
         self._report_commits()
 
     def wait(self) -> None:
-        if not self.usable():
+        if not self.owned():
             return
         try:
             self.writer.wait()
@@ -919,7 +941,7 @@ class _BackgroundSaves:
             self._report_commits()
 
     def close(self) -> None:
-        if not self.usable():
+        if not self.owned():
             return
         _LIVE_BACKGROUND_SAVES.discard(self)
         self.closed = True
@@ -972,15 +994,72 @@ _LIVE_BACKGROUND_SAVES: weakref.WeakSet = weakref.WeakSet()
 _ORPHANED_IN_CHILD: list = []
 
 
+#: Seconds the exit hook gives an abandoned save to stop and remove its staging directory.
+_ABANDON_WAIT_SECONDS = 5.0
+#: Set when the exit hook starts: later background saves are made in the caller's thread.
+_exit_hook_started = False
+
+
 def _close_background_saves_at_exit() -> None:
-    for saves in list(_LIVE_BACKGROUND_SAVES):
+    """Waits for the last save of every background writer. One that failed
+    without the program seeing it, or that a Ctrl-C abandons here, is lost:
+    that is said on stderr and the process exits non-zero, as after an
+    uncaught exception (by SIGINT after a Ctrl-C)."""
+    global _exit_hook_started
+    _exit_hook_started = True
+    remaining = list(_LIVE_BACKGROUND_SAVES)
+    while remaining:
+        saves = remaining.pop(0)
+        # A writer a daemon thread started while this hook ran is closed too.
+        remaining += [later for later in _LIVE_BACKGROUND_SAVES if later not in remaining and later is not saves]
+        abandoned_before = saves.abandoned()
         try:
             saves.close()
-        except Exception:  # noqa: BLE001 - logged by close(); close every other one too
-            pass
+        except KeyboardInterrupt:
+            interrupted = [saves] if saves.abandoned() > abandoned_before else []
+            _abandon_at_exit(interrupted + [other for other in remaining if other.abandon(_ABANDON_WAIT_SECONDS)])
+            return
+        except Exception as e:  # noqa: BLE001 - logged by close(); close every other one too
+            say_at_exit(
+                f"the checkpoint {saves.manager.ckpt_ds_dir} was lost at interpreter exit: its background "
+                f"save failed: {e}. The previous checkpoint is kept."
+            )
+            _native.fail_exit("failed")
+
+
+def _abandon_at_exit(lost: list) -> None:
+    """After a Ctrl-C in the exit hook: names the saves it abandoned; the
+    process ends by SIGINT, as on an unhandled KeyboardInterrupt."""
+    for saves in lost:
+        say_at_exit(
+            f"Ctrl-C at interpreter exit: abandoned the background save of the checkpoint "
+            f"{saves.manager.ckpt_ds_dir}; it is lost, the previous checkpoint is kept."
+        )
+    _native.fail_exit("interrupted")
+
+
+#: Set in a child forked from this process.
+_forked_child = False
+
+
+def _in_worker_process() -> bool:
+    """Whether this process may end by ``os._exit`` or a signal, without exit
+    hooks: a forked child (``multiprocessing``'s fork workers end so), or a
+    process started by ``multiprocessing``/``multiprocess`` (pools terminate
+    their workers). Background saves are made in the foreground there."""
+    if _forked_child:
+        return True
+    for name in ("multiprocessing", "multiprocess"):
+        module = sys.modules.get(name)
+        parent_process = getattr(module, "parent_process", None)
+        if parent_process is not None and parent_process() is not None:
+            return True
+    return False
 
 
 def _forget_in_child() -> None:
+    global _forked_child
+    _forked_child = True
     for saves in list(_LIVE_BACKGROUND_SAVES):
         _ORPHANED_IN_CHILD.append(saves.writer)
         saves.writer = None

@@ -818,7 +818,11 @@ impl Drop for EventSink {
         // SAFETY: `Drop` has the only reference; the pointer came from Box.
         let writer = unsafe { Box::from_raw(current) };
         if writer.owned_by_current_process() {
-            drop(writer); // flushes, fsyncs, joins the thread (no GIL needed)
+            // Flushes, fsyncs, joins the thread (no GIL needed); what it
+            // cannot write is lost with the writer, and said so.
+            if let Err(error) = writer.close() {
+                live_writers::report_lost(&writer, &error);
+            }
         } else {
             writer.abandon();
         }
