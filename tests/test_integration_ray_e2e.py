@@ -45,6 +45,8 @@ from tests.test_integration_e2e import (  # noqa: E402
 )
 
 PARTITIONS = 2
+#: What the test op raises: a run told to fail ends there, not elsewhere.
+FAILED_AS_TOLD = "dja_fail_when_told_mapper: failing as told"
 
 
 def write_ray_config(root: Path, support: dict[str, Path], executor_type: str = "ray_partitioned") -> Path:
@@ -182,13 +184,21 @@ def ray_runs(tmp_path_factory):
     shutil.rmtree(base, ignore_errors=True)
 
 
+def run_log(root: Path, name: str) -> str:
+    """For an assertion message: the errors a run logged, then the end of its log
+    (the fixture removes the logs at the end, so a failure must carry them)."""
+    text = log_text(root, name)
+    errors = [line for line in text.splitlines() if re.search(r"Error|Exception|Traceback|timed out|Killed", line)]
+    return f"{root / name}.log, error lines:\n" + "\n".join(errors[-40:]) + f"\n--- last lines:\n{text[-6000:]}"
+
+
 def expected_names(ops: range, suffix: str) -> list[str]:
     return sorted(f"checkpoint_op_{op:04d}_partition_{p:04d}{suffix}" for op in ops for p in range(PARTITIONS))
 
 
 def test_the_uninterrupted_reference_run_exports_rows(ray_runs):
     full = ray_runs["full"]
-    assert full["rc"] == 0, log_text(full["root"], "run")[-3000:]
+    assert full["rc"] == 0, run_log(full["root"], "run")
     texts = exported_texts(full["root"])
     assert 100 < len(texts) < 200
     assert not any("@example.com" in t for t in texts)
@@ -197,12 +207,13 @@ def test_the_uninterrupted_reference_run_exports_rows(ray_runs):
 def test_a_patched_run_checkpoints_each_op_in_our_format_until_it_fails(ray_runs):
     acc = ray_runs["acc"]
     assert acc["fail_rc"] != 0
-    assert acc["after_fail"] == expected_names(range(2), ".accel")
+    assert FAILED_AS_TOLD in log_text(acc["root"], "fail"), run_log(acc["root"], "fail")
+    assert acc["after_fail"] == expected_names(range(2), ".accel"), run_log(acc["root"], "fail")
 
 
 def test_the_patched_resume_loads_our_checkpoints_and_exports_what_the_reference_exports(ray_runs):
     acc = ray_runs["acc"]
-    assert acc["resume_rc"] == 0, log_text(acc["root"], "resume")[-3000:]
+    assert acc["resume_rc"] == 0, run_log(acc["root"], "resume")
     loads = [e for e in events(acc["root"]) if e["event_type"] == "checkpoint_load"]
     assert sorted((e["partition_id"], e["operation_idx"]) for e in loads) == [(p, 1) for p in range(PARTITIONS)]
     assert all(e["metadata"]["checkpoint_path"].endswith(".accel") for e in loads)
@@ -213,8 +224,9 @@ def test_the_patched_resume_loads_our_checkpoints_and_exports_what_the_reference
 def test_the_reference_checkpoints_resume_under_the_patch(ray_runs):
     cross = ray_runs["ref_then_acc"]
     assert cross["fail_rc"] != 0
-    assert cross["after_fail"] == expected_names(range(2), ".parquet")
-    assert cross["resume_rc"] == 0, log_text(cross["root"], "resume")[-3000:]
+    assert FAILED_AS_TOLD in log_text(cross["root"], "fail"), run_log(cross["root"], "fail")
+    assert cross["after_fail"] == expected_names(range(2), ".parquet"), run_log(cross["root"], "fail")
+    assert cross["resume_rc"] == 0, run_log(cross["root"], "resume")
     log = log_text(cross["root"], "resume")
     for partition in range(PARTITIONS):
         assert f"Partition {partition}: Successfully loaded checkpoint, resuming from operation 2" in log
@@ -223,8 +235,8 @@ def test_the_reference_checkpoints_resume_under_the_patch(ray_runs):
 
 def test_the_ray_executor_logs_the_reference_events_through_the_patch(ray_runs):
     ref, acc = ray_runs["ray_ref"], ray_runs["ray_acc"]
-    assert ref["rc"] == 0, log_text(ref["root"], "run")[-3000:]
-    assert acc["rc"] == 0, log_text(acc["root"], "run")[-3000:]
+    assert ref["rc"] == 0, run_log(ref["root"], "run")
+    assert acc["rc"] == 0, run_log(acc["root"], "run")
     assert exported_texts(acc["root"]) == exported_texts(ref["root"]) == exported_texts(ray_runs["full"]["root"])
 
     def shape(root):
