@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import subprocess
+import warnings
 from pathlib import Path
 
 import pytest
@@ -120,6 +121,8 @@ def run_ray_dj(kind: str, cfg: Path, log: Path, support: dict[str, Path], fail: 
             break
         log.rename(log.with_suffix(f".ray-broke-{attempt}"))
         restore_run_state(root, before)
+        # Shown in pytest's warnings summary, so that a run that passed says how often Ray broke.
+        warnings.warn(f"Ray broke {kind} run {log} (attempt {attempt}); running it again", stacklevel=2)
     shutil.rmtree(before)
     return rc
 
