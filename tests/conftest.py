@@ -8,10 +8,14 @@ hide the comparison the suite exists for."""
 
 from __future__ import annotations
 
+import getpass
 import importlib
 import importlib.util
 import os
 import re
+import shutil
+import tempfile
+from pathlib import Path
 from types import ModuleType
 from typing import NoReturn
 
@@ -20,6 +24,50 @@ import pytest
 from loguru import logger
 
 IN_CI = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+# Nothing left in the temp directory. pytest's own base temp is removed by its
+# retention policy (pyproject.toml: only a failed session keeps it, and then
+# only the failed tests' directories). Ray keeps every cluster's session
+# directory (logs, sockets, spilled objects) under $RAY_TMPDIR/ray, /tmp/ray by
+# default; here it goes to a directory of this session, inherited by the Ray
+# clusters that tests and their subprocesses (dj-process) start, and removed at
+# the end. Ray's unix socket paths must fit in 107 bytes:
+# <here>/ray/session_<date>_<time>_<usec>_<pid>/sockets/plasma_store takes 81
+# more, so it goes to /tmp when the temp directory's own path is longer.
+_OWN_RAY_TMPDIR: str | None = None
+_RAY_PATH_ROOM = 107 - len("/ray-xxxxxxxx/ray/session_2026-12-07_13-49-31_408159_1234567/sockets/plasma_store")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _OWN_RAY_TMPDIR
+    if "RAY_TMPDIR" not in os.environ:
+        parent = tempfile.gettempdir()
+        _OWN_RAY_TMPDIR = tempfile.mkdtemp(prefix="ray-", dir=parent if len(parent) <= _RAY_PATH_ROOM else "/tmp")
+        os.environ["RAY_TMPDIR"] = _OWN_RAY_TMPDIR
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _OWN_RAY_TMPDIR is not None:
+        shutil.rmtree(_OWN_RAY_TMPDIR, ignore_errors=True)
+        os.environ.pop("RAY_TMPDIR", None)
+    if config.option.basetemp is None:
+        remove_if_unused(
+            Path(os.environ.get("PYTEST_DEBUG_TEMPROOT") or tempfile.gettempdir()) / f"pytest-of-{getpass.getuser()}"
+        )
+
+
+def remove_if_unused(directory: Path) -> None:
+    """Remove pytest's per-user temp root (its sessions' base temps' parent)
+    once it holds nothing but dead ``pytest-current`` links: another session
+    may be running, and then it stays."""
+    try:
+        for entry in directory.iterdir():
+            if entry.is_symlink() and not entry.exists():
+                entry.unlink(missing_ok=True)
+        directory.rmdir()
+    except OSError:
+        pass
+
 
 # What to install for each optional top-level module the tests import.
 INSTALL_HINTS = {

@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import subprocess
+import warnings
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,8 @@ from tests.test_integration_e2e import (  # noqa: E402
 )
 
 PARTITIONS = 2
+#: What the test op raises: a run told to fail ends there, not elsewhere.
+FAILED_AS_TOLD = "dja_fail_when_told_mapper: failing as told"
 
 
 def write_ray_config(root: Path, support: dict[str, Path], executor_type: str = "ray_partitioned") -> Path:
@@ -77,27 +80,49 @@ process:
     return cfg
 
 
-# RAY_INTERNAL_CHECK_FAILED: what Ray prints when one of its own internal checks
-# (RAY_CHECK) aborts the process. CI met one in the driver of a patched run: "Tried to complete task
-# that was not pending", the task-cancellation race of ray-project/ray#54527
-# (fixed there for the retry path only). It is not this package's doing: our
-# code in that process is an event writer that never touches Ray.
+# A run that Ray itself broke is run again from the state it started with:
+#
+# * RAY_NODE_NOT_STARTED: the driver's local Ray node never came up. Ray 2.60's
+#   raylet waits a fixed 15 s for its dashboard agent, a Python process, to
+#   report its ports, and aborts (RAY_CHECK in WaitForDashboardAgentPorts, in
+#   raylet.out) when the agent takes longer to start, as it does on a busy
+#   2-core machine; the driver then gives up. No setting lengthens that wait.
+#   Nothing of the job ran: a run told to fail left no checkpoints, the
+#   intermittent failure of the three checkpoint tests.
+# * RAY_INTERNAL_CHECK_FAILED: one of Ray's internal checks aborted a process;
+#   CI met "Tried to complete task that was not pending" in the driver of a
+#   patched run, the task-cancellation race of ray-project/ray#54527 (fixed
+#   there for the retry path only). Our code in that process is an event
+#   writer that never touches Ray.
+#
+# Each of those runs again, up to RAY_ATTEMPTS in all; any other failure, or
+# a third, stands (and the assertions show its log).
+RAY_NODE_NOT_STARTED = "The current node timed out during startup"
+RAY_BROKE_THE_RUN = (RAY_NODE_NOT_STARTED, RAY_INTERNAL_CHECK_FAILED)
+RAY_ATTEMPTS = 3
+# A generous bound, not a measure: a run told to fail took 200 s beside a
+# load average of 20 on 2 cores (1.6.1's Ray executors start a cluster each).
+RAY_RUN_TIMEOUT = 3 * RUN_TIMEOUT
 
 
 def run_ray_dj(kind: str, cfg: Path, log: Path, support: dict[str, Path], fail: bool = False) -> int:
     """One ``dj-process`` on a Ray executor; its return code.
 
-    A run that Ray aborts in an internal check is run once more from the work
-    and export directories it started with; the aborted run's log is kept
-    beside ``log`` as ``<name>.ray-check-failed``. A second abort stands.
+    A run that Ray broke (see RAY_BROKE_THE_RUN) runs again from the work and
+    export directories it started with; the broken run's log is kept beside
+    ``log`` as ``<name>.ray-broke-<attempt>``.
     """
     root = cfg.parent
     before = snapshot_run_state(root)
-    rc = run_ray_dj_once(kind, cfg, log, support, fail)
-    if rc != 0 and RAY_INTERNAL_CHECK_FAILED in log.read_text(errors="replace"):
-        log.rename(log.with_suffix(".ray-check-failed"))
-        restore_run_state(root, before)
+    for attempt in range(1, RAY_ATTEMPTS + 1):
         rc = run_ray_dj_once(kind, cfg, log, support, fail)
+        text = log.read_text(errors="replace")
+        if rc == 0 or attempt == RAY_ATTEMPTS or not any(message in text for message in RAY_BROKE_THE_RUN):
+            break
+        log.rename(log.with_suffix(f".ray-broke-{attempt}"))
+        restore_run_state(root, before)
+        # Shown in pytest's warnings summary, so that a run that passed says how often Ray broke.
+        warnings.warn(f"Ray broke {kind} run {log} (attempt {attempt}); running it again", stacklevel=2)
     shutil.rmtree(before)
     return rc
 
@@ -113,7 +138,7 @@ def run_ray_dj_once(kind: str, cfg: Path, log: Path, support: dict[str, Path], f
             cwd=cfg.parent,
             stdout=out,
             stderr=subprocess.STDOUT,
-            timeout=RUN_TIMEOUT,
+            timeout=RAY_RUN_TIMEOUT,
         ).returncode
 
 
@@ -182,13 +207,21 @@ def ray_runs(tmp_path_factory):
     shutil.rmtree(base, ignore_errors=True)
 
 
+def run_log(root: Path, name: str) -> str:
+    """For an assertion message: the errors a run logged, then the end of its log
+    (the fixture removes the logs at the end, so a failure must carry them)."""
+    text = log_text(root, name)
+    errors = [line for line in text.splitlines() if re.search(r"Error|Exception|Traceback|timed out|Killed", line)]
+    return f"{root / name}.log, error lines:\n" + "\n".join(errors[-40:]) + f"\n--- last lines:\n{text[-6000:]}"
+
+
 def expected_names(ops: range, suffix: str) -> list[str]:
     return sorted(f"checkpoint_op_{op:04d}_partition_{p:04d}{suffix}" for op in ops for p in range(PARTITIONS))
 
 
 def test_the_uninterrupted_reference_run_exports_rows(ray_runs):
     full = ray_runs["full"]
-    assert full["rc"] == 0, log_text(full["root"], "run")[-3000:]
+    assert full["rc"] == 0, run_log(full["root"], "run")
     texts = exported_texts(full["root"])
     assert 100 < len(texts) < 200
     assert not any("@example.com" in t for t in texts)
@@ -197,12 +230,13 @@ def test_the_uninterrupted_reference_run_exports_rows(ray_runs):
 def test_a_patched_run_checkpoints_each_op_in_our_format_until_it_fails(ray_runs):
     acc = ray_runs["acc"]
     assert acc["fail_rc"] != 0
-    assert acc["after_fail"] == expected_names(range(2), ".accel")
+    assert FAILED_AS_TOLD in log_text(acc["root"], "fail"), run_log(acc["root"], "fail")
+    assert acc["after_fail"] == expected_names(range(2), ".accel"), run_log(acc["root"], "fail")
 
 
 def test_the_patched_resume_loads_our_checkpoints_and_exports_what_the_reference_exports(ray_runs):
     acc = ray_runs["acc"]
-    assert acc["resume_rc"] == 0, log_text(acc["root"], "resume")[-3000:]
+    assert acc["resume_rc"] == 0, run_log(acc["root"], "resume")
     loads = [e for e in events(acc["root"]) if e["event_type"] == "checkpoint_load"]
     assert sorted((e["partition_id"], e["operation_idx"]) for e in loads) == [(p, 1) for p in range(PARTITIONS)]
     assert all(e["metadata"]["checkpoint_path"].endswith(".accel") for e in loads)
@@ -213,8 +247,9 @@ def test_the_patched_resume_loads_our_checkpoints_and_exports_what_the_reference
 def test_the_reference_checkpoints_resume_under_the_patch(ray_runs):
     cross = ray_runs["ref_then_acc"]
     assert cross["fail_rc"] != 0
-    assert cross["after_fail"] == expected_names(range(2), ".parquet")
-    assert cross["resume_rc"] == 0, log_text(cross["root"], "resume")[-3000:]
+    assert FAILED_AS_TOLD in log_text(cross["root"], "fail"), run_log(cross["root"], "fail")
+    assert cross["after_fail"] == expected_names(range(2), ".parquet"), run_log(cross["root"], "fail")
+    assert cross["resume_rc"] == 0, run_log(cross["root"], "resume")
     log = log_text(cross["root"], "resume")
     for partition in range(PARTITIONS):
         assert f"Partition {partition}: Successfully loaded checkpoint, resuming from operation 2" in log
@@ -223,8 +258,8 @@ def test_the_reference_checkpoints_resume_under_the_patch(ray_runs):
 
 def test_the_ray_executor_logs_the_reference_events_through_the_patch(ray_runs):
     ref, acc = ray_runs["ray_ref"], ray_runs["ray_acc"]
-    assert ref["rc"] == 0, log_text(ref["root"], "run")[-3000:]
-    assert acc["rc"] == 0, log_text(acc["root"], "run")[-3000:]
+    assert ref["rc"] == 0, run_log(ref["root"], "run")
+    assert acc["rc"] == 0, run_log(acc["root"], "run")
     assert exported_texts(acc["root"]) == exported_texts(ref["root"]) == exported_texts(ray_runs["full"]["root"])
 
     def shape(root):
@@ -247,3 +282,32 @@ def test_nothing_was_installed_by_the_ray_runs(ray_runs):
     for log in logs:
         text = log.read_text(errors="replace")
         assert "not found, installing" not in text and "Installing " not in text, log
+
+
+# Imported by every Python process that has its directory on PYTHONPATH: the
+# first Ray dashboard agent to start sleeps past the raylet's 15 s wait for it,
+# as a starved one would start; later agents start at once.
+SLOW_FIRST_DASHBOARD_AGENT = """
+import os, sys, time
+if any(arg.endswith("dashboard/agent.py") for arg in sys.argv):
+    try:
+        os.close(os.open({marker!r}, os.O_CREAT | os.O_EXCL))
+        time.sleep(25)
+    except FileExistsError:
+        pass
+"""
+
+
+def test_a_run_whose_ray_node_never_started_runs_again(tmp_path, monkeypatch):
+    support = write_support_files(tmp_path / "support")
+    slow = tmp_path / "slow_agent"
+    slow.mkdir()
+    (slow / "sitecustomize.py").write_text(SLOW_FIRST_DASHBOARD_AGENT.format(marker=str(tmp_path / "agent-delayed")))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(slow), os.environ.get("PYTHONPATH")])))
+    root = tmp_path / "run"
+    root.mkdir()
+    rc = run_ray_dj("acc", write_ray_config(root, support), root / "run.log", support)
+    broken = root / "run.ray-broke-1"
+    assert broken.exists() and RAY_NODE_NOT_STARTED in broken.read_text(errors="replace")
+    assert rc == 0, run_log(root, "run")
+    assert checkpoint_names(root) == expected_names(range(4), ".accel")
