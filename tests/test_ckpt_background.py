@@ -228,7 +228,11 @@ def test_sigkill_during_background_saves_leaves_the_previous_or_the_new_checkpoi
     m.op_record = op_record(0)
     m.save_ckpt(generation(0))
     k = 0
-    for _ in range(20):
+    # At least 20 kills, and more while fewer than 20 saves were committed (a
+    # loaded machine saves slowly), so the kills land among many committed saves.
+    kills = 0
+    while kills < 20 or (k <= 20 and kills < 80):
+        kills += 1
         found, last_committed = kill_a_saver(BACKGROUND_SAVER, ckpt_dir, k, rng, subprocess_env())
         k = max(found, last_committed)
     assert k > 20
