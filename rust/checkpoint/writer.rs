@@ -37,7 +37,7 @@ const CHANNEL_DEPTH: usize = 2;
 /// disk then writes while later chunks compress, and the fsync at the end
 /// only waits for the last chunk. A larger figure leaves a small shard (one
 /// Ray block: ~14 MB compressed) to be written back at its fsync, with the
-/// compressor idle (figures in docs/engineering-notes.md).
+/// compressor idle (one run: 10 % less time writing 256 MB of Ray blocks).
 const WRITEBACK_BYTES: u64 = 1 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

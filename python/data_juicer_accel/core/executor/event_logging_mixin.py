@@ -289,7 +289,7 @@ class EventLogger:
         _live_loggers.discard(self)
 
     def _snapshot(self) -> List[Event]:
-        """The in-memory events, copied atomically (producers take no lock)."""
+        """The in-memory events, copied whole: a copy that a producer appended to meanwhile is taken again."""
         while True:
             try:
                 events = self.events
