@@ -127,14 +127,17 @@ def run_case(case: str, workdir: str, data: str, np_: int, env: dict) -> dict:
 
 
 def stall_at_size(size: int, rounds: int, workdir: str) -> dict:
-    """Stall of ``save_ckpt`` with background=True on a table of ``size``
-    bytes, and the time until the save is committed."""
+    """Stall of ``save_ckpt`` with background=True on a ``datasets.Dataset``
+    of ``size`` bytes (what Data-Juicer's executor passes), and the time until
+    the save is committed."""
+    import datasets
+
     from data_juicer_accel.bench.corpus import default_corpus
     from data_juicer_accel.utils.ckpt_utils import CheckpointManager
 
-    table = default_corpus(size)
+    table = datasets.Dataset(datasets.table.InMemoryTable(default_corpus(size)))
     manager = CheckpointManager(os.path.join(workdir, "stall"), [], num_proc=2, background=True)
-    manager.save_ckpt(table.slice(0, 10))  # starts the writer thread, as the first op of a pipeline does
+    manager.save_ckpt(table.select(range(10)))  # starts the writer thread, as the first op of a pipeline does
     manager.wait()
     stalls, commits = [], []
     for _ in range(rounds):
@@ -145,7 +148,8 @@ def stall_at_size(size: int, rounds: int, workdir: str) -> dict:
         commits.append(time.perf_counter() - start)
     manager.close()
     return {
-        "bytes": table.nbytes,
+        "bytes": table.data.nbytes,
+        "source": "datasets.Dataset",
         "stall_ms": statistics.median(stalls) * 1e3,
         "stall_ms_max": max(stalls) * 1e3,
         "saves": len(stalls),
@@ -220,6 +224,6 @@ def format_report(result: dict) -> str:
 def stall_sentence(big: dict) -> str:
     worst = f" (max {big['stall_ms_max']:.1f} ms over {big['saves']} saves)" if "stall_ms_max" in big else ""
     return (
-        f"background save_ckpt of a {big['bytes'] / 1e9:.2f} GB table: stall {big['stall_ms']:.2f} ms median{worst}, "
+        f"background save_ckpt of a {big['bytes'] / 1e9:.2f} GB {big.get('source', 'pyarrow.Table')}: stall {big['stall_ms']:.2f} ms median{worst}, "
         f"committed after {big['commit_s']:.2f} s"
     )
