@@ -223,7 +223,8 @@ def format_report(result: dict) -> str:
 
 def stall_sentence(big: dict) -> str:
     worst = f" (max {big['stall_ms_max']:.1f} ms over {big['saves']} saves)" if "stall_ms_max" in big else ""
+    source = big.get("source", "pyarrow.Table")  # runs before the field was kept saved a pyarrow.Table
     return (
-        f"background save_ckpt of a {big['bytes'] / 1e9:.2f} GB {big.get('source', 'pyarrow.Table')}: stall {big['stall_ms']:.2f} ms median{worst}, "
-        f"committed after {big['commit_s']:.2f} s"
+        f"background save_ckpt of a {big['bytes'] / 1e9:.2f} GB {source}: stall {big['stall_ms']:.2f} ms "
+        f"median{worst}, committed after {big['commit_s']:.2f} s"
     )
