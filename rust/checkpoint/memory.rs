@@ -5,7 +5,7 @@
 //! `MemoryError` rather than a killed process.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::error::{CheckpointError, Result};
 
@@ -61,40 +61,55 @@ fn read_u64(path: &Path) -> Option<u64> {
     fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
-/// `memory.max - memory.current` of this process's cgroup (v2) and of each
-/// of its ancestors, or the v1 memory controller's limit minus usage.
+/// The tightest headroom of this process's memory cgroups.
 fn cgroup_headroom() -> Option<(u64, String)> {
     let own = fs::read_to_string("/proc/self/cgroup").ok()?;
+    cgroup_headroom_in(
+        &own,
+        Path::new("/sys/fs/cgroup"),
+        Path::new("/sys/fs/cgroup/memory"),
+    )
+}
+
+/// The tightest `limit - usage` over the cgroups named in `own` (the text
+/// of /proc/self/cgroup) and each of their ancestors up to the mount root:
+/// `memory.max - memory.current` for cgroup v2 (the `0::` line, under
+/// `v2_root`), `memory.limit_in_bytes - memory.usage_in_bytes` for the v1
+/// memory controller (the line whose controller list names `memory`, under
+/// `v1_root`). A v1 child's own limit does not show its parents' limits,
+/// hence the walk up. v1 usage counts reclaimable page cache too, so this
+/// underestimates the headroom there: that errs towards a `MemoryError`
+/// rather than an OOM kill. A cgroup directory that is not visible (another
+/// mount namespace) is skipped; its ancestors are still read.
+fn cgroup_headroom_in(own: &str, v2_root: &Path, v1_root: &Path) -> Option<(u64, String)> {
     let mut best: Option<(u64, String)> = None;
-    let mut consider = |limit: Option<u64>, used: Option<u64>, name: String| {
-        if let (Some(limit), Some(used)) = (limit, used) {
-            let free = limit.saturating_sub(used);
-            if best.as_ref().is_none_or(|(b, _)| free < *b) {
-                best = Some((free, name));
-            }
-        }
-    };
     for line in own.lines() {
-        if let Some(rel) = line.strip_prefix("0::") {
-            let mut dir = PathBuf::from("/sys/fs/cgroup").join(rel.trim_start_matches('/'));
-            loop {
-                consider(
-                    read_u64(&dir.join("memory.max")),
-                    read_u64(&dir.join("memory.current")),
-                    format!("cgroup limit {}", dir.join("memory.max").display()),
-                );
-                if !dir.pop() || !dir.starts_with("/sys/fs/cgroup") {
-                    break;
+        let mut fields = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(rel)) = (fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        let (root, limit_file, usage_file) = if controllers.is_empty() {
+            (v2_root, "memory.max", "memory.current")
+        } else if controllers.split(',').any(|c| c == "memory") {
+            (v1_root, "memory.limit_in_bytes", "memory.usage_in_bytes")
+        } else {
+            continue;
+        };
+        let mut dir = root.join(rel.trim_start_matches('/'));
+        loop {
+            let limit = dir.join(limit_file);
+            if let (Some(max), Some(used)) = (read_u64(&limit), read_u64(&dir.join(usage_file))) {
+                let free = max.saturating_sub(used);
+                if best.as_ref().is_none_or(|(b, _)| free < *b) {
+                    best = Some((free, format!("cgroup limit {}", limit.display())));
                 }
+            }
+            if dir.as_path() == root || !dir.pop() || !dir.starts_with(root) {
+                break;
             }
         }
     }
-    let v1 = Path::new("/sys/fs/cgroup/memory");
-    consider(
-        read_u64(&v1.join("memory.limit_in_bytes")),
-        read_u64(&v1.join("memory.usage_in_bytes")),
-        "cgroup memory.limit_in_bytes".into(),
-    );
     best
 }
 
@@ -166,5 +181,65 @@ mod tests {
             Some(5_000_000_000)
         );
         assert_eq!(failed_allocation_size("checksum mismatch"), None);
+    }
+
+    fn write_cgroup(dir: &Path, files: [(&str, &str); 2]) {
+        fs::create_dir_all(dir).unwrap();
+        for (name, value) in files {
+            fs::write(dir.join(name), value).unwrap();
+        }
+    }
+
+    #[test]
+    fn follows_the_v1_memory_controller_line_and_its_ancestors() {
+        let tmp = tempfile::tempdir().unwrap();
+        let v1 = tmp.path().join("memory");
+        let v1_files = |limit, usage| {
+            [
+                ("memory.limit_in_bytes", limit),
+                ("memory.usage_in_bytes", usage),
+            ]
+        };
+        write_cgroup(&v1, v1_files("9223372036854771712", "5000000000"));
+        write_cgroup(&v1.join("outer"), v1_files("1000000", "400000"));
+        write_cgroup(
+            &v1.join("outer/job"),
+            v1_files("9223372036854771712", "300000"),
+        );
+        let own = "5:devices:/\n4:cpu,memory:/outer/job\n0::/\n";
+        let (free, name) = cgroup_headroom_in(own, &tmp.path().join("v2"), &v1).unwrap();
+        assert_eq!(free, 600_000, "the parent's limit binds: {name}");
+        assert!(name.ends_with("outer/memory.limit_in_bytes"), "{name}");
+        write_cgroup(&v1.join("outer/job"), v1_files("500000", "300000"));
+        assert_eq!(
+            cgroup_headroom_in(own, &tmp.path().join("v2"), &v1)
+                .unwrap()
+                .0,
+            200_000
+        );
+        // The root alone counts when the process's own directory is not visible.
+        let hidden = "4:memory:/elsewhere/job\n";
+        write_cgroup(&v1, v1_files("6000000000", "5000000000"));
+        assert_eq!(
+            cgroup_headroom_in(hidden, &tmp.path().join("v2"), &v1)
+                .unwrap()
+                .0,
+            1_000_000_000
+        );
+        assert_eq!(
+            cgroup_headroom_in("4:cpu:/outer/job\n", &tmp.path().join("v2"), &v1),
+            None
+        );
+    }
+
+    #[test]
+    fn follows_the_v2_line_and_its_ancestors() {
+        let tmp = tempfile::tempdir().unwrap();
+        let v2 = tmp.path().join("unified");
+        let v2_files = |max, current| [("memory.max", max), ("memory.current", current)];
+        write_cgroup(&v2.join("a"), v2_files("800000", "100000"));
+        write_cgroup(&v2.join("a/b"), v2_files("max", "50000"));
+        let (free, _) = cgroup_headroom_in("0::/a/b\n", &v2, &tmp.path().join("v1")).unwrap();
+        assert_eq!(free, 700_000);
     }
 }
