@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,8 +37,11 @@ class Command:
     """A subprocess whose stdout and stderr lines are collected as they come."""
 
     def __init__(self, args: list[str], tmp: Path, env: dict[str, str] | None = None, cwd: Path | None = None):
-        self.tmpdir = tmp / "tmpdir"
-        self.tmpdir.mkdir()
+        # Short and under /tmp whatever the test's own path: a pool's Manager
+        # listens on TMPDIR/pymp-*/listener-*, and a Unix socket path over 107
+        # bytes cannot be bound (the Manager then dies at start).
+        self.tmpdir = Path(tempfile.mkdtemp(prefix="dja-cmd-", dir="/tmp"))
+        weakref.finalize(self, shutil.rmtree, self.tmpdir, True)
         env = dict(env or os.environ, TMPDIR=str(self.tmpdir), PIP_NO_INDEX="1", UV_OFFLINE="1", USE_TORCH="0")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "data_juicer_accel", *args],
@@ -61,6 +67,8 @@ class Command:
             with self.changed:
                 into.append(line)
                 self.changed.notify_all()
+        with self.changed:  # the end of the stream: the command ended, wake the waiters
+            self.changed.notify_all()
 
     def wait_for(self, ready: Callable[[], bool], timeout: float = 600) -> None:
         with self.changed:
@@ -91,8 +99,23 @@ class Command:
         deadline = time.monotonic() + 30  # the group's last processes end on their own
         while _group_alive(self.proc.pid) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not _group_alive(self.proc.pid), "processes of the command outlived it"
-        assert list(self.tmpdir.iterdir()) == [], "temporary files left behind"
+        left = _group_processes(self.proc.pid)
+        assert not _group_alive(self.proc.pid), f"processes of the command outlived it: {left}"
+        assert list(self.tmpdir.iterdir()) == [], f"temporary files left behind: {sorted(self.tmpdir.rglob('*'))}"
+
+
+def _group_processes(pgid: int) -> list[str]:
+    """The command lines of the processes left in process group ``pgid``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and os.getpgid(int(entry)) == pgid:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+                found.append(f"{entry}: {cmdline[:200]}")
+        except (OSError, ProcessLookupError):
+            continue
+    return found
 
 
 def _group_alive(pgid: int) -> bool:

@@ -44,6 +44,8 @@ EXIT_BROKEN_PIPE = 141
 GRACE_SECONDS = 1.0
 
 _temp_dirs: list[str] = []
+#: Temporary directories of killed descendants, found before they were killed.
+_children_temp_dirs: set[str] = set()
 _finishing = threading.Lock()
 _interrupted = threading.Event()
 _raised = threading.Event()
@@ -111,23 +113,71 @@ def _descendants() -> list[int]:
     return found
 
 
+def _become_subreaper() -> None:
+    """Orphans of our descendants (the children of a pool worker that died)
+    are re-parented to this process rather than to init, so ``_descendants``
+    still finds them after their parent was killed."""
+    with contextlib.suppress(Exception):  # Linux only; elsewhere orphans may escape
+        import ctypes
+
+        pr_set_child_subreaper = 36
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_child_subreaper, 1, 0, 0, 0)
+
+
+def _socket_dirs(pids: list[int]) -> set[str]:
+    """The ``pymp-*`` directories of the Unix sockets ``pids`` hold open: a
+    Manager's server process makes its own, which a SIGKILL leaves behind."""
+    inodes = set()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                    if target.startswith("socket:["):
+                        inodes.add(target[len("socket:[") : -1])
+    found = set()
+    with contextlib.suppress(OSError), open("/proc/net/unix") as table:
+        for line in table:
+            fields = line.split()  # Num RefCount Protocol Flags Type St Inode Path
+            if len(fields) >= 8 and fields[6] in inodes:
+                directory = os.path.dirname(fields[7])
+                if os.path.basename(directory).startswith("pymp-"):
+                    found.add(directory)
+    return found
+
+
 def _kill_descendants() -> None:
-    """SIGKILL every process below this one (twice: a dying parent may have just forked)."""
-    for _ in range(2):
-        for pid in _descendants():
+    """SIGKILL every process below this one and reap it, until none is left:
+    a dying parent may have just forked, and its orphans come back to us."""
+    for _ in range(50):
+        pids = _descendants()
+        if not pids:
+            return
+        _children_temp_dirs.update(_socket_dirs(pids))
+        for pid in pids:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
-    for pid in _descendants():  # reap our own children
-        with contextlib.suppress(OSError):
-            os.waitpid(pid, 0)
+        for pid in pids:  # our children (orphans included) are reaped; others end on their own
+            with contextlib.suppress(OSError):
+                os.waitpid(pid, 0)
 
 
 def _library_temp_dirs() -> list[str]:
-    """Temporary directories libraries remove only at interpreter exit."""
+    """Temporary directories libraries remove only at interpreter exit: HF
+    datasets' temporary cache, and the ``pymp-*`` directory (sockets of
+    managers and forkservers) of ``multiprocessing`` and ``multiprocess``."""
+    found = []
     fingerprint = sys.modules.get("datasets.fingerprint")
-    path = getattr(fingerprint, "_TEMP_DIR_FOR_TEMP_CACHE_FILES", None)
-    name = getattr(path, "name", None)
-    return [name] if isinstance(name, str) else []
+    name = getattr(getattr(fingerprint, "_TEMP_DIR_FOR_TEMP_CACHE_FILES", None), "name", None)
+    if isinstance(name, str):
+        found.append(name)
+    for module_name in ("multiprocessing", "multiprocess"):
+        current_process = getattr(sys.modules.get(module_name), "current_process", None)
+        config = getattr(current_process(), "_config", {}) if current_process else {}
+        tempdir = config.get("tempdir") if isinstance(config, dict) else None
+        if isinstance(tempdir, str):
+            found.append(tempdir)
+    return found
 
 
 def _flush_event_logs() -> None:
@@ -146,7 +196,7 @@ def _clean_up() -> str:
     _flush_event_logs()
     _kill_descendants()
     left = []
-    for path in [*_temp_dirs, *_library_temp_dirs()]:
+    for path in [*_temp_dirs, *_library_temp_dirs(), *sorted(_children_temp_dirs)]:
         shutil.rmtree(path, ignore_errors=True)
         if os.path.exists(path):
             left.append(path)
@@ -259,6 +309,7 @@ def guard(pools: bool = False) -> Iterator[None]:
         return
     if pools:
         _start_resource_trackers()
+        _become_subreaper()
     read_end, write_end = os.pipe()
     os.set_blocking(write_end, False)
     # Blocked in this thread, and so in every thread and process it starts
