@@ -14,6 +14,7 @@ other exit hooks do for background saves and events.
 """
 
 import atexit
+import os
 import sys
 
 from data_juicer_accel import _native
@@ -57,3 +58,31 @@ def say_at_exit(message: str) -> None:
 # (atexit runs hooks last registered first): they may still need threads
 # to make progress.
 atexit.register(_wait_for_native_calls)
+
+
+#: Set in a child forked from this process.
+_forked_child = False
+
+
+def _mark_forked_child() -> None:
+    global _forked_child
+    _forked_child = True
+
+
+os.register_at_fork(after_in_child=_mark_forked_child)
+
+
+def in_worker_process() -> bool:
+    """Whether this process may end by ``os._exit`` or a signal, without exit
+    hooks: a forked child (``multiprocessing``'s fork workers end so), or a
+    process started by ``multiprocessing``/``multiprocess`` with any start
+    method (pools terminate their workers). Event loggers write through there,
+    and background saves are made in the foreground."""
+    if _forked_child:
+        return True
+    for name in ("multiprocessing", "multiprocess"):
+        module = sys.modules.get(name)
+        parent_process = getattr(module, "parent_process", None)
+        if parent_process is not None and parent_process() is not None:
+            return True
+    return False

@@ -28,6 +28,7 @@ from loguru import logger
 
 from data_juicer_accel import _native
 from data_juicer_accel._exit import in_flight, say_at_exit
+from data_juicer_accel._exit import in_worker_process as _in_worker_process
 from data_juicer_accel.errors import CheckpointChangedError, CheckpointCorruptError
 from data_juicer_accel.utils.ckpt_base import (
     DEFAULT_ZSTD_LEVEL,
@@ -1038,28 +1039,7 @@ def _abandon_at_exit(lost: list) -> None:
     _native.fail_exit("interrupted")
 
 
-#: Set in a child forked from this process.
-_forked_child = False
-
-
-def _in_worker_process() -> bool:
-    """Whether this process may end by ``os._exit`` or a signal, without exit
-    hooks: a forked child (``multiprocessing``'s fork workers end so), or a
-    process started by ``multiprocessing``/``multiprocess`` (pools terminate
-    their workers). Background saves are made in the foreground there."""
-    if _forked_child:
-        return True
-    for name in ("multiprocessing", "multiprocess"):
-        module = sys.modules.get(name)
-        parent_process = getattr(module, "parent_process", None)
-        if parent_process is not None and parent_process() is not None:
-            return True
-    return False
-
-
 def _forget_in_child() -> None:
-    global _forked_child
-    _forked_child = True
     for saves in list(_LIVE_BACKGROUND_SAVES):
         _ORPHANED_IN_CHILD.append(saves.writer)
         saves.writer = None

@@ -42,7 +42,6 @@ import contextlib
 import json
 import os
 import re
-import sys
 import threading
 import time
 import weakref
@@ -57,6 +56,7 @@ from uuid import uuid4
 from loguru import logger
 
 from data_juicer_accel import _native
+from data_juicer_accel._exit import in_worker_process as _in_worker_process
 
 #: Seconds a logged event may wait in memory before it is written.
 DEFAULT_FLUSH_INTERVAL = 0.1
@@ -165,32 +165,10 @@ def _flush_all_loggers() -> None:
     _each_live_logger(lambda event_logger: event_logger.flush())
 
 
-#: Set in a child forked from this process, which may end by ``os._exit``
-#: or a signal without running any exit hook.
-_forked_child = False
-
-
 def _restart_after_fork() -> None:
     """In a forked child: start a fresh flush thread per logger, writing
     through from now on. Lines the parent had queued stay the parent's."""
-    global _forked_child
-    _forked_child = True
     _each_live_logger(lambda event_logger: event_logger._sink._after_fork_in_child())
-
-
-def _in_worker_process() -> bool:
-    """Whether this process may end without exit hooks (``Pool.terminate``,
-    ``os._exit``): a forked child, or a process started by ``multiprocessing``
-    or ``multiprocess`` (HF datasets' pools) with any start method. Loggers
-    made here write each line through before the logging call returns."""
-    if _forked_child:
-        return True
-    for name in ("multiprocessing", "multiprocess"):
-        module = sys.modules.get(name)
-        parent_process = getattr(module, "parent_process", None)
-        if parent_process is not None and parent_process() is not None:
-            return True
-    return False
 
 
 def _utc_stamp() -> str:
