@@ -55,6 +55,21 @@ SAVE_THEN_WAIT = """
 """
 
 
+def wait_until_blocked(pid: int) -> None:
+    """Until the main thread of ``pid`` waits in a futex (the exit hook's
+    native wait) at two looks 50 ms apart: the program's own code is done."""
+    futex = "202"  # x86_64
+    seen = 0
+    deadline = time.monotonic() + 120
+    while seen < 2 and time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/task/{pid}/syscall") as f:
+                seen = seen + 1 if f.read().split(" ", 1)[0] == futex else 0
+        except OSError:
+            return
+        time.sleep(0.05)
+
+
 def staging_dirs(ckpt_dir: str) -> list:
     return [name for name in os.listdir(ckpt_dir) if name.startswith(".latest")] if os.path.isdir(ckpt_dir) else []
 
@@ -75,6 +90,7 @@ def interrupt_while_saving(tmp_path, where: str, level: int) -> tuple[subprocess
         assert proc.stdout.readline() == "saving\n"
         if where == "exit":
             assert proc.stdout.readline() == "returned\n"  # the program is done: exit hooks run
+            wait_until_blocked(proc.pid)  # a Ctrl-C before that would interrupt the program's last line
         deadline = time.monotonic() + 120
         while not staging_dirs(ckpt_dir) and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.01)  # polls for the staging directory the save creates

@@ -113,17 +113,6 @@ def _descendants() -> list[int]:
     return found
 
 
-def _become_subreaper() -> None:
-    """Orphans of our descendants (the children of a pool worker that died)
-    are re-parented to this process rather than to init, so ``_descendants``
-    still finds them after their parent was killed."""
-    with contextlib.suppress(Exception):  # Linux only; elsewhere orphans may escape
-        import ctypes
-
-        pr_set_child_subreaper = 36
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_child_subreaper, 1, 0, 0, 0)
-
-
 def _socket_dirs(pids: list[int]) -> set[str]:
     """The ``pymp-*`` directories of the Unix sockets ``pids`` hold open: a
     Manager's server process makes its own, which a SIGKILL leaves behind."""
@@ -147,19 +136,25 @@ def _socket_dirs(pids: list[int]) -> set[str]:
 
 
 def _kill_descendants() -> None:
-    """SIGKILL every process below this one and reap it, until none is left:
-    a dying parent may have just forked, and its orphans come back to us."""
+    """SIGKILL every process below this one. The tree is frozen first (SIGSTOP,
+    until a listing finds no new process): a stopped process cannot fork, and
+    its children stay below it, so none escapes to init while we kill."""
+    stopped: list[int] = []
     for _ in range(50):
-        pids = _descendants()
-        if not pids:
-            return
-        _children_temp_dirs.update(_socket_dirs(pids))
-        for pid in pids:
+        new = [pid for pid in _descendants() if pid not in stopped]
+        if not new:
+            break
+        for pid in new:
             with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
-        for pid in pids:  # our children (orphans included) are reaped; others end on their own
-            with contextlib.suppress(OSError):
-                os.waitpid(pid, 0)
+                os.kill(pid, signal.SIGSTOP)
+        stopped += new
+    _children_temp_dirs.update(_socket_dirs(stopped))
+    for pid in stopped:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    for pid in stopped:  # reap our own children; the others are reaped by their parents, now dead
+        with contextlib.suppress(OSError):
+            os.waitpid(pid, 0)
 
 
 def _library_temp_dirs() -> list[str]:
@@ -309,7 +304,6 @@ def guard(pools: bool = False) -> Iterator[None]:
         return
     if pools:
         _start_resource_trackers()
-        _become_subreaper()
     read_end, write_end = os.pipe()
     os.set_blocking(write_end, False)
     # Blocked in this thread, and so in every thread and process it starts
