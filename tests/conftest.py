@@ -38,8 +38,25 @@ _OWN_RAY_TMPDIR: str | None = None
 _RAY_PATH_ROOM = 107 - len("/ray-xxxxxxxx/ray/session_2026-12-07_13-49-31_408159_1234567/sockets/plasma_store")
 
 
+#: Temporary directories that SIGKILLed children leave (a pool Manager's
+#: sockets, HF datasets' temporary cache): those new since the session began
+#: are removed at its end, as a killed process cannot remove its own.
+_KILLED_CHILDREN_LEAVE = ("pymp-", "hf_datasets-")
+_TEMP_BEFORE: set[str] = set()
+
+
+def _killed_childrens_dirs() -> set[str]:
+    parent = tempfile.gettempdir()
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return set()
+    return {os.path.join(parent, name) for name in names if name.startswith(_KILLED_CHILDREN_LEAVE)}
+
+
 def pytest_configure(config: pytest.Config) -> None:
     global _OWN_RAY_TMPDIR
+    _TEMP_BEFORE.update(_killed_childrens_dirs())
     if "RAY_TMPDIR" not in os.environ:
         parent = tempfile.gettempdir()
         _OWN_RAY_TMPDIR = tempfile.mkdtemp(prefix="ray-", dir=parent if len(parent) <= _RAY_PATH_ROOM else "/tmp")
@@ -47,6 +64,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    for path in _killed_childrens_dirs() - _TEMP_BEFORE:
+        shutil.rmtree(path, ignore_errors=True)
     if _OWN_RAY_TMPDIR is not None:
         shutil.rmtree(_OWN_RAY_TMPDIR, ignore_errors=True)
         os.environ.pop("RAY_TMPDIR", None)
