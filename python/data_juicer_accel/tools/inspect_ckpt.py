@@ -119,7 +119,12 @@ def _fail(args, message: str, code: int) -> int:
 def _resolve(path: str) -> tuple[str, str]:
     """(checkpoint dir, its latest/) for a checkpoint dir, a latest/ or a job work dir."""
     from data_juicer_accel import _native
+    from data_juicer_accel.utils.ckpt_base import refuse_uri
 
+    try:
+        refuse_uri(path)
+    except ValueError as e:
+        raise _NotACheckpoint(str(e)) from None
     path = os.path.abspath(path)
     if not os.path.exists(path):
         raise _NotACheckpoint(f"{path}: no such directory")

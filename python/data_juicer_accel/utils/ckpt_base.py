@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import sys
 from abc import ABC, abstractmethod
 from enum import Enum
@@ -20,9 +21,32 @@ __all__ = ["CheckpointManagerBase", "CheckpointStrategy", "DEFAULT_ZSTD_LEVEL"]
 DEFAULT_ZSTD_LEVEL = 1
 
 
+#: ``scheme://`` at the start of a path, with the scheme as group 1 and any
+#: ``user:secret@`` that follows as group 2 (never shown).
+_URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://([^/@]*@)?")
+
+
+def refuse_uri(ckpt_dir: str) -> None:
+    """Raises ``ValueError`` for ``s3://``, ``gs://``, ``file://`` and any other
+    URI. ``os.makedirs("s3://bkt/ck")`` would quietly create ``./s3:/bkt/ck``
+    on the local disk, and on a cluster each node would keep its shards on its
+    own disk while the user believes they are in the bucket. The message keeps
+    out any credentials written into the URI."""
+    match = _URI.match(os.fspath(ckpt_dir))
+    if match is None:
+        return
+    shown = match.group(1) + "://" + os.fspath(ckpt_dir)[match.end() :]
+    raise ValueError(
+        f"checkpoint directory {shown!r} is a URI ({match.group(1)}://), and data-juicer-accel keeps checkpoints on "
+        "a local or mounted filesystem only: give a directory path (for example a mount of the bucket)"
+    )
+
+
 def make_ckpt_dir(ckpt_dir: str) -> None:
     """Creates ``ckpt_dir``; a path that exists but is no directory is named in
-    a ``NotADirectoryError`` (``os.makedirs`` would say ``FileExistsError``)."""
+    a ``NotADirectoryError`` (``os.makedirs`` would say ``FileExistsError``),
+    and a URI in a ``ValueError`` (see ``refuse_uri``)."""
+    refuse_uri(ckpt_dir)
     if os.path.exists(ckpt_dir) and not os.path.isdir(ckpt_dir):
         raise NotADirectoryError(errno.ENOTDIR, "the checkpoint directory is not a directory", ckpt_dir)
     os.makedirs(ckpt_dir, exist_ok=True)

@@ -1,0 +1,45 @@
+"""A checkpoint directory given as a URI (``s3://bkt/ck``) is refused with a
+clear ``ValueError``; it never becomes a local directory named ``s3:``."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from data_juicer_accel.utils.ckpt_utils import CheckpointManager
+from data_juicer_accel.utils.ray_ckpt import RayCheckpointManager
+from tests.test_cli import cli
+
+URIS = ["s3://bkt/ck", "gs://bkt/ck", "hdfs://namenode:8020/ck", "file:///tmp/ck", "oss+s3://bkt/ck"]
+
+
+@pytest.mark.parametrize("uri", URIS)
+@pytest.mark.parametrize("manager", [CheckpointManager, RayCheckpointManager])
+def test_a_uri_is_refused_and_nothing_is_written(tmp_path, monkeypatch, manager, uri):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"is a URI \([a-z0-9+]+://\).*local or mounted filesystem"):
+        manager(uri, [{"a_mapper": {}}]) if manager is CheckpointManager else manager(uri)
+    assert os.listdir(tmp_path) == []
+
+
+def test_credentials_in_the_uri_are_not_shown(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError) as raised:
+        CheckpointManager("s3://AKIAEXAMPLE:secret123@bkt/ck", [])
+    assert "secret123" not in str(raised.value) and "AKIAEXAMPLE" not in str(raised.value)
+    assert "'s3://bkt/ck'" in str(raised.value)
+
+
+def test_a_local_path_with_a_colon_is_still_a_path(tmp_path):
+    """Only ``scheme://`` is a URI: ``a:b`` and ``./s3:/x`` stay local paths."""
+    for name in ["a:b", "s3:"]:
+        CheckpointManager(str(tmp_path / name / "ck"), [])
+        assert (tmp_path / name / "ck").is_dir()
+
+
+def test_inspect_refuses_a_uri(tmp_path):
+    result = cli("inspect", "s3://AKIAEXAMPLE:secret123@bkt/ck")
+    assert result.returncode != 0
+    assert "is a URI (s3://)" in result.stderr and "secret123" not in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
