@@ -63,22 +63,6 @@ pub fn default_threads() -> usize {
     thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// The machine's memory: no honest checkpoint decompresses to more.
-pub fn physical_memory() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let (pages, page) = unsafe {
-        (
-            libc::sysconf(libc::_SC_PHYS_PAGES),
-            libc::sysconf(libc::_SC_PAGESIZE),
-        )
-    };
-    if pages > 0 && page > 0 {
-        pages as u64 * page as u64
-    } else {
-        u64::MAX
-    }
-}
-
 pub struct LoadedCheckpoint {
     pub manifest: Manifest,
     pub schema: SchemaRef,
@@ -691,6 +675,22 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The machine's memory: no honest checkpoint decompresses to more.
+    fn physical_memory() -> u64 {
+        // SAFETY: sysconf has no preconditions.
+        let (pages, page) = unsafe {
+            (
+                libc::sysconf(libc::_SC_PHYS_PAGES),
+                libc::sysconf(libc::_SC_PAGESIZE),
+            )
+        };
+        if pages > 0 && page > 0 {
+            pages as u64 * page as u64
+        } else {
+            u64::MAX
+        }
+    }
 
     /// A shard whose first compressed buffer claims to inflate to 1 TiB.
     fn bomb() -> Vec<u8> {
