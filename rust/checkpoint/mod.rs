@@ -4,10 +4,11 @@
 //! * [`writer`] writes shards; [`commit`] stages and swaps them in as
 //!   `latest/`; [`manifest`] says what a checkpoint holds;
 //! * [`dirfd`] reads through one directory handle; [`reader`] loads and
-//!   verifies;
+//!   verifies; [`probe`] reads a shard's first headers only;
 //! * [`background`] saves on a thread of its own, from a [`snapshot`],
 //!   sized by [`sizing`]; [`memory`] says what the process may still use;
-//! * [`shards`] is a Ray save written by several processes;
+//! * [`shards`] is a Ray save written by several processes, [`pin`] the
+//!   generation a lazy Ray load keeps;
 //! * [`error`] is the one error type; [`fault`] the crash tests' faults.
 
 pub mod background;
@@ -17,6 +18,8 @@ pub mod error;
 pub mod fault;
 pub mod manifest;
 pub mod memory;
+pub mod pin;
+pub mod probe;
 pub mod reader;
 pub mod shards;
 pub mod sizing;

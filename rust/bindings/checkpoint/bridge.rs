@@ -1,12 +1,14 @@
 //! What every checkpoint binding shares at the boundary: the mapping of
 //! [`CheckpointError`] to Python exceptions, and the Arrow C stream
 //! interface (`__arrow_c_stream__`) through which tables come in and go
-//! out without a copy.
+//! out without a copy, and the schema capsule (`__arrow_c_schema__`).
 
 use std::ffi::CStr;
 
 use arrow_array::ffi_stream::{FFI_ArrowArrayStream, RecordBatchStreamReader};
 use arrow_array::RecordBatchReader;
+use arrow_schema::ffi::FFI_ArrowSchema;
+use arrow_schema::Schema;
 use pyo3::exceptions::{
     PyKeyboardInterrupt, PyMemoryError, PyOSError, PyRuntimeError, PyTypeError, PyValueError,
 };
@@ -19,8 +21,9 @@ use crate::checkpoint::CheckpointError;
 pyo3::import_exception!(data_juicer_accel.errors, CheckpointCorruptError);
 pyo3::import_exception!(data_juicer_accel.errors, CheckpointLockedError);
 
-/// The capsule name the Arrow PyCapsule interface gives a C stream.
+/// The capsule names the Arrow PyCapsule interface gives a C stream and a C schema.
 const STREAM_CAPSULE: &CStr = c"arrow_array_stream";
+const SCHEMA_CAPSULE: &CStr = c"arrow_schema";
 
 /// The Python exception for `err`, naming the file it concerns.
 pub fn to_py_err(err: CheckpointError) -> PyErr {
@@ -90,6 +93,13 @@ pub fn export_stream<'py>(
         FFI_ArrowArrayStream::new(reader),
         Some(STREAM_CAPSULE.to_owned()),
     )
+}
+
+/// `schema` as the capsule `__arrow_c_schema__()` returns.
+pub fn export_schema<'py>(py: Python<'py>, schema: &Schema) -> PyResult<Bound<'py, PyCapsule>> {
+    let schema = FFI_ArrowSchema::try_from(schema)
+        .map_err(|e| PyValueError::new_err(format!("schema cannot be exported: {e}")))?;
+    PyCapsule::new(py, schema, Some(SCHEMA_CAPSULE.to_owned()))
 }
 
 pub fn register_exceptions(m: &Bound<'_, PyModule>) -> PyResult<()> {

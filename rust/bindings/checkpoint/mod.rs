@@ -11,12 +11,15 @@
 //! * [`background`]: `BackgroundCheckpointWriter`, background saves;
 //! * [`ray_shards`]: Ray shard files, written and read by the tasks,
 //!   committed by the driver;
+//! * [`ray_pins`]: Ray loads on the driver: the committed manifest, the
+//!   generation a lazy load pins;
 //! * [`bridge`]: errors to Python exceptions, the Arrow C stream in and out;
 //!   [`calls`]: core work run without the GIL, stopped by Ctrl-C.
 
 mod background;
 mod bridge;
 mod calls;
+mod ray_pins;
 mod ray_shards;
 mod reader;
 mod writer;
@@ -30,5 +33,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     reader::register(m)?;
     writer::register(m)?;
     background::register(m)?;
-    ray_shards::register(m)
+    ray_shards::register(m)?;
+    ray_pins::register(m)
 }

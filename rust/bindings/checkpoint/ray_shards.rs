@@ -5,18 +5,21 @@
 use std::path::{Path, PathBuf};
 
 use arrow_array::RecordBatchReader;
+use arrow_schema::SchemaRef;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyCapsule, PyDict};
 
-use super::bridge::import_stream;
+use super::bridge::{export_schema, import_stream};
 use super::calls::detached;
 use super::reader::LoadedCheckpoint;
 use super::writer::write_options;
 use crate::bindings::gil::guarded;
+use crate::checkpoint::dirfd::CheckpointDir;
 use crate::checkpoint::manifest::{checksum_hex, FileEntry};
+use crate::checkpoint::probe::shard_schema;
 use crate::checkpoint::shards::{self, read_verified_shard, write_prefixed_shards};
-use crate::checkpoint::{SaveRequest, Staging, WriteOptions};
+use crate::checkpoint::{CheckpointError, SaveRequest, Staging, WriteOptions};
 
 fn entry_to_dict<'py>(py: Python<'py>, e: &FileEntry) -> PyResult<Bound<'py, PyDict>> {
     let dict = PyDict::new(py);
@@ -120,15 +123,6 @@ impl ShardStaging {
     }
 }
 
-/// Undoes what a save killed between the renames of the non-atomic
-/// fallback left in `ckpt_dir`. False while another process saves there.
-#[pyfunction]
-fn recover_checkpoint_dir(py: Python<'_>, ckpt_dir: PathBuf) -> PyResult<bool> {
-    guarded("recover_checkpoint_dir", || {
-        detached(py, || shards::recover(&ckpt_dir))
-    })
-}
-
 /// Writes one Ray block (or any Arrow C stream) as shard files
 /// `{prefix}-data-NNNNN-of-NNNNN.arrow` into the existing directory
 /// `dir`, fsynced (with `sync=False`, only their writeback is started:
@@ -229,9 +223,41 @@ fn split_shard_path(path: &Path) -> PyResult<(PathBuf, String)> {
     Ok((dir, file.to_string_lossy().into_owned()))
 }
 
+/// The schema of a shard, for `pyarrow.schema()` (`__arrow_c_schema__`).
+#[pyclass(module = "data_juicer_accel._native", frozen)]
+pub struct ShardSchema {
+    schema: SchemaRef,
+}
+
+#[pymethods]
+impl ShardSchema {
+    fn __arrow_c_schema__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyCapsule>> {
+        export_schema(py, &self.schema)
+    }
+}
+
+/// The schema at the start of the shard file `path`, read only if it is a
+/// regular file inside its directory (never a symlink out of it, nor a
+/// FIFO). Only its first message is read; the rows are verified when a
+/// task reads the shard.
+#[pyfunction]
+fn read_shard_schema(py: Python<'_>, path: PathBuf) -> PyResult<ShardSchema> {
+    guarded("read_shard_schema", || {
+        let (dir, file) = split_shard_path(&path)?;
+        let schema = detached(py, || {
+            let handle = CheckpointDir::open(&dir)?.ok_or_else(|| {
+                CheckpointError::io(&dir, std::io::Error::from(std::io::ErrorKind::NotFound))
+            })?;
+            shard_schema(&handle, &file)
+        })?;
+        Ok(ShardSchema { schema })
+    })
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<ShardStaging>()?;
-    m.add_function(wrap_pyfunction!(recover_checkpoint_dir, m)?)?;
     m.add_function(wrap_pyfunction!(write_shard_files, m)?)?;
-    m.add_function(wrap_pyfunction!(read_shard_file, m)?)
+    m.add_function(wrap_pyfunction!(read_shard_file, m)?)?;
+    m.add_class::<ShardSchema>()?;
+    m.add_function(wrap_pyfunction!(read_shard_schema, m)?)
 }

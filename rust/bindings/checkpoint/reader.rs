@@ -15,7 +15,7 @@ use pyo3::types::{PyBytes, PyCapsule};
 use super::bridge::export_stream;
 use super::calls::{detached, interruptible};
 use crate::bindings::gil::guarded;
-use crate::checkpoint::{self, manifest, reader};
+use crate::checkpoint::{self, manifest, probe, reader};
 
 /// A verified checkpoint in memory; hands its table out once through the
 /// Arrow C stream interface.
@@ -119,7 +119,7 @@ fn compressed_shard(
                 return Ok(None);
             };
             for name in names {
-                if let Some(codec) = reader::batch_compression(&dir, &name)? {
+                if let Some(codec) = probe::batch_compression(&dir, &name)? {
                     return Ok(Some((name, codec)));
                 }
             }
