@@ -241,9 +241,9 @@ def test_a_forked_child_leaves_its_parents_pins_alone(tmp_path):
     parent = os.getpid()
     child = os.fork()
     if child == 0:
-        ray_ckpt._unpin(str(pin), parent)
+        _native.unpin_generation(str(pin), parent)
         os._exit(0)
     os.waitpid(child, 0)
     assert pin.exists()
-    ray_ckpt._unpin(str(pin), parent)
+    _native.unpin_generation(str(pin), parent)
     assert not (tmp_path / ray_ckpt.READERS).exists()

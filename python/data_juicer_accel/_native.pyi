@@ -163,9 +163,6 @@ class ShardStaging:
     def abort(self) -> None:
         """Removes the staging directory and releases the lock (no-op after ``commit``)."""
 
-def recover_checkpoint_dir(ckpt_dir: str | Any) -> bool:
-    """Undoes a save killed mid-commit in ``ckpt_dir``; False while another process saves there."""
-
 def write_shard_files(
     dir: str | Any,
     data: ArrowStreamExportable,
@@ -187,6 +184,40 @@ def read_shard_file(path: str | Any, *, bytes: int, xxh3_64: str, rows: int, ver
     """Reads one shard file verified against its manifest entry, as a checkpoint load does (a regular
     file inside its directory, reads bounded by ``bytes``, xxh3, memory, ``rows``); ``manifest`` is
     that entry as JSON."""
+
+@final
+class ShardSchema:
+    """The schema of a shard, for ``pyarrow.schema()``."""
+
+    def __arrow_c_schema__(self) -> object: ...
+
+def read_shard_schema(path: str | Any) -> ShardSchema:
+    """The schema at the start of the shard file ``path``, read only if it is a regular file inside
+    its directory (never a symlink out of it, nor a FIFO); only its first message is read.
+    ``CheckpointCorruptError`` when it is no such file or does not start with a schema."""
+
+# ------------------------------------------------------------------ Ray loads: pinned generations
+
+#: Where lazy Ray loads keep hard links to the shards they read, inside the checkpoint directory.
+READERS_DIR: str
+
+def read_committed_manifest(ckpt_dir: str | Any) -> str | None:
+    """The validated manifest (JSON) committed in ``ckpt_dir/latest``, after bringing back a
+    checkpoint a save killed mid-fallback left aside; None when nothing is committed."""
+
+def pin_generation(ckpt_dir: str | Any) -> tuple[str, str, tuple[str, str] | None] | None:
+    """Pins the generation committed in ``ckpt_dir`` for a lazy load: ``(directory, manifest JSON,
+    in_place)``; None when nothing is committed. ``directory`` holds hard links to its shards (a
+    later save cannot take them), to release with ``unpin_generation``, unless ``in_place`` is
+    ``(log level, why)``: then it is ``latest/`` itself (no hard links, a symlinked
+    ``READERS_DIR``, or saves replacing the generation during every attempt)."""
+
+def unpin_generation(pin: str | Any, owner: int | None = None) -> None:
+    """Removes the pin ``pin`` (and ``READERS_DIR`` once empty); with ``owner``, only in the process
+    of that pid, so a forked child leaves its parent's pins alone."""
+
+def remove_dead_pins(ckpt_dir: str | Any) -> None:
+    """Removes the pins of loads by processes of this host that are gone."""
 
 # ------------------------------------------------------------------ events
 

@@ -266,6 +266,22 @@ fn link_op_record(ckpt_dir: &Path, latest: &Path) -> Result<()> {
     sync_dir(ckpt_dir)
 }
 
+/// Whether a save into `ckpt_dir` died between the two renames of the
+/// non-atomic fallback: no `latest/`, the previous one still set aside.
+/// [`Staging::create`] brings it back.
+pub fn interrupted_swap(ckpt_dir: &Path) -> Result<bool> {
+    if fs::symlink_metadata(ckpt_dir.join(LATEST)).is_ok() {
+        return Ok(false);
+    }
+    for entry in fs::read_dir(ckpt_dir).at(ckpt_dir)? {
+        let name = entry.at(ckpt_dir)?.file_name();
+        if name.to_string_lossy().starts_with(OLD_PREFIX) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// Removes staging directories and links of interrupted saves; if a save
 /// died between the two renames of the non-atomic fallback, restores the
 /// previous `latest/`. Runs under the directory lock.

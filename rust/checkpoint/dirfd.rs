@@ -107,6 +107,27 @@ impl CheckpointDir {
         Ok(Some((File::from(fd), st.st_size as u64)))
     }
 
+    /// Makes `to` a hard link to the file `name` of this directory. A
+    /// symlink is linked as itself (never followed), so a reader of `to`
+    /// still refuses it.
+    pub fn hard_link(&self, name: &str, to: &Path) -> io::Result<()> {
+        let (from, to) = (cstring(Path::new(name))?, cstring(to)?);
+        // SAFETY: valid fd, NUL-terminated names; flags 0 follows no symlink.
+        let rc = unsafe {
+            libc::linkat(
+                self.fd.as_raw_fd(),
+                from.as_ptr(),
+                libc::AT_FDCWD,
+                to.as_ptr(),
+                0,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// Reads the regular file `name`, which must hold exactly `expected`
     /// bytes; never reads more than that.
     pub fn read_exact_size(

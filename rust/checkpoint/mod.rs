@@ -1,5 +1,15 @@
 //! Checkpoint core: zstd Arrow IPC shards, manifest, atomic commit.
 //! Pure Rust; the bindings module is its only door to Python.
+//!
+//! * [`writer`] writes shards; [`commit`] stages and swaps them in as
+//!   `latest/`; [`manifest`] says what a checkpoint holds;
+//! * [`dirfd`] reads through one directory handle; [`reader`] loads and
+//!   verifies; [`probe`] reads a shard's first headers only;
+//! * [`background`] saves on a thread of its own, from a [`snapshot`],
+//!   sized by [`sizing`]; [`memory`] says what the process may still use;
+//! * [`shards`] is a Ray save written by several processes, [`pin`] the
+//!   generation a lazy Ray load keeps;
+//! * [`error`] is the one error type; [`fault`] the crash tests' faults.
 
 pub mod background;
 pub mod commit;
@@ -8,6 +18,8 @@ pub mod error;
 pub mod fault;
 pub mod manifest;
 pub mod memory;
+pub mod pin;
+pub mod probe;
 pub mod reader;
 pub mod shards;
 pub mod sizing;
@@ -20,33 +32,14 @@ pub use manifest::{FileEntry, Manifest};
 pub use reader::{read_checkpoint, LoadedCheckpoint, ReadOptions};
 pub use writer::{write_shards, write_shards_cancellable, Compression, WriteOptions, WrittenShard};
 
-use std::path::Path;
-
-use arrow_array::RecordBatch;
-use arrow_schema::{ArrowError, SchemaRef};
-
 /// What a caller needs to describe a save besides the data.
 pub struct SaveRequest<'a> {
     pub kind: &'a str,
     pub options: WriteOptions,
 }
 
-/// Writes `input` as shards into `staging` and commits the result with its
-/// manifest. The staging directory is removed if anything fails.
-pub fn write_and_commit<I>(
-    staging: Staging,
-    schema: SchemaRef,
-    input: I,
-    request: &SaveRequest,
-) -> Result<std::path::PathBuf>
-where
-    I: Iterator<Item = std::result::Result<RecordBatch, ArrowError>>,
-{
-    let shards = write_shards(staging.dir(), schema, input, &request.options)?;
-    let manifest = manifest_for(request, &shards);
-    staging.commit(manifest)
-}
-
+/// The manifest of a save of `shards`; [`Staging::commit`] adds the
+/// small files.
 pub fn manifest_for(request: &SaveRequest, shards: &[WrittenShard]) -> Manifest {
     let (codec, level) = match request.options.compression {
         Compression::None => ("none", None),
@@ -72,11 +65,6 @@ pub fn manifest_for(request: &SaveRequest, shards: &[WrittenShard]) -> Manifest 
         files: Vec::new(),
         created_by: format!("data-juicer-accel {}", env!("CARGO_PKG_VERSION")),
     }
-}
-
-/// True when `dir` holds a manifest written by this package.
-pub fn is_accel_checkpoint(dir: &Path) -> bool {
-    dir.join(manifest::MANIFEST_FILE).is_file()
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@
 //! message and against a memory limit before anything is allocated for them.
 
 use std::collections::HashMap;
-use std::io::{Cursor, Read, Seek, SeekFrom};
+use std::io::Cursor;
 use std::ops::Range;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -18,7 +18,7 @@ use std::thread;
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_buffer::Buffer;
 use arrow_ipc::reader::{read_record_batch, StreamReader};
-use arrow_ipc::{root_as_message, CompressionType, MessageHeader, MetadataVersion};
+use arrow_ipc::{root_as_message, MessageHeader, MetadataVersion};
 use arrow_schema::{Schema, SchemaRef};
 
 use super::dirfd::CheckpointDir;
@@ -61,22 +61,6 @@ impl ReadOptions {
 
 pub fn default_threads() -> usize {
     thread::available_parallelism().map_or(1, |n| n.get())
-}
-
-/// The machine's memory: no honest checkpoint decompresses to more.
-pub fn physical_memory() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let (pages, page) = unsafe {
-        (
-            libc::sysconf(libc::_SC_PHYS_PAGES),
-            libc::sysconf(libc::_SC_PAGESIZE),
-        )
-    };
-    if pages > 0 && page > 0 {
-        pages as u64 * page as u64
-    } else {
-        u64::MAX
-    }
 }
 
 pub struct LoadedCheckpoint {
@@ -203,78 +187,6 @@ fn check_hash(path: &Path, bytes: &[u8], entry: &FileEntry) -> Result<()> {
         ));
     }
     Ok(())
-}
-
-/// Messages read before giving up looking for a record batch.
-const MAX_PROBED_MESSAGES: usize = 64;
-/// A message header (flatbuffer) larger than this is not one we wrote.
-const MAX_PROBED_HEADER: u32 = 16 << 20;
-
-/// The body compression ("zstd", "lz4_frame") of the first record or
-/// dictionary batch of the Arrow IPC stream file `name` in `dir`, reading
-/// only message headers; `None` when its batches are not compressed, it
-/// has none, or it is no IPC stream. `datasets` never compresses the IPC
-/// bodies it writes; this package always does, so a compressed shard in a
-/// checkpoint without a manifest was written here.
-pub fn batch_compression(dir: &CheckpointDir, name: &str) -> Result<Option<String>> {
-    let path = dir.path().join(name);
-    let Some((file, _)) = dir.open_regular(name)? else {
-        return Ok(None);
-    };
-    probe_compression(std::io::BufReader::new(file)).at(&path)
-}
-
-fn probe_compression(mut file: impl Read + Seek) -> std::io::Result<Option<String>> {
-    let mut word = [0u8; 4];
-    for _ in 0..MAX_PROBED_MESSAGES {
-        if read_or_end(&mut file, &mut word)?.is_none() {
-            return Ok(None);
-        }
-        let mut len = u32::from_le_bytes(word);
-        if len == 0xFFFF_FFFF {
-            if read_or_end(&mut file, &mut word)?.is_none() {
-                return Ok(None);
-            }
-            len = u32::from_le_bytes(word);
-        }
-        if len == 0 || len > MAX_PROBED_HEADER {
-            return Ok(None);
-        }
-        let mut header = vec![0u8; len as usize];
-        if read_or_end(&mut file, &mut header)?.is_none() {
-            return Ok(None);
-        }
-        let Ok(message) = root_as_message(&header) else {
-            return Ok(None);
-        };
-        let batch = match message.header_type() {
-            MessageHeader::RecordBatch => message.header_as_record_batch(),
-            MessageHeader::DictionaryBatch => {
-                message.header_as_dictionary_batch().and_then(|d| d.data())
-            }
-            MessageHeader::Schema if message.bodyLength() >= 0 => {
-                file.seek(SeekFrom::Current(message.bodyLength()))?;
-                continue;
-            }
-            _ => return Ok(None),
-        };
-        let codec = batch.and_then(|b| b.compression()).map(|c| c.codec());
-        return Ok(codec.map(|c| match c {
-            CompressionType::ZSTD => "zstd".to_string(),
-            CompressionType::LZ4_FRAME => "lz4_frame".to_string(),
-            other => format!("{other:?}").to_lowercase(),
-        }));
-    }
-    Ok(None)
-}
-
-/// Fills `buf`; `None` at the end of the file.
-fn read_or_end(file: &mut impl Read, buf: &mut [u8]) -> std::io::Result<Option<()>> {
-    match file.read_exact(buf) {
-        Ok(()) => Ok(Some(())),
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
-        Err(e) => Err(e),
-    }
 }
 
 /// One record-batch message: its flatbuffer header and its body, in `data`.
@@ -692,6 +604,22 @@ where
 mod tests {
     use super::*;
 
+    /// The machine's memory: no honest checkpoint decompresses to more.
+    fn physical_memory() -> u64 {
+        // SAFETY: sysconf has no preconditions.
+        let (pages, page) = unsafe {
+            (
+                libc::sysconf(libc::_SC_PHYS_PAGES),
+                libc::sysconf(libc::_SC_PAGESIZE),
+            )
+        };
+        if pages > 0 && page > 0 {
+            pages as u64 * page as u64
+        } else {
+            u64::MAX
+        }
+    }
+
     /// A shard whose first compressed buffer claims to inflate to 1 TiB.
     fn bomb() -> Vec<u8> {
         let mut bytes = include_bytes!("../../fuzz/seeds/shard/zstd_text.arrow").to_vec();
@@ -712,30 +640,6 @@ mod tests {
         let at = message.body.start + buffer.offset() as usize;
         bytes[at..at + 8].copy_from_slice(&(1i64 << 40).to_le_bytes());
         bytes
-    }
-
-    #[test]
-    fn batch_compression_tells_our_shards_from_uncompressed_streams() {
-        let ours = include_bytes!("../../fuzz/seeds/shard/zstd_text.arrow").to_vec();
-        assert_eq!(
-            probe_compression(Cursor::new(ours)).unwrap().as_deref(),
-            Some("zstd")
-        );
-        let batch = RecordBatch::try_from_iter([(
-            "n",
-            Arc::new(arrow_array::Int64Array::from(vec![1, 2, 3])) as ArrayRef,
-        )])
-        .unwrap();
-        let mut plain = Vec::new();
-        let mut writer =
-            arrow_ipc::writer::StreamWriter::try_new(&mut plain, &batch.schema()).unwrap();
-        writer.write(&batch).unwrap();
-        writer.finish().unwrap();
-        drop(writer);
-        assert_eq!(probe_compression(Cursor::new(plain)).unwrap(), None);
-        for garbage in [&b""[..], b"\xff\xff\xff\xff", b"not an arrow file at all"] {
-            assert_eq!(probe_compression(Cursor::new(garbage)).unwrap(), None);
-        }
     }
 
     #[test]

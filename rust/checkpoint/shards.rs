@@ -6,6 +6,8 @@
 //! saves cleared). Tasks name their shards with their own prefix. The driver
 //! then commits with [`commit_shards`], through [`Staging::commit`]: the same
 //! manifest-last, fsync, exchange and recovery as a single-process save.
+//! A load finds the generation committed with [`committed_generation`];
+//! its tasks read each shard with [`read_verified_shard`].
 
 use std::collections::HashSet;
 use std::fs::{self, OpenOptions};
@@ -16,11 +18,11 @@ use std::thread;
 use arrow_array::RecordBatch;
 use arrow_schema::{ArrowError, SchemaRef};
 
-use super::commit::Staging;
+use super::commit::{interrupted_swap, Staging, LATEST};
 use super::dirfd::CheckpointDir;
 use super::error::{CheckpointError, IoContext, Result};
 use super::fault;
-use super::manifest::{is_safe_file_name, FileEntry, MANIFEST_FILE};
+use super::manifest::{is_safe_file_name, FileEntry, Manifest, MANIFEST_FILE};
 use super::reader::{self, ReadOptions};
 use super::{manifest_for, write_shards, SaveRequest, WriteOptions, WrittenShard};
 
@@ -157,6 +159,24 @@ pub fn recover(ckpt_dir: &Path) -> Result<bool> {
         Err(CheckpointError::Locked { .. }) => Ok(false),
         Err(e) => Err(e),
     }
+}
+
+/// The committed generation of `ckpt_dir`: its `latest/`, opened once, and
+/// the manifest read through that handle (so both are of one generation).
+/// A checkpoint a save killed mid-fallback left aside is brought back
+/// first. `None` when nothing is committed.
+pub fn committed_generation(ckpt_dir: &Path) -> Result<Option<(CheckpointDir, Manifest)>> {
+    if interrupted_swap(ckpt_dir)? {
+        recover(ckpt_dir)?;
+    }
+    let latest = ckpt_dir.join(LATEST);
+    if !latest.is_dir() {
+        return Ok(None);
+    }
+    let Some(dir) = CheckpointDir::open(&latest)? else {
+        return Ok(None);
+    };
+    Ok(Manifest::read_in(&dir)?.map(|manifest| (dir, manifest)))
 }
 
 /// Reads the shard `entry` of the checkpoint directory `dir` with every

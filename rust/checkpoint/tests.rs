@@ -1,7 +1,7 @@
 //! Round trips through writer, commit and reader, and what they refuse.
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow_array::types::Int32Type;
@@ -30,6 +30,22 @@ fn batches(total: i64, per_batch: i64) -> Vec<RecordBatch> {
         .step_by(per_batch as usize)
         .map(|s| batch(s, per_batch.min(total - s)))
         .collect()
+}
+
+/// Writes `input` as shards into `staging` and commits the result with its
+/// manifest. The staging directory is removed if anything fails.
+fn write_and_commit<I>(
+    staging: Staging,
+    schema: SchemaRef,
+    input: I,
+    request: &SaveRequest,
+) -> Result<PathBuf>
+where
+    I: Iterator<Item = std::result::Result<RecordBatch, ArrowError>>,
+{
+    let shards = write_shards(staging.dir(), schema, input, &request.options)?;
+    let manifest = manifest_for(request, &shards);
+    staging.commit(manifest)
 }
 
 fn save(

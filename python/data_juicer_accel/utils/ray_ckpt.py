@@ -13,7 +13,9 @@ the reference. What changes is the format and how it is written:
   takes a half-written parquet directory for a checkpoint).
 * ``load_checkpoint`` returns a lazy ``ray.data.Dataset`` whose read tasks
   decode the shards on the workers, each shard checked against the manifest
-  (size, xxh3, rows) first.
+  (size, xxh3, rows) first. The Rust core pins the generation it reads (hard
+  links under ``.readers/``), so a save committed before the tasks run cannot
+  take its shards away.
 
 On disk, next to the reference's ``checkpoint_op_XXXX_partition_YYYY.parquet``::
 
@@ -23,6 +25,7 @@ On disk, next to the reference's ``checkpoint_op_XXXX_partition_YYYY.parquet``::
             000001-1f2e3d4c-b0000-data-00000-of-00001.arrow  task 1, block 0
             ...
         .latest.staging-<pid>-<n>/                           a save in flight
+        .readers/<host>-<pid>-<n>/                           links a lazy load reads
         .accel.lock                                          held while saving
 
 Checkpoints written by the reference are still found and loaded (a job
@@ -34,14 +37,10 @@ Ray is imported lazily: this module imports without it.
 
 from __future__ import annotations
 
-import errno
 import functools
 import json
 import os
 import re
-import shutil
-import socket
-import stat
 import sys
 import uuid
 import weakref
@@ -61,15 +60,8 @@ ACCEL_SUFFIX = ".accel"
 REFERENCE_SUFFIX = ".parquet"
 #: Manifest ``kind`` of a Ray checkpoint.
 RAY_KIND = "ray"
-#: The committed checkpoint inside a ``.accel`` directory.
-LATEST = "latest"
 #: Where loads keep hard links to the shards they read (see ``_pin_generation``).
-READERS = ".readers"
-#: Saves committing faster than a load can link: read in place after this many tries.
-_PIN_ATTEMPTS = 5
-#: What a save killed between the two renames of the non-atomic fallback
-#: (filesystems without ``RENAME_EXCHANGE``) leaves in place of ``latest/``.
-_INTERRUPTED_PREFIX = ".latest.old-"
+READERS = _native.READERS_DIR
 
 _NAME_RE = re.compile(r"^checkpoint_op_(\d+)_partition_(\d+)(\.accel|\.parquet)$")
 
@@ -84,11 +76,6 @@ def _event_type():
     from data_juicer_accel.core.executor.event_logging_mixin import EventType
 
     return EventType
-
-
-def _interrupted(path: str) -> bool:
-    """True when a save into ``path`` died between the fallback's two renames."""
-    return any(name.startswith(_INTERRUPTED_PREFIX) for name in os.listdir(path))
 
 
 # ---------------------------------------------------------------- Ray Data glue
@@ -189,28 +176,13 @@ def _read_shards(directory: str, entries: list[dict[str, Any]], verify: bool) ->
         yield pa.RecordBatchReader.from_stream(loaded).read_all()
 
 
-def _first_schema(path: str) -> pa.Schema:
-    """The schema message at the start of the shard ``path``, read only if it
-    is a regular file (not a symlink out of the checkpoint, not a FIFO)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise _native.CheckpointCorruptError(f"{path}: a symbolic link; shards must be regular files") from None
-        raise
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise _native.CheckpointCorruptError(f"{path}: not a regular file")
-        return pa.ipc.open_stream(f).schema
-
-
 def _datasource(directory: str, manifest: dict[str, Any], verify: bool):
     from ray.data.block import BlockMetadata
     from ray.data.datasource import Datasource, ReadTask
 
     # The schema message of the first shard (a few hundred bytes; the data is
     # verified when the read tasks decode it): keeps the schema of 0 rows.
-    schema = _first_schema(os.path.join(directory, manifest["shards"][0]["file"]))
+    schema = pa.schema(_native.read_shard_schema(os.path.join(directory, manifest["shards"][0]["file"])))
 
     class AccelShardDatasource(Datasource):
         """Read tasks over contiguous runs of the manifest's shards."""
@@ -252,98 +224,20 @@ def _datasource(directory: str, manifest: dict[str, Any], verify: bool):
 # ------------------------------------------------- one generation per load
 
 
-def _plain_file_name(name: str) -> bool:
-    return name not in ("", ".", "..") and "/" not in name and "\0" not in name
-
-
-def _remove_dead_pins(path: str) -> None:
-    """Removes the pins of loads by processes of this host that are gone
-    (killed before their datasets were collected)."""
-    readers = os.path.join(path, READERS)
-    prefix = f"{socket.gethostname()}-"
-    try:
-        names = os.listdir(readers)
-    except OSError:
-        return
-    for name in names:
-        pid = name[len(prefix) :].split("-", 1)[0] if name.startswith(prefix) else ""
-        if pid.isdigit() and not _process_alive(int(pid)):
-            _unpin(os.path.join(readers, name))
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _unpin(pin: str, owner: int | None = None) -> None:
-    """Removes a load's links, and ``.readers/`` once no load uses it (a load
-    creating its pin meanwhile finds its parent gone and links again). With
-    ``owner``, only in that process: a forked child exiting leaves its
-    parent's pins alone."""
-    if owner is not None and owner != os.getpid():
-        return
-    shutil.rmtree(pin, ignore_errors=True)
-    try:
-        os.rmdir(os.path.dirname(pin))
-    except OSError:
-        pass
-
-
-def _link_shards(latest: str, pin: str, manifest: dict[str, Any]) -> None:
-    os.makedirs(pin)
-    for entry in manifest["shards"]:
-        name = entry.get("file") if isinstance(entry, dict) else None
-        if not isinstance(name, str) or not _plain_file_name(name):
-            raise _native.CheckpointCorruptError(f"{latest}: shard name {name!r} is not a plain file name")
-        # A symlink is linked as itself, so the reader still refuses it.
-        os.link(os.path.join(latest, name), os.path.join(pin, name), follow_symlinks=False)
-
-
-def _pin_generation(path: str, committed_manifest) -> tuple[str, dict[str, Any]] | None:
-    """The directory and manifest a lazy Ray load reads: hard links to the
-    shards of the generation committed now, in a directory of the load's
-    own under ``path/.readers/``. A later save replaces ``latest/`` but
-    cannot take these files from read tasks that run after it, so a load
-    returns the old checkpoint or the new one, whole. Linking again when a
-    save commits meanwhile; read in place where there are no hard links.
-    None when nothing is committed."""
-    latest = os.path.join(path, LATEST)
-    if os.path.islink(os.path.join(path, READERS)):  # links are made only inside the checkpoint
-        logger.warning(f"{os.path.join(path, READERS)} is a symbolic link: reading {latest} in place")
-        manifest = committed_manifest(path)
-        return None if manifest is None else (latest, manifest)
-    _remove_dead_pins(path)
-    for _ in range(_PIN_ATTEMPTS):
-        manifest = committed_manifest(path)
-        if manifest is None:
-            return None
-        pin = os.path.join(path, READERS, f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:12]}")
-        try:
-            _link_shards(latest, pin, manifest)
-        except FileNotFoundError:  # a save replaced the generation while we linked
-            shutil.rmtree(pin, ignore_errors=True)
-            continue
-        except OSError as e:
-            shutil.rmtree(pin, ignore_errors=True)
-            if e.errno in (errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EACCES):
-                logger.debug(f"No hard links in {path} ({e}): its shards are read in place")
-                return latest, manifest
-            raise
-        except BaseException:
-            shutil.rmtree(pin, ignore_errors=True)
-            raise
-        if committed_manifest(path) == manifest:
-            return pin, manifest
-        shutil.rmtree(pin, ignore_errors=True)
-    logger.warning(f"{path} was saved again during each of {_PIN_ATTEMPTS} tries to pin it: reading it in place")
-    manifest = committed_manifest(path)
-    return None if manifest is None else (latest, manifest)
+def _pin_generation(path: str) -> tuple[str, dict[str, Any], bool] | None:
+    """The directory and manifest a lazy Ray load reads, and whether that
+    directory is a pin of the load's own: hard links to the shards of the
+    generation committed now, which a later save cannot take from read tasks
+    that run after it (see ``_native.pin_generation``). Otherwise ``latest/``
+    is read in place, logged with why. None when nothing is committed."""
+    pinned = _native.pin_generation(path)
+    if pinned is None:
+        return None
+    directory, manifest, in_place = pinned
+    if in_place is not None:
+        level, why = in_place
+        logger.log(level, why)
+    return directory, json.loads(manifest), in_place is None
 
 
 # ---------------------------------------------------------------- the manager
@@ -409,11 +303,8 @@ class RayCheckpointManager(CheckpointManagerBase):
         None if uncommitted or unreadable."""
         if not os.path.isdir(path):
             return None
-        latest = os.path.join(path, LATEST)
         try:
-            if not os.path.lexists(latest) and _interrupted(path):
-                _native.recover_checkpoint_dir(path)
-            text = _native.read_manifest(latest) if os.path.isdir(latest) else None
+            text = _native.read_committed_manifest(path)
         except (OSError, ValueError) as e:
             logger.warning(f"Ignoring checkpoint {path}: {e}")
             return None
@@ -492,7 +383,7 @@ class RayCheckpointManager(CheckpointManagerBase):
 
         # Takes the checkpoint's lock and clears what a dead save left behind.
         staging = _native.ShardStaging(checkpoint_dir, holder=self._lock_holder())
-        _remove_dead_pins(checkpoint_dir)
+        _native.remove_dead_pins(checkpoint_dir)
         sink = _datasink_class()(staging, self.zstd_level)
         try:
             ray_data.write_datasink(sink, ray_remote_args=dict(self.write_ray_remote_args or {}))
@@ -549,14 +440,14 @@ class RayCheckpointManager(CheckpointManagerBase):
             if manifest is not None:
                 if manifest.get("kind") != RAY_KIND:
                     raise _native.CheckpointCorruptError(f"{accel_path}: kind {manifest.get('kind')!r} is not 'ray'")
-                pinned = _pin_generation(accel_path, self._committed_manifest)
+                pinned = _pin_generation(accel_path)
                 if pinned is None:
                     return None
-                directory, manifest = pinned
+                directory, manifest, linked = pinned
                 source = _datasource(os.path.abspath(directory), manifest, self.verify_on_load)
-                if directory != os.path.join(accel_path, LATEST):
+                if linked:
                     # Ray's plan of every dataset derived from this one holds the source.
-                    weakref.finalize(source, _unpin, directory, os.getpid())
+                    weakref.finalize(source, _native.unpin_generation, directory, os.getpid())
                 # One block per shard, the blocks the saved dataset had. Left to
                 # itself, Ray asks for ~200 and cuts each shard's table into small
                 # blocks, whose bookkeeping took most of a load's time.

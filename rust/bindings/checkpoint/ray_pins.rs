@@ -1,0 +1,73 @@
+//! Ray loads on the driver: the committed manifest of a checkpoint
+//! directory, and the pin that keeps a lazy load's generation readable
+//! (see `checkpoint::pin`).
+
+use std::path::PathBuf;
+
+use pyo3::prelude::*;
+
+use super::calls::detached;
+use crate::bindings::gil::{self, guarded};
+use crate::checkpoint::pin::{self, READERS_DIR};
+use crate::checkpoint::shards::committed_generation;
+
+/// The validated manifest, as JSON, of the checkpoint committed in
+/// `ckpt_dir` (its `latest/`), after bringing back one a save killed
+/// mid-fallback left aside; None when nothing is committed.
+#[pyfunction]
+fn read_committed_manifest(py: Python<'_>, ckpt_dir: PathBuf) -> PyResult<Option<String>> {
+    guarded("read_committed_manifest", || {
+        let generation = detached(py, || committed_generation(&ckpt_dir))?;
+        Ok(generation.map(|(_, manifest)| manifest.to_json()))
+    })
+}
+
+/// Pins the generation committed in `ckpt_dir` for a lazy load:
+/// `(directory, manifest JSON, in_place)`, None when nothing is committed.
+/// `directory` holds hard links to its shards, to release with
+/// `unpin_generation`, unless `in_place` is `(log level, why)`: then it is
+/// `latest/` itself.
+#[pyfunction]
+#[allow(clippy::type_complexity)]
+fn pin_generation(
+    py: Python<'_>,
+    ckpt_dir: PathBuf,
+) -> PyResult<Option<(String, String, Option<(&'static str, String)>)>> {
+    guarded("pin_generation", || {
+        let pinned = detached(py, || pin::pin_generation(&ckpt_dir))?;
+        Ok(pinned.map(|p| {
+            let in_place = p.in_place.map(|why| {
+                let level = if why.is_expected() {
+                    "DEBUG"
+                } else {
+                    "WARNING"
+                };
+                (level, why.to_string())
+            });
+            let dir = p.dir.to_string_lossy().into_owned();
+            (dir, p.manifest.to_json(), in_place)
+        }))
+    })
+}
+
+/// Removes the pin `pin` (and `.readers/` once empty); with `owner`, only
+/// in the process of that pid, so a forked child leaves its parent's pins.
+#[pyfunction]
+#[pyo3(signature = (pin, owner=None))]
+fn unpin_generation(py: Python<'_>, pin: PathBuf, owner: Option<u32>) {
+    gil::detach(py, || pin::unpin(&pin, owner))
+}
+
+/// Removes the pins of loads by processes of this host that are gone.
+#[pyfunction]
+fn remove_dead_pins(py: Python<'_>, ckpt_dir: PathBuf) {
+    gil::detach(py, || pin::remove_dead_pins(&ckpt_dir))
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("READERS_DIR", READERS_DIR)?;
+    m.add_function(wrap_pyfunction!(read_committed_manifest, m)?)?;
+    m.add_function(wrap_pyfunction!(pin_generation, m)?)?;
+    m.add_function(wrap_pyfunction!(unpin_generation, m)?)?;
+    m.add_function(wrap_pyfunction!(remove_dead_pins, m)?)
+}
