@@ -272,7 +272,7 @@ def test_the_ray_executor_logs_the_reference_events_through_the_patch(ray_runs):
     assert shape(acc["root"]) == shape(ref["root"])
     types = [event_type for event_type, _, _ in shape(acc["root"])]
     assert "job_start" in types and types[-1] == "job_complete"
-    assert "data_juicer_accel.core.executor.event_logging_mixin" in log_text(acc["root"], "run")
+    assert "data_juicer_accel.core.executor." in log_text(acc["root"], "run")
     assert "data_juicer_accel" not in log_text(ref["root"], "run")
 
 

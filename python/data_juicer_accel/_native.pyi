@@ -270,14 +270,16 @@ class EventSink:
 
 @final
 class LogEventFastPath:
-    """The fast path of ``EventLoggingMixin._log_event``, for a package
-    EventLogger whose ``log_event`` is not replaced and no DEBUG sink; what
-    ``log_event_method`` runs first."""
+    """Which ``EventLoggingMixin._log_event`` calls go straight to the sink:
+    those of an executor whose EventLogger is the package's (its ``log_event``
+    not replaced). ``log_event_method`` runs it first, and declines every call
+    while a sink takes DEBUG; ``log`` is the Python method's way in."""
 
     def __new__(cls, loguru_core: Any, package_log_event: Any) -> LogEventFastPath: ...
     def log(self, executor: Any, event_type: Any, message: Any, kwargs: dict[str, Any] | None) -> Any | None:
-        """Log the event; return True, or the Event when an INFO sink wants its
-        line; ``None`` (nothing done) when the Python method must run."""
+        """Log the event at any loguru level; return True, or the Event when an
+        INFO sink wants its line; ``None`` (nothing done) when the event must be
+        built in Python."""
 
 def log_event_method(fast_path: LogEventFastPath, python_method: Any, log_info_line: Any) -> Any:
     """A method descriptor for ``EventLoggingMixin._log_event``: the fast path

@@ -18,7 +18,7 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
-use super::events::{LogEventFastPath, Logged};
+use super::events::{Caller, LogEventFastPath, Logged};
 use super::exit_gate;
 use super::gil::{call_python, guarded, panic_error};
 
@@ -159,7 +159,15 @@ unsafe fn call<'py>(
 
     if let [event_type, message] = positional {
         let fast_path = installed.fast_path.get();
-        match fast_path.log_keywords(py, &executor, bind(event_type), bind(message), keywords())? {
+        let logged = fast_path.log_keywords(
+            py,
+            &executor,
+            bind(event_type),
+            bind(message),
+            keywords(),
+            Caller::CMethod,
+        )?;
+        match logged {
             Logged::Queued => return Ok(py.None().into_bound(py)),
             Logged::Built(event) => {
                 let line_args = PyTuple::new(py, [executor, event])?;

@@ -2,9 +2,9 @@
 
 WORK_DIR is a job's work directory (``<work_dir>/<job_id>``, holding
 ``events_*.jsonl``). The report comes from the drop-in's public API
-(``EventLogger.find_latest_events_file``, ``generate_status_report``,
-``EventLoggingMixin.analyze_resumption_state``), run over the job's latest
-events file without writing anything. ``--follow`` prints events as the running
+(``generate_status_report``, ``EventLoggingMixin.analyze_resumption_state``),
+run over the job's latest events file (the one ``find_latest_events_file``
+picks) through a reader of that file, without writing anything. ``--follow`` prints events as the running
 job appends them and stops at ``job_complete`` / ``job_failed``.
 
 Lines no reader can use (garbage, text that is not UTF-8, a line cut by a
@@ -23,10 +23,8 @@ import contextlib
 import io
 import json
 import os
-import threading
 import time
-from collections import Counter, deque
-from dataclasses import fields
+from collections import Counter
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -107,56 +105,50 @@ def _fail(args, message: str, code: int) -> int:
 # Reading a job through the public API, without writing to it
 
 
-def _classes():
-    from data_juicer_accel.core.executor.event_logging_mixin import Event, EventLogger, EventLoggingMixin, EventType
+class _EventsFileReader:
+    """An events file read whole, as the mixin's analysis and the status
+    report read a logger: ``jsonl_file``, ``job_id``, ``events`` (``Event``
+    objects of the types ``EventType`` knows; the other types counted in
+    ``unknown_event_types``), ``generate_status_report()``. Writes nothing."""
 
-    class FileEventLogger(EventLogger):
-        """An ``EventLogger`` over an existing events file: its events loaded,
-        no sink, no new file; logging to it is refused."""
+    def __init__(self, events_file: Path, job_id: str):
+        from data_juicer_accel.core.executor._event import EVENT_FIELDS, Event, EventType
 
-        #: A plain deque attribute here, not the native-backed property.
-        events = None
+        self.jsonl_file = events_file
+        self.job_id = job_id
+        self.events: list = []
+        self.unknown_event_types: Counter = Counter()
+        for record in _read_lines(events_file):
+            try:
+                event_type = EventType(record.get("event_type"))
+            except ValueError:
+                self.unknown_event_types[str(record.get("event_type"))] += 1
+                continue
+            kwargs = {k: v for k, v in record.items() if k in EVENT_FIELDS}
+            kwargs.update(event_type=event_type)
+            kwargs.setdefault("timestamp", 0.0)
+            kwargs.setdefault("message", "")
+            self.events.append(Event(**kwargs))
 
-        def __init__(self, events_file: Path, job_id: str):  # no super().__init__: it would create a file
-            self.log_dir = self.jsonl_dir = events_file.parent
-            self.jsonl_file = events_file
-            self.job_id = job_id
-            self.events = deque()
-            self.event_lock = self._events_read_lock = threading.Lock()
-            self.unknown_event_types: Counter = Counter()
-            names = {f.name for f in fields(Event)}
-            for record in _read_lines(events_file):
-                try:
-                    event_type = EventType(record.get("event_type"))
-                except ValueError:
-                    self.unknown_event_types[str(record.get("event_type"))] += 1
-                    continue
-                kwargs = {k: v for k, v in record.items() if k in names}
-                kwargs.update(event_type=event_type)
-                kwargs.setdefault("timestamp", 0.0)
-                kwargs.setdefault("message", "")
-                self.events.append(Event(**kwargs))
+    def generate_status_report(self) -> str:
+        from data_juicer_accel.core.executor._event_logger import status_report
 
-        def log_event(self, event):
-            raise RuntimeError("read-only view of an events file")
+        return status_report(self.events)
 
-        def flush(self, fsync: bool = False) -> None:
-            pass
 
-        def close(self) -> None:
-            pass
+def _job_view(work_dir: str, reader: _EventsFileReader):
+    """The mixin's analysis over a finished or running job's files."""
+    from data_juicer_accel.core.executor.event_logging_mixin import EventLoggingMixin
 
     class JobView(EventLoggingMixin):
-        """The mixin's analysis over a finished or running job's files."""
-
         executor_type = "events"
 
-        def __init__(self, work_dir: str, event_logger):  # no mixin __init__: it would set up logging
+        def __init__(self):  # no mixin __init__: it would set up logging
             self.work_dir = work_dir
-            self.event_logger = event_logger
+            self.event_logger = reader
             self.cfg = argparse.Namespace()
 
-    return EventLogger, FileEventLogger, JobView
+    return JobView()
 
 
 def _read_lines(path: Path) -> list[dict[str, Any]]:
@@ -171,9 +163,9 @@ def _records(data: bytes) -> list[dict[str, Any]]:
     """The events in whole lines ``data``: lines that are not a JSON object
     (garbage, text that is not UTF-8, non-objects, nesting too deep) are skipped."""
     from data_juicer_accel import _native
-    from data_juicer_accel.core.executor.event_logging_mixin import _parse_event_lines
+    from data_juicer_accel.core.executor._event_files import parse_event_lines
 
-    return _parse_event_lines(_native.event_lines(data))
+    return parse_event_lines(_native.event_lines(data))
 
 
 def _events_files(work_dir: str) -> list[Path]:
@@ -182,7 +174,8 @@ def _events_files(work_dir: str) -> list[Path]:
 
 def _jobs_below(work_dir: str) -> list[str]:
     """Job directories directly below ``work_dir`` (a work root holding several jobs)."""
-    EventLogger, _, _ = _classes()
+    from data_juicer_accel.core.executor.event_logging_mixin import EventLogger
+
     jobs = {os.path.basename(j["work_dir"]) for j in EventLogger.list_available_jobs(work_dir)}
     for entry in os.scandir(work_dir):
         if entry.is_dir() and any(Path(entry.path).glob(_EVENTS_GLOB)):
@@ -191,12 +184,13 @@ def _jobs_below(work_dir: str) -> list[str]:
 
 
 def build_report(work_dir: str) -> dict[str, Any]:
-    EventLogger, FileEventLogger, JobView = _classes()
+    from data_juicer_accel.core.executor._event_files import latest_events_file
+
     if not os.path.exists(work_dir):
         raise _NoEvents(f"{work_dir}: no such directory")
     if not os.path.isdir(work_dir):
         raise _NoEvents(f"{work_dir}: not a directory")
-    latest = EventLogger.find_latest_events_file(None, work_dir)  # uses no instance state
+    latest = latest_events_file(work_dir)
     if latest is None:
         jobs = _jobs_below(work_dir)
         if len(jobs) == 1:
@@ -217,23 +211,23 @@ def build_report(work_dir: str) -> dict[str, Any]:
         except (OSError, ValueError):
             summary = None
     try:
-        return _report(work_dir, latest, summary, FileEventLogger, JobView)
+        return _report(work_dir, latest, summary)
     except Exception as e:  # what the file holds broke the analysis: say so in one line
         reason = str(e).splitlines()[0] if str(e) else ""
         raise _Unreadable(f"{latest}: cannot analyse its events: {type(e).__name__}: {reason}") from e
 
 
-def _report(work_dir: str, latest: Path, summary, FileEventLogger, JobView) -> dict[str, Any]:
+def _report(work_dir: str, latest: Path, summary) -> dict[str, Any]:
     records = _read_lines(latest)
     job_id = (summary or {}).get("job_id") or next(
         (r["job_id"] for r in records if r.get("job_id")), os.path.basename(work_dir)
     )
 
-    event_logger = FileEventLogger(latest, job_id)
-    view = JobView(work_dir, event_logger)
+    reader = _EventsFileReader(latest, job_id)
+    view = _job_view(work_dir, reader)
     analysis = view.analyze_resumption_state(job_id)
-    counts = Counter(e.event_type.value for e in event_logger.events)
-    counts.update(event_logger.unknown_event_types)
+    counts = Counter(e.event_type.value for e in reader.events)
+    counts.update(reader.unknown_event_types)
 
     runs = []
     for path in _events_files(work_dir):

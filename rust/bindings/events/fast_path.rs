@@ -1,5 +1,7 @@
-//! `LogEventFastPath`: whether a `_log_event` call can skip the Python
-//! method, and the sink call when it can.
+//! `LogEventFastPath`: which `EventLoggingMixin._log_event` calls go
+//! straight to the executor's sink, and the sink call when they do. This
+//! is the only place the rule is written: the C method asks
+//! [`LogEventFastPath::log_keywords`], the Python method asks `log`.
 
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -13,14 +15,15 @@ use crate::bindings::gil::guarded;
 const DEBUG_LEVEL: f64 = 10.0;
 const INFO_LEVEL: f64 = 20.0;
 
-/// `EventLoggingMixin._log_event` for the common case, in one native call:
-/// the executor's `EventLogger` is the package's own (its `log_event` not
-/// replaced) and no loguru sink takes DEBUG. Everything else, and every
-/// error, is left to the Python method, which behaves as the reference.
+/// `EventLoggingMixin._log_event` through the executor's sink, for an
+/// executor whose `EventLogger` is the package's own (its `log_event` not
+/// replaced). Everything else, and every error, is left to the Python
+/// method, which behaves as the reference.
 #[pyclass(frozen, module = "data_juicer_accel._native")]
 pub struct LogEventFastPath {
     /// loguru's `logger._core`, whose `min_level` is the lowest level any
-    /// sink accepts (`inf` with none).
+    /// sink accepts (`inf` with none); `None` or any object without it
+    /// means "every level".
     loguru_core: Py<PyAny>,
     /// `EventLogger.log_event` as defined by the package.
     package_log_event: Py<PyAny>,
@@ -36,9 +39,12 @@ impl LogEventFastPath {
         }
     }
 
-    /// Logs the event of `executor._log_event(event_type, message, **kwargs)`
-    /// and returns `True`, or the `Event` when an INFO sink wants its line.
-    /// Returns `None`, having done nothing, when the Python method must run.
+    /// For the Python `_log_event` (which has written its DEBUG lines):
+    /// logs `executor._log_event(event_type, message, **kwargs)` through the
+    /// sink and returns `True`, or the `Event` when an INFO sink wants its
+    /// line. Returns `None`, having done nothing, when the event must be
+    /// built in Python (not the package's logger, a keyword `Event()`
+    /// rejects).
     fn log<'py>(
         &self,
         py: Python<'py>,
@@ -49,14 +55,32 @@ impl LogEventFastPath {
     ) -> PyResult<Option<Bound<'py, PyAny>>> {
         guarded("LogEventFastPath.log", || {
             let keywords = kwargs.iter().flat_map(|kwargs| kwargs.iter());
-            self.log_keywords(py, &executor, event_type, message, keywords)
-                .map(|logged| logged.into_python(py))
+            self.log_keywords(
+                py,
+                &executor,
+                event_type,
+                message,
+                keywords,
+                Caller::PythonMethod,
+            )
+            .map(|logged| logged.into_python(py))
         })
     }
 }
 
+/// Who asks the fast path: the C method sends every call, the Python
+/// method only the calls the C method declined.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Caller {
+    CMethod,
+    PythonMethod,
+}
+
 impl LogEventFastPath {
-    /// [`log`](Self::log) with the keyword arguments as `(name, value)` pairs.
+    /// [`log`](Self::log) with the keyword arguments as `(name, value)`
+    /// pairs. The C method's calls are declined whole while a sink takes
+    /// DEBUG or loguru's level cannot be read: the Python method writes the
+    /// reference's DEBUG lines, then asks again.
     pub(crate) fn log_keywords<'py>(
         &self,
         py: Python<'py>,
@@ -64,17 +88,17 @@ impl LogEventFastPath {
         event_type: Bound<'py, PyAny>,
         message: Bound<'py, PyAny>,
         keywords: impl Iterator<Item = (Bound<'py, PyAny>, Bound<'py, PyAny>)>,
+        caller: Caller,
     ) -> PyResult<Logged<'py>> {
-        let Some(min_level) = self.min_log_level(py) else {
-            return Ok(Logged::Declined);
-        };
-        if min_level <= DEBUG_LEVEL {
+        let min_level = self.min_log_level(py);
+        let debug_sink = min_level.is_none_or(|level| level <= DEBUG_LEVEL);
+        if caller == Caller::CMethod && debug_sink {
             return Ok(Logged::Declined);
         }
+        let wants_event = min_level.is_none_or(|level| level <= INFO_LEVEL);
         let Some((sink, job_id)) = self.package_logger_of(py, executor) else {
             return Ok(Logged::Declined);
         };
-        let wants_event = min_level <= INFO_LEVEL;
         sink.get()
             .log_keywords(py, event_type, message, keywords, job_id, wants_event)
     }

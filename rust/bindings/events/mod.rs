@@ -26,7 +26,7 @@ mod sink;
 
 use pyo3::prelude::*;
 
-pub(crate) use fast_path::LogEventFastPath;
+pub(crate) use fast_path::{Caller, LogEventFastPath};
 pub(crate) use sink::{EventSink, Logged};
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
