@@ -63,8 +63,24 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ["RAY_TMPDIR"] = _OWN_RAY_TMPDIR
 
 
+def _dirs_in_use() -> set[str]:
+    """Directories a live process still uses: this process's own
+    multiprocessing temp dir (its exit handler removes it) and those holding a
+    bound Unix socket (another test session's live pool Manager)."""
+    import multiprocessing.process
+
+    in_use = {multiprocessing.process.current_process()._config.get("tempdir") or ""}
+    try:
+        with open("/proc/net/unix") as sockets:
+            fields = (line.split() for line in sockets)
+            in_use.update(os.path.dirname(f[7]) for f in fields if len(f) >= 8 and f[7].startswith("/"))
+    except OSError:
+        pass
+    return in_use
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
-    for path in _killed_childrens_dirs() - _TEMP_BEFORE:
+    for path in _killed_childrens_dirs() - _TEMP_BEFORE - _dirs_in_use():
         shutil.rmtree(path, ignore_errors=True)
     if _OWN_RAY_TMPDIR is not None:
         shutil.rmtree(_OWN_RAY_TMPDIR, ignore_errors=True)
