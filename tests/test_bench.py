@@ -297,7 +297,8 @@ def test_bench_only_pipeline_runs_every_case_of_a_real_pipeline(tmp_path):
     """Each case is a real 1.6.1 DefaultExecutor run; the per-op cases save
     once per op after the first, the end-of-run case once, the others never."""
     require("data_juicer")
-    from data_juicer_accel.bench import pipeline, readme
+    from benches import readme
+    from data_juicer_accel.bench import pipeline
 
     result = pipeline.run_pipeline_bench(300_000, 1, str(tmp_path), stall_size=2_000_000)
     rows = {row["case"]: row for row in result["rows"]}

@@ -230,34 +230,3 @@ def stall_sentence(big: dict) -> str:
         f"background save_ckpt of a {big['bytes'] / 1e9:.2f} GB {source}: stall {big['stall_ms']:.2f} ms "
         f"median{worst}, committed after {big['commit_s']:.2f} s{measured}"
     )
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m data_juicer_accel.bench.pipeline stall [RESULTS.json]``:
-    measures the 1 GB background-save stall alone and, given the pipeline
-    bench's JSON, stores it there with its command and date."""
-    import datetime
-    import json
-    import sys
-    import tempfile
-
-    args = argv if argv is not None else sys.argv[1:]
-    if not args or args[0] != "stall":
-        print("usage: python -m data_juicer_accel.bench.pipeline stall [RESULTS.json]", file=sys.stderr)
-        return 2
-    with tempfile.TemporaryDirectory(prefix="dja-stall-") as workdir:
-        big = stall_at_size(10**9, 5, workdir)
-    big["command"] = "python -m data_juicer_accel.bench.pipeline stall"
-    big["date"] = datetime.date.today().isoformat()
-    print(stall_sentence(big))
-    if len(args) > 1:
-        with open(args[1]) as f:
-            results = json.load(f)
-        results[next(iter(results))]["stall_at_size"] = big
-        with open(args[1], "w") as f:
-            json.dump(results, f, indent=2)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
