@@ -20,5 +20,7 @@ data-juicer-accel bench --report docs/bench.json --plot docs/bench.png | grep -v
 # (about 10 and 30 minutes):
 #   data-juicer-accel bench --only pipeline --json docs/bench-pipeline.json
 #   data-juicer-accel bench --only ray --size 256MB --rounds 5 --json docs/bench-ray.json
-python -m data_juicer_accel.bench.readme docs/bench.json README.md docs/bench-pipeline.json docs/bench-ray.json
+# and the pipeline table's 1 GB background-save stall alone (a minute):
+#   python benches/stall.py docs/bench-pipeline.json
+python benches/readme.py docs/bench.json README.md docs/bench-pipeline.json docs/bench-ray.json
 echo "updated docs/bench.json, docs/bench.txt, docs/bench.png and README.md" >&2

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -28,6 +29,9 @@ from data_juicer_accel.bench.corpus import (  # noqa: E402
     table_buffers,
     text_zstd_ratio,
 )
+
+#: The results of a real default run.
+DOCS_BENCH_JSON = Path(__file__).resolve().parent.parent / "docs" / "bench.json"
 
 
 def test_parse_size():
@@ -118,16 +122,19 @@ def test_cli_dispatches_subcommands(capsys):
 
 
 def test_bench_command_end_to_end(tmp_path):
-    """`python -m data_juicer_accel bench` on a tiny corpus: the table, the
-    JSON and the plot come out, with every competitor measured."""
+    """`python -m data_juicer_accel bench` on a tiny corpus, once: the first
+    lines say time and disk, the progress never shows 100 % before the end,
+    the table, the JSON and the plot come out, with every competitor
+    measured."""
     out_json = tmp_path / "r.json"
-    args = [sys.executable, "-m", "data_juicer_accel", "bench", "--size", "3MB", "--rounds", "1"]
-    args += ["--small-rounds", "1", "--events", "2000", "--analysis-events", "2000", "--no-progress"]
+    args = [sys.executable, "-m", "data_juicer_accel", "bench", "--size", "2MB", "--rounds", "1"]
+    args += ["--small-rounds", "1", "--events", "1000", "--analysis-events", "100"]
     args += ["--num-proc", "2", "--json", str(out_json), "--workdir", str(tmp_path / "w")]
     if require("matplotlib"):
         args += ["--plot", str(tmp_path / "p.png")]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
+    _assert_first_lines_and_bar(proc.stderr.splitlines())
     assert "writer" in proc.stdout
     assert proc.stdout.startswith("data-juicer-accel saves ")
     assert max(len(line) for line in proc.stdout.splitlines()) <= report.WIDTH
@@ -142,7 +149,7 @@ def test_bench_command_end_to_end(tmp_path):
     # The zstd ceiling is sampled after every save, with the writers' threads.
     assert results["ceiling"]["samples"] == len(keys) and results["ceiling"]["threads"] == 2
     assert results["temp_disk"]["peak_bytes"] > 0 and not (tmp_path / "w" / "ckpt-accel-0").exists()
-    assert results["command"].startswith("data-juicer-accel bench --size 3MB --rounds 1")
+    assert results["command"].startswith("data-juicer-accel bench --size 2MB --rounds 1")
     assert (tmp_path / "p.png").stat().st_size > 0
     if ev.load_accel() is None:
         assert ev.NOT_AVAILABLE in proc.stdout
@@ -154,41 +161,48 @@ def test_bench_command_end_to_end(tmp_path):
     assert report.render(results)
 
 
-BENCH_WITHOUT = """
-import sys
-for name in {blocked!r}:
-    sys.modules[name] = None  # as if not installed: importing it raises ImportError
-from data_juicer_accel.cli import main
-sys.exit(main(["bench", "--only", "checkpoints", "--size", "2MB", "--rounds", "1", "--small-rounds", "1",
-               "--no-progress", "--num-proc", "2", "--json", {out!r}]))
-"""
+def _assert_first_lines_and_bar(err: list[str]) -> None:
+    assert err[0].startswith("expected: about ") and "Ctrl-C stops it" in err[0]
+    assert err[1].startswith("temporary disk: at most about ") and "removed at the end" in err[1]
+    ours = [line for line in err if line.startswith("[") and "%" in line]  # HF prints bars of its own
+    assert ours and all(int(line[1:].split("%")[0]) <= 99 for line in ours)
 
 
-def _bench_without(blocked, tmp_path):
-    out = str(tmp_path / "r.json")
-    code = BENCH_WITHOUT.format(blocked=blocked, out=out)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc.stdout, json.loads(open(out).read())
-
-
-def test_without_py_data_juicer_the_row_is_its_save_to_disk_call(tmp_path):
+def test_without_py_data_juicer_the_row_is_its_save_to_disk_call(tmp_path, monkeypatch, capsys):
+    """In this process (`--only checkpoints`, 1 MB): the bar advances by the
+    costs it planned with, reaching the plan's total exactly at the end."""
     require("datasets")
-    stdout, results = _bench_without(["data_juicer"], tmp_path)
+    from data_juicer_accel.bench.runner import BenchConfig, Runner
+
+    monkeypatch.setitem(sys.modules, "data_juicer", None)  # as if not installed: importing it raises ImportError
+    cfg = BenchConfig(size=10**6, rounds=1, small_rounds=1, num_proc=1, only="checkpoints", workdir=str(tmp_path))
+    runner = Runner(cfg)
+    results = runner.run()
+    assert runner.progress.done == pytest.approx(runner.progress.total)
+    _assert_first_lines_and_bar(capsys.readouterr().err.splitlines())
     reference = results["checkpoints"][1]
     assert reference["key"] == "hf"
     assert reference["label"] == ck.HFDatasets.label
-    assert "as Data-Juicer 1.6.1 calls it" in stdout
-    assert "py-data-juicer cannot be imported" in stdout.split("\n\n")[0]  # said in the headline
-    assert stdout.startswith("data-juicer-accel saves ")
+    text = report.render(results)
+    assert "as Data-Juicer 1.6.1 calls it" in text
+    assert "py-data-juicer cannot be imported" in text.split("\n\n")[0]  # said in the headline
+    assert text.startswith("data-juicer-accel saves ")
 
 
-def test_a_writer_that_cannot_run_is_listed_with_the_reason(tmp_path):
-    stdout, results = _bench_without(["data_juicer", "datasets"], tmp_path)
-    assert [s["key"] for s in results["skipped"]] == ["hf"]
-    said = " ".join(stdout.split())  # the report wraps lines at 100 columns
+def test_a_writer_that_cannot_run_is_listed_with_the_reason(monkeypatch):
+    """The runner's choice of writers and the report, on the figures of a
+    real run (docs/bench.json) -- no bench run needed."""
+    from data_juicer_accel.bench.runner import BenchConfig, Runner
+
+    for name in ("data_juicer", "datasets"):
+        monkeypatch.setitem(sys.modules, name, None)
+    runner = Runner(BenchConfig(size=10**6, num_proc=2))
+    runnable = runner._runnable(ck.competitors(2))
+    assert [s["key"] for s in runner.results["skipped"]] == ["hf"]
+    assert {c.key for c in runnable} == {"accel", "ipc", "ipc_sharded", "parquet"}
+    results = {**json.loads(DOCS_BENCH_JSON.read_text()), "skipped": runner.results["skipped"]}
+    said = " ".join(report.render(results).split())  # the report wraps lines at 100 columns
     assert "not measured: " + ck.HFDatasets.label + " -- `datasets` cannot be imported" in said
-    assert {r["key"] for r in results["checkpoints"]} == {"accel", "ipc", "ipc_sharded", "parquet"}
 
 
 def test_one_table_renderer_for_the_terminal_and_markdown():
@@ -212,19 +226,24 @@ def test_bench_only_ray_compares_with_the_reference_on_real_ray(tmp_path):
             "--only",
             "ray",
             "--size",
-            "8MB",
+            "2MB",
             "--rounds",
             "1",
             "--partitions",
-            "4",
+            "2",
             "--json",
             str(out),
+            "--workdir",
+            str(tmp_path / "w"),
         ],
         capture_output=True,
         text=True,
         timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    err = proc.stderr.splitlines()
+    assert err[0].startswith("expected: about ") and err[1].startswith("temporary disk: at most about ")
+    assert list((tmp_path / "w").iterdir()) == []
     results = json.loads(out.read_text())
     rows = results["ray"]
     assert [r["name"] for r in rows][0].startswith("data-juicer-accel")
@@ -240,11 +259,11 @@ def test_bench_only_ray_compares_with_the_reference_on_real_ray(tmp_path):
     require("data_juicer")
     job = results["ray_job"]
     assert [r["case"] for r in job["rows"]] == ["reference", "accel"]
-    assert job["partitions"] == 4 and job["same_export"] and job["exported_rows"] > 0
+    assert job["partitions"] == 2 and job["same_export"] and job["exported_rows"] > 0
     for row in job["rows"]:
         assert row["run_s"] > 0 and row["process_s"] > row["run_s"] and row["ckpt_bytes"] > 0
         assert 0 < row["save_s"] < row["run_s"] * 2  # saves of partitions side by side may overlap
-        assert row["checkpoints"] == 6 * 4  # every op of every partition
+        assert row["checkpoints"] == 6 * 2  # every op of every partition
         assert row["rows"] == job["exported_rows"]
     assert job["rows"][1]["ckpt_bytes_vs_reference"] > 0
     assert proc.stdout.index("write_parquet") < proc.stdout.index("ray_partitioned job")
@@ -259,8 +278,8 @@ def test_ray_job_is_listed_as_not_run_without_py_data_juicer(tmp_path, monkeypat
     blocked.mkdir(parents=True)
     (blocked / "__init__.py").write_text("raise ImportError('blocked by the test')\n")
     monkeypatch.setenv("PYTHONPATH", str(blocked.parent))
-    args = cli.build_parser().parse_args(["bench", "--only", "ray", "--workdir", str(tmp_path)])
-    result = bench_cli._run_ray_job(args)
+    args = cli.build_parser().parse_args(["bench", "--only", "ray"])
+    result = bench_cli._run_ray_job(args, 10**6, str(tmp_path))
     assert result == {"not_run": "py-data-juicer cannot be imported (ImportError: blocked by the test)"}
     assert f"not run: {ray_job.TITLE} -- py-data-juicer cannot be imported" in capsys.readouterr().out
 
@@ -297,9 +316,10 @@ def test_bench_only_pipeline_runs_every_case_of_a_real_pipeline(tmp_path):
     """Each case is a real 1.6.1 DefaultExecutor run; the per-op cases save
     once per op after the first, the end-of-run case once, the others never."""
     require("data_juicer")
-    from data_juicer_accel.bench import pipeline, readme
+    from benches import readme
+    from data_juicer_accel.bench import pipeline
 
-    result = pipeline.run_pipeline_bench(300_000, 1, str(tmp_path), stall_size=2_000_000)
+    result = pipeline.run_pipeline_bench(300_000, 1, str(tmp_path), np_=1, stall_size=2_000_000, warm_up=False)
     rows = {row["case"]: row for row in result["rows"]}
     assert list(rows) == pipeline.CASES
     assert all(row["seconds"] > 0 for row in rows.values())
@@ -371,9 +391,7 @@ def test_plot_without_matplotlib_is_refused_before_the_run(tmp_path):
 
 def test_the_report_fits_100_columns_and_explains_its_terms():
     """On the figures of a real default run (docs/bench.json)."""
-    from pathlib import Path
-
-    results = json.loads((Path(__file__).resolve().parent.parent / "docs" / "bench.json").read_text())
+    results = json.loads(DOCS_BENCH_JSON.read_text())
     text = report.render(results)
     assert max(len(line) for line in text.splitlines()) <= 100
     for unexplained in ("x ref (1 t)", "save CPU-s/GB", "% of zstd ceiling"):
@@ -386,17 +404,28 @@ def test_the_report_fits_100_columns_and_explains_its_terms():
     assert "  load: " in headline and "memory-maps" in headline and "not comparable" in headline
 
 
-def test_progress_ends_when_the_work_ends_and_the_first_lines_say_time_and_disk(capsys, tmp_path):
-    """The bar advances by the costs it planned with: it reaches the plan's
-    total exactly at the end (and shows at most 99% until then)."""
-    from data_juicer_accel.bench.runner import BenchConfig, Runner
+def test_ctrl_c_during_only_pipeline_leaves_nothing(tmp_path):
+    """Interrupted while a case's Data-Juicer process (np 2: a pool of
+    workers) runs its ops: one line, exit 130, no process and no file left
+    in the temp dir."""
+    require("data_juicer")
+    from tests.test_interrupt import Command, _assert_one_line
 
-    cfg = BenchConfig(size=2 * 10**6, rounds=1, small_rounds=1, events=1000, analysis_events=100, num_proc=2)
-    runner = Runner(cfg)
-    runner.run()
-    assert runner.progress.done == pytest.approx(runner.progress.total)
-    err = capsys.readouterr().err.splitlines()
-    assert err[0].startswith("expected: about ") and "Ctrl-C stops it" in err[0]
-    assert err[1].startswith("temporary disk: at most about ") and "removed at the end" in err[1]
-    ours = [line for line in err if line.startswith("[") and "%" in line]  # HF prints bars of its own
-    assert ours and all(int(line[1:].split("%")[0]) <= 99 for line in ours)
+    cmd = Command(["bench", "--only", "pipeline", "--size", "2MB", "--rounds", "1"], tmp_path)
+    cmd.wait_for(lambda: any(line.startswith("temporary disk: ") for line in cmd.err))
+    assert cmd.err[0].startswith("expected: about ")
+    workdir = Path(cmd.err[1].split(" in ", 1)[1].split(" (removed")[0])
+
+    def at_work() -> bool:  # the first case's log shows an op running
+        log = workdir / "none.log"
+        return log.exists() and "OP [" in log.read_text(errors="replace")
+
+    with cmd.changed:  # polled: the log is a file, not the command's output
+        while not at_work() and cmd.proc.poll() is None:
+            cmd.changed.wait(0.1)
+    cmd.wait_for(lambda: True)
+    _, after = cmd.interrupt()
+    assert cmd.proc.returncode == 130, "".join(cmd.err)
+    _assert_one_line(after)
+    assert cmd.out == []
+    cmd.assert_nothing_left()

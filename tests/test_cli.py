@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -65,6 +66,53 @@ def test_help_lists_the_subcommands():
     for name in ("inspect", "events", "dj-process"):
         assert name in proc.stdout
     assert cli().returncode == 2
+
+
+#: The console script next to this interpreter, as a user runs it.
+CONSOLE_SCRIPT = Path(sys.executable).with_name("data-juicer-accel")
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.05, 0.15, 0.3, 0.7])
+def test_ctrl_c_while_the_command_is_still_importing(tmp_path, delay):
+    """A Ctrl-C ``delay`` seconds after the command line's module is imported
+    (the interpreter's own start-up, before any of this package's code runs,
+    is Python's), while the bench is still importing what it runs: one line,
+    exit 130, no traceback, nothing left in the temp dir."""
+    if not CONSOLE_SCRIPT.exists():
+        pytest.skip(f"no console script at {CONSOLE_SCRIPT}")
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    # Python reports each import as it completes: the moment this package's
+    # command line module is in place is seen on stderr, not guessed.
+    env = dict(os.environ, TMPDIR=str(tmpdir), PYTHONPROFILEIMPORTTIME="1", PIP_NO_INDEX="1")
+    proc = subprocess.Popen(
+        [str(CONSOLE_SCRIPT), "bench", "--size", "40MB", "--rounds", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stderr is not None
+        err = []
+        for line in proc.stderr:
+            err.append(line)
+            if line.rstrip().endswith("| data_juicer_accel.cli"):
+                break
+        time.sleep(delay)  # not a synchronisation: the moment of the Ctrl-C is what varies
+        os.killpg(proc.pid, signal.SIGINT)
+        out, rest = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    said = [line.strip() for line in [*err, *rest.splitlines()] if not line.startswith("import time:")]
+    assert "Traceback" not in rest and "KeyboardInterrupt" not in rest, rest
+    assert proc.returncode == 130, rest
+    assert said and said[-1] == "data-juicer-accel: interrupted; nothing left behind", rest
+    assert all(line.startswith(("expected:", "temporary disk:", "[")) for line in said[:-1]), rest
+    assert out == "" and list(tmpdir.iterdir()) == []
 
 
 # --------------------------------------------------------------------------

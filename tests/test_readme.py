@@ -82,7 +82,7 @@ def test_the_drop_in_snippet_saves_then_resumes(tmp_path):
 
 
 def test_the_figures_are_those_of_docs_bench_json():
-    from data_juicer_accel.bench.readme import regions
+    from benches.readme import regions
 
     results = json.loads((ROOT / "docs" / "bench.json").read_text())
     pipeline_results = json.loads((ROOT / "docs" / "bench-pipeline.json").read_text())

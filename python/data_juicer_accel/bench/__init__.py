@@ -5,8 +5,11 @@ would otherwise use (py-data-juicer 1.6.1, HF datasets, pyarrow IPC, parquet).
 Modules: ``corpus`` (the default Data-Juicer-shaped corpus, user data),
 ``checkpoints`` (the competitors), ``events`` (event logging cases),
 ``measure`` (timing, RSS sampling, zstd ceiling), ``runner`` (rounds,
-medians), ``report`` (headline, tables, plot), ``readme`` (the README's
-figures from a run's JSON), ``cli`` (arguments).
+medians), ``progress`` (the first lines and the bar), ``report`` (headline,
+tables, plot), ``pipeline`` (``--only pipeline``), ``ray_checkpoints`` and
+``ray_job`` (``--only ray``), ``dj_jobs`` (what their Data-Juicer jobs
+share), ``cli`` (arguments). What only the maintainers run (the README's
+figures, the 1 GB stall re-measure) is in the repository's benches/.
 """
 
 __all__ = ["BenchConfig", "Runner"]

@@ -240,15 +240,21 @@ def _run_ray(args: argparse.Namespace) -> int:
     parquet on real Ray, then the same partitioned Data-Juicer job unpatched
     and patched."""
     from data_juicer_accel.bench import ray_checkpoints as bench_ray
+    from data_juicer_accel.bench import ray_job
     from data_juicer_accel.bench.runner import CpuShare, machine_info
+    from data_juicer_accel.tools import _interrupt
 
     machine, cpu = machine_info(), CpuShare()
     size_mb = 64 if args.size == 10**9 else max(1, args.size // 10**6)
-    rows = bench_ray.run_ray_bench(size_mb, args.rounds)
-    print(f"ray: {rows[0]['mb']} MB, local Ray with 2 CPUs, median of {args.rounds} round(s); x = vs this package")
-    print(bench_ray.format_table(rows))
-    print(bench_ray.bound_summary(rows))
-    job = _run_ray_job(args)
+    job_size = ray_job.JOB_SIZE if args.size == 10**9 else args.size
+    with _interrupt.temporary_directory("dja-bench-", dir=args.workdir) as workdir:
+        costs = [bench_ray.expected_cost(size_mb, args.rounds), ray_job.expected_cost(job_size, args.rounds)]
+        _say_expectations(args, sum(seconds for seconds, _ in costs), max(disk for _, disk in costs), workdir)
+        rows = bench_ray.run_ray_bench(size_mb, args.rounds, dir=workdir)
+        print(f"ray: {rows[0]['mb']} MB, local Ray with 2 CPUs, median of {args.rounds} round(s); x = vs this package")
+        print(bench_ray.format_table(rows))
+        print(bench_ray.bound_summary(rows))
+        job = _run_ray_job(args, job_size, workdir)
     machine.update(loadavg_end=list(os.getloadavg()), other_processes_cores=cpu.others())
     if args.json:
         with open(args.json, "w") as f:
@@ -261,19 +267,16 @@ def _run_ray(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_ray_job(args: argparse.Namespace) -> dict:
+def _run_ray_job(args: argparse.Namespace, size: int, workdir: str) -> dict:
     """The partitioned Ray job (see bench/ray_job.py), or why it was not run."""
     from data_juicer_accel.bench import ray_job
-    from data_juicer_accel.tools import _interrupt
 
     print()
     why = ray_job.why_not_runnable()
     if why is not None:
         print(f"not run: {ray_job.TITLE} -- {why}")
         return {"not_run": why}
-    size = ray_job.JOB_SIZE if args.size == 10**9 else args.size
-    with _interrupt.temporary_directory("dja-bench-", dir=args.workdir) as workdir:
-        result = ray_job.run_ray_job_bench(size, args.rounds, workdir, partitions=args.partitions)
+    result = ray_job.run_ray_job_bench(size, args.rounds, os.path.join(workdir, "job"), partitions=args.partitions)
     print(ray_job.format_report(result))
     return result
 
@@ -287,6 +290,7 @@ def _run_pipeline(args: argparse.Namespace) -> int:
     size = 200 * 10**6 if args.size == 10**9 else args.size
     machine, cpu = machine_info(), CpuShare()
     with _interrupt.temporary_directory("dja-bench-", dir=args.workdir) as workdir:
+        _say_expectations(args, *pipeline.expected_cost(size, args.rounds), workdir)
         result = pipeline.run_pipeline_bench(size, args.rounds, workdir)
     machine.update(loadavg_end=list(os.getloadavg()), other_processes_cores=cpu.others())
     result.update(machine=machine, command=command_line(args))
@@ -296,6 +300,14 @@ def _run_pipeline(args: argparse.Namespace) -> int:
             json.dump({"pipeline": result}, f, indent=2)
         print(f"\nresults written to {args.json}")
     return 0
+
+
+def _say_expectations(args: argparse.Namespace, seconds: float, disk_bytes: float, workdir: str) -> None:
+    """The first lines on stderr, as the main bench's (unless --no-progress)."""
+    from data_juicer_accel.bench.progress import expectations
+
+    if not args.no_progress:
+        print(expectations(seconds, disk_bytes, workdir), file=sys.stderr, flush=True)
 
 
 def _quiet() -> None:

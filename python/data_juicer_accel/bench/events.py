@@ -52,6 +52,8 @@ def load_reference():
         path = os.path.join(base, REFERENCE_FILE)
         if os.path.exists(path):
             module_spec = importlib.util.spec_from_file_location("_dj_reference_event_logging_mixin", path)
+            if module_spec is None or module_spec.loader is None:
+                return None
             module = importlib.util.module_from_spec(module_spec)
             module_spec.loader.exec_module(module)
             return module

@@ -46,6 +46,10 @@ CASE_LABELS = {
     "accel_bg": "every op, data-juicer-accel, background",
 }
 
+#: Peak temporary bytes per byte of text: the jsonl, every case's export and
+#: checkpoints (each case's directory is kept until its next round).
+DISK_PER_TEXT_BYTE = 12
+
 #: Runs one case inside its own interpreter; prints one JSON line.
 DRIVER = r"""
 import json, sys, time
@@ -113,6 +117,16 @@ def _config(workdir: str, case: str, data: str, np_: int) -> str:
     return write_job_config(root, "bench-pipeline", data, np_, settings)
 
 
+def _case_env(workdir: str) -> dict:
+    """The jobs' environment, with the temp dir inside ``workdir``: HF's
+    temporary cache of a case's process killed by a Ctrl-C (it cannot remove
+    it) goes with the bench's own directory."""
+    env = job_env(workdir)
+    env["TMPDIR"] = os.path.join(workdir, "tmp")
+    os.makedirs(env["TMPDIR"], exist_ok=True)
+    return env
+
+
 def run_case(case: str, workdir: str, data: str, np_: int, env: dict) -> dict:
     import shutil
 
@@ -157,13 +171,30 @@ def stall_at_size(size: int, rounds: int, workdir: str) -> dict:
     }
 
 
-def run_pipeline_bench(size: int, rounds: int, workdir: str, np_: int = 2, stall_size: int = 10**9) -> dict:
+def expected_cost(size: int, rounds: int, stall_size: int = 10**9) -> tuple[float, float]:
+    """Expected seconds and peak temporary bytes of ``run_pipeline_bench`` on
+    a quiet 2-core machine (docs/bench-pipeline.json, 200 MB: a case's process
+    takes about 5 s plus 0.25 s per MB of text; the stall case about 15 s per
+    GB to build its table and 7 s per GB saved). On disk: the text, each
+    case's export and checkpoints, and the stall case's checkpoint."""
+    case_s = 5 + 0.25 * size / 1e6
+    stall_s = (15 + 7 * max(rounds, 5)) * stall_size / 1e9
+    seconds = 10 + (len(CASES) * rounds + 1) * case_s + stall_s
+    return seconds, DISK_PER_TEXT_BYTE * size + 0.8 * stall_size
+
+
+def run_pipeline_bench(
+    size: int, rounds: int, workdir: str, np_: int = 2, stall_size: int = 10**9, warm_up: bool = True
+) -> dict:
+    """Every case ``rounds`` times, interleaved, after an untimed run that
+    fills the page cache (``warm_up``), then the stall at ``stall_size``."""
     data = os.path.join(workdir, "corpus.jsonl")
     data_bytes = write_corpus_jsonl(size, data)
-    env = job_env(workdir)
+    env = _case_env(workdir)
     seconds: dict[str, list] = {case: [] for case in CASES}
     stalls: dict[str, list] = {case: [] for case in CASES}
-    run_case("none", workdir, data, np_, env)  # warm-up: page cache, imports
+    if warm_up:
+        run_case("none", workdir, data, np_, env)
     for _ in range(rounds):
         for case in CASES:  # interleaved, so load changes hit every case alike
             result = run_case(case, workdir, data, np_, env)
@@ -230,34 +261,3 @@ def stall_sentence(big: dict) -> str:
         f"background save_ckpt of a {big['bytes'] / 1e9:.2f} GB {source}: stall {big['stall_ms']:.2f} ms "
         f"median{worst}, committed after {big['commit_s']:.2f} s{measured}"
     )
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m data_juicer_accel.bench.pipeline stall [RESULTS.json]``:
-    measures the 1 GB background-save stall alone and, given the pipeline
-    bench's JSON, stores it there with its command and date."""
-    import datetime
-    import json
-    import sys
-    import tempfile
-
-    args = argv if argv is not None else sys.argv[1:]
-    if not args or args[0] != "stall":
-        print("usage: python -m data_juicer_accel.bench.pipeline stall [RESULTS.json]", file=sys.stderr)
-        return 2
-    with tempfile.TemporaryDirectory(prefix="dja-stall-") as workdir:
-        big = stall_at_size(10**9, 5, workdir)
-    big["command"] = "python -m data_juicer_accel.bench.pipeline stall"
-    big["date"] = datetime.date.today().isoformat()
-    print(stall_sentence(big))
-    if len(args) > 1:
-        with open(args[1]) as f:
-            results = json.load(f)
-        results[next(iter(results))]["stall_at_size"] = big
-        with open(args[1], "w") as f:
-            json.dump(results, f, indent=2)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,9 +1,24 @@
-"""A dependency-free progress bar on stderr."""
+"""What the bench says while it runs, on stderr: its first two lines (the
+time and disk to expect) and a dependency-free progress bar."""
 
 from __future__ import annotations
 
+import os
 import sys
 import time
+
+
+def expectations(seconds: float, disk_bytes: float, where: str) -> str:
+    """The first two lines of every bench run: how long it should take and
+    how much temporary disk it needs, in ``where``."""
+    minutes = seconds / 60
+    took = f"about {minutes:.0f} min" if minutes >= 1.5 else f"about {max(seconds, 1):.0f} s"
+    load = os.getloadavg()[0]
+    busy = f" (load average now {load:.1f}: expect longer)" if load > (os.cpu_count() or 1) else ""
+    return (
+        f"expected: {took} on a quiet 2-core machine{busy}; Ctrl-C stops it\n"
+        f"temporary disk: at most about {disk_bytes / 1e6:,.0f} MB in {where} (removed at the end)"
+    )
 
 
 class Progress:

@@ -123,11 +123,22 @@ def start_local_ray(size_mb: int) -> None:
     )
 
 
-def run_ray_bench(size_mb: int, rounds: int) -> list[dict]:
+def expected_cost(size_mb: int, rounds: int) -> tuple[float, float]:
+    """Expected seconds and peak temporary bytes of ``run_ray_bench`` on a
+    quiet 2-core machine (docs/bench-ray.json: about 20 s to start Ray and
+    warm it up, then per dataset and round four saves and three loads of
+    200-500 MB/s; our checkpoint and the reference's parquet side by side)."""
+    per_round = 7 * size_mb / 300
+    seconds = 20 + len(DATASETS) * (2 + 0.05 * size_mb + max(1, rounds) * per_round)
+    return seconds, 1.5 * size_mb * 1e6
+
+
+def run_ray_bench(size_mb: int, rounds: int, dir: str | None = None) -> list[dict]:
     """One row per dataset and implementation: ``data``, ``name``,
     ``save_mb_s``, ``load_mb_s``, ``disk_mb`` (median of ``rounds``), and
     ``save_ratio``, ``load_ratio``, ``disk_ratio``: the row's figure divided
-    by ours on the same data (ours = 1.0)."""
+    by ours on the same data (ours = 1.0). The checkpoints go to a temporary
+    directory in ``dir`` (default: the system's)."""
     import ray
 
     started = not ray.is_initialized()
@@ -135,7 +146,7 @@ def run_ray_bench(size_mb: int, rounds: int) -> list[dict]:
         start_local_ray(size_mb)
     ray.data.DataContext.get_current().enable_progress_bars = False
     rows: list[dict] = []
-    root = _interrupt.temp_dir("dja-bench-ray-")
+    root = _interrupt.temp_dir("dja-bench-ray-", dir=dir)
     try:
         _warm_up(root)
         for data in DATASETS:

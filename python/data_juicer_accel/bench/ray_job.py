@@ -190,6 +190,15 @@ def save_seconds(log: str) -> float:
     return total
 
 
+def expected_cost(size: int, rounds: int) -> tuple[float, float]:
+    """Expected seconds and peak temporary bytes of ``run_ray_job_bench`` on a
+    quiet 2-core machine (docs/bench-ray.json: a job process takes about 7 s
+    plus 0.27 s per MB of jsonl; the reference's checkpoints take 3.4 times
+    the text, and one job's directory is kept at a time)."""
+    seconds = 10 + 2 * rounds * (7 + 0.27 * size / 1e6)
+    return seconds, 5.5 * size
+
+
 def run_ray_job_bench(size: int, rounds: int, workdir: str, partitions: int = 4, np_: int = 2) -> dict:
     """Both cases, ``rounds`` interleaved rounds; medians and patched/unpatched ratios."""
     os.makedirs(workdir, exist_ok=True)

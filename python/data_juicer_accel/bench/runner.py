@@ -8,6 +8,7 @@ import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import pyarrow as pa
 
@@ -15,7 +16,7 @@ from data_juicer_accel.bench import checkpoints as ck
 from data_juicer_accel.bench import events as ev
 from data_juicer_accel.bench.corpus import default_corpus, load_user_data, table_buffers, text_zstd_ratio
 from data_juicer_accel.bench.measure import PeakRSS, median, release_memory, timed, timed_cpu, zstd_ceiling
-from data_juicer_accel.bench.progress import Progress
+from data_juicer_accel.bench.progress import Progress, expectations
 from data_juicer_accel.tools import _interrupt
 
 MB = 1e6
@@ -49,16 +50,16 @@ class BenchConfig:
 class CpuShare:
     """CPU used by other processes while the bench runs (cores, averaged)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
+        self.psutil: Any = None
         try:
             import psutil
         except ImportError:
-            self.psutil = None
             return
         self.psutil = psutil
         self.start = self._sample()
 
-    def _sample(self):
+    def _sample(self) -> tuple[float, float, float]:
         psutil = self.psutil
         cpu = psutil.cpu_times()
         busy = cpu.user + cpu.system + getattr(cpu, "nice", 0) + getattr(cpu, "irq", 0) + getattr(cpu, "softirq", 0)
@@ -217,14 +218,7 @@ class Runner:
         disk = nbytes if self.cfg.run_checkpoints else 0  # Data-Juicer's checkpoint is uncompressed
         if self.cfg.run_events:
             disk += self.cfg.analysis_events * 400  # the analysed event log
-        minutes = seconds / 60
-        took = f"about {minutes:.0f} min" if minutes >= 1.5 else f"about {max(seconds, 1):.0f} s"
-        load = os.getloadavg()[0]
-        busy = f" (load average now {load:.1f}: expect longer)" if load > (os.cpu_count() or 1) else ""
-        return (
-            f"expected: {took} on a quiet 2-core machine{busy}; Ctrl-C stops it\n"
-            f"temporary disk: at most about {disk / 1e6:,.0f} MB in {base} (removed at the end)"
-        )
+        return expectations(seconds, disk, base)
 
     def _runnable(self, comps):
         """The competitors that can run; each one that cannot is recorded
@@ -280,7 +274,7 @@ class Runner:
         nbytes = table.nbytes
         prepared = {c.key: c.prepare(table) for c in comps}
         pieces = table_buffers(table)
-        raw = {
+        raw: dict[str, dict[str, list]] = {
             c.key: {"save_s": [], "load_s": [], "save_cpu": [], "load_cpu": [], "disk": [], "peak": []} for c in comps
         }
         # The zstd ceiling: how fast zstd alone compresses the same bytes.
@@ -292,7 +286,7 @@ class Runner:
         # run down, so the best sample is the most robust estimate of what
         # the machine can do. Writers are compared by their best round too.
         ceiling: dict = {"one": [], "all": [], "cpu": []}
-        checked = set()
+        checked: set[str] = set()
         for r in range(cfg.rounds):
             order = comps[r % len(comps) :] + comps[: r % len(comps)]
             for comp in order:
@@ -387,7 +381,7 @@ class Runner:
         small = table.slice(0, min(cfg.small_rows, table.num_rows))
         cases = self._small_cases(comps)
         prepared = {c.key: c.prepare(small) for c in cases}
-        raw = {c.key: {"save_s": [], "load_s": []} for c in cases}
+        raw: dict[str, dict[str, list]] = {c.key: {"save_s": [], "load_s": []} for c in cases}
         for r in range(cfg.small_rounds + 1):  # round 0 warms imports up, not counted
             for comp in cases:
                 self.progress.step(f"small checkpoint, round {r}/{cfg.small_rounds}: {comp.label}")

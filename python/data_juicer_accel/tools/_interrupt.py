@@ -51,6 +51,8 @@ _interrupted = threading.Event()
 _raised = threading.Event()
 _noting = threading.Lock()
 _stderr_fd: int | None = None
+#: The real stderr while fd 2 is /dev/null for a moment (resource trackers starting).
+_stderr_while_muted: int | None = None
 
 
 def temp_dir(prefix: str, dir: str | None = None) -> str:
@@ -209,7 +211,7 @@ def _note_interrupt() -> None:
     with _noting:
         if _interrupted.is_set():
             return
-        _stderr_fd = os.dup(2)
+        _stderr_fd = os.dup(2 if _stderr_while_muted is None else _stderr_while_muted)
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, 2)
         os.close(devnull)
@@ -282,17 +284,42 @@ def _start_resource_trackers() -> None:
     the semaphores of the killed pool and would warn about each."""
     import importlib
 
+    global _stderr_while_muted
     saved = os.dup(2)
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
+        _stderr_while_muted = saved  # where the one line goes on a Ctrl-C meanwhile
         os.dup2(devnull, 2)
         for name in ("multiprocessing.resource_tracker", "multiprocess.resource_tracker"):
             with contextlib.suppress(ImportError):
                 importlib.import_module(name).ensure_running()
     finally:
         os.dup2(saved, 2)
+        _stderr_while_muted = None
         os.close(saved)
         os.close(devnull)
+
+
+def _end_at_once(signum: int, frame: object) -> None:
+    """A Ctrl-C before ``guard`` is in place: the command is still importing
+    what it runs and has started nothing to unwind."""
+    _note_interrupt()
+    finish()
+
+
+@contextlib.contextmanager
+def from_the_start() -> Iterator[None]:
+    """Around a whole command: a Ctrl-C while it is still importing (before
+    ``guard``) ends it at once, as one later does: one line, exit 130, and no
+    traceback of the import it broke."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous_handler = signal.signal(signal.SIGINT, _end_at_once)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous_handler)
 
 
 @contextlib.contextmanager

@@ -1,6 +1,8 @@
 """Writes a bench run's figures into README.md, so that the README says what
-docs/bench.json measured: ``python -m data_juicer_accel.bench.readme
-docs/bench.json README.md`` (docs/regenerate-bench.sh runs it after a run).
+docs/bench.json measured. A maintainer's tool, not shipped: run from the
+repository's root (docs/regenerate-bench.sh runs it after a run)::
+
+    python benches/readme.py docs/bench.json README.md docs/bench-pipeline.json docs/bench-ray.json
 
 Two marked regions are replaced: ``bench-headline`` (the headline lines) and
 ``bench-summary`` (the command, the machine and the main table); given the JSON
