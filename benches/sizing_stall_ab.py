@@ -15,16 +15,16 @@ import time
 import pyarrow as pa
 
 from data_juicer_accel.bench.corpus import default_corpus, parse_size
-from data_juicer_accel.utils import ckpt_utils
+from data_juicer_accel.utils import ckpt_sources
 from data_juicer_accel.utils.ckpt_utils import CheckpointManager
 
-new_gate = ckpt_utils._sized_natively
+new_gate = ckpt_sources._sized_natively
 
 
 def old_gate(data_type):  # the gate before structs were sized natively
     if pa.types.is_list(data_type) or pa.types.is_large_list(data_type):
         return old_gate(data_type.value_type)
-    return any(is_type(data_type) for is_type in ckpt_utils._NATIVELY_SIZED_LEAVES)
+    return any(is_type(data_type) for is_type in ckpt_sources._NATIVELY_SIZED_LEAVES)
 
 
 size, rounds = parse_size(sys.argv[1]), int(sys.argv[2])
@@ -51,7 +51,7 @@ try:
         for case, gate in (
             (("before", old_gate), ("after", new_gate)) if r % 2 == 0 else (("after", new_gate), ("before", old_gate))
         ):
-            ckpt_utils._sized_natively = gate
+            ckpt_sources._sized_natively = gate
             start = time.perf_counter()
             manager.save_ckpt(table)
             stalls[case].append(time.perf_counter() - start)

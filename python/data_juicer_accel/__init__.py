@@ -6,7 +6,7 @@ Change one word in an import::
     from data_juicer_accel.utils.ckpt_utils import CheckpointManager    # after
 """
 
-from data_juicer_accel import _exit  # noqa: F401 - first: its exit hook must run after the others
+from data_juicer_accel import _lifecycle  # noqa: F401 - first: the exit and fork handlers (see its doc)
 from data_juicer_accel._native import __version__
 from data_juicer_accel.core.executor.event_logging_mixin import Event, EventLogger, EventLoggingMixin, EventType
 from data_juicer_accel.errors import CheckpointChangedError, CheckpointCorruptError, CheckpointLockedError

@@ -34,6 +34,8 @@ import threading
 from collections.abc import Iterator
 from typing import NoReturn
 
+from data_juicer_accel import _lifecycle
+
 #: Exit code of an interrupted command (128 + SIGINT, as a shell reports it).
 EXIT_INTERRUPTED = 130
 #: Exit code when stdout was closed by its reader (128 + SIGPIPE, what a
@@ -179,8 +181,7 @@ def _flush_event_logs() -> None:
     """What the exit hook of the event logger would do (``os._exit`` skips
     hooks): write the events still queued; bounded, as a flush could wait on
     a lock the interrupted main thread holds."""
-    events = sys.modules.get("data_juicer_accel.core.executor.event_logging_mixin")
-    flush = getattr(events, "_flush_all_loggers", None)
+    flush = _lifecycle.exit_step(_lifecycle.EVENT_LOGGERS)
     if flush is not None:
         flusher = threading.Thread(target=flush, name="flush-events", daemon=True)
         flusher.start()

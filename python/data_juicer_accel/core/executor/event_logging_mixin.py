@@ -37,7 +37,6 @@ copied from py-data-juicer 1.6.1 (Apache-2.0), so metadata and messages
 match the reference exactly. Compatible fixes are marked "Fix:".
 """
 
-import atexit
 import contextlib
 import json
 import os
@@ -55,8 +54,8 @@ from uuid import uuid4
 
 from loguru import logger
 
-from data_juicer_accel import _native
-from data_juicer_accel._exit import in_worker_process as _in_worker_process
+from data_juicer_accel import _lifecycle, _native
+from data_juicer_accel._lifecycle import in_worker_process as _in_worker_process
 
 #: Seconds a logged event may wait in memory before it is written.
 DEFAULT_FLUSH_INTERVAL = 0.1
@@ -176,9 +175,7 @@ def _utc_stamp() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%d_%H%M%S")
 
 
-atexit.register(_flush_all_loggers)
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_restart_after_fork)
+_lifecycle.register(_lifecycle.EVENT_LOGGERS, at_exit=_flush_all_loggers, in_forked_child=_restart_after_fork)
 
 
 class EventLogger:
