@@ -311,13 +311,13 @@ def _shard_files(ckpt_ds_dir) -> list:
 def test_background_saves_shard_exactly_like_foreground_saves(tmp_path, monkeypatch, limit_delta):
     """The writer thread sizes shards from the buffers itself; a shard limit
     of exactly the data's byte count (or one more) tells a byte off."""
-    from data_juicer_accel.utils import ckpt_utils
+    from data_juicer_accel.utils import ckpt_sources
 
     for name, data in _sizing_tables():
-        source = ckpt_utils._describe_source(data, "test")
+        source = ckpt_sources._describe_source(data, "test")
         assert "size_like_datasets" in source.background_sizing(1), name  # sized in the writer thread
         nbytes = source.nbytes if hasattr(source, "num_rows") else data.nbytes
-        monkeypatch.setattr(ckpt_utils, "MAX_SHARD_BYTES", nbytes + limit_delta)
+        monkeypatch.setattr(ckpt_sources, "MAX_SHARD_BYTES", nbytes + limit_delta)
         saved = []
         for background in (False, True):
             ckpt_dir = tmp_path / f"{name}-{limit_delta}-{background}"

@@ -24,7 +24,7 @@ def test_exit_waits_for_a_daemon_thread_inside_a_block(tmp_path):
     result = run_python(
         """
         import sys, threading, time
-        from data_juicer_accel._exit import in_flight
+        from data_juicer_accel._lifecycle import in_flight
         started = threading.Event()
         def work():
             with in_flight():
@@ -50,13 +50,13 @@ def test_a_thread_entering_a_block_after_exit_began_parks_while_the_exiting_thre
         go = threading.Event()
         def late_hook():
             # Registered before the package is imported: runs after its exit hook.
-            from data_juicer_accel._exit import in_flight
+            from data_juicer_accel._lifecycle import in_flight
             go.set()
             time.sleep(0.3)
             with in_flight():  # the exiting thread may still enter
                 open(sys.argv[2], "w").close()
         atexit.register(late_hook)
-        from data_juicer_accel._exit import in_flight
+        from data_juicer_accel._lifecycle import in_flight
         def work():
             go.wait()
             with in_flight():
@@ -75,7 +75,7 @@ def test_a_forked_child_does_not_wait_for_its_parents_threads(tmp_path):
     result = run_python(
         """
         import os, sys, threading, time
-        from data_juicer_accel._exit import in_flight
+        from data_juicer_accel._lifecycle import in_flight
         started = threading.Event()
         def work():
             with in_flight():
@@ -109,7 +109,7 @@ def test_any_timeout_is_accepted_and_nothing_in_flight_returns_at_once():
 
 DAEMON_IN_FLIGHT_AT_EXIT = """
     import atexit, sys, threading, time
-    from data_juicer_accel._exit import in_flight
+    from data_juicer_accel._lifecycle import in_flight
     # Runs right before the package's exit wait (exit hooks run last registered first).
     atexit.register(lambda: print("exit hooks running", flush=True))
     started = threading.Event()

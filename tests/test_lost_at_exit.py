@@ -184,9 +184,10 @@ def slow_table(k: int):
 
 LATE_SAVES = """
     import atexit, os, sys, threading, time
-    import data_juicer_accel._exit  # its exit hook runs last
-    # Another library's exit hook, between this package's hooks: a daemon
-    # thread keeps saving meanwhile.
+    import data_juicer_accel  # registers the package's exit handler
+    # Another library's exit hook, run before the package's handler: a
+    # daemon thread keeps saving meanwhile, and after the handler closed
+    # the background writers.
     atexit.register(time.sleep, 1.0)
     from tests.test_ckpt_crash import op_record
     from tests.test_lost_at_exit import slow_table

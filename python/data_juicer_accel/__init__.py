@@ -9,7 +9,8 @@ The names below are imported on first use (``from data_juicer_accel import
 CheckpointManager`` works as usual): importing the package alone loads neither
 pyarrow nor the native module, so that the command line takes over Ctrl-C
 before its heavy imports (see cli.py). Each module that registers an exit
-hook imports ``_exit`` first, so that its hook still runs after theirs.
+hook registers it through ``_lifecycle``, which runs every part in one
+documented order.
 """
 
 from __future__ import annotations

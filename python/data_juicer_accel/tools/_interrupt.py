@@ -181,8 +181,10 @@ def _flush_event_logs() -> None:
     """What the exit hook of the event logger would do (``os._exit`` skips
     hooks): write the events still queued; bounded, as a flush could wait on
     a lock the interrupted main thread holds."""
-    events = sys.modules.get("data_juicer_accel.core.executor.event_logging_mixin")
-    flush = getattr(events, "_flush_all_loggers", None)
+    # Not imported here: the command line must take over Ctrl-C before the
+    # heavy imports, and without the lifecycle module there is no logger.
+    lifecycle = sys.modules.get("data_juicer_accel._lifecycle")
+    flush = lifecycle.exit_step(lifecycle.EVENT_LOGGERS) if lifecycle is not None else None
     if flush is not None:
         flusher = threading.Thread(target=flush, name="flush-events", daemon=True)
         flusher.start()

@@ -149,13 +149,15 @@ def _op_record(ckpt_dir: str, problems: list[str]) -> list[dict[str, Any]] | Non
     if not os.path.exists(path):
         problems.append(f"{path}: missing (a run cannot resume from this checkpoint)")
         return None
+    from data_juicer_accel.utils.ckpt_op_record import NotAnOpRecord, load_op_record
+
     try:
-        record = json.loads(_read_small_file(path, root=ckpt_dir))
+        record = load_op_record(path, root=ckpt_dir)
+    except NotAnOpRecord:
+        problems.append(f"{path}: not a list of op configs")
+        return None
     except (OSError, ValueError, RecursionError) as e:
         problems.append(f"{path}: unreadable op record ({e})")
-        return None
-    if not isinstance(record, list) or not all(isinstance(op, dict) and op for op in record):
-        problems.append(f"{path}: not a list of op configs")
         return None
     return [{"name": next(iter(op)), "args": op[next(iter(op))]} for op in record]
 

@@ -18,7 +18,6 @@ The lifecycle functions at the bottom (``_flush_all_loggers``,
 ``_restart_after_fork``) act on every live logger of the process.
 """
 
-import atexit
 import json
 import os
 import threading
@@ -32,8 +31,8 @@ from uuid import uuid4
 
 from loguru import logger
 
-from data_juicer_accel import _native
-from data_juicer_accel._exit import in_worker_process as _in_worker_process
+from data_juicer_accel import _lifecycle, _native
+from data_juicer_accel._lifecycle import in_worker_process as _in_worker_process
 from data_juicer_accel.core.executor._event import EVENT_FIELDS, Event, EventType
 from data_juicer_accel.core.executor._event_files import file_has_event_type, latest_events_file
 
@@ -330,7 +329,7 @@ def status_report(events: List[Event]) -> str:
 # Exit and fork: every live logger of the process
 
 #: Loggers alive in this process: flushed at exit, restarted after a fork.
-_live_loggers: "weakref.WeakSet[EventLogger]" = weakref.WeakSet()
+_live_loggers: "weakref.WeakSet[EventLogger]" = _lifecycle.live_objects(_lifecycle.EVENT_LOGGERS)
 
 
 def _each_live_logger(action) -> None:
@@ -352,5 +351,4 @@ def _restart_after_fork() -> None:
     _each_live_logger(lambda event_logger: event_logger._sink._after_fork_in_child())
 
 
-atexit.register(_flush_all_loggers)
-os.register_at_fork(after_in_child=_restart_after_fork)
+_lifecycle.register(_lifecycle.EVENT_LOGGERS, at_exit=_flush_all_loggers, in_forked_child=_restart_after_fork)
