@@ -184,14 +184,15 @@ def slow_table(k: int):
 
 LATE_SAVES = """
     import atexit, os, sys, threading, time
-    import data_juicer_accel  # registers the package's exit handler
+    # Importing the manager registers the package's exit handler (importing
+    # the bare package loads nothing).
+    from data_juicer_accel.utils.ckpt_utils import CheckpointManager
     # Another library's exit hook, run before the package's handler: a
     # daemon thread keeps saving meanwhile, and after the handler closed
     # the background writers.
     atexit.register(time.sleep, 1.0)
     from tests.test_ckpt_crash import op_record
     from tests.test_lost_at_exit import slow_table
-    from data_juicer_accel.utils.ckpt_utils import CheckpointManager
     root = sys.argv[1]
     two_saved = threading.Event()
     def keep_saving():
