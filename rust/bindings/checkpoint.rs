@@ -21,7 +21,7 @@ use pyo3::exceptions::{
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyCapsule};
 
-use super::gil::guarded;
+use super::lifecycle::gil::{self, guarded};
 use crate::checkpoint::{
     self, manifest, reader, CheckpointError, Compression, SaveRequest, Staging, WriteOptions,
     WrittenShard,
@@ -96,7 +96,7 @@ fn interruptible<T: Send>(
                 let _ = done.send(run(worker_cancel));
             });
         if spawned.is_err() {
-            return super::gil::detach(py, || run(cancel.clone())).map_err(to_py_err);
+            return gil::detach(py, || run(cancel.clone())).map_err(to_py_err);
         }
         let mut interrupt: Option<PyErr> = None;
         let mut result = result;
@@ -105,7 +105,7 @@ fn interruptible<T: Send>(
             // is re-taken through `gil::detach`, so a daemon thread here when
             // the interpreter exits is parked instead of aborting the process.
             let (received, back) =
-                super::gil::detach(py, move || (result.recv_timeout(SIGNAL_POLL), result));
+                gil::detach(py, move || (result.recv_timeout(SIGNAL_POLL), result));
             result = back;
             match received {
                 Ok(outcome) => {
@@ -152,7 +152,7 @@ fn detached<T: Send>(
     py: Python<'_>,
     f: impl FnOnce() -> checkpoint::Result<T> + Send,
 ) -> PyResult<T> {
-    super::gil::detach(py, || {
+    gil::detach(py, || {
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
             .unwrap_or_else(|payload| Err(CheckpointError::from_panic(payload)))
     })
@@ -746,7 +746,7 @@ mod background_saves {
     use pyo3::exceptions::PyValueError;
     use pyo3::prelude::*;
 
-    use super::super::gil;
+    use super::super::lifecycle::gil;
     use super::{detached, import_raw_stream, import_stream, to_py_err, SIGNAL_POLL};
     use crate::checkpoint::background::{BackgroundWriter, Snapshot};
     use crate::checkpoint::sizing::SizedStream;
