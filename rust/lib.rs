@@ -4,7 +4,9 @@
 //!   committed atomically; pure Rust, no Python.
 //! * [`events`]: the job-event double buffer (producers reserve room with
 //!   atomics) and its flush thread.
-//! * [`bindings`]: the PyO3 layer; the only place that touches Python.
+//! * [`bindings`]: the PyO3 layer; the only place that touches Python, and
+//!   (in `bindings::lifecycle`) the only one that registers fork and exit
+//!   hooks, at import.
 
 #![deny(clippy::undocumented_unsafe_blocks)]
 

@@ -19,8 +19,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
 use super::events::{Caller, LogEventFastPath, Logged};
-use super::exit_gate;
-use super::gil::{call_python, guarded, panic_error};
+use super::lifecycle::exit_gate;
+use super::lifecycle::gil::{call_python, guarded, panic_error};
 
 /// What the method hands on to Python.
 struct Installed {

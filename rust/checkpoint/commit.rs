@@ -19,7 +19,6 @@ use std::os::unix::fs::{symlink, MetadataExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
-use std::sync::Once;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::dirfd::read_bounded;
@@ -456,18 +455,6 @@ struct NoForkWhileLocking;
 
 impl NoForkWhileLocking {
     fn enter() -> NoForkWhileLocking {
-        static HANDLERS: Once = Once::new();
-        HANDLERS.call_once(|| {
-            // SAFETY: the handlers only lock or unlock FORK_GUARD and make
-            // async-signal-safe calls.
-            unsafe {
-                libc::pthread_atfork(
-                    Some(lock_fork_guard),
-                    Some(unlock_fork_guard),
-                    Some(release_locks_in_child),
-                )
-            };
-        });
         lock_fork_guard();
         NoForkWhileLocking
     }
@@ -479,12 +466,17 @@ impl Drop for NoForkWhileLocking {
     }
 }
 
-extern "C" fn lock_fork_guard() {
+/// The `pthread_atfork` prepare handler the process registers (the
+/// bindings do at import), with [`unlock_fork_guard`] for the parent and
+/// [`release_locks_in_child`] for the child: a fork waits until a lock
+/// being taken is remembered. Crate-private: called at any other moment,
+/// the parent and child handlers would unlock a mutex another thread holds.
+pub(crate) extern "C" fn lock_fork_guard() {
     // SAFETY: FORK_GUARD is a valid, statically initialised mutex.
     unsafe { libc::pthread_mutex_lock(FORK_GUARD.0.get()) };
 }
 
-extern "C" fn unlock_fork_guard() {
+pub(crate) extern "C" fn unlock_fork_guard() {
     // SAFETY: called only by the thread that locked it (or, in a forked
     // child, by the copy of the thread that locked it before the fork).
     unsafe { libc::pthread_mutex_unlock(FORK_GUARD.0.get()) };
@@ -495,7 +487,7 @@ extern "C" fn unlock_fork_guard() {
 /// drops the child's share of the locked file (unlocking it would unlock
 /// the parent too). The descriptor number stays valid, so the child closing
 /// it later harms nothing.
-extern "C" fn release_locks_in_child() {
+pub(crate) extern "C" fn release_locks_in_child() {
     unlock_fork_guard();
     for slot in &HELD_LOCKS {
         let fd = slot.swap(-1, Ordering::SeqCst);

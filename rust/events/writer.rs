@@ -53,20 +53,19 @@ use crossbeam_queue::ArrayQueue;
 static PID: AtomicU32 = AtomicU32::new(0);
 static PID_TRACKING: Once = Once::new();
 
-extern "C" fn refresh_pid_in_child() {
+/// Points [`current_pid`] at the new process: the `pthread_atfork` child
+/// handler the process registers (the bindings do at import), which runs
+/// for every `fork()`, Python's or not.
+pub extern "C" fn refresh_pid_after_fork() {
     // SAFETY: getpid is async-signal-safe and has no preconditions.
     PID.store(unsafe { libc::getpid() } as u32, Ordering::Relaxed);
 }
 
 /// The id of the calling process, without a system call per event (glibc
-/// no longer caches `getpid`): cached, and refreshed by a `pthread_atfork`
-/// child handler, which runs for every `fork()`, Python's or not.
+/// no longer caches `getpid`): cached, and refreshed in a forked child by
+/// [`refresh_pid_after_fork`].
 pub fn current_pid() -> u32 {
-    PID_TRACKING.call_once(|| {
-        PID.store(std::process::id(), Ordering::Relaxed);
-        // SAFETY: registers a plain function without captured state.
-        unsafe { libc::pthread_atfork(None, None, Some(refresh_pid_in_child)) };
-    });
+    PID_TRACKING.call_once(|| PID.store(std::process::id(), Ordering::Relaxed));
     PID.load(Ordering::Relaxed)
 }
 

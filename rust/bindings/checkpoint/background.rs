@@ -17,7 +17,7 @@ use pyo3::prelude::*;
 use super::bridge::{import_raw_stream, import_stream, to_py_err};
 use super::calls::{detached, SIGNAL_POLL};
 use super::writer::write_options;
-use crate::bindings::gil;
+use crate::bindings::lifecycle::gil;
 use crate::checkpoint::background::{BackgroundWriter, Snapshot};
 use crate::checkpoint::sizing::SizedStream;
 use crate::checkpoint::snapshot::{detach_batches, MemoryMap};

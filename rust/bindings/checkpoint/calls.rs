@@ -12,7 +12,7 @@ use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 
 use super::bridge::to_py_err;
-use crate::bindings::gil;
+use crate::bindings::lifecycle::gil;
 use crate::checkpoint::{self, CheckpointError};
 
 /// How often a long call looks for Ctrl-C.

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use pyo3::prelude::*;
 
 use super::calls::detached;
-use crate::bindings::gil::{self, guarded};
+use crate::bindings::lifecycle::gil::{self, guarded};
 use crate::checkpoint::pin::{self, READERS_DIR};
 use crate::checkpoint::shards::committed_generation;
 

@@ -14,7 +14,7 @@ use super::bridge::{export_schema, import_stream};
 use super::calls::detached;
 use super::reader::LoadedCheckpoint;
 use super::writer::write_options;
-use crate::bindings::gil::guarded;
+use crate::bindings::lifecycle::gil::guarded;
 use crate::checkpoint::dirfd::CheckpointDir;
 use crate::checkpoint::manifest::{checksum_hex, FileEntry};
 use crate::checkpoint::probe::shard_schema;

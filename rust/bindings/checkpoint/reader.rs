@@ -14,7 +14,7 @@ use pyo3::types::{PyBytes, PyCapsule};
 
 use super::bridge::export_stream;
 use super::calls::{detached, interruptible};
-use crate::bindings::gil::guarded;
+use crate::bindings::lifecycle::gil::guarded;
 use crate::checkpoint::{self, manifest, probe, reader};
 
 /// A verified checkpoint in memory; hands its table out once through the

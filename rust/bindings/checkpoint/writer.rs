@@ -10,7 +10,7 @@ use pyo3::prelude::*;
 
 use super::bridge::{import_stream, to_py_err};
 use super::calls::{detached, interruptible, Cancellable};
-use crate::bindings::gil::guarded;
+use crate::bindings::lifecycle::gil::guarded;
 use crate::checkpoint::{self, Compression, SaveRequest, Staging, WriteOptions, WrittenShard};
 
 fn compression(name: &str, level: i32) -> PyResult<Compression> {

@@ -7,7 +7,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyList, PyString};
 
-use crate::bindings::gil::{detach, guarded};
+use crate::bindings::lifecycle::gil::{detach, guarded};
 use crate::events::analysis::{self, Analysis, PartitionState, Raw};
 use crate::events::lines;
 

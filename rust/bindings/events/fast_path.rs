@@ -8,7 +8,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use super::sink::{EventSink, Logged};
-use crate::bindings::gil::guarded;
+use crate::bindings::lifecycle::gil::guarded;
 
 /// loguru's numeric levels: below these, `_log_event` writes DEBUG lines
 /// or an INFO line of its own.

@@ -12,7 +12,11 @@
 //! * [`json_encoder`]: Python values to JSON as `json.dumps` writes them;
 //! * [`analysis`]: the Rust log analysis as the reference's Python values;
 //! * [`errors`]: every `OSError` events raise; [`ids`]: generated event
-//!   ids; [`live_writers`]: the flush at C exit.
+//!   ids.
+//!
+//! The writers' flush at C exit is in [`lifecycle::live_writers`].
+//!
+//! [`lifecycle::live_writers`]: crate::bindings::lifecycle::live_writers
 //!
 //! [`EventWriter`]: crate::events::writer::EventWriter
 
@@ -21,7 +25,6 @@ mod errors;
 mod fast_path;
 mod ids;
 mod json_encoder;
-mod live_writers;
 mod sink;
 
 use pyo3::prelude::*;

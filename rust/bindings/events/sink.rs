@@ -21,9 +21,8 @@ use crate::events::writer::{current_pid, EventWriter, PushError, WriterConfig};
 use super::errors::{io_os_error, os_error, push_error};
 use super::ids::{current_thread_ident, generated_event_id};
 use super::json_encoder::{encode, enum_type, enum_value, write_member, StableItems};
-use super::live_writers;
-use crate::bindings::exit_gate;
-use crate::bindings::gil::{detach, guarded};
+use crate::bindings::lifecycle::gil::{detach, guarded};
+use crate::bindings::lifecycle::{exit_gate, live_writers};
 
 /// Job-level events are fsynced before the logging call returns.
 const DURABLE_EVENT_TYPES: [&str; 4] = ["job_start", "job_complete", "job_failed", "job_restart"];

@@ -30,7 +30,6 @@
 use std::cell::Cell;
 use std::ffi::{c_int, c_void};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
-use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use pyo3::exceptions::PyValueError;
@@ -44,7 +43,6 @@ use super::gil::detach;
 static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 /// Set by the exit hook: from then on, entering parks the thread.
 static CLOSED: AtomicBool = AtomicBool::new(false);
-static RESET_IN_FORKED_CHILD: Once = Once::new();
 
 thread_local! {
     /// How many of `IN_FLIGHT` this thread holds (nested entries).
@@ -108,8 +106,9 @@ fn park_for_exit(_py: Python<'_>) -> ! {
 }
 
 /// A forked child has only the forking thread: it holds what it held, and
-/// none of its parent's exit duty.
-extern "C" fn reset_in_forked_child() {
+/// none of its parent's exit duty. A `pthread_atfork` child handler
+/// (registered by [`super::fork`]).
+pub(super) extern "C" fn reset_in_forked_child() {
     IN_FLIGHT.store(DEPTH.get(), Ordering::SeqCst);
     CLOSED.store(false, Ordering::SeqCst);
     CLOSED_THE_GATE.set(false);
@@ -126,13 +125,6 @@ const FAILED: i32 = 1;
 
 /// What the process must end with because exit lost something.
 static EXIT_FAILURE: AtomicI32 = AtomicI32::new(NO_FAILURE);
-static ENFORCE_AT_EXIT: Once = Once::new();
-
-extern "C" {
-    /// glibc's `on_exit`: like `atexit`, and the handler is given the
-    /// status passed to `exit()`.
-    fn on_exit(handler: extern "C" fn(c_int, *mut c_void), arg: *mut c_void) -> c_int;
-}
 
 /// Records that exit lost work (the caller has said what, on stderr): the
 /// process will not end with status 0. `by_sigint`: a Ctrl-C abandoned it.
@@ -146,9 +138,10 @@ pub(crate) fn fail_exit(by_sigint: bool) {
     }
 }
 
-/// Runs in `exit()`, after the interpreter is finalised and after the C
-/// exit handlers registered later (the event writers' last flush, which
-/// may itself report a loss). A process that lost work and was about to
+/// A glibc `on_exit` handler (registered by [`super`] at import): runs in
+/// `exit()`, after the interpreter is finalised and after the C exit
+/// handlers registered later (the event writers' last flush, which may
+/// itself report a loss). A process that lost work and was about to
 /// end with status 0 ends with status 1, or by SIGINT after a Ctrl-C; a
 /// non-zero status (an uncaught exception, `sys.exit(3)`) is kept.
 ///
@@ -157,7 +150,7 @@ pub(crate) fn fail_exit(by_sigint: bool) {
 /// the process itself, once every C stream is flushed. The C exit handlers
 /// registered before this module was imported are skipped then (as
 /// `os._exit` skips them); Python's own shutdown has completed.
-extern "C" fn enforce_exit_status(status: c_int, _arg: *mut c_void) {
+pub(super) extern "C" fn enforce_exit_status(status: c_int, _arg: *mut c_void) {
     let failure = EXIT_FAILURE.load(Ordering::SeqCst);
     if failure == NO_FAILURE || status != 0 {
         return;
@@ -173,14 +166,6 @@ extern "C" fn enforce_exit_status(status: c_int, _arg: *mut c_void) {
         }
         libc::_exit(failure);
     }
-}
-
-/// Registers [`enforce_exit_status`] once, when this module is imported.
-fn enforce_exit_status_at_exit() {
-    ENFORCE_AT_EXIT.call_once(|| {
-        // SAFETY: registers a plain function without captured state.
-        unsafe { on_exit(enforce_exit_status, std::ptr::null_mut()) };
-    });
 }
 
 /// `fail_exit(reason)`: exit lost work the caller has reported (on
@@ -268,12 +253,9 @@ pub fn drain_native_calls(py: Python<'_>, timeout: f64) -> PyResult<usize> {
     }
 }
 
-pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    RESET_IN_FORKED_CHILD.call_once(|| {
-        // SAFETY: registers a plain function without captured state.
-        unsafe { libc::pthread_atfork(None, None, Some(reset_in_forked_child)) };
-    });
-    enforce_exit_status_at_exit();
+/// Adds the gate's Python face to the module; its process hooks are
+/// installed by [`super::register`].
+pub(super) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<InFlight>()?;
     m.add_function(wrap_pyfunction!(drain_native_calls, m)?)?;
     m.add_function(wrap_pyfunction!(fail_exit_py, m)?)?;

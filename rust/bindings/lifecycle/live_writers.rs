@@ -1,5 +1,6 @@
 //! The writers of this process's sinks, flushed once more by a C `atexit`
-//! handler, which runs after the interpreter is gone: a daemon thread may
+//! handler ([`flush_all_at_exit`], registered by [`super`] at import),
+//! which runs after the interpreter is gone: a daemon thread may
 //! have logged after Python's own exit hooks flushed, and its lines must
 //! not stay in memory. The flush thread holds no Python object, so it can
 //! still write then. Lines that cannot be written then (a full disk) are
@@ -7,34 +8,32 @@
 
 use std::io::Write;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Mutex, MutexGuard, Once};
+use std::sync::{Mutex, MutexGuard};
 
-use crate::bindings::exit_gate;
+use super::exit_gate;
 use crate::events::writer::{EventWriter, WriteError};
 
 /// Addresses of writers that are alive (leaked ones, replaced in a
 /// forked child, stay valid and are skipped as not this process's).
 static LIVE: Mutex<Vec<usize>> = Mutex::new(Vec::new());
-static FLUSH_AT_EXIT: Once = Once::new();
 
 fn live() -> MutexGuard<'static, Vec<usize>> {
     LIVE.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-pub(super) fn add(writer: *mut EventWriter) {
-    FLUSH_AT_EXIT.call_once(|| {
-        // SAFETY: registers a plain function without captured state.
-        unsafe { libc::atexit(flush_all_at_exit) };
-    });
+/// Lists `writer` for the flush at exit; [`remove`] it before freeing it.
+pub(crate) fn add(writer: *mut EventWriter) {
     live().push(writer as usize);
 }
 
 /// Forgets `writer`; called before it is freed.
-pub(super) fn remove(writer: *mut EventWriter) {
+pub(crate) fn remove(writer: *mut EventWriter) {
     live().retain(|&address| address != writer as usize);
 }
 
-extern "C" fn flush_all_at_exit() {
+/// Flushes every listed writer this process owns (a forked child's copies
+/// of its parent's writers are not its own): a C `atexit` handler.
+pub(super) extern "C" fn flush_all_at_exit() {
     let _ = catch_unwind(AssertUnwindSafe(|| {
         let writers = live();
         for &address in writers.iter() {
@@ -53,7 +52,7 @@ extern "C" fn flush_all_at_exit() {
 /// Says on stderr that the lines `writer` could not write (`error`) are
 /// lost, and makes the process exit non-zero: the writer is going away
 /// (process exit, or its logger freed) with them still in memory.
-pub(super) fn report_lost(writer: &EventWriter, error: &WriteError) {
+pub(crate) fn report_lost(writer: &EventWriter, error: &WriteError) {
     let lines = writer.unwritten_lines();
     if lines == 0 {
         return;
