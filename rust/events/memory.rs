@@ -122,10 +122,11 @@ impl<T> EventMemory<T> {
 
     /// Removes the oldest entries past `maxlen` from `entries`, for the
     /// caller to drop once it holds no lock.
-    fn surplus_of(&self, entries: &mut VecDeque<T>) -> VecDeque<T> {
-        let maxlen = self.maxlen.load(Ordering::Relaxed);
-        let kept = entries.split_off(entries.len().saturating_sub(maxlen));
-        std::mem::replace(entries, kept)
+    fn surplus_of(&self, entries: &mut VecDeque<T>) -> Vec<T> {
+        let surplus = entries
+            .len()
+            .saturating_sub(self.maxlen.load(Ordering::Relaxed));
+        entries.drain(..surplus).collect()
     }
 
     fn lock_held(&self) -> MutexGuard<'_, VecDeque<T>> {
