@@ -6,8 +6,6 @@
 //! * [`writer`]: two preallocated buffers that producers fill without locks
 //!   (an atomic add reserves room for a line), written by one background
 //!   thread into the JSONL file, one `write()` per batch of whole lines.
-//! * [`memory`]: the events kept for a logger's `events` deque between two
-//!   reads, appended to without a lock.
 //! * [`analysis`]: a linear-time resumption analysis over a JSONL event log.
 //!
 //! Nothing here touches Python; the PyO3 layer lives in `bindings::events`.
@@ -15,5 +13,4 @@
 pub mod analysis;
 pub mod json;
 pub mod lines;
-pub mod memory;
 pub mod writer;

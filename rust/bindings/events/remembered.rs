@@ -1,12 +1,13 @@
 //! `RememberedEvents`: the events a sink logged but has not yet handed to
-//! `EventLogger.events`, kept in an [`EventMemory`] (appended to without a
-//! lock in the common case), and built into `Event` objects only when
-//! `events` is read.
-//!
-//! [`EventMemory`]: crate::events::memory::EventMemory
+//! `EventLogger.events`, kept as a deque behind an uncontended mutex (a
+//! lock-free ring measured slower, see docs/design.md), and built into
+//! `Event` objects only when `events` is read.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
+use pyo3::exceptions::PyValueError;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::PyList;
@@ -14,7 +15,6 @@ use pyo3::{PyTraverseError, PyVisit};
 
 use super::layout::EventLayout;
 use super::made::Made;
-use crate::events::memory::EventMemory;
 
 /// One logged event on its way to `EventLogger.events`.
 pub(super) enum Remembered {
@@ -29,25 +29,40 @@ pub(super) enum Remembered {
 
 /// The events of one sink not yet moved into `events`, newest `maxlen`.
 pub(super) struct RememberedEvents {
-    memory: EventMemory<Remembered>,
+    /// Oldest first. The lock is only taken with the GIL held and no
+    /// Python code runs under it (which could switch threads), so it is
+    /// never contended, never held by another thread when Python forks,
+    /// nor waited for by a thread holding the GIL.
+    queue: Mutex<VecDeque<Remembered>>,
+    /// `events.maxlen` (`usize::MAX`: none): older entries are dropped.
+    maxlen: AtomicUsize,
 }
 
 impl RememberedEvents {
     /// `maxlen`: the `events` deque's (`None`: it keeps everything).
     pub(super) fn new(maxlen: Option<usize>) -> Self {
         RememberedEvents {
-            memory: EventMemory::new(maxlen.unwrap_or(usize::MAX)),
+            queue: Mutex::new(VecDeque::new()),
+            maxlen: AtomicUsize::new(maxlen.unwrap_or(usize::MAX)),
         }
     }
 
     pub(super) fn set_maxlen(&self, maxlen: Option<usize>) {
-        self.memory.set_maxlen(maxlen.unwrap_or(usize::MAX));
+        self.maxlen
+            .store(maxlen.unwrap_or(usize::MAX), Ordering::Relaxed);
     }
 
-    /// Keeps `entry`; takes no lock but once per
-    /// [`FRESH_CAPACITY`](crate::events::memory::FRESH_CAPACITY) events.
+    /// Keeps `entry`, dropping the oldest beyond `maxlen`.
     pub(super) fn remember(&self, entry: Remembered) {
-        self.memory.push(entry);
+        let maxlen = self.maxlen.load(Ordering::Relaxed);
+        let evicted = match self.queue.lock() {
+            Ok(mut queue) => {
+                queue.push_back(entry);
+                (queue.len() > maxlen).then(|| queue.pop_front()).flatten()
+            }
+            Err(_) => None,
+        };
+        drop(evicted); // outside the lock: dropping may run Python code
     }
 
     /// Appends the events kept so far to `events` (a deque), in logging
@@ -59,7 +74,10 @@ impl RememberedEvents {
         layout: &EventLayout,
         events: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
-        let mut taken = self.memory.take();
+        let mut taken = match self.queue.lock() {
+            Ok(mut queue) => std::mem::take(&mut *queue),
+            Err(_) => return Err(PyValueError::new_err("event memory is poisoned")),
+        };
         if taken.is_empty() {
             return Ok(());
         }
@@ -68,14 +86,33 @@ impl RememberedEvents {
             Ok(())
         });
         if moved.is_err() {
-            self.memory.put_back(taken);
+            self.keep_in_front(taken);
         }
         moved
     }
 
-    /// Visits every Python object kept, for the garbage collector.
+    /// Puts `taken` back before what was logged meanwhile, keeping `maxlen`.
+    fn keep_in_front(&self, mut taken: VecDeque<Remembered>) {
+        let maxlen = self.maxlen.load(Ordering::Relaxed);
+        let mut evicted = Vec::new();
+        if let Ok(mut queue) = self.queue.lock() {
+            taken.append(&mut queue);
+            while taken.len() > maxlen {
+                evicted.extend(taken.pop_front());
+            }
+            *queue = taken;
+        }
+        drop(evicted); // outside the lock: dropping may run Python code
+    }
+
+    /// Visits every Python object kept, for the garbage collector. A queue
+    /// locked by a logging thread is skipped: an edge left out only keeps
+    /// objects alive longer, never frees one in use.
     pub(super) fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
-        self.memory.visit(|entry| match entry {
+        let Ok(queue) = self.queue.try_lock() else {
+            return Ok(());
+        };
+        queue.iter().try_for_each(|entry| match entry {
             Remembered::Built(event) => visit.call(event),
             Remembered::Fields(fields, _made) => fields
                 .iter()
@@ -86,7 +123,11 @@ impl RememberedEvents {
 
     /// Drops every event kept (the garbage collector breaking a cycle).
     pub(super) fn clear(&self) {
-        drop(self.memory.take_all());
+        let dropped = self
+            .queue
+            .lock()
+            .map(|mut queue| std::mem::take(&mut *queue));
+        drop(dropped); // outside the lock: dropping may run Python code
     }
 }
 
