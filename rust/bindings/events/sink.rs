@@ -1,9 +1,9 @@
 //! `EventSink`: the native half of one `EventLogger`, the class Python
 //! sees. A logging call makes the event's fields, keeps the event for
-//! `events` ([`remembered`](super::remembered)), serialises its line
-//! ([`line`](super::line)) and hands it to the writer
-//! ([`sink_writer`](super::sink_writer)); none of this takes a lock (the
-//! writer blocks only when both of its buffers are full).
+//! `events` ([`remembered`](super::remembered): one uncontended mutex),
+//! serialises its line ([`line`](super::line)) and hands it to the writer
+//! ([`sink_writer`](super::sink_writer)), which takes no lock and blocks
+//! only when both of its buffers are full.
 
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
