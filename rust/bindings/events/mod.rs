@@ -7,7 +7,13 @@
 //! here panics across the boundary: errors become Python exceptions, write
 //! errors an `OSError` naming the file.
 //!
-//! * [`sink`]: `EventSink`, the queue and write-through rules of one logger;
+//! * [`sink`]: `EventSink`, the class `EventLogger` holds, and one logging
+//!   call from its arguments to the writer;
+//! * [`sink_writer`]: the sink's `EventWriter` over its life (fork restart,
+//!   write-through, close); [`layout`]: the `Event` dataclass's fields and
+//!   building `Event` objects; [`made`]: the values a call makes itself;
+//!   [`kinds`]: the lock-free cache of `EventType` members; [`line`]: an
+//!   event's JSON line; [`remembered`]: the events kept for `events`;
 //! * [`fast_path`]: `LogEventFastPath`, behind the C `_log_event` method;
 //! * [`json_encoder`]: Python values to JSON as `json.dumps` writes them;
 //! * [`analysis`]: the Rust log analysis as the reference's Python values;
@@ -25,7 +31,13 @@ mod errors;
 mod fast_path;
 mod ids;
 mod json_encoder;
+mod kinds;
+mod layout;
+mod line;
+mod made;
+mod remembered;
 mod sink;
+mod sink_writer;
 
 use pyo3::prelude::*;
 

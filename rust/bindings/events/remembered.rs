@@ -1,0 +1,152 @@
+//! `RememberedEvents`: the events a sink logged but has not yet handed to
+//! `EventLogger.events`, kept as a deque behind an uncontended mutex (a
+//! lock-free ring measured slower, see docs/design.md), and built into
+//! `Event` objects only when `events` is read.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use pyo3::exceptions::PyValueError;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::PyList;
+use pyo3::{PyTraverseError, PyVisit};
+
+use super::layout::EventLayout;
+use super::made::Made;
+
+/// One logged event on its way to `EventLogger.events`.
+pub(super) enum Remembered {
+    /// An `Event` object that exists already (built for loguru, or passed
+    /// to `log_event`).
+    Built(Py<PyAny>),
+    /// The values of `Event`'s fields, in declaration order, and those the
+    /// call made itself; the object is built when `events` is read, if the
+    /// deque still keeps it then.
+    Fields(Box<[Option<Py<PyAny>>]>, Made),
+}
+
+/// The events of one sink not yet moved into `events`, newest `maxlen`.
+pub(super) struct RememberedEvents {
+    /// Oldest first. The lock is only taken with the GIL held and no
+    /// Python code runs under it (which could switch threads), so it is
+    /// never contended, never held by another thread when Python forks,
+    /// nor waited for by a thread holding the GIL.
+    queue: Mutex<VecDeque<Remembered>>,
+    /// `events.maxlen` (`usize::MAX`: none): older entries are dropped.
+    maxlen: AtomicUsize,
+}
+
+impl RememberedEvents {
+    /// `maxlen`: the `events` deque's (`None`: it keeps everything).
+    pub(super) fn new(maxlen: Option<usize>) -> Self {
+        RememberedEvents {
+            queue: Mutex::new(VecDeque::new()),
+            maxlen: AtomicUsize::new(maxlen.unwrap_or(usize::MAX)),
+        }
+    }
+
+    pub(super) fn set_maxlen(&self, maxlen: Option<usize>) {
+        self.maxlen
+            .store(maxlen.unwrap_or(usize::MAX), Ordering::Relaxed);
+    }
+
+    /// Keeps `entry`, dropping the oldest beyond `maxlen`.
+    pub(super) fn remember(&self, entry: Remembered) {
+        let maxlen = self.maxlen.load(Ordering::Relaxed);
+        let evicted = match self.queue.lock() {
+            Ok(mut queue) => {
+                queue.push_back(entry);
+                (queue.len() > maxlen).then(|| queue.pop_front()).flatten()
+            }
+            Err(_) => None,
+        };
+        drop(evicted); // outside the lock: dropping may run Python code
+    }
+
+    /// Appends the events kept so far to `events` (a deque), in logging
+    /// order, built with `layout`. If building or appending fails, they
+    /// are kept for the next call, before those logged meanwhile.
+    pub(super) fn move_into(
+        &self,
+        py: Python<'_>,
+        layout: &EventLayout,
+        events: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let mut taken = match self.queue.lock() {
+            Ok(mut queue) => std::mem::take(&mut *queue),
+            Err(_) => return Err(PyValueError::new_err("event memory is poisoned")),
+        };
+        if taken.is_empty() {
+            return Ok(());
+        }
+        let moved = build_all(py, layout, &mut taken).and_then(|built| {
+            events.call_method1(intern!(py, "extend"), (built,))?;
+            Ok(())
+        });
+        if moved.is_err() {
+            self.keep_in_front(taken);
+        }
+        moved
+    }
+
+    /// Puts `taken` back before what was logged meanwhile, keeping `maxlen`.
+    fn keep_in_front(&self, mut taken: VecDeque<Remembered>) {
+        let maxlen = self.maxlen.load(Ordering::Relaxed);
+        let mut evicted = Vec::new();
+        if let Ok(mut queue) = self.queue.lock() {
+            taken.append(&mut queue);
+            while taken.len() > maxlen {
+                evicted.extend(taken.pop_front());
+            }
+            *queue = taken;
+        }
+        drop(evicted); // outside the lock: dropping may run Python code
+    }
+
+    /// Visits every Python object kept, for the garbage collector. A queue
+    /// locked by a logging thread is skipped: an edge left out only keeps
+    /// objects alive longer, never frees one in use.
+    pub(super) fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        let Ok(queue) = self.queue.try_lock() else {
+            return Ok(());
+        };
+        queue.iter().try_for_each(|entry| match entry {
+            Remembered::Built(event) => visit.call(event),
+            Remembered::Fields(fields, _made) => fields
+                .iter()
+                .flatten()
+                .try_for_each(|value| visit.call(value)),
+        })
+    }
+
+    /// Drops every event kept (the garbage collector breaking a cycle).
+    pub(super) fn clear(&self) {
+        let dropped = self
+            .queue
+            .lock()
+            .map(|mut queue| std::mem::take(&mut *queue));
+        drop(dropped); // outside the lock: dropping may run Python code
+    }
+}
+
+/// Turns every kept entry into a built `Event` (in place, so that a
+/// failure loses nothing) and lists them in order.
+fn build_all<'py>(
+    py: Python<'py>,
+    layout: &EventLayout,
+    taken: &mut VecDeque<Remembered>,
+) -> PyResult<Bound<'py, PyList>> {
+    let built = PyList::empty(py);
+    for entry in taken.iter_mut() {
+        if let Remembered::Fields(fields, made) = entry {
+            let values = layout.field_values(py, fields, made)?;
+            *entry = Remembered::Built(layout.build_event(py, values)?.unbind());
+        }
+        if let Remembered::Built(event) = entry {
+            built.append(event.bind(py))?;
+        }
+    }
+    Ok(built)
+}
