@@ -22,8 +22,16 @@ import pytest
 
 from tests.test_ckpt_crash import committed_generation
 
-#: A generous bound: the point is that the process does not wait for the save.
+#: A generous bound on an idle machine: the point is that the process does
+#: not wait for the save (which takes minutes at these levels).
 BOUND_SECONDS = 10
+
+
+def bound_seconds() -> float:
+    """``BOUND_SECONDS`` stretched by how oversubscribed the machine is: the
+    interrupted compression step takes longer in proportion on busy cores."""
+    return BOUND_SECONDS * max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))
+
 
 SAVE_THEN_WAIT = """
     import sys
@@ -76,7 +84,7 @@ def staging_dirs(ckpt_dir: str) -> list:
 
 def interrupt_while_saving(tmp_path, where: str, level: int) -> tuple[subprocess.CompletedProcess, float]:
     """Runs SAVE_THEN_WAIT, sends SIGINT once the big save is writing its
-    staging directory; returns the outcome and the seconds it took to end."""
+    staging directory; returns the outcome, and the seconds it took to end with the bound it had."""
     ckpt_dir = str(tmp_path / "ckpt")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.Popen(
@@ -96,15 +104,15 @@ def interrupt_while_saving(tmp_path, where: str, level: int) -> tuple[subprocess
             time.sleep(0.01)  # polls for the staging directory the save creates
         assert staging_dirs(ckpt_dir), "the save never started"
         proc.send_signal(signal.SIGINT)
-        sent = time.monotonic()
-        out, err = proc.communicate(timeout=120)
+        sent, bound = time.monotonic(), bound_seconds()
+        out, err = proc.communicate(timeout=max(120, 2 * bound))
         took = time.monotonic() - sent
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
     said = "saving\nreturned\n" if where == "exit" else "saving\n"
-    return subprocess.CompletedProcess(proc.args, proc.returncode, said + out, err), took
+    return subprocess.CompletedProcess(proc.args, proc.returncode, said + out, err), (took, bound)
 
 
 @pytest.mark.parametrize("level", [19, 22])
@@ -112,11 +120,11 @@ def interrupt_while_saving(tmp_path, where: str, level: int) -> tuple[subprocess
 def test_ctrl_c_while_a_caller_waits_for_a_save_raises_at_once_and_keeps_the_previous_checkpoint(
     tmp_path, where, level
 ):
-    outcome, took = interrupt_while_saving(tmp_path, where, level)
+    outcome, (took, bound) = interrupt_while_saving(tmp_path, where, level)
     assert "returned" not in outcome.stdout
     assert outcome.stderr.rstrip().endswith("KeyboardInterrupt"), outcome.stderr[-3000:]
     assert outcome.returncode == -signal.SIGINT  # Python's own exit for an unhandled Ctrl-C
-    assert took < BOUND_SECONDS, f"exited {took:.1f} s after Ctrl-C"
+    assert took < bound, f"exited {took:.1f} s after Ctrl-C (bound {bound:.0f} s at this load)"
     assert "lost" not in outcome.stderr  # the caller saw the interruption itself
     assert committed_generation(str(tmp_path / "ckpt")) == 1
     assert staging_dirs(str(tmp_path / "ckpt")) == []
@@ -124,12 +132,12 @@ def test_ctrl_c_while_a_caller_waits_for_a_save_raises_at_once_and_keeps_the_pre
 
 @pytest.mark.parametrize("level", [19, 22])
 def test_ctrl_c_at_exit_abandons_the_last_save_says_so_and_exits_non_zero(tmp_path, level):
-    outcome, took = interrupt_while_saving(tmp_path, "exit", level)
+    outcome, (took, bound) = interrupt_while_saving(tmp_path, "exit", level)
     assert "returned" in outcome.stdout  # the program ended; the exit hook waited
     ckpt_ds_dir = os.path.join(str(tmp_path / "ckpt"), "latest")
     said = [line for line in outcome.stderr.splitlines() if "Ctrl-C" in line and ckpt_ds_dir in line]
     assert said and "abandoned" in said[-1] and "lost" in said[-1], outcome.stderr[-3000:]
     assert outcome.returncode == -signal.SIGINT
-    assert took < BOUND_SECONDS, f"exited {took:.1f} s after Ctrl-C"
+    assert took < bound, f"exited {took:.1f} s after Ctrl-C (bound {bound:.0f} s at this load)"
     assert committed_generation(str(tmp_path / "ckpt")) == 1
     assert staging_dirs(str(tmp_path / "ckpt")) == []
