@@ -82,7 +82,7 @@ def staging_dirs(ckpt_dir: str) -> list:
     return [name for name in os.listdir(ckpt_dir) if name.startswith(".latest")] if os.path.isdir(ckpt_dir) else []
 
 
-def interrupt_while_saving(tmp_path, where: str, level: int) -> tuple[subprocess.CompletedProcess, float]:
+def interrupt_while_saving(tmp_path, where: str, level: int) -> tuple[subprocess.CompletedProcess, tuple[float, float]]:
     """Runs SAVE_THEN_WAIT, sends SIGINT once the big save is writing its
     staging directory; returns the outcome, and the seconds it took to end with the bound it had."""
     ckpt_dir = str(tmp_path / "ckpt")
