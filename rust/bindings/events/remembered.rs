@@ -3,10 +3,12 @@
 //! when `events` is read.
 //!
 //! The deque takes no lock of its own: it is a [`GilCell`], guarded by the
-//! GIL every caller already holds (each method takes a `Python<'_>` token),
-//! and no Python code runs while it is borrowed: evicted entries are
-//! dropped after the borrow ends, because dropping a Python object may run
-//! Python code, which could switch threads.
+//! GIL every caller already holds (each method that touches it takes a
+//! `Python<'_>` token, except the garbage collector's `traverse`, which
+//! runs with the GIL held but gets no token from pyo3), and no Python code
+//! runs while it is borrowed: evicted entries are dropped after the borrow
+//! ends, because dropping a Python object may run Python code, which could
+//! switch threads. `maxlen` is an atomic, read with a relaxed load.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
