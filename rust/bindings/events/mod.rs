@@ -14,6 +14,7 @@
 //!   building `Event` objects; [`made`]: the values a call makes itself;
 //!   [`kinds`]: the lock-free cache of `EventType` members; [`line`]: an
 //!   event's JSON line; [`remembered`]: the events kept for `events`;
+//!   [`gil_cell`]: a value guarded by the GIL, with no lock of its own;
 //! * [`fast_path`]: `LogEventFastPath`, behind the C `_log_event` method;
 //! * [`json_encoder`]: Python values to JSON as `json.dumps` writes them;
 //! * [`analysis`]: the Rust log analysis as the reference's Python values;
@@ -29,6 +30,7 @@
 mod analysis;
 mod errors;
 mod fast_path;
+mod gil_cell;
 mod ids;
 mod json_encoder;
 mod kinds;

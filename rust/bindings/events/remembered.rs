@@ -1,18 +1,24 @@
 //! `RememberedEvents`: the events a sink logged but has not yet handed to
-//! `EventLogger.events`, kept as a deque behind an uncontended mutex (a
-//! lock-free ring measured slower, see docs/design.md), and built into
-//! `Event` objects only when `events` is read.
+//! `EventLogger.events`, kept as a deque and built into `Event` objects only
+//! when `events` is read.
+//!
+//! The deque takes no lock of its own: it is a [`GilCell`], guarded by the
+//! GIL every caller already holds (each method that touches it takes a
+//! `Python<'_>` token, except the garbage collector's `traverse`, which
+//! runs with the GIL held but gets no token from pyo3), and no Python code
+//! runs while it is borrowed: evicted entries are dropped after the borrow
+//! ends, because dropping a Python object may run Python code, which could
+//! switch threads. `maxlen` is an atomic, read with a relaxed load.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
 
-use pyo3::exceptions::PyValueError;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::PyList;
 use pyo3::{PyTraverseError, PyVisit};
 
+use super::gil_cell::GilCell;
 use super::layout::EventLayout;
 use super::made::Made;
 
@@ -29,11 +35,10 @@ pub(super) enum Remembered {
 
 /// The events of one sink not yet moved into `events`, newest `maxlen`.
 pub(super) struct RememberedEvents {
-    /// Oldest first. The lock is only taken with the GIL held and no
-    /// Python code runs under it (which could switch threads), so it is
-    /// never contended, never held by another thread when Python forks,
-    /// nor waited for by a thread holding the GIL.
-    queue: Mutex<VecDeque<Remembered>>,
+    /// Oldest first. Guarded by the GIL; never borrowed while Python code
+    /// runs, so never found borrowed by another thread, nor in a child
+    /// forked by the thread holding the GIL.
+    queue: GilCell<VecDeque<Remembered>>,
     /// `events.maxlen` (`usize::MAX`: none): older entries are dropped.
     maxlen: AtomicUsize,
 }
@@ -42,7 +47,7 @@ impl RememberedEvents {
     /// `maxlen`: the `events` deque's (`None`: it keeps everything).
     pub(super) fn new(maxlen: Option<usize>) -> Self {
         RememberedEvents {
-            queue: Mutex::new(VecDeque::new()),
+            queue: GilCell::new(VecDeque::new()),
             maxlen: AtomicUsize::new(maxlen.unwrap_or(usize::MAX)),
         }
     }
@@ -53,16 +58,13 @@ impl RememberedEvents {
     }
 
     /// Keeps `entry`, dropping the oldest beyond `maxlen`.
-    pub(super) fn remember(&self, entry: Remembered) {
+    pub(super) fn remember(&self, py: Python<'_>, entry: Remembered) {
         let maxlen = self.maxlen.load(Ordering::Relaxed);
-        let evicted = match self.queue.lock() {
-            Ok(mut queue) => {
-                queue.push_back(entry);
-                (queue.len() > maxlen).then(|| queue.pop_front()).flatten()
-            }
-            Err(_) => None,
-        };
-        drop(evicted); // outside the lock: dropping may run Python code
+        let evicted = self.queue.with(py, |queue| {
+            queue.push_back(entry);
+            (queue.len() > maxlen).then(|| queue.pop_front()).flatten()
+        });
+        drop(evicted); // after the borrow: dropping may run Python code
     }
 
     /// Appends the events kept so far to `events` (a deque), in logging
@@ -74,10 +76,7 @@ impl RememberedEvents {
         layout: &EventLayout,
         events: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
-        let mut taken = match self.queue.lock() {
-            Ok(mut queue) => std::mem::take(&mut *queue),
-            Err(_) => return Err(PyValueError::new_err("event memory is poisoned")),
-        };
+        let mut taken = self.queue.with(py, std::mem::take).unwrap_or_default();
         if taken.is_empty() {
             return Ok(());
         }
@@ -86,48 +85,48 @@ impl RememberedEvents {
             Ok(())
         });
         if moved.is_err() {
-            self.keep_in_front(taken);
+            self.keep_in_front(py, taken);
         }
         moved
     }
 
     /// Puts `taken` back before what was logged meanwhile, keeping `maxlen`.
-    fn keep_in_front(&self, mut taken: VecDeque<Remembered>) {
+    fn keep_in_front(&self, py: Python<'_>, mut taken: VecDeque<Remembered>) {
         let maxlen = self.maxlen.load(Ordering::Relaxed);
         let mut evicted = Vec::new();
-        if let Ok(mut queue) = self.queue.lock() {
-            taken.append(&mut queue);
+        self.queue.with(py, |queue| {
+            taken.append(queue);
             while taken.len() > maxlen {
                 evicted.extend(taken.pop_front());
             }
             *queue = taken;
-        }
-        drop(evicted); // outside the lock: dropping may run Python code
+        });
+        drop(evicted); // after the borrow: dropping may run Python code
     }
 
     /// Visits every Python object kept, for the garbage collector. A queue
-    /// locked by a logging thread is skipped: an edge left out only keeps
-    /// objects alive longer, never frees one in use.
+    /// borrowed when the collection started is skipped (none is: no borrow
+    /// allocates through Python): an edge left out only keeps objects alive
+    /// longer, never frees one in use.
     pub(super) fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
-        let Ok(queue) = self.queue.try_lock() else {
-            return Ok(());
+        let visit_all = |queue: &VecDeque<Remembered>| {
+            queue.iter().try_for_each(|entry| match entry {
+                Remembered::Built(event) => visit.call(event),
+                Remembered::Fields(fields, _made) => fields
+                    .iter()
+                    .flatten()
+                    .try_for_each(|value| visit.call(value)),
+            })
         };
-        queue.iter().try_for_each(|entry| match entry {
-            Remembered::Built(event) => visit.call(event),
-            Remembered::Fields(fields, _made) => fields
-                .iter()
-                .flatten()
-                .try_for_each(|value| visit.call(value)),
-        })
+        // SAFETY: this is the type's `tp_traverse`, called only by CPython's
+        // garbage collector, which runs with the GIL held by this thread.
+        unsafe { self.queue.with_in_gc(visit_all) }.unwrap_or(Ok(()))
     }
 
     /// Drops every event kept (the garbage collector breaking a cycle).
-    pub(super) fn clear(&self) {
-        let dropped = self
-            .queue
-            .lock()
-            .map(|mut queue| std::mem::take(&mut *queue));
-        drop(dropped); // outside the lock: dropping may run Python code
+    pub(super) fn clear(&self, py: Python<'_>) {
+        let dropped = self.queue.with(py, std::mem::take);
+        drop(dropped); // after the borrow: dropping may run Python code
     }
 }
 

@@ -1,9 +1,14 @@
 //! `EventSink`: the native half of one `EventLogger`, the class Python
 //! sees. A logging call makes the event's fields, keeps the event for
-//! `events` ([`remembered`](super::remembered): one uncontended mutex),
-//! serialises its line ([`line`](super::line)) and hands it to the writer
-//! ([`sink_writer`](super::sink_writer)), which takes no lock and blocks
-//! only when both of its buffers are full.
+//! `events` ([`remembered`](super::remembered)), serialises its line
+//! ([`line`](super::line)) and hands it to the writer
+//! ([`sink_writer`](super::sink_writer)).
+//!
+//! The producer path takes no lock of its own: the remembered events are
+//! guarded by the GIL the caller already holds, the cache of event kinds
+//! and the writer's buffers use atomics. The only blocking is the writer's
+//! documented wait, GIL released, when both of its buffers are full (and,
+//! by design, the write a durable event or a write-through call awaits).
 
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -153,8 +158,8 @@ impl EventSink {
         self.remembered.traverse(&visit)
     }
 
-    fn __clear__(&self) {
-        self.remembered.clear();
+    fn __clear__(&self, py: Python<'_>) {
+        self.remembered.clear(py);
     }
 
     /// Writes everything queued so far; with `fsync`, makes it durable.
@@ -203,7 +208,7 @@ impl EventSink {
     ) -> PyResult<()> {
         event.setattr(intern!(py, "job_id"), job_id)?;
         self.remembered
-            .remember(Remembered::Built(event.clone().unbind()));
+            .remember(py, Remembered::Built(event.clone().unbind()));
         let buffer = self.writer.current()?.line_buffer();
         let (line, durable) = object_line(py, buffer, &event)?;
         self.writer.push(py, line, durable)
@@ -252,11 +257,11 @@ impl EventSink {
             let values = self.layout.field_values(py, &values, &made)?;
             let event = self.layout.build_event(py, values)?;
             self.remembered
-                .remember(Remembered::Built(event.clone().unbind()));
+                .remember(py, Remembered::Built(event.clone().unbind()));
             Logged::Built(event)
         } else {
             self.remembered
-                .remember(Remembered::Fields(values.into_boxed_slice(), made));
+                .remember(py, Remembered::Fields(values.into_boxed_slice(), made));
             Logged::Queued
         };
         self.writer.push(py, line, kind.durable)?;
