@@ -14,6 +14,7 @@ import importlib.util
 import os
 import re
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 from types import ModuleType
@@ -56,6 +57,12 @@ def _killed_childrens_dirs() -> set[str]:
 
 def pytest_configure(config: pytest.Config) -> None:
     global _OWN_RAY_TMPDIR
+    # A suite started in the background by a script (`pytest &`, nohup)
+    # inherits SIGINT ignored, and so would every program the tests start
+    # and then interrupt: its Ctrl-C would do nothing. A handler is reset to
+    # the default in a new program, so each starts as from a terminal.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     _TEMP_BEFORE.update(_killed_childrens_dirs())
     if "RAY_TMPDIR" not in os.environ:
         parent = tempfile.gettempdir()
