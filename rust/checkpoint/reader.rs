@@ -6,6 +6,9 @@
 //! `threads` threads at once, so even a single-shard checkpoint loads on
 //! every core. Sizes declared inside a message are checked against the
 //! message and against a memory limit before anything is allocated for them.
+//!
+//! One concern, the verified parallel load; its tests take the second part
+//! of the file.
 
 use std::collections::HashMap;
 use std::io::Cursor;

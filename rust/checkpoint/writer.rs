@@ -8,6 +8,11 @@
 //! contiguous run of rows in input order, as `datasets.load_from_disk`
 //! expects, while compression runs on all cores. Channels are bounded, so
 //! memory stays at a few chunks per thread whatever the dataset's size.
+//!
+//! One concern, the parallel write of one checkpoint's shards: planning the
+//! chunks, the encoder threads, the writer thread and the shard files it fills
+//! (hashed, written back early, renamed to their final names). Its length is
+//! those three stages and their error paths.
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
