@@ -17,6 +17,7 @@ def test_exit_runs_the_saves_then_the_event_loggers_then_the_drain():
         """
         from data_juicer_accel import _lifecycle
         import data_juicer_accel.utils.ckpt_utils  # registers the background saves
+        import data_juicer_accel.core.executor.event_logging_mixin  # registers the event loggers
         def traced(name, step):
             def run():
                 print(name, flush=True)
