@@ -34,6 +34,7 @@ import sys
 import time
 
 from data_juicer_accel.bench.dj_jobs import job_env, run_logged, write_corpus_jsonl, write_job_config
+from data_juicer_accel.tools import _interrupt
 from data_juicer_accel.tools._format import table
 
 CASES = ["none", "none_cached", "dj_end", "dj_every_op", "accel_fg", "accel_bg"]
@@ -117,13 +118,14 @@ def _config(workdir: str, case: str, data: str, np_: int) -> str:
     return write_job_config(root, "bench-pipeline", data, np_, settings)
 
 
-def _case_env(workdir: str) -> dict:
-    """The jobs' environment, with the temp dir inside ``workdir``: HF's
-    temporary cache of a case's process killed by a Ctrl-C (it cannot remove
-    it) goes with the bench's own directory."""
+def _case_env(workdir: str, tmp: str) -> dict:
+    """The jobs' environment, with ``tmp`` as their temp dir: what a case's
+    process killed by a Ctrl-C cannot remove (HF's temporary cache, a pool
+    Manager's socket directory) goes with it. ``tmp`` is a short path in the
+    system temp dir, not inside ``workdir``: a Unix socket's path must fit in
+    107 bytes."""
     env = job_env(workdir)
-    env["TMPDIR"] = os.path.join(workdir, "tmp")
-    os.makedirs(env["TMPDIR"], exist_ok=True)
+    env["TMPDIR"] = tmp
     return env
 
 
@@ -190,16 +192,17 @@ def run_pipeline_bench(
     fills the page cache (``warm_up``), then the stall at ``stall_size``."""
     data = os.path.join(workdir, "corpus.jsonl")
     data_bytes = write_corpus_jsonl(size, data)
-    env = _case_env(workdir)
     seconds: dict[str, list] = {case: [] for case in CASES}
     stalls: dict[str, list] = {case: [] for case in CASES}
-    if warm_up:
-        run_case("none", workdir, data, np_, env)
-    for _ in range(rounds):
-        for case in CASES:  # interleaved, so load changes hit every case alike
-            result = run_case(case, workdir, data, np_, env)
-            seconds[case].append(result["seconds"])
-            stalls[case].extend(result["stalls"])
+    with _interrupt.temporary_directory("dja-jobs-") as tmp:
+        env = _case_env(workdir, tmp)
+        if warm_up:
+            run_case("none", workdir, data, np_, env)
+        for _ in range(rounds):
+            for case in CASES:  # interleaved, so load changes hit every case alike
+                result = run_case(case, workdir, data, np_, env)
+                seconds[case].append(result["seconds"])
+                stalls[case].extend(result["stalls"])
     rows = []
     base = statistics.median(seconds["none"])
     for case in CASES:

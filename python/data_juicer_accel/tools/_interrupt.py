@@ -53,6 +53,17 @@ _noting = threading.Lock()
 _stderr_fd: int | None = None
 #: The real stderr while fd 2 is /dev/null for a moment (resource trackers starting).
 _stderr_while_muted: int | None = None
+#: Set while the command is being ended: from then on a thread that forks (a
+#: pool replacing the workers just killed) waits until the process exits.
+_ending = threading.Event()
+
+
+def _hold_forks_while_ending() -> None:
+    if _ending.is_set():
+        threading.Event().wait()
+
+
+os.register_at_fork(before=_hold_forks_while_ending)
 
 
 def temp_dir(prefix: str, dir: str | None = None) -> str:
@@ -193,6 +204,10 @@ def _flush_event_logs() -> None:
 
 def _clean_up() -> str:
     _flush_event_logs()
+    _ending.set()
+    _kill_descendants()
+    # Once more, for a child whose fork had passed the hold when it was set,
+    # or a program started without os.fork (subprocess) meanwhile.
     _kill_descendants()
     left = []
     for path in [*_temp_dirs, *_library_temp_dirs(), *sorted(_children_temp_dirs)]:
