@@ -1,0 +1,1 @@
+"""Test harnesses: an S3-protocol server on loopback and a fault-injecting proxy."""
