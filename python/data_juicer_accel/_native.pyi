@@ -1,5 +1,6 @@
 """Type stubs for the native module ``data_juicer_accel._native`` (Rust, PyO3)."""
 
+from collections.abc import Sequence
 from os import PathLike
 from pathlib import Path
 from typing import Any, Literal, Protocol, final
@@ -37,6 +38,7 @@ class CheckpointWriter:
         chunk_bytes: int | None = None,
         max_shard_bytes: int | None = None,
         holder: str | None = None,
+        storage_options: Sequence[tuple[str, str]] | None = None,
     ) -> CheckpointWriter:
         """``chunk_bytes`` and ``max_shard_bytes`` default to ``DEFAULT_CHUNK_BYTES`` and
         ``DEFAULT_MAX_SHARD_BYTES``. ``holder`` names this save to another saver of this process
@@ -67,6 +69,26 @@ class LoadedCheckpoint:
 
 def read_checkpoint(path: str | Any, *, verify: bool = True, threads: int | None = None) -> LoadedCheckpoint | None:
     """Loads the checkpoint in ``path`` (a ``latest/`` directory); None when it has no manifest."""
+
+def read_committed(
+    ckpt_dir: str | Any,
+    *,
+    verify: bool = True,
+    threads: int | None = None,
+    storage_options: Sequence[tuple[str, str]] | None = None,
+) -> LoadedCheckpoint | None:
+    """The committed checkpoint of ``ckpt_dir``: a directory's ``latest/``, or the newest version
+    published in a bucket (``s3://bucket/prefix``); None when there is none."""
+
+def bucket_uri(ckpt_dir: str | Any) -> str | None:
+    """``s3://bucket/prefix`` when ``ckpt_dir`` names a bucket, None for a local path; ValueError for
+    any other URI, or credentials written into one."""
+
+def committed_file(
+    ckpt_dir: str | Any, name: str, *, storage_options: Sequence[tuple[str, str]] | None = None
+) -> bytes | None:
+    """The small file ``name`` of the committed checkpoint of ``ckpt_dir``, verified against its
+    manifest; None when there is none."""
 
 def read_manifest(path: str | Any) -> str | None:
     """The validated manifest of the checkpoint in ``path`` as JSON text, or None."""
@@ -104,6 +126,7 @@ class BackgroundCheckpointWriter:
         size_like_datasets: int | None = None,
         holder: str | None = None,
         immutable: bool = False,
+        storage_options: Sequence[tuple[str, str]] | None = None,
     ) -> int:
         """Takes a snapshot of ``data`` (and of the rows the one-uint64-column table
         ``indices`` selects) and queues its save into ``ckpt_dir``. Returns its sequence number.

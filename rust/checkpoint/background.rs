@@ -4,7 +4,7 @@
 //! their buffers: Arrow data is immutable, so nothing is copied), the rows an
 //! indices mapping selects, and the small files of the checkpoint. One
 //! thread per [`BackgroundWriter`] writes and commits snapshots through the
-//! ordinary path ([`Staging`], [`write_shards_cancellable`], atomic commit), so a crash
+//! ordinary path ([`PendingSave`]: written, then committed atomically), so a crash
 //! mid-save leaves the previous checkpoint or the new one.
 //!
 //! At most one snapshot is being written and one waits. A newer submit
@@ -17,7 +17,6 @@
 //! one being written stops at its next piece, before its commit, so the
 //! previous checkpoint stays.
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -28,8 +27,10 @@ use arrow_schema::{ArrowError, SchemaRef};
 use arrow_select::interleave::interleave_record_batch;
 use serde_json::Value;
 
+use super::bucket::Location;
 use super::error::{CheckpointError, Result};
-use super::{manifest_for, sizing, write_shards_cancellable, SaveRequest, Staging, WriteOptions};
+use super::save::PendingSave;
+use super::{manifest_for, sizing, SaveRequest, WriteOptions};
 
 /// Name of the HF state file whose `_data_files` list is filled in once the
 /// shard names are known.
@@ -39,7 +40,8 @@ const GATHER_ROWS: usize = 65_536;
 
 /// Everything one save needs, taken while the caller waits.
 pub struct Snapshot {
-    pub ckpt_dir: PathBuf,
+    /// The checkpoint directory or bucket prefix.
+    pub location: Location,
     pub schema: SchemaRef,
     pub batches: Vec<RecordBatch>,
     /// Row positions (into the concatenated batches) to save, in order;
@@ -88,7 +90,7 @@ impl Snapshot {
     /// Writes the snapshot into a fresh staging directory and commits it,
     /// unless `cancel` is raised first: then it stops at its next piece of
     /// work (the staging directory removed) with `Err(Cancelled)`.
-    pub fn write_and_commit(mut self, cancel: &AtomicBool) -> Result<PathBuf> {
+    pub fn write_and_commit(mut self, cancel: &AtomicBool) -> Result<String> {
         if let Some(pull) = self.deferred.take() {
             (self.batches, self.indices, self.table_bytes) = pull()?;
         }
@@ -96,10 +98,9 @@ impl Snapshot {
         if let Some(num_proc) = self.size_like_datasets {
             self.options.rows_per_shard = self.rows_per_shard_like_datasets(num_proc)?;
         }
-        let mut staging = Staging::create_for(&self.ckpt_dir, self.holder.as_deref())?;
+        let mut staging = PendingSave::create(&self.location, self.holder.as_deref())?;
         let rows = rows_of(&self.schema, &self.batches, self.indices.as_deref());
-        let (dir, schema) = (staging.dir(), self.schema.clone());
-        let shards = write_shards_cancellable(dir, schema, rows, &self.options, cancel)?;
+        let shards = staging.write_shards(self.schema.clone(), rows, &self.options, cancel)?;
         if let Some(template) = &self.state_template {
             let names: Vec<&str> = shards.iter().map(|s| s.file.as_str()).collect();
             staging.add_file(STATE_FILE, &state_json(template, &names)?)?;
@@ -546,7 +547,7 @@ mod tests {
 
     fn snapshot(dir: &std::path::Path, batches: Vec<RecordBatch>, tag: &str) -> Snapshot {
         Snapshot {
-            ckpt_dir: dir.to_path_buf(),
+            location: Location::Dir(dir.to_path_buf()),
             schema: schema(),
             batches,
             indices: None,

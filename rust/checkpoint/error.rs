@@ -21,6 +21,9 @@ pub enum CheckpointError {
         path: PathBuf,
         holder: Option<String>,
     },
+    /// Another writer published a checkpoint in the bucket at `location`
+    /// while this save ran: this save was discarded.
+    Raced { location: String, detail: String },
     /// Not enough memory for what a checkpoint needs once decoded.
     OutOfMemory {
         path: PathBuf,
@@ -95,6 +98,11 @@ impl fmt::Display for CheckpointError {
                  file); wait for that save to end (wait() or close() of a background manager) \
                  or save into another directory",
                 path.display()
+            ),
+            CheckpointError::Raced { location, detail } => write!(
+                f,
+                "another writer published a checkpoint in {location} while this save ran; \
+                 this save was discarded and the other one is the checkpoint ({detail})"
             ),
             CheckpointError::OutOfMemory {
                 path,

@@ -47,6 +47,10 @@ pub struct Manifest {
     /// Other files of the checkpoint (state.json, dataset_info.json, ...).
     pub files: Vec<FileEntry>,
     pub created_by: String,
+    /// In a bucket only: the key prefix (under the checkpoint's) of the
+    /// generation whose objects the entries name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<String>,
 }
 
 pub fn checksum_hex(hash: u64) -> String {
@@ -174,6 +178,7 @@ mod tests {
             }],
             files: vec![],
             created_by: "test".into(),
+            generation: None,
         }
     }
 

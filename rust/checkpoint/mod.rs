@@ -9,9 +9,13 @@
 //!   sized by [`sizing`]; [`memory`] says what the process may still use;
 //! * [`shards`] is a Ray save written by several processes, [`pin`] the
 //!   generation a lazy Ray load keeps;
+//! * [`save`] is one save or load wherever the checkpoint lives: a
+//!   directory, or a bucket ([`bucket`], `s3://`), where [`shard_files`]
+//!   and `bucket::upload` are the writer's two targets;
 //! * [`error`] is the one error type; [`fault`] the crash tests' faults.
 
 pub mod background;
+pub mod bucket;
 pub mod commit;
 pub mod dirfd;
 pub mod error;
@@ -21,6 +25,8 @@ pub mod memory;
 pub mod pin;
 pub mod probe;
 pub mod reader;
+pub mod save;
+pub mod shard_files;
 pub mod shards;
 pub mod sizing;
 pub mod snapshot;
@@ -64,6 +70,7 @@ pub fn manifest_for(request: &SaveRequest, shards: &[WrittenShard]) -> Manifest 
             .collect(),
         files: Vec::new(),
         created_by: format!("data-juicer-accel {}", env!("CARGO_PKG_VERSION")),
+        generation: None,
     }
 }
 

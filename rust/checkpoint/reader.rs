@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::io::Cursor;
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -105,28 +105,61 @@ fn read_generation(dir: &CheckpointDir, opts: &ReadOptions) -> Result<Option<Loa
     let Some(manifest) = Manifest::read_in(dir)? else {
         return Ok(None);
     };
+    read_manifested(dir, manifest, opts).map(Some)
+}
+
+/// Where the files a manifest lists are read from: a checkpoint directory
+/// (through its one handle), or a generation's objects in a bucket.
+pub trait FileSource: Sync {
+    /// How errors name `file`.
+    fn locate(&self, file: &str) -> PathBuf;
+    /// The whole of `entry`'s file, which must be `entry.bytes` long; never
+    /// reads more than that.
+    fn read_sized(&self, entry: &FileEntry, cancel: Option<&AtomicBool>) -> Result<Vec<u8>>;
+}
+
+impl FileSource for CheckpointDir {
+    fn locate(&self, file: &str) -> PathBuf {
+        self.path().join(file)
+    }
+
+    fn read_sized(&self, entry: &FileEntry, cancel: Option<&AtomicBool>) -> Result<Vec<u8>> {
+        self.read_exact_size(&entry.file, entry.bytes, cancel)
+    }
+}
+
+/// The small file `name` that `manifest` lists, read from `source` and
+/// verified; `Ok(None)` when the manifest lists no such file.
+pub fn read_listed_file(
+    source: &impl FileSource,
+    manifest: &Manifest,
+    name: &str,
+    opts: &ReadOptions,
+) -> Result<Option<Vec<u8>>> {
+    match manifest.files.iter().find(|entry| entry.file == name) {
+        Some(entry) => read_verified(source, entry, opts).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Reads and verifies everything `manifest` lists from `source`.
+pub fn read_manifested(
+    source: &impl FileSource,
+    manifest: Manifest,
+    opts: &ReadOptions,
+) -> Result<LoadedCheckpoint> {
     let mut files = HashMap::new();
     for entry in &manifest.files {
-        let bytes = read_verified(dir, entry, opts)?;
+        let bytes = read_verified(source, entry, opts)?;
         files.insert(entry.file.clone(), bytes);
     }
-    let shards = read_shards(dir, &manifest.shards, opts)?;
-    let schema = common_schema(dir.path(), &manifest.shards, &shards)?;
-    check_declared_sizes(
-        dir.path(),
-        &manifest.shards,
-        &shards,
-        opts.max_decoded_bytes,
-    )?;
-    let decoded = decode_all(dir.path(), &manifest.shards, &shards, &schema, opts)?;
-    check_rows_per_shard(dir.path(), &manifest.shards, &decoded)?;
-    let batches = decoded.into_iter().flatten().collect();
-    Ok(Some(LoadedCheckpoint {
+    let (schema, batches) = read_shard_entries(source, &manifest.shards, opts)?;
+    Ok(LoadedCheckpoint {
         manifest,
         schema,
         batches,
         files,
-    }))
+    })
 }
 
 /// Each shard must hold the rows its manifest entry says (the manifest's
@@ -151,10 +184,14 @@ pub fn check_rows_per_shard(
     Ok(())
 }
 
-fn read_verified(dir: &CheckpointDir, entry: &FileEntry, opts: &ReadOptions) -> Result<Vec<u8>> {
-    let bytes = dir.read_exact_size(&entry.file, entry.bytes, opts.cancel.as_deref())?;
+fn read_verified(
+    source: &impl FileSource,
+    entry: &FileEntry,
+    opts: &ReadOptions,
+) -> Result<Vec<u8>> {
+    let bytes = source.read_sized(entry, opts.cancel.as_deref())?;
     if opts.verify {
-        check_hash(&dir.path().join(&entry.file), &bytes, entry)?;
+        check_hash(&source.locate(&entry.file), &bytes, entry)?;
     }
     Ok(bytes)
 }
@@ -164,18 +201,26 @@ fn read_verified(dir: &CheckpointDir, entry: &FileEntry, opts: &ReadOptions) -> 
 /// size, its xxh3 (with `opts.verify`), the decompressed sizes it declares
 /// against the memory the process may use, and its row count.
 pub fn read_one_shard(
-    dir: &CheckpointDir,
+    source: &impl FileSource,
     entry: &FileEntry,
     opts: &ReadOptions,
 ) -> Result<(SchemaRef, Vec<RecordBatch>)> {
-    let entries = std::slice::from_ref(entry);
-    let shards = read_shards(dir, entries, opts)?;
-    let schema = common_schema(dir.path(), entries, &shards)?;
-    check_declared_sizes(dir.path(), entries, &shards, opts.max_decoded_bytes)?;
-    let decoded = decode_all(dir.path(), entries, &shards, &schema, opts)?;
-    check_rows_per_shard(dir.path(), entries, &decoded)?;
-    let batches = decoded.into_iter().flatten().collect();
-    Ok((schema, batches))
+    read_shard_entries(source, std::slice::from_ref(entry), opts)
+}
+
+/// The rows of the shards `entries`, read from `source` and checked.
+fn read_shard_entries(
+    source: &impl FileSource,
+    entries: &[FileEntry],
+    opts: &ReadOptions,
+) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    let shards = read_shards(source, entries, opts)?;
+    let place = source.locate("");
+    let schema = common_schema(&place, entries, &shards)?;
+    check_declared_sizes(&place, entries, &shards, opts.max_decoded_bytes)?;
+    let decoded = decode_all(&place, entries, &shards, &schema, opts)?;
+    check_rows_per_shard(&place, entries, &decoded)?;
+    Ok((schema, decoded.into_iter().flatten().collect()))
 }
 
 fn check_hash(path: &Path, bytes: &[u8], entry: &FileEntry) -> Result<()> {
@@ -209,14 +254,14 @@ struct ShardMessages {
 }
 
 fn read_shards(
-    dir: &CheckpointDir,
+    source: &impl FileSource,
     entries: &[FileEntry],
     opts: &ReadOptions,
 ) -> Result<Vec<ShardMessages>> {
     parallel_map(entries.len(), load_threads(opts), |i| {
         opts.cancelled()?;
-        let bytes = read_verified(dir, &entries[i], opts)?;
-        split_messages(&dir.path().join(&entries[i].file), Buffer::from_vec(bytes))
+        let bytes = read_verified(source, &entries[i], opts)?;
+        split_messages(&source.locate(&entries[i].file), Buffer::from_vec(bytes))
     })
 }
 

@@ -14,12 +14,11 @@
 //! (hashed, written back early, renamed to their final names). Its length is
 //! those three stages and their error paths.
 
-use std::fs::File;
-use std::io::{self, BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::io::{self, Write};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
-use std::thread::{self, Scope, ScopedJoinHandle};
+use std::thread::{self, ScopedJoinHandle};
 
 use arrow_array::{Array, RecordBatch};
 use arrow_ipc::writer::{
@@ -31,6 +30,7 @@ use arrow_schema::{ArrowError, DataType, SchemaRef};
 use xxhash_rust::xxh3::Xxh3;
 
 use super::error::{CheckpointError, IoContext, Result};
+use super::shard_files::DirShards;
 use super::{fault, memory};
 
 /// Arrow IPC end-of-stream marker: continuation token, then a zero length.
@@ -265,6 +265,22 @@ pub fn write_shards_cancellable<I>(
 where
     I: Iterator<Item = std::result::Result<RecordBatch, ArrowError>>,
 {
+    let target = DirShards::new(dir, opts.sync);
+    write_shards_to(&target, schema, input, opts, cancel)
+}
+
+/// [`write_shards_cancellable`] into any [`ShardTarget`].
+pub fn write_shards_to<T, I>(
+    target: &T,
+    schema: SchemaRef,
+    input: I,
+    opts: &WriteOptions,
+    cancel: &AtomicBool,
+) -> Result<Vec<WrittenShard>>
+where
+    T: ShardTarget,
+    I: Iterator<Item = std::result::Result<RecordBatch, ArrowError>>,
+{
     let ipc = ipc_options(opts.compression)?;
     let mut opts = opts.clone();
     opts.chunk_bytes = opts.chunk_bytes.min(max_chunk_bytes(opts.compression));
@@ -303,10 +319,10 @@ where
             outputs.push(out_rx);
         }
         let writer = {
-            let (schema, ipc, sync) = (schema.clone(), ipc.clone(), opts.sync);
+            let (schema, ipc) = (schema.clone(), ipc.clone());
             thread::Builder::new()
                 .name("dja-ckpt-shards".into())
-                .spawn_scoped(s, move || write_loop(s, dir, &schema, &ipc, outputs, sync))
+                .spawn_scoped(s, move || write_loop(target, &schema, &ipc, outputs))
                 .map_err(|e| memory::thread_error("the checkpoint shard writer thread", e))?
         };
 
@@ -323,11 +339,11 @@ where
         produced?;
         written
     })?;
-    rename_to_final_names(dir, shards)
+    target.finish(shards)
 }
 
 /// Bytes an open shard buffers before writing (its `BufWriter`).
-const SHARD_BUFFER_BYTES: usize = 1 << 20;
+pub const SHARD_BUFFER_BYTES: usize = 1 << 20;
 
 /// The zstd level, 0 for no compression.
 fn zstd_level(compression: Compression) -> i32 {
@@ -441,17 +457,14 @@ fn encode_loop(
     Ok(())
 }
 
-fn write_loop<'scope>(
-    scope: &'scope Scope<'scope, '_>,
-    dir: &Path,
+fn write_loop<T: ShardTarget>(
+    target: &T,
     schema: &SchemaRef,
     ipc: &IpcWriteOptions,
     encoders: Vec<Receiver<EncoderOutput>>,
-    sync_shards: bool,
 ) -> Result<Vec<WrittenShard>> {
     let mut done = Vec::new();
-    let mut syncs: Vec<ScopedJoinHandle<'scope, Result<()>>> = Vec::new();
-    let mut current: Option<OpenShard> = None;
+    let mut current: Option<OpenShard<T>> = None;
     for seq in 0.. {
         let Ok(encoded) = encoders[seq % encoders.len()].recv() else {
             break; // every chunk is written
@@ -459,25 +472,9 @@ fn write_loop<'scope>(
         let encoded = encoded?;
         if current.as_ref().map(|s| s.index) != Some(encoded.shard) {
             if let Some(shard) = current.take() {
-                let (written, file) = shard.finish()?;
-                if sync_shards {
-                    let path = written.file.clone();
-                    let spawned = file.try_clone().ok().and_then(|clone| {
-                        thread::Builder::new()
-                            .name("dja-ckpt-fsync".into())
-                            .spawn_scoped(scope, move || sync(clone, &path))
-                            .ok()
-                    });
-                    match spawned {
-                        Some(handle) => syncs.push(handle),
-                        None => sync(file, &written.file)?, // no thread left: here, then
-                    }
-                } else {
-                    start_writeback(&file, 0);
-                }
-                done.push(written);
+                done.push(shard.finish()?);
             }
-            current = Some(OpenShard::create(dir, encoded.shard, schema, ipc)?);
+            current = Some(OpenShard::create(target, encoded.shard, schema, ipc)?);
         }
         current
             .as_mut()
@@ -486,18 +483,9 @@ fn write_loop<'scope>(
     }
     let last = match current {
         Some(shard) => shard,
-        None => OpenShard::create(dir, 0, schema, ipc)?, // empty dataset: schema only
+        None => OpenShard::create(target, 0, schema, ipc)?, // empty dataset: schema only
     };
-    let (written, file) = last.finish()?;
-    if sync_shards {
-        sync(file, &written.file)?;
-    } else {
-        start_writeback(&file, 0);
-    }
-    done.push(written);
-    for handle in syncs {
-        join(handle)?;
-    }
+    done.push(last.finish()?);
     Ok(done)
 }
 
@@ -527,40 +515,14 @@ fn encoder_error(error: ArrowError) -> CheckpointError {
     }
 }
 
-/// Starts (does not wait for) the writeback of `file` from byte `from` to
-/// its end. Only a hint to the kernel: a failure (a filesystem without it)
-/// leaves the work to the fsync that makes the file durable.
-fn start_writeback(file: &File, from: u64) {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::unix::io::AsRawFd;
-        // SAFETY: `fd` is an open file; a length of 0 means "to the end".
-        let _ = unsafe {
-            libc::sync_file_range(
-                file.as_raw_fd(),
-                from as libc::off64_t,
-                0,
-                libc::SYNC_FILE_RANGE_WRITE,
-            )
-        };
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = (file, from);
-}
-
-fn sync(file: File, path: &str) -> Result<()> {
-    fault::check("shard_sync", Path::new(path)).at(path)?;
-    file.sync_all().at(path)
-}
-
-/// Counts and hashes every byte on its way to the file.
-struct HashingWriter {
-    inner: BufWriter<File>,
+/// Counts and hashes every byte on its way to the target.
+struct HashingWriter<W: Write> {
+    inner: W,
     hasher: Xxh3,
     bytes: u64,
 }
 
-impl Write for HashingWriter {
+impl<W: Write> Write for HashingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
         self.hasher.update(&buf[..n]);
@@ -573,32 +535,54 @@ impl Write for HashingWriter {
     }
 }
 
-struct OpenShard {
-    index: usize,
-    path: PathBuf,
-    out: HashingWriter,
-    rows: u64,
-    raw_bytes: u64,
-    /// Bytes whose writeback has been started.
-    written_back: u64,
+/// Where the writer thread puts shards: the files of a staging directory
+/// ([`super::shard_files::DirShards`]) or multipart uploads to a bucket
+/// ([`super::bucket::upload::BucketShards`]).
+pub trait ShardTarget: Sync {
+    /// The bytes of one open shard.
+    type Out: Write + Send;
+    /// Starts shard `index`; also gives the name it is known by until
+    /// [`ShardTarget::finish`] (errors use it).
+    fn open(&self, index: usize) -> Result<(Self::Out, String)>;
+    /// Every [`WRITEBACK_BYTES`] of a shard: bytes from `from` on are written.
+    fn progress(&self, out: &mut Self::Out, name: &str, from: u64) -> Result<()>;
+    /// The shard is complete: make it durable, or start to.
+    fn close(&self, out: Self::Out, name: &str) -> Result<()>;
+    /// Waits for what `close` started; gives the shards their final names.
+    fn finish(&self, shards: Vec<WrittenShard>) -> Result<Vec<WrittenShard>>;
 }
 
-impl OpenShard {
-    fn create(dir: &Path, index: usize, schema: &SchemaRef, ipc: &IpcWriteOptions) -> Result<Self> {
-        let path = dir.join(format!("part-{index:05}.arrow"));
-        memory::ensure_room(SHARD_BUFFER_BYTES as u64, "the write buffer of a shard")?;
-        let file = File::create(&path).at(&path)?;
+struct OpenShard<'t, T: ShardTarget> {
+    target: &'t T,
+    index: usize,
+    name: String,
+    out: HashingWriter<T::Out>,
+    rows: u64,
+    raw_bytes: u64,
+    /// Bytes reported to [`ShardTarget::progress`].
+    reported: u64,
+}
+
+impl<'t, T: ShardTarget> OpenShard<'t, T> {
+    fn create(
+        target: &'t T,
+        index: usize,
+        schema: &SchemaRef,
+        ipc: &IpcWriteOptions,
+    ) -> Result<Self> {
+        let (out, name) = target.open(index)?;
         let mut shard = OpenShard {
+            target,
             index,
+            name,
             out: HashingWriter {
-                inner: BufWriter::with_capacity(SHARD_BUFFER_BYTES, file),
+                inner: out,
                 hasher: Xxh3::new(),
                 bytes: 0,
             },
-            path,
             rows: 0,
             raw_bytes: 0,
-            written_back: 0,
+            reported: 0,
         };
         let header = IpcDataGenerator::default().schema_to_bytes_with_dictionary_tracker(
             schema,
@@ -610,9 +594,9 @@ impl OpenShard {
     }
 
     fn put(&mut self, message: EncodedData, ipc: &IpcWriteOptions) -> Result<()> {
-        fault::check("shard_write", &self.path).at(&self.path)?;
+        fault::check("shard_write", Path::new(&self.name)).at(&self.name)?;
         write_message(&mut self.out, message, ipc).map_err(|e| match e {
-            ArrowError::IoError(_, source) => CheckpointError::io(&self.path, source),
+            ArrowError::IoError(_, source) => CheckpointError::io(&self.name, source),
             other => CheckpointError::Input(other.to_string()),
         })?;
         Ok(())
@@ -625,51 +609,24 @@ impl OpenShard {
         self.put(chunk.message, ipc)?;
         self.rows += chunk.rows;
         self.raw_bytes += chunk.raw_bytes;
-        self.start_writeback()
-    }
-
-    /// Starts (does not wait for) writeback of what was written since the
-    /// last call, once that is `WRITEBACK_BYTES`. Only a hint to the kernel:
-    /// durability still comes from the fsync in `sync`.
-    fn start_writeback(&mut self) -> Result<()> {
-        if self.out.bytes - self.written_back < WRITEBACK_BYTES {
-            return Ok(());
+        if self.out.bytes - self.reported >= WRITEBACK_BYTES {
+            self.target
+                .progress(&mut self.out.inner, &self.name, self.reported)?;
+            self.reported = self.out.bytes;
         }
-        self.out.inner.flush().at(&self.path)?;
-        start_writeback(self.out.inner.get_ref(), self.written_back);
-        self.written_back = self.out.bytes;
         Ok(())
     }
 
-    fn finish(mut self) -> Result<(WrittenShard, File)> {
-        self.out.write_all(&END_OF_STREAM).at(&self.path)?;
-        let file = self
-            .out
-            .inner
-            .into_inner()
-            .map_err(|e| CheckpointError::io(&self.path, e.into_error()))?;
+    fn finish(mut self) -> Result<WrittenShard> {
+        self.out.write_all(&END_OF_STREAM).at(&self.name)?;
         let shard = WrittenShard {
-            file: self.path.to_string_lossy().into_owned(),
+            file: self.name.clone(),
             rows: self.rows,
             bytes: self.out.bytes,
             raw_bytes: self.raw_bytes,
             xxh3: self.out.hasher.digest(),
         };
-        Ok((shard, file))
+        self.target.close(self.out.inner, &self.name)?;
+        Ok(shard)
     }
-}
-
-fn rename_to_final_names(dir: &Path, shards: Vec<WrittenShard>) -> Result<Vec<WrittenShard>> {
-    let count = shards.len();
-    shards
-        .into_iter()
-        .enumerate()
-        .map(|(index, mut shard)| {
-            let name = format!("data-{index:05}-of-{count:05}.arrow");
-            let to = dir.join(&name);
-            std::fs::rename(&shard.file, &to).at(&to)?;
-            shard.file = name;
-            Ok(shard)
-        })
-        .collect()
 }

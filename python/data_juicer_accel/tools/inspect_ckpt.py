@@ -122,7 +122,7 @@ def _resolve(path: str) -> tuple[str, str]:
     from data_juicer_accel.utils.ckpt_base import refuse_uri
 
     try:
-        refuse_uri(path)
+        refuse_uri(path, "inspect")
     except ValueError as e:
         raise _NotACheckpoint(str(e)) from None
     path = os.path.abspath(path)

@@ -56,6 +56,7 @@ def _submit_options(manager: CheckpointManager, source: Any, op_record: bytes) -
         ops_done=len(manager.op_record),
         record=json.loads(op_record),
         holder=manager._lock_holder(),
+        storage_options=manager._storage_options(),
     )
 
 

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import sys
 from abc import ABC, abstractmethod
 from enum import Enum
 from typing import Any
 
-__all__ = ["CheckpointManagerBase", "CheckpointStrategy", "DEFAULT_ZSTD_LEVEL"]
+__all__ = ["CheckpointManagerBase", "CheckpointStrategy", "DEFAULT_ZSTD_LEVEL", "bucket_uri"]
 
 #: zstd level of the shards. Level 1 saves as fast as level -1 and compresses
 #: Data-Juicer-shaped text about 3x (the README's benchmark); level 3 costs a
@@ -21,32 +20,35 @@ __all__ = ["CheckpointManagerBase", "CheckpointStrategy", "DEFAULT_ZSTD_LEVEL"]
 DEFAULT_ZSTD_LEVEL = 1
 
 
-#: ``scheme://`` at the start of a path, with the scheme as group 1 and any
-#: ``user:secret@`` that follows as group 2 (never shown).
-_URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://([^/@]*@)?")
+def bucket_uri(ckpt_dir: str) -> str | None:
+    """``s3://bucket/prefix`` when ``ckpt_dir`` names a bucket, None for a
+    local path. Any other URI (``gs://``, ``file://``, ...) raises
+    ``ValueError``: ``os.makedirs("gs://bkt/ck")`` would quietly create
+    ``./gs:/bkt/ck`` on the local disk. Credentials written into a URI are
+    refused too, and never shown."""
+    from data_juicer_accel import _native
+
+    return _native.bucket_uri(os.fspath(ckpt_dir))
 
 
-def refuse_uri(ckpt_dir: str) -> None:
-    """Raises ``ValueError`` for ``s3://``, ``gs://``, ``file://`` and any other
-    URI. ``os.makedirs("s3://bkt/ck")`` would quietly create ``./s3:/bkt/ck``
-    on the local disk, and on a cluster each node would keep its shards on its
-    own disk while the user believes they are in the bucket. The message keeps
-    out any credentials written into the URI."""
-    match = _URI.match(os.fspath(ckpt_dir))
-    if match is None:
-        return
-    shown = match.group(1) + "://" + os.fspath(ckpt_dir)[match.end() :]
-    raise ValueError(
-        f"checkpoint directory {shown!r} is a URI ({match.group(1)}://), and data-juicer-accel keeps checkpoints on "
-        "a local or mounted filesystem only: give a directory path (for example a mount of the bucket)"
-    )
+def refuse_uri(ckpt_dir: str, who: str) -> None:
+    """Raises ``ValueError`` for a URI given to ``who``, which keeps
+    checkpoints on a local or mounted filesystem only."""
+    uri = bucket_uri(ckpt_dir)
+    if uri is not None:
+        raise ValueError(
+            f"checkpoint directory {uri!r} is a URI (s3://), and {who} keeps checkpoints on a local or mounted "
+            "filesystem only: give a directory path (for example a mount of the bucket)"
+        )
 
 
 def make_ckpt_dir(ckpt_dir: str) -> None:
     """Creates ``ckpt_dir``; a path that exists but is no directory is named in
     a ``NotADirectoryError`` (``os.makedirs`` would say ``FileExistsError``),
-    and a URI in a ``ValueError`` (see ``refuse_uri``)."""
-    refuse_uri(ckpt_dir)
+    and a URI other than ``s3://`` in a ``ValueError`` (see ``bucket_uri``).
+    A bucket needs nothing made."""
+    if bucket_uri(ckpt_dir) is not None:
+        return
     if os.path.exists(ckpt_dir) and not os.path.isdir(ckpt_dir):
         raise NotADirectoryError(errno.ENOTDIR, "the checkpoint directory is not a directory", ckpt_dir)
     os.makedirs(ckpt_dir, exist_ok=True)

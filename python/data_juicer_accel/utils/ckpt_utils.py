@@ -16,6 +16,7 @@ shared with ``RayCheckpointManager`` from ``ray_ckpt``).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from collections.abc import Callable
@@ -33,6 +34,7 @@ from data_juicer_accel.utils.ckpt_base import (
     DEFAULT_ZSTD_LEVEL,
     CheckpointManagerBase,
     CheckpointStrategy,
+    bucket_uri,
     make_ckpt_dir,
 )
 from data_juicer_accel.utils.ckpt_load import _load_foreign_checkpoint, _replaced_by_another_writer, _to_hf_dataset
@@ -74,6 +76,7 @@ class CheckpointManager(CheckpointManagerBase):
         zstd_level: int = DEFAULT_ZSTD_LEVEL,
         verify_on_load: bool = True,
         background: bool = False,
+        storage_options: dict[str, Any] | None = None,
     ):
         """
         Initialization method.
@@ -86,10 +89,23 @@ class CheckpointManager(CheckpointManagerBase):
         :param background: ``save_ckpt`` returns once it has taken a
             zero-copy snapshot; a native thread compresses and commits it
             (see ``wait``)
+        :param storage_options: options of the bucket client when
+            ``ckpt_dir`` is ``s3://bucket/prefix`` (``endpoint_url``,
+            ``aws_access_key_id``, ``region``, ``allow_http``, ...); they
+            override the ``AWS_*`` environment variables
         """
         super().__init__(ckpt_dir)
-        self.ckpt_ds_dir = os.path.join(self.ckpt_dir, "latest")
-        self.ckpt_op_record = os.path.join(self.ckpt_dir, _OP_RECORD_FILE)
+        #: ``s3://bucket/prefix`` for a checkpoint in a bucket, else None.
+        self.bucket = bucket_uri(ckpt_dir)
+        if storage_options and self.bucket is None:
+            raise ValueError(f"storage_options apply to a checkpoint in a bucket (s3://...), not to {ckpt_dir!r}")
+        self.storage_options = dict(storage_options or {})
+        if self.bucket is None:
+            self.ckpt_ds_dir = os.path.join(self.ckpt_dir, "latest")
+            self.ckpt_op_record = os.path.join(self.ckpt_dir, _OP_RECORD_FILE)
+        else:  # the newest version published there is the checkpoint, its op record inside it
+            self.ckpt_ds_dir = self.bucket
+            self.ckpt_op_record = f"{self.bucket}/{_OP_RECORD_FILE}"
         self.process_list = original_process_list
         self.num_proc = num_proc
         self.op_record: list = []
@@ -123,6 +139,8 @@ class CheckpointManager(CheckpointManagerBase):
 
         :return: True when checkpoint is available, else False
         """
+        if self.bucket is not None:
+            return self.check_ops_to_skip()
         if (
             os.path.exists(self.ckpt_ds_dir)
             and os.path.isdir(self.ckpt_ds_dir)
@@ -201,7 +219,21 @@ class CheckpointManager(CheckpointManagerBase):
 
     def _read_op_record(self) -> list | None:
         """The op record, or None (with a warning) when it cannot be used."""
-        return read_op_record(self.ckpt_op_record, root=self.ckpt_dir)
+        if self.bucket is None:
+            return read_op_record(self.ckpt_op_record, root=self.ckpt_dir)
+        try:
+            text = _native.committed_file(self.ckpt_dir, _OP_RECORD_FILE, storage_options=self._storage_options())
+        except CheckpointCorruptError as e:
+            logger.warning(
+                f"Cannot read checkpoint op record in {self.bucket} ({e}). All ops will be processed "
+                "from the beginning."
+            )
+            return None
+        return _record_of(text)
+
+    def _storage_options(self) -> list[tuple[str, str]]:
+        """``storage_options`` as the native client takes them (booleans as ``true``/``false``)."""
+        return [(str(k), str(v).lower() if isinstance(v, bool) else str(v)) for k, v in self.storage_options.items()]
 
     def save_ckpt(self, ds):
         """
@@ -254,6 +286,7 @@ class CheckpointManager(CheckpointManagerBase):
             chunk_bytes=ckpt_sources.CHUNK_BYTES,
             max_shard_bytes=ckpt_sources.MAX_SHARD_BYTES,
             holder=self._lock_holder(),
+            storage_options=self._storage_options(),
         )
         try:
             rows = _write_rows(writer, source, self.num_proc)
@@ -292,6 +325,8 @@ class CheckpointManager(CheckpointManagerBase):
             return self._load_now()
 
     def _load_now(self):
+        if self.bucket is not None:
+            return self._load_from_bucket()
         try:
             loaded = _native.read_checkpoint(self.ckpt_ds_dir, verify=self.verify_on_load)
             if loaded is not None:
@@ -310,6 +345,19 @@ class CheckpointManager(CheckpointManagerBase):
             # Another writer saves the rows first, then the record: read after.
             self._check_record(self._read_op_record() if self._expected_record is not None else None)
             return dataset
+        return self._dataset_of(loaded)
+
+    def _load_from_bucket(self):
+        loaded = _native.read_committed(
+            self.ckpt_dir, verify=self.verify_on_load, storage_options=self._storage_options()
+        )
+        if loaded is None:
+            raise FileNotFoundError(errno.ENOENT, "no checkpoint was published in this bucket prefix", self.bucket)
+        self._check_record(_record_of(loaded.file(_OP_RECORD_FILE)))
+        return self._dataset_of(loaded)
+
+    def _dataset_of(self, loaded):
+        """The dataset a verified native load holds, of the kind that was saved."""
         kind = json.loads(loaded.manifest)["kind"]
         if kind not in _KINDS:
             manifest_path = os.path.join(self.ckpt_ds_dir, _native.MANIFEST_FILE)

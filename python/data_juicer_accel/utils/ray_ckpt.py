@@ -51,7 +51,7 @@ import pyarrow as pa
 from loguru import logger
 
 from data_juicer_accel import _native
-from data_juicer_accel.utils.ckpt_base import DEFAULT_ZSTD_LEVEL, CheckpointManagerBase, CheckpointStrategy
+from data_juicer_accel.utils.ckpt_base import DEFAULT_ZSTD_LEVEL, CheckpointManagerBase, CheckpointStrategy, refuse_uri
 
 __all__ = ["RayCheckpointManager", "ACCEL_SUFFIX", "REFERENCE_SUFFIX"]
 
@@ -276,6 +276,7 @@ class RayCheckpointManager(CheckpointManagerBase):
         :param checkpoint_op_names: List of operation names to checkpoint (for MANUAL strategy)
         :param event_logger: Optional event logger for checkpoint events
         """
+        refuse_uri(ckpt_dir, "RayCheckpointManager")
         super().__init__(ckpt_dir)
         self.checkpoint_enabled = checkpoint_enabled
         self.checkpoint_strategy = checkpoint_strategy

@@ -19,6 +19,7 @@ use super::calls::{detached, SIGNAL_POLL};
 use super::writer::write_options;
 use crate::bindings::lifecycle::gil;
 use crate::checkpoint::background::{BackgroundWriter, Snapshot};
+use crate::checkpoint::bucket::Location;
 use crate::checkpoint::sizing::SizedStream;
 use crate::checkpoint::snapshot::{detach_batches, MemoryMap};
 use crate::checkpoint::{self, CheckpointError, WriteOptions};
@@ -90,7 +91,8 @@ impl BackgroundCheckpointWriter {
     #[pyo3(signature = (ckpt_dir, data, *, kind, files, state_template=None, indices=None,
                         compression="zstd", level=1, threads=1, chunk_bytes=8_388_608,
                         max_shard_bytes=524_288_000, rows_per_shard=None,
-                        size_like_datasets=None, holder=None, immutable=false))]
+                        size_like_datasets=None, holder=None, immutable=false,
+                        storage_options=None))]
     #[allow(clippy::too_many_arguments)]
     fn submit(
         &self,
@@ -110,7 +112,10 @@ impl BackgroundCheckpointWriter {
         size_like_datasets: Option<u64>,
         holder: Option<String>,
         immutable: bool,
+        storage_options: Option<Vec<(String, String)>>,
     ) -> PyResult<u64> {
+        let location = Location::from_path(&ckpt_dir, &storage_options.unwrap_or_default())
+            .map_err(to_py_err)?;
         let options = WriteOptions {
             rows_per_shard,
             ..write_options(
@@ -127,7 +132,7 @@ impl BackgroundCheckpointWriter {
         let schema = stream.schema();
         let index_stream = indices.map(index_stream).transpose()?;
         let mut snapshot = Snapshot {
-            ckpt_dir,
+            location,
             schema,
             batches: Vec::new(),
             indices: None,

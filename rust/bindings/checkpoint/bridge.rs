@@ -46,7 +46,9 @@ pub fn to_py_err(err: CheckpointError) -> PyErr {
             }
         }
         e @ CheckpointError::Corrupt { .. } => CheckpointCorruptError::new_err(e.to_string()),
-        e @ CheckpointError::Locked { .. } => CheckpointLockedError::new_err(e.to_string()),
+        e @ (CheckpointError::Locked { .. } | CheckpointError::Raced { .. }) => {
+            CheckpointLockedError::new_err(e.to_string())
+        }
         e @ CheckpointError::Input(_) => PyValueError::new_err(e.to_string()),
         e @ (CheckpointError::OutOfMemory { .. } | CheckpointError::NoMemory { .. }) => {
             PyMemoryError::new_err(e.to_string())

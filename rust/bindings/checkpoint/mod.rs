@@ -8,6 +8,8 @@
 //! * [`writer`]: `CheckpointWriter`, one save of `CheckpointManager`;
 //! * [`reader`]: `LoadedCheckpoint`, `read_checkpoint` and the small reads
 //!   of a checkpoint directory;
+//! * [`location`]: whether `ckpt_dir` is a bucket, and small reads of the
+//!   committed checkpoint wherever it is (`read_committed` in [`reader`]);
 //! * [`background`]: `BackgroundCheckpointWriter`, background saves;
 //! * [`ray_shards`]: Ray shard files, written and read by the tasks,
 //!   committed by the driver;
@@ -19,6 +21,7 @@
 mod background;
 mod bridge;
 mod calls;
+mod location;
 mod ray_pins;
 mod ray_shards;
 mod reader;
@@ -31,6 +34,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("FAULT_INJECTION", crate::checkpoint::fault::ENABLED)?;
     bridge::register_exceptions(m)?;
     reader::register(m)?;
+    location::register(m)?;
     writer::register(m)?;
     background::register(m)?;
     ray_shards::register(m)?;

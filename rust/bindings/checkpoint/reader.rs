@@ -13,9 +13,11 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyCapsule};
 
 use super::bridge::export_stream;
+use super::bridge::to_py_err;
 use super::calls::{detached, interruptible};
 use crate::bindings::lifecycle::gil::guarded;
-use crate::checkpoint::{self, manifest, probe, reader};
+use crate::checkpoint::bucket::Location;
+use crate::checkpoint::{self, manifest, probe, reader, save};
 
 /// A verified checkpoint in memory; hands its table out once through the
 /// Arrow C stream interface.
@@ -76,22 +78,56 @@ fn read_checkpoint(
     threads: Option<usize>,
 ) -> PyResult<Option<LoadedCheckpoint>> {
     guarded("read_checkpoint", || {
-        let loaded = interruptible(py, |cancel| {
-            let options = reader::ReadOptions {
-                verify,
-                threads: threads.unwrap_or_else(reader::default_threads).max(1),
-                cancel: Some(cancel),
-                ..Default::default()
-            };
-            reader::read_checkpoint(&path, &options)
-        })?;
-        Ok(loaded.map(|l| LoadedCheckpoint {
-            manifest_json: l.manifest.to_json(),
-            num_rows: l.manifest.num_rows,
-            files: l.files,
-            data: Some((l.schema, l.batches)),
-        }))
+        read_at(py, verify, threads, |options| {
+            reader::read_checkpoint(&path, options)
+        })
     })
+}
+
+/// The committed checkpoint of `ckpt_dir` (a directory's `latest/`, or a
+/// bucket's newest version); `None` when there is none.
+#[pyfunction]
+#[pyo3(signature = (ckpt_dir, *, verify=true, threads=None, storage_options=None))]
+fn read_committed(
+    py: Python<'_>,
+    ckpt_dir: PathBuf,
+    verify: bool,
+    threads: Option<usize>,
+    storage_options: Option<Vec<(String, String)>>,
+) -> PyResult<Option<LoadedCheckpoint>> {
+    guarded("read_committed", || {
+        let location = Location::from_path(&ckpt_dir, &storage_options.unwrap_or_default())
+            .map_err(to_py_err)?;
+        read_at(py, verify, threads, |options| {
+            save::read_location(&location, options)
+        })
+    })
+}
+
+/// Runs `read` with the read options of Python's arguments, Ctrl-C
+/// interrupting it.
+fn read_at(
+    py: Python<'_>,
+    verify: bool,
+    threads: Option<usize>,
+    read: impl FnOnce(&reader::ReadOptions) -> checkpoint::Result<Option<reader::LoadedCheckpoint>>
+        + Send,
+) -> PyResult<Option<LoadedCheckpoint>> {
+    let loaded = interruptible(py, |cancel| {
+        let options = reader::ReadOptions {
+            verify,
+            threads: threads.unwrap_or_else(reader::default_threads).max(1),
+            cancel: Some(cancel),
+            ..Default::default()
+        };
+        read(&options)
+    })?;
+    Ok(loaded.map(|l| LoadedCheckpoint {
+        manifest_json: l.manifest.to_json(),
+        num_rows: l.manifest.num_rows,
+        files: l.files,
+        data: Some((l.schema, l.batches)),
+    }))
 }
 
 /// The validated manifest of the checkpoint in `path` as JSON, or None.
@@ -139,6 +175,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("FORMAT_VERSION", manifest::FORMAT_VERSION)?;
     m.add_class::<LoadedCheckpoint>()?;
     m.add_function(wrap_pyfunction!(read_checkpoint, m)?)?;
+    m.add_function(wrap_pyfunction!(read_committed, m)?)?;
     m.add_function(wrap_pyfunction!(read_manifest, m)?)?;
     m.add_function(wrap_pyfunction!(xxh3_64_hex, m)?)?;
     m.add_function(wrap_pyfunction!(compressed_shard, m)?)

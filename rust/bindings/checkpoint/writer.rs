@@ -1,5 +1,5 @@
 //! `CheckpointWriter`: one save of the Python `CheckpointManager`, from a
-//! table streamed in to its atomic commit; and the write options every
+//! table streamed in to its atomic commit, in a directory or a bucket; and the write options every
 //! saving binding builds from Python's arguments.
 
 use std::path::PathBuf;
@@ -11,7 +11,9 @@ use pyo3::prelude::*;
 use super::bridge::{import_stream, to_py_err};
 use super::calls::{detached, interruptible, Cancellable};
 use crate::bindings::lifecycle::gil::guarded;
-use crate::checkpoint::{self, Compression, SaveRequest, Staging, WriteOptions, WrittenShard};
+use crate::checkpoint::bucket::Location;
+use crate::checkpoint::save::PendingSave;
+use crate::checkpoint::{self, Compression, SaveRequest, WriteOptions, WrittenShard};
 
 fn compression(name: &str, level: i32) -> PyResult<Compression> {
     match name {
@@ -47,13 +49,13 @@ pub fn write_options(
 /// commits it atomically. Used by the Python `CheckpointManager`.
 #[pyclass(module = "data_juicer_accel._native")]
 pub struct CheckpointWriter {
-    staging: Option<Staging>,
+    staging: Option<PendingSave>,
     options: WriteOptions,
     shards: Option<Vec<WrittenShard>>,
 }
 
 impl CheckpointWriter {
-    fn staging(&mut self) -> PyResult<&mut Staging> {
+    fn staging(&mut self) -> PyResult<&mut PendingSave> {
         self.staging.as_mut().ok_or_else(|| {
             PyValueError::new_err("this CheckpointWriter is already committed or aborted")
         })
@@ -63,7 +65,7 @@ impl CheckpointWriter {
 #[pymethods]
 impl CheckpointWriter {
     #[new]
-    #[pyo3(signature = (ckpt_dir, *, compression="zstd", level=1, threads=1, chunk_bytes=None, max_shard_bytes=None, holder=None))]
+    #[pyo3(signature = (ckpt_dir, *, compression="zstd", level=1, threads=1, chunk_bytes=None, max_shard_bytes=None, holder=None, storage_options=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -74,11 +76,14 @@ impl CheckpointWriter {
         chunk_bytes: Option<u64>,
         max_shard_bytes: Option<u64>,
         holder: Option<String>,
+        storage_options: Option<Vec<(String, String)>>,
     ) -> PyResult<Self> {
         guarded("CheckpointWriter()", || {
             let options = write_options(compression, level, threads, chunk_bytes, max_shard_bytes)?;
             checkpoint::writer::ipc_options(options.compression).map_err(to_py_err)?;
-            let staging = detached(py, || Staging::create_for(&ckpt_dir, holder.as_deref()))?;
+            let location = Location::from_path(&ckpt_dir, &storage_options.unwrap_or_default())
+                .map_err(to_py_err)?;
+            let staging = detached(py, || PendingSave::create(&location, holder.as_deref()))?;
             Ok(CheckpointWriter {
                 staging: Some(staging),
                 options,
@@ -87,12 +92,14 @@ impl CheckpointWriter {
         })
     }
 
-    /// Path of the staging directory (removed on commit or abort).
+    /// Path of the staging directory (removed on commit or abort); `None`
+    /// in a bucket.
     #[getter]
     fn staging_dir(&self) -> Option<String> {
         self.staging
             .as_ref()
-            .map(|s| s.dir().to_string_lossy().into_owned())
+            .and_then(|s| s.staging_dir())
+            .map(|dir| dir.to_string_lossy().into_owned())
     }
 
     /// Streams `data` into zstd Arrow IPC shards. Returns the rows written.
@@ -112,14 +119,14 @@ impl CheckpointWriter {
             let stream = import_stream(data)?;
             let mut options = self.options.clone();
             options.rows_per_shard = rows_per_shard;
-            let dir = self.staging()?.dir().to_path_buf();
+            let staging = self.staging()?;
             let schema = stream.schema();
             let shards = interruptible(py, move |cancel| {
                 let input = Cancellable {
                     inner: stream,
                     cancel: cancel.clone(),
                 };
-                checkpoint::write_shards_cancellable(&dir, schema, input, &options, &cancel)
+                staging.write_shards(schema, input, &options, &cancel)
             })?;
             let rows = shards.iter().map(|s| s.rows).sum();
             self.shards = Some(shards);
@@ -145,7 +152,8 @@ impl CheckpointWriter {
         })
     }
 
-    /// Writes the manifest and swaps the checkpoint in. Returns `latest/`.
+    /// Writes the manifest and swaps the checkpoint in (a directory) or
+    /// publishes it (a bucket). Returns `latest/`, or the bucket's URI.
     fn commit(&mut self, py: Python<'_>, kind: &str) -> PyResult<String> {
         guarded("CheckpointWriter.commit", || {
             let shards = self
@@ -160,12 +168,11 @@ impl CheckpointWriter {
                 options: self.options.clone(),
             };
             let manifest = checkpoint::manifest_for(&request, &shards);
-            let latest = detached(py, move || staging.commit(manifest))?;
-            Ok(latest.to_string_lossy().into_owned())
+            detached(py, move || staging.commit(manifest))
         })
     }
 
-    /// Drops the staging directory and releases the lock.
+    /// Drops the staging directory (or the uploaded objects) and releases the lock.
     fn abort(&mut self) {
         self.staging = None;
         self.shards = None;

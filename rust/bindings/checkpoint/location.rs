@@ -1,0 +1,51 @@
+//! Where a checkpoint lives, for the Python managers: whether `ckpt_dir` is
+//! a bucket, and the small reads they make of the committed checkpoint
+//! wherever it is.
+
+use std::path::PathBuf;
+
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+use super::bridge::to_py_err;
+use super::calls::detached;
+use crate::bindings::lifecycle::gil::guarded;
+use crate::checkpoint::bucket::{BucketUri, Location};
+use crate::checkpoint::save;
+
+/// `s3://bucket/prefix` when `ckpt_dir` names a bucket, `None` for a local
+/// path. Any other URI, or credentials written into one, raise `ValueError`.
+#[pyfunction]
+fn bucket_uri(ckpt_dir: PathBuf) -> PyResult<Option<String>> {
+    guarded("bucket_uri", || {
+        let Some(text) = ckpt_dir.to_str() else {
+            return Ok(None);
+        };
+        Ok(BucketUri::parse(text)
+            .map_err(to_py_err)?
+            .map(|uri| uri.shown()))
+    })
+}
+
+/// The small file `name` of the committed checkpoint of `ckpt_dir`,
+/// verified against its manifest; `None` when there is none.
+#[pyfunction]
+#[pyo3(signature = (ckpt_dir, name, *, storage_options=None))]
+fn committed_file<'py>(
+    py: Python<'py>,
+    ckpt_dir: PathBuf,
+    name: &str,
+    storage_options: Option<Vec<(String, String)>>,
+) -> PyResult<Option<Bound<'py, PyBytes>>> {
+    guarded("committed_file", || {
+        let location = Location::from_path(&ckpt_dir, &storage_options.unwrap_or_default())
+            .map_err(to_py_err)?;
+        let bytes = detached(py, || save::read_committed_file(&location, name))?;
+        Ok(bytes.map(|b| PyBytes::new(py, &b)))
+    })
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(bucket_uri, m)?)?;
+    m.add_function(wrap_pyfunction!(committed_file, m)?)
+}

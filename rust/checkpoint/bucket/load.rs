@@ -1,0 +1,108 @@
+//! Loading the newest version of a checkpoint in a bucket, with every check
+//! of a directory load: each object's size before it is downloaded, its
+//! xxh3 and its rows. A missing or damaged object is named in
+//! [`CheckpointError::Corrupt`]; wrong rows are never returned.
+//!
+//! Should saves publish two newer versions and delete the one being read
+//! meanwhile, the load starts over on the newest.
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+
+use object_store::ObjectStoreExt;
+
+use super::location::Bucket;
+use super::publish::{read_manifest, versions};
+use super::runtime::{block_on, store_error};
+use super::upload::object_key;
+use crate::checkpoint::error::{CheckpointError, Result};
+use crate::checkpoint::manifest::{FileEntry, Manifest};
+use crate::checkpoint::reader::{read_manifested, FileSource, LoadedCheckpoint, ReadOptions};
+
+/// How often a load starts over because saves removed what it was reading.
+const VERSION_RETRIES: usize = 20;
+
+/// The objects of one version.
+pub struct GenerationObjects<'b> {
+    bucket: &'b Bucket,
+    generation: String,
+}
+
+impl<'b> GenerationObjects<'b> {
+    pub fn of(bucket: &'b Bucket, manifest: &Manifest) -> Self {
+        GenerationObjects {
+            bucket,
+            generation: manifest.generation.clone().unwrap_or_default(),
+        }
+    }
+}
+
+impl FileSource for GenerationObjects<'_> {
+    fn locate(&self, file: &str) -> PathBuf {
+        self.bucket
+            .shown(&object_key(self.bucket, &self.generation, file))
+    }
+
+    fn read_sized(&self, entry: &FileEntry, _cancel: Option<&AtomicBool>) -> Result<Vec<u8>> {
+        let key = object_key(self.bucket, &self.generation, &entry.file);
+        let shown = self.bucket.shown(&key);
+        let got = block_on(async {
+            let result = self.bucket.store.get(&key).await?;
+            if result.meta.size != entry.bytes {
+                return Ok(Err(result.meta.size));
+            }
+            result.bytes().await.map(Ok)
+        })?;
+        match got {
+            Ok(Ok(bytes)) if bytes.len() as u64 == entry.bytes => Ok(bytes.to_vec()),
+            Ok(Ok(bytes)) => Err(size_mismatch(shown, bytes.len() as u64, entry.bytes)),
+            Ok(Err(size)) => Err(size_mismatch(shown, size, entry.bytes)),
+            Err(object_store::Error::NotFound { .. }) => Err(CheckpointError::corrupt(
+                shown,
+                "listed in the manifest, but the object is missing",
+            )),
+            Err(e) => Err(store_error(shown, e)),
+        }
+    }
+}
+
+fn size_mismatch(shown: PathBuf, size: u64, expected: u64) -> CheckpointError {
+    CheckpointError::corrupt(
+        shown,
+        format!("object is {size} bytes, the manifest says {expected} (truncated or replaced)"),
+    )
+}
+
+/// The newest version and its manifest; `None` when nothing was published.
+pub fn newest_manifest(bucket: &Bucket) -> Result<Option<(u64, Manifest)>> {
+    for version in versions(bucket)? {
+        // Gone between the listing and the read: a save removed it; the
+        // listing holds newer ones.
+        if let Some(manifest) = read_manifest(bucket, version)? {
+            return Ok(Some((version, manifest)));
+        }
+    }
+    Ok(None)
+}
+
+/// Reads the newest version; `Ok(None)` when nothing was published.
+pub fn read_bucket_checkpoint(
+    bucket: &Bucket,
+    opts: &ReadOptions,
+) -> Result<Option<LoadedCheckpoint>> {
+    let mut attempt = 0;
+    loop {
+        let Some((version, manifest)) = newest_manifest(bucket)? else {
+            return Ok(None);
+        };
+        let source = GenerationObjects::of(bucket, &manifest);
+        let result = read_manifested(&source, manifest, opts);
+        let superseded = matches!(result, Err(CheckpointError::Corrupt { .. }))
+            && attempt < VERSION_RETRIES
+            && read_manifest(bucket, version)?.is_none();
+        if !superseded {
+            return result.map(Some);
+        }
+        attempt += 1;
+    }
+}

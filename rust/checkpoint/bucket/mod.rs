@@ -1,0 +1,18 @@
+//! Checkpoints in an S3-compatible bucket (`ckpt_dir = "s3://bucket/prefix"`),
+//! with the guarantees of the directory commit ([`super::commit`]) but no
+//! rename: a save publishes a new immutable manifest instead.
+//!
+//! * [`location`] tells a bucket from a directory and builds the client;
+//! * [`runtime`] is the async runtime the client runs on, and its errors;
+//! * [`upload`] is the writer's target: shards streamed as multipart uploads;
+//! * [`publish`] is the commit: versions, the create-only PUT, old versions removed;
+//! * [`load`] reads the newest version with every check of a directory load.
+
+pub mod load;
+pub mod location;
+pub mod publish;
+pub mod runtime;
+pub mod upload;
+
+pub use location::{Bucket, BucketUri, Location};
+pub use publish::BucketStaging;

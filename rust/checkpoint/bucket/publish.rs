@@ -1,0 +1,333 @@
+//! Publishing a save in a bucket, where nothing can be renamed.
+//!
+//! Under the checkpoint's prefix:
+//!
+//! ```text
+//! versions/<20 digits>.json   one manifest per published version; the digits
+//!                             are u64::MAX - version, so the newest lists first
+//! generations/<id>/...        the shards and small files of one save
+//! ```
+//!
+//! A save uploads its objects under a generation of its own, then publishes
+//! version n + 1 (n: the newest when the save began) with a create-only PUT
+//! (`If-None-Match: *`), the model of Lance and Delta: each version is an
+//! immutable object, never a pointer moved in place. The manifest names its
+//! generation and carries the checksums of every object, so a version is
+//! whole from the moment it exists. Of two saves that began from the same
+//! version exactly one creates the next; the other gets
+//! [`CheckpointError::Raced`] and deletes its own objects.
+//!
+//! Old versions go only after a new one is published: the newest two stay
+//! (a load that read the previous manifest a moment ago still finds its
+//! objects), older ones are deleted manifest first, then their generation.
+//! Objects of a save that died before publishing belong to no version;
+//! they are deleted once a day old, as a save still running may own them.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+use object_store::path::Path as Key;
+use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
+
+use super::location::Bucket;
+use super::runtime::{block_on, store_error};
+use super::upload::{object_key, BucketShards};
+use crate::checkpoint::error::{CheckpointError, Result};
+use crate::checkpoint::manifest::{checksum_hex, is_safe_file_name, FileEntry, Manifest};
+
+pub const VERSIONS: &str = "versions";
+pub const GENERATIONS: &str = "generations";
+/// Objects of an unpublished generation are left alone this long.
+const ORPHAN_AGE: Duration = Duration::from_secs(24 * 3600);
+/// A manifest is a few KB per thousand shards; anything bigger is not ours.
+pub const MAX_MANIFEST_BYTES: u64 = 64 << 20;
+
+/// The key of version `version`'s manifest.
+pub fn version_key(bucket: &Bucket, version: u64) -> Key {
+    bucket.key(&format!("{VERSIONS}/{:020}.json", u64::MAX - version))
+}
+
+/// The version a manifest key names, `None` for any other key.
+fn version_of(key: &Key) -> Option<u64> {
+    let digits = key.filename()?.strip_suffix(".json")?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits
+        .parse::<u64>()
+        .ok()
+        .map(|inverted| u64::MAX - inverted)
+}
+
+/// Every published version, newest first.
+pub fn versions(bucket: &Bucket) -> Result<Vec<u64>> {
+    let prefix = bucket.key(VERSIONS);
+    let listed: Vec<_> = block_on(bucket.store.list(Some(&prefix)).try_collect())?
+        .map_err(|e| store_error(bucket.shown(&prefix), e))?;
+    let mut versions: Vec<u64> = listed
+        .iter()
+        .filter_map(|m| version_of(&m.location))
+        .collect();
+    versions.sort_unstable_by(|a, b| b.cmp(a));
+    Ok(versions)
+}
+
+/// A save being uploaded. Dropped without [`BucketStaging::commit`], it
+/// deletes what it uploaded.
+pub struct BucketStaging {
+    bucket: Arc<Bucket>,
+    /// `generations/<id>`, relative to the checkpoint's prefix.
+    generation: String,
+    /// The newest version when the save began.
+    base: Option<u64>,
+    files: Vec<FileEntry>,
+    /// Set once the objects must stay: published, or perhaps published.
+    keep: bool,
+    /// A child forked during the save must not delete the parent's objects.
+    owner_pid: u32,
+}
+
+impl BucketStaging {
+    pub fn create(bucket: Arc<Bucket>) -> Result<BucketStaging> {
+        let base = versions(&bucket)?.first().copied();
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let generation = format!("{GENERATIONS}/{nanos:x}-{}", std::process::id());
+        Ok(BucketStaging {
+            bucket,
+            generation,
+            base,
+            files: Vec::new(),
+            keep: false,
+            owner_pid: std::process::id(),
+        })
+    }
+
+    /// Where the writer puts this save's shards.
+    pub fn target(&self) -> BucketShards {
+        BucketShards::new(self.bucket.clone(), &self.generation)
+    }
+
+    /// `s3://bucket/prefix`.
+    pub fn shown(&self) -> String {
+        self.bucket.uri.shown()
+    }
+
+    /// Uploads a small file (state.json, ckpt_op.json, ...) of the save.
+    pub fn add_file(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
+        if !is_safe_file_name(name) {
+            return Err(CheckpointError::Input(format!(
+                "{name:?} is not a plain file name"
+            )));
+        }
+        let key = object_key(&self.bucket, &self.generation, name);
+        let payload = PutPayload::from(Bytes::copy_from_slice(bytes));
+        block_on(self.bucket.store.put(&key, payload))?
+            .map_err(|e| store_error(self.bucket.shown(&key), e))?;
+        self.files.push(FileEntry {
+            file: name.to_string(),
+            bytes: bytes.len() as u64,
+            xxh3_64: checksum_hex(xxhash_rust::xxh3::xxh3_64(bytes)),
+            rows: None,
+            raw_bytes: None,
+        });
+        Ok(())
+    }
+
+    /// Publishes the next version; returns `s3://bucket/prefix`.
+    pub fn commit(mut self, mut manifest: Manifest) -> Result<String> {
+        manifest.files = std::mem::take(&mut self.files);
+        manifest.generation = Some(self.generation.clone());
+        let version = self.base.map_or(0, |v| v + 1);
+        let key = version_key(&self.bucket, version);
+        let text = Bytes::from(manifest.to_json().into_bytes());
+        let create = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        let put = block_on(
+            self.bucket
+                .store
+                .put_opts(&key, text.clone().into(), create),
+        )?;
+        match put {
+            Ok(_) => {}
+            Err(
+                e @ (object_store::Error::AlreadyExists { .. }
+                | object_store::Error::Precondition { .. }),
+            ) => {
+                return Err(store_error(self.bucket.shown(&key), e));
+            }
+            Err(e) => self.settle_ambiguous_put(&key, &text, e)?,
+        }
+        self.keep = true;
+        self.check_still_newest(version, &key)?;
+        remove_old_versions(&self.bucket, version);
+        Ok(self.shown())
+    }
+
+    /// A failed PUT may have been done by the server (a retry after a lost
+    /// answer then finds the key taken): read the key back, and it is ours
+    /// or not. If even that fails the objects stay, as they may be published.
+    fn settle_ambiguous_put(
+        &mut self,
+        key: &Key,
+        ours: &Bytes,
+        error: object_store::Error,
+    ) -> Result<()> {
+        let failed = store_error(self.bucket.shown(key), error);
+        let read_back = block_on(async { self.bucket.store.get(key).await?.bytes().await })?;
+        match read_back {
+            Ok(found) if found == *ours => Ok(()),
+            Ok(_) => Err(CheckpointError::Raced {
+                location: self.shown(),
+                detail: format!(
+                    "{} was published by another writer",
+                    self.bucket.shown(key).display()
+                ),
+            }),
+            Err(object_store::Error::NotFound { .. }) => Err(failed),
+            Err(_) => {
+                self.keep = true;
+                Err(failed)
+            }
+        }
+    }
+
+    /// Versions deleted while this save ran may have let it create a version
+    /// older than the newest: then another writer won after all.
+    fn check_still_newest(&mut self, version: u64, key: &Key) -> Result<()> {
+        let newest = versions(&self.bucket)?.first().copied();
+        if newest.is_some_and(|n| n > version) {
+            self.keep = false;
+            let _ = block_on(self.bucket.store.delete(key));
+            return Err(CheckpointError::Raced {
+                location: self.shown(),
+                detail: format!(
+                    "version {} is newer than this save's {version}",
+                    newest.unwrap_or(0)
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Drop for BucketStaging {
+    fn drop(&mut self) {
+        if !self.keep && self.owner_pid == std::process::id() {
+            let _ = delete_prefix(&self.bucket, &self.generation);
+        }
+    }
+}
+
+/// Deletes every object under `relative` (a generation).
+fn delete_prefix(bucket: &Bucket, relative: &str) -> Result<()> {
+    let prefix = bucket.key(relative);
+    block_on(async {
+        let listed: Vec<_> = bucket.store.list(Some(&prefix)).try_collect().await?;
+        for meta in listed {
+            bucket.store.delete(&meta.location).await?;
+        }
+        Ok::<(), object_store::Error>(())
+    })?
+    .map_err(|e| store_error(bucket.shown(&prefix), e))
+}
+
+/// Reads version `version`'s manifest; `Ok(None)` when it is gone.
+pub fn read_manifest(bucket: &Bucket, version: u64) -> Result<Option<Manifest>> {
+    let key = version_key(bucket, version);
+    let shown = bucket.shown(&key);
+    let got = block_on(async {
+        let result = bucket.store.get(&key).await?;
+        if result.meta.size > MAX_MANIFEST_BYTES {
+            return Ok(None);
+        }
+        result.bytes().await.map(Some)
+    })?;
+    let text = match got {
+        Ok(Some(text)) => text,
+        Ok(None) => {
+            return Err(CheckpointError::corrupt(
+                &shown,
+                "manifest larger than 64 MiB",
+            ))
+        }
+        Err(object_store::Error::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(store_error(shown, e)),
+    };
+    let manifest =
+        Manifest::parse(&text).map_err(|detail| CheckpointError::corrupt(&shown, detail))?;
+    check_generation(&manifest).map_err(|detail| CheckpointError::corrupt(&shown, detail))?;
+    Ok(Some(manifest))
+}
+
+/// A bucket manifest names a generation of this checkpoint, and nothing else.
+fn check_generation(manifest: &Manifest) -> std::result::Result<(), String> {
+    let name = manifest
+        .generation
+        .as_deref()
+        .and_then(|g| g.strip_prefix(&format!("{GENERATIONS}/")));
+    match name {
+        Some(id) if is_safe_file_name(id) => Ok(()),
+        _ => Err(format!(
+            "names no generation of this checkpoint ({:?})",
+            manifest.generation
+        )),
+    }
+}
+
+/// Keeps `newest` and the version before it; deletes older versions, then
+/// their generations, then generations of dead saves. Best effort: what a
+/// failure leaves is removed by a later save.
+fn remove_old_versions(bucket: &Bucket, newest: u64) {
+    let Ok(all) = versions(bucket) else { return };
+    let mut kept = Vec::new();
+    for version in all {
+        let manifest = read_manifest(bucket, version).ok().flatten();
+        let generation = manifest.and_then(|m| m.generation);
+        if version + 1 >= newest {
+            kept.extend(generation);
+            continue;
+        }
+        if block_on(bucket.store.delete(&version_key(bucket, version))).is_ok() {
+            if let Some(generation) = generation {
+                let _ = delete_prefix(bucket, &generation);
+            }
+        }
+    }
+    remove_dead_generations(bucket, &kept);
+}
+
+/// Generations no kept version names and nobody wrote to for a day.
+fn remove_dead_generations(bucket: &Bucket, kept: &[String]) {
+    let prefix = bucket.key(GENERATIONS);
+    let Ok(Ok(listed)) = block_on(bucket.store.list_with_delimiter(Some(&prefix))) else {
+        return;
+    };
+    for dir in listed.common_prefixes {
+        let Some(id) = dir.filename() else { continue };
+        let generation = format!("{GENERATIONS}/{id}");
+        if kept.contains(&generation) || !idle_for(bucket, &dir, ORPHAN_AGE) {
+            continue;
+        }
+        let _ = delete_prefix(bucket, &generation);
+    }
+}
+
+/// No object under `prefix` was written in the last `age`.
+fn idle_for(bucket: &Bucket, prefix: &Key, age: Duration) -> bool {
+    let Ok(Ok(listed)) = block_on(bucket.store.list(Some(prefix)).try_collect::<Vec<_>>()) else {
+        return false;
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let cutoff = now.saturating_sub(age.as_secs()) as i64;
+    listed
+        .iter()
+        .all(|meta| meta.last_modified.timestamp() < cutoff)
+}
