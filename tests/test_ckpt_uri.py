@@ -11,24 +11,35 @@ from data_juicer_accel.utils.ckpt_utils import CheckpointManager
 from data_juicer_accel.utils.ray_ckpt import RayCheckpointManager
 from tests.test_cli import cli
 
-URIS = ["s3://bkt/ck", "gs://bkt/ck", "hdfs://namenode:8020/ck", "file:///tmp/ck", "oss+s3://bkt/ck"]
+OTHER_URIS = ["gs://bkt/ck", "hdfs://namenode:8020/ck", "file:///tmp/ck", "oss+s3://bkt/ck"]
 
 
-@pytest.mark.parametrize("uri", URIS)
+@pytest.mark.parametrize("uri", OTHER_URIS)
 @pytest.mark.parametrize("manager", [CheckpointManager, RayCheckpointManager])
-def test_a_uri_is_refused_and_nothing_is_written(tmp_path, monkeypatch, manager, uri):
+def test_a_uri_other_than_s3_is_refused_and_nothing_is_written(tmp_path, monkeypatch, manager, uri):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ValueError, match=r"is a URI \([a-z0-9+]+://\).*local or mounted filesystem"):
+    with pytest.raises(ValueError, match=r"is not supported: .* local directory or an S3-compatible bucket"):
         manager(uri, [{"a_mapper": {}}]) if manager is CheckpointManager else manager(uri)
     assert os.listdir(tmp_path) == []
 
 
-def test_credentials_in_the_uri_are_not_shown(tmp_path, monkeypatch):
+def test_the_ray_manager_refuses_a_bucket_and_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"is a URI \(s3://\), and RayCheckpointManager keeps checkpoints on a local"):
+        RayCheckpointManager("s3://bkt/ck")
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("manager", [CheckpointManager, RayCheckpointManager])
+def test_credentials_in_the_uri_are_not_shown(tmp_path, monkeypatch, manager):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ValueError) as raised:
-        CheckpointManager("s3://AKIAEXAMPLE:secret123@bkt/ck", [])
+        manager("s3://AKIAEXAMPLE:secret123@bkt/ck", []) if manager is CheckpointManager else manager(
+            "s3://AKIAEXAMPLE:secret123@bkt/ck"
+        )
     assert "secret123" not in str(raised.value) and "AKIAEXAMPLE" not in str(raised.value)
-    assert "'s3://bkt/ck'" in str(raised.value)
+    assert "credentials written into the URI are refused" in str(raised.value)
+    assert os.listdir(tmp_path) == []
 
 
 def test_a_local_path_with_a_colon_is_still_a_path(tmp_path):
