@@ -202,9 +202,9 @@ mod tests {
 
     #[test]
     fn credentials_in_a_uri_are_refused_and_never_shown() {
-        let err = BucketUri::parse("s3://KEY:SECRET@bkt/p")
+        let err = BucketUri::parse("s3://AKIAX:hush@bkt/p")
             .unwrap_err()
             .to_string();
-        assert!(!err.contains("SECRET") && !err.contains("KEY:"), "{err}");
+        assert!(!err.contains("hush") && !err.contains("AKIAX"), "{err}");
     }
 }

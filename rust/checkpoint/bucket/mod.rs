@@ -16,3 +16,6 @@ pub mod upload;
 
 pub use location::{Bucket, BucketUri, Location};
 pub use publish::BucketStaging;
+
+#[cfg(test)]
+mod tests;
