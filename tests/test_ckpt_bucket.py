@@ -7,9 +7,13 @@ faults are in ``test_ckpt_bucket_crash.py``."""
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 
 import pyarrow as pa
 import pytest
@@ -162,4 +166,124 @@ def test_of_two_writers_from_the_same_version_the_second_is_refused(s3_server, s
     with pytest.raises(CheckpointLockedError, match=r"another writer published a checkpoint in s3://"):
         second.commit("arrow")
     assert len(generations(s3_server, s3_bucket)) == 1  # the loser's objects are gone
+    assert CheckpointManager(uri, OPS).load_ckpt().equals(table(1))
+
+
+class StallingRelay:
+    """A TCP relay to the server that, once ``stall()`` is called, swallows
+    what clients send and never answers: a server that stopped mid-upload.
+    Stalling also drops its connections to the server, which serves one
+    request at a time and would otherwise wait for the swallowed bodies."""
+
+    def __init__(self, upstream_port: int, stall_after: int | None = None):
+        self._upstream_port = upstream_port
+        #: Stall by itself once clients sent this many bytes (an upload under way).
+        self._stall_after = stall_after
+        self.forwarded = 0
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._stalled = threading.Event()
+        self.swallowed = 0
+        self._clients: list[socket.socket] = []
+        self._upstreams: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def stalled(self) -> bool:
+        return self._stalled.is_set()
+
+    def stall(self) -> None:
+        self._stalled.set()
+        for upstream in self._upstreams:
+            _hang_up(upstream)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            self._clients.append(client)
+            upstream = None
+            if not self._stalled.is_set():
+                upstream = socket.create_connection(("127.0.0.1", self._upstream_port))
+                self._upstreams.append(upstream)
+                threading.Thread(target=self._answer, args=(upstream, client), daemon=True).start()
+            threading.Thread(target=self._forward, args=(client, upstream), daemon=True).start()
+
+    def _forward(self, client: socket.socket, upstream: socket.socket | None) -> None:
+        try:
+            while data := client.recv(1 << 16):
+                if self._stall_after is not None and self.forwarded >= self._stall_after:
+                    self.stall()
+                if self._stalled.is_set() or upstream is None:
+                    self.swallowed += len(data)
+                else:
+                    upstream.sendall(data)
+                    self.forwarded += len(data)
+        except OSError:
+            if self._stalled.is_set():  # the server's side was dropped: swallow the rest
+                self._swallow(client)
+
+    def _swallow(self, client: socket.socket) -> None:
+        try:
+            while data := client.recv(1 << 16):
+                self.swallowed += len(data)
+        except OSError:
+            pass
+
+    def _answer(self, upstream: socket.socket, client: socket.socket) -> None:
+        try:
+            while data := upstream.recv(1 << 16):
+                if not self._stalled.is_set():
+                    client.sendall(data)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        for sock in [self._listener, *self._clients, *self._upstreams]:
+            _hang_up(sock)
+
+
+def _hang_up(sock: socket.socket) -> None:
+    """Ends the connection now: ``close`` alone leaves it open while another
+    thread is blocked reading it."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    sock.close()
+
+
+@pytest.mark.parametrize("stall_after", [0, 4 << 20], ids=["before-any-request", "mid-upload"])
+def test_ctrl_c_while_the_server_stalls_stops_the_save(s3_bucket, s3_env, s3_server, tmp_path, stall_after):
+    """The client retries a stalled request for minutes; Ctrl-C must not wait for it."""
+    uri = f"s3://{s3_bucket}/ck"
+    CheckpointManager(uri, OPS).save_ckpt(table(1))
+    relay = StallingRelay(s3_server.port, stall_after=stall_after)
+    child = textwrap.dedent(f"""
+        import os, sys, pyarrow as pa
+        from data_juicer_accel.utils.ckpt_utils import CheckpointManager
+        text = os.urandom(24 << 20).hex()
+        big = pa.table({{"text": [text[i : i + 4096] for i in range(0, len(text), 4096)]}})
+        print("ready", flush=True)
+        try:
+            CheckpointManager({uri!r}, {OPS!r}).save_ckpt(big)
+        except KeyboardInterrupt:
+            print("interrupted", flush=True)
+            sys.exit(130)
+    """)
+    env = dict(os.environ, AWS_ENDPOINT_URL=f"http://127.0.0.1:{relay.port}")
+    proc = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        while not (relay.stalled and relay.swallowed > 0):  # a request is stuck
+            assert proc.poll() is None, "the save ended before the server stalled"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)  # the client alone would retry for 3 minutes
+    finally:
+        proc.kill()
+        relay.close()
+    assert proc.returncode == 130 and "interrupted" in out
     assert CheckpointManager(uri, OPS).load_ckpt().equals(table(1))

@@ -57,7 +57,7 @@ impl PendingSave {
                 write_shards_cancellable(staging.dir(), schema, input, opts, cancel)
             }
             PendingSave::Bucket(staging) => {
-                write_shards_to(&staging.target(), schema, input, opts, cancel)
+                write_shards_to(&staging.target(Some(cancel)), schema, input, opts, cancel)
             }
         }
     }

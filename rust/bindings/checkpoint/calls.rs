@@ -13,6 +13,7 @@ use pyo3::prelude::*;
 
 use super::bridge::to_py_err;
 use crate::bindings::lifecycle::gil;
+use crate::checkpoint::bucket::runtime::with_call_cancel;
 use crate::checkpoint::{self, CheckpointError};
 
 /// How often a long call looks for Ctrl-C.
@@ -33,7 +34,8 @@ pub fn interruptible<T: Send>(
     let run = |cancel: Arc<AtomicBool>| {
         let f = f.lock().ok().and_then(|mut f| f.take());
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match f {
-            Some(f) => f(cancel),
+            // Requests to a bucket made by `f` on this thread give up on it too.
+            Some(f) => with_call_cancel(&cancel.clone(), || f(cancel)),
             None => Err(CheckpointError::Internal(
                 "the checkpoint work ran twice".into(),
             )),

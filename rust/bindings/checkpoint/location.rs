@@ -8,7 +8,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use super::bridge::to_py_err;
-use super::calls::detached;
+use super::calls::interruptible;
 use crate::bindings::lifecycle::gil::guarded;
 use crate::checkpoint::bucket::{BucketUri, Location};
 use crate::checkpoint::save;
@@ -40,7 +40,7 @@ fn committed_file<'py>(
     guarded("committed_file", || {
         let location = Location::from_path(&ckpt_dir, &storage_options.unwrap_or_default())
             .map_err(to_py_err)?;
-        let bytes = detached(py, || save::read_committed_file(&location, name))?;
+        let bytes = interruptible(py, |_| save::read_committed_file(&location, name))?;
         Ok(bytes.map(|b| PyBytes::new(py, &b)))
     })
 }

@@ -9,7 +9,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 use super::bridge::{import_stream, to_py_err};
-use super::calls::{detached, interruptible, Cancellable};
+use super::calls::{interruptible, Cancellable};
 use crate::bindings::lifecycle::gil::guarded;
 use crate::checkpoint::bucket::Location;
 use crate::checkpoint::save::PendingSave;
@@ -83,7 +83,7 @@ impl CheckpointWriter {
             checkpoint::writer::ipc_options(options.compression).map_err(to_py_err)?;
             let location = Location::from_path(&ckpt_dir, &storage_options.unwrap_or_default())
                 .map_err(to_py_err)?;
-            let staging = detached(py, || PendingSave::create(&location, holder.as_deref()))?;
+            let staging = interruptible(py, |_| PendingSave::create(&location, holder.as_deref()))?;
             Ok(CheckpointWriter {
                 staging: Some(staging),
                 options,
@@ -148,7 +148,7 @@ impl CheckpointWriter {
     fn add_file(&mut self, py: Python<'_>, name: &str, data: &[u8]) -> PyResult<()> {
         guarded("CheckpointWriter.add_file", || {
             let staging = self.staging()?;
-            detached(py, || staging.add_file(name, data))
+            interruptible(py, |_| staging.add_file(name, data))
         })
     }
 
@@ -168,7 +168,7 @@ impl CheckpointWriter {
                 options: self.options.clone(),
             };
             let manifest = checkpoint::manifest_for(&request, &shards);
-            detached(py, move || staging.commit(manifest))
+            interruptible(py, move |_| staging.commit(manifest))
         })
     }
 

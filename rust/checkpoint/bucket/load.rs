@@ -13,7 +13,7 @@ use object_store::ObjectStoreExt;
 
 use super::location::Bucket;
 use super::publish::{read_manifest, versions};
-use super::runtime::{block_on, store_error};
+use super::runtime::{block_on_cancellable, store_error};
 use super::upload::object_key;
 use crate::checkpoint::error::{CheckpointError, Result};
 use crate::checkpoint::manifest::{FileEntry, Manifest};
@@ -43,16 +43,19 @@ impl FileSource for GenerationObjects<'_> {
             .shown(&object_key(self.bucket, &self.generation, file))
     }
 
-    fn read_sized(&self, entry: &FileEntry, _cancel: Option<&AtomicBool>) -> Result<Vec<u8>> {
+    fn read_sized(&self, entry: &FileEntry, cancel: Option<&AtomicBool>) -> Result<Vec<u8>> {
         let key = object_key(self.bucket, &self.generation, &entry.file);
         let shown = self.bucket.shown(&key);
-        let got = block_on(async {
-            let result = self.bucket.store.get(&key).await?;
-            if result.meta.size != entry.bytes {
-                return Ok(Err(result.meta.size));
-            }
-            result.bytes().await.map(Ok)
-        })?;
+        let got = block_on_cancellable(
+            async {
+                let result = self.bucket.store.get(&key).await?;
+                if result.meta.size != entry.bytes {
+                    return Ok(Err(result.meta.size));
+                }
+                result.bytes().await.map(Ok)
+            },
+            cancel,
+        )?;
         match got {
             Ok(Ok(bytes)) if bytes.len() as u64 == entry.bytes => Ok(bytes.to_vec()),
             Ok(Ok(bytes)) => Err(size_mismatch(shown, bytes.len() as u64, entry.bytes)),

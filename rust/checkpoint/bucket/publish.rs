@@ -23,6 +23,7 @@
 //! Objects of a save that died before publishing belong to no version;
 //! they are deleted once a day old, as a save still running may own them.
 
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -32,7 +33,7 @@ use object_store::path::Path as Key;
 use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
 use super::location::Bucket;
-use super::runtime::{block_on, store_error};
+use super::runtime::{block_on, block_on_cleanup, store_error};
 use super::upload::{object_key, BucketShards};
 use crate::checkpoint::error::{CheckpointError, Result};
 use crate::checkpoint::manifest::{checksum_hex, is_safe_file_name, FileEntry, Manifest};
@@ -106,9 +107,10 @@ impl BucketStaging {
         })
     }
 
-    /// Where the writer puts this save's shards.
-    pub fn target(&self) -> BucketShards {
-        BucketShards::new(self.bucket.clone(), &self.generation)
+    /// Where the writer puts this save's shards; `cancel` gives up a
+    /// request waiting on the server.
+    pub fn target<'c>(&self, cancel: Option<&'c AtomicBool>) -> BucketShards<'c> {
+        BucketShards::new(self.bucket.clone(), &self.generation, cancel)
     }
 
     /// `s3://bucket/prefix`.
@@ -179,7 +181,8 @@ impl BucketStaging {
         error: object_store::Error,
     ) -> Result<()> {
         let failed = store_error(self.bucket.shown(key), error);
-        let read_back = block_on(async { self.bucket.store.get(key).await?.bytes().await })?;
+        let read_back = block_on(async { self.bucket.store.get(key).await?.bytes().await });
+        let read_back = read_back.inspect_err(|_| self.keep = true)?;
         match read_back {
             Ok(found) if found == *ours => Ok(()),
             Ok(_) => Err(CheckpointError::Raced {
@@ -203,7 +206,7 @@ impl BucketStaging {
         let newest = versions(&self.bucket)?.first().copied();
         if newest.is_some_and(|n| n > version) {
             self.keep = false;
-            let _ = block_on(self.bucket.store.delete(key));
+            block_on_cleanup(self.bucket.store.delete(key));
             return Err(CheckpointError::Raced {
                 location: self.shown(),
                 detail: format!(
@@ -219,7 +222,7 @@ impl BucketStaging {
 impl Drop for BucketStaging {
     fn drop(&mut self) {
         if !self.keep && self.owner_pid == std::process::id() {
-            let _ = delete_prefix(&self.bucket, &self.generation);
+            block_on_cleanup(delete_prefix_async(&self.bucket, &self.generation));
         }
     }
 }
@@ -227,14 +230,17 @@ impl Drop for BucketStaging {
 /// Deletes every object under `relative` (a generation).
 fn delete_prefix(bucket: &Bucket, relative: &str) -> Result<()> {
     let prefix = bucket.key(relative);
-    block_on(async {
-        let listed: Vec<_> = bucket.store.list(Some(&prefix)).try_collect().await?;
-        for meta in listed {
-            bucket.store.delete(&meta.location).await?;
-        }
-        Ok::<(), object_store::Error>(())
-    })?
-    .map_err(|e| store_error(bucket.shown(&prefix), e))
+    block_on(delete_prefix_async(bucket, relative))?
+        .map_err(|e| store_error(bucket.shown(&prefix), e))
+}
+
+async fn delete_prefix_async(bucket: &Bucket, relative: &str) -> object_store::Result<()> {
+    let prefix = bucket.key(relative);
+    let listed: Vec<_> = bucket.store.list(Some(&prefix)).try_collect().await?;
+    for meta in listed {
+        bucket.store.delete(&meta.location).await?;
+    }
+    Ok(())
 }
 
 /// Reads version `version`'s manifest; `Ok(None)` when it is gone.

@@ -35,7 +35,7 @@ fn staged(
     let options = WriteOptions::default();
     let input = vec![Ok(batch(start, rows))].into_iter();
     let shards = write_shards_to(
-        &staging.target(),
+        &staging.target(None),
         schema(),
         input,
         &options,

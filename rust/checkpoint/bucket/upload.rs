@@ -10,12 +10,12 @@ use std::sync::Arc;
 
 use object_store::buffered::BufWriter;
 use object_store::path::Path as Key;
+use std::sync::atomic::AtomicBool;
 use tokio::io::AsyncWriteExt;
-use tokio::runtime::Handle;
 
 use super::location::Bucket;
 use super::runtime;
-use crate::checkpoint::error::{IoContext, Result};
+use crate::checkpoint::error::{CheckpointError, IoContext, Result};
 use crate::checkpoint::memory;
 use crate::checkpoint::writer::{ShardTarget, WrittenShard};
 
@@ -24,17 +24,20 @@ const PART_BYTES: usize = 16 << 20;
 /// Parts of one shard in flight at once.
 const PARTS_IN_FLIGHT: usize = 4;
 
-pub struct BucketShards {
+pub struct BucketShards<'c> {
     bucket: Arc<Bucket>,
     /// `generations/<id>`: where this save's objects go.
     generation: String,
+    /// Raised by Ctrl-C: a request waiting on the server is given up.
+    cancel: Option<&'c AtomicBool>,
 }
 
-impl BucketShards {
-    pub fn new(bucket: Arc<Bucket>, generation: &str) -> BucketShards {
+impl<'c> BucketShards<'c> {
+    pub fn new(bucket: Arc<Bucket>, generation: &str, cancel: Option<&'c AtomicBool>) -> Self {
         BucketShards {
             bucket,
             generation: generation.to_string(),
+            cancel,
         }
     }
 }
@@ -45,10 +48,10 @@ pub fn shard_name(index: usize) -> String {
     format!("part-{index:05}.arrow")
 }
 
-impl ShardTarget for BucketShards {
-    type Out = ShardUpload;
+impl<'c> ShardTarget for BucketShards<'c> {
+    type Out = ShardUpload<'c>;
 
-    fn open(&self, index: usize) -> Result<(ShardUpload, String)> {
+    fn open(&self, index: usize) -> Result<(ShardUpload<'c>, String)> {
         memory::ensure_room(
             (PART_BYTES * (PARTS_IN_FLIGHT + 1)) as u64,
             "the upload buffers of a shard",
@@ -61,17 +64,17 @@ impl ShardTarget for BucketShards {
             .with_max_concurrency(PARTS_IN_FLIGHT);
         let upload = ShardUpload {
             writer: Some(writer),
-            handle: runtime::handle()?,
+            cancel: self.cancel,
             shown: shown.clone(),
         };
         Ok((upload, shown))
     }
 
-    fn progress(&self, _out: &mut ShardUpload, _name: &str, _from: u64) -> Result<()> {
+    fn progress(&self, _out: &mut ShardUpload<'c>, _name: &str, _from: u64) -> Result<()> {
         Ok(()) // parts go up as they fill; a full pipeline waits in `write`
     }
 
-    fn close(&self, mut out: ShardUpload, name: &str) -> Result<()> {
+    fn close(&self, mut out: ShardUpload<'c>, name: &str) -> Result<()> {
         out.complete().at(name)
     }
 
@@ -88,29 +91,44 @@ impl ShardTarget for BucketShards {
 }
 
 /// One shard's upload, written to from the writer thread.
-pub struct ShardUpload {
+pub struct ShardUpload<'c> {
     /// `None` once completed (or its completion failed, which aborts it).
     writer: Option<BufWriter>,
-    handle: Handle,
+    cancel: Option<&'c AtomicBool>,
     shown: String,
 }
 
-impl ShardUpload {
+impl ShardUpload<'_> {
     fn complete(&mut self) -> io::Result<()> {
         let Some(mut writer) = self.writer.take() else {
             return Ok(());
         };
         // A failed completion aborts the multipart upload itself.
-        self.handle.block_on(writer.shutdown())
+        let completed = runtime::block_on_cancellable(writer.shutdown(), self.cancel);
+        match completed {
+            Ok(result) => result,
+            Err(e) => {
+                // Given up (Ctrl-C) before the upload completed: abort it.
+                runtime::block_on_cleanup(writer.abort());
+                Err(given_up(&self.shown, e))
+            }
+        }
     }
 }
 
-impl Write for ShardUpload {
+/// A request given up as an `io::Error`; not `Interrupted`, which
+/// `write_all` would retry.
+fn given_up(shown: &str, error: CheckpointError) -> io::Error {
+    io::Error::other(format!("{shown}: {error}"))
+}
+
+impl Write for ShardUpload<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let writer = self.writer.as_mut().ok_or_else(|| {
             io::Error::other(format!("{}: the upload is already complete", self.shown))
         })?;
-        self.handle.block_on(writer.write_all(buf))?;
+        runtime::block_on_cancellable(writer.write_all(buf), self.cancel)
+            .map_err(|e| given_up(&self.shown, e))??;
         Ok(buf.len())
     }
 
@@ -119,11 +137,11 @@ impl Write for ShardUpload {
     }
 }
 
-impl Drop for ShardUpload {
+impl Drop for ShardUpload<'_> {
     /// A shard not completed (the save failed) aborts its multipart upload.
     fn drop(&mut self) {
         if let Some(mut writer) = self.writer.take() {
-            let _ = self.handle.block_on(writer.abort());
+            runtime::block_on_cleanup(writer.abort());
         }
     }
 }
