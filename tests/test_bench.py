@@ -448,6 +448,7 @@ def test_bench_only_bucket_compares_with_the_reference_in_the_same_bucket(tmp_pa
     """Tiny, against the session's server: every writer saved, listed, loaded;
     the ratios are over the reference's parquet; the bucket is empty after."""
     out = tmp_path / "bucket.json"
+    s3_server.put(s3_bucket, "runs-of-others/x", b"not the bench's")
     proc = _bench(
         ["--only", "bucket", "--bucket", f"s3://{s3_bucket}/runs", "--size", "2MB", "--rounds", "2"]
         + ["--json", str(out)]
@@ -468,7 +469,8 @@ def test_bench_only_bucket_compares_with_the_reference_in_the_same_bucket(tmp_pa
     assert ("lance" in rows) != ("not measured: Lance -- pylance is not installed" in proc.stdout)
     assert "reference parquet" in proc.stdout and "bytes x" in proc.stdout
     assert max(len(line) for line in proc.stdout.splitlines()) <= report.WIDTH
-    assert s3_server.list_keys(s3_bucket) == [] and s3_server.pending_multipart_uploads(s3_bucket) == []
+    assert s3_server.list_keys(s3_bucket) == ["runs-of-others/x"]
+    assert s3_server.pending_multipart_uploads(s3_bucket) == []
     # --report prints the same tables again.
     again = _bench(["--report", str(out)])
     assert again.returncode == 0 and again.stdout.strip() == proc.stdout.split("\nresults written")[0].strip()
@@ -549,10 +551,10 @@ def test_ctrl_c_during_only_bucket_deletes_what_it_wrote(tmp_path, s3_server, s3
     exit 130, and nothing left under the prefix it was given."""
     from tests.test_interrupt import Command, _assert_one_line
 
-    args = ["bench", "--only", "bucket", "--bucket", f"s3://{s3_bucket}/runs", "--size", "8MB", "--rounds", "100"]
+    args = ["bench", "--only", "bucket", "--bucket", f"s3://{s3_bucket}/a/b", "--size", "8MB", "--rounds", "100"]
     cmd = Command(args, tmp_path)
     with cmd.changed:  # polled: the bucket is no output of the command
-        while not s3_server.list_keys(s3_bucket, "runs/") and cmd.proc.poll() is None:
+        while not s3_server.list_keys(s3_bucket, "a/b/") and cmd.proc.poll() is None:
             cmd.changed.wait(0.1)
     cmd.wait_for(lambda: True)
     _, after = cmd.interrupt()
