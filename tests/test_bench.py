@@ -563,3 +563,17 @@ def test_ctrl_c_during_only_bucket_deletes_what_it_wrote(tmp_path, s3_server, s3
     assert cmd.out == []
     assert s3_server.list_keys(s3_bucket) == []
     cmd.assert_nothing_left()
+
+
+def test_bucket_without_pylance_lance_is_listed_as_not_measured(tmp_path, s3_server, s3_bucket, s3_env):
+    code = (
+        "import sys; sys.modules['lance'] = None\n"
+        "from data_juicer_accel.cli import main\n"
+        f"sys.exit(main(['bench', '--only', 'bucket', '--bucket', 's3://{s3_bucket}/p', '--size', '1MB',"
+        " '--rounds', '1', '--no-progress']))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "not measured: Lance -- pylance is not installed (pip install pylance)" in proc.stdout
+    assert "reference parquet" in proc.stdout and "\nLance " not in proc.stdout
+    assert s3_server.list_keys(s3_bucket) == []
