@@ -429,3 +429,151 @@ def test_ctrl_c_during_only_pipeline_leaves_nothing(tmp_path):
     _assert_one_line(after)
     assert cmd.out == []
     cmd.assert_nothing_left()
+
+
+# --- `bench --only bucket`: checkpoints in an S3-compatible bucket -------------------------------
+
+
+def _bench(args: list[str], env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "data_juicer_accel", "bench", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+def test_bench_only_bucket_compares_with_the_reference_in_the_same_bucket(tmp_path, s3_server, s3_bucket, s3_env):
+    """Tiny, against the session's server: every writer saved, listed, loaded;
+    the ratios are over the reference's parquet; the bucket is empty after."""
+    out = tmp_path / "bucket.json"
+    s3_server.put(s3_bucket, "runs-of-others/x", b"not the bench's")
+    proc = _bench(
+        ["--only", "bucket", "--bucket", f"s3://{s3_bucket}/runs", "--size", "2MB", "--rounds", "2"]
+        + ["--json", str(out)]
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    print(proc.stdout)
+    err = proc.stderr.splitlines()
+    assert err[0].startswith("expected: about ") and "Ctrl-C stops it" in err[0]
+    assert err[1].startswith("in the bucket: at most about ") and f"s3://{s3_bucket}/runs/dja-bench-" in err[1]
+    result = json.loads(out.read_text())["bucket"]
+    rows = {r["key"]: r for r in result["writers"]}
+    assert list(rows)[:2] == ["accel", "parquet"]
+    for row in rows.values():
+        assert row["save_MBps"] > 0 and row["load_MBps"] > 0 and row["save_rows_per_s"] > 0
+        assert row["bucket_bytes"] > 0 and row["objects"] >= 1 and len(row["raw"]["save_s"]) == 2
+    assert rows["parquet"]["save_x"] == rows["parquet"]["bytes_x"] == 1.0
+    assert rows["accel"]["bytes_x"] == rows["accel"]["bucket_bytes"] / rows["parquet"]["bucket_bytes"]
+    assert ("lance" in rows) != ("not measured: Lance -- pylance is not installed" in proc.stdout)
+    assert "reference parquet" in proc.stdout and "bytes x" in proc.stdout
+    assert max(len(line) for line in proc.stdout.splitlines()) <= report.WIDTH
+    assert s3_server.list_keys(s3_bucket) == ["runs-of-others/x"]
+    assert s3_server.pending_multipart_uploads(s3_bucket) == []
+    # --report prints the same tables again.
+    again = _bench(["--report", str(out)])
+    assert again.returncode == 0 and again.stdout.strip() == proc.stdout.split("\nresults written")[0].strip()
+
+
+def test_bench_only_bucket_local_server_is_self_contained(tmp_path):
+    """`--local-server`: moto's server started on loopback for the run, gone after it."""
+    require("moto.moto_server.werkzeug_app")
+    workdir = tmp_path / "w"
+    args = ["--only", "bucket", "--local-server", "--size", "1MB", "--rounds", "1", "--no-progress"]
+    proc = _bench([*args, "--workdir", str(workdir)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "moto's server on loopback" in proc.stdout and "data-juicer-accel" in proc.stdout
+    assert proc.stdout.rstrip().endswith(
+        "command: data-juicer-accel bench --size 1MB --rounds 1 --only bucket --local-server"
+    )
+    assert list(workdir.iterdir()) == []
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+BUCKET_BAD_ARGUMENTS = [
+    ([], {}, "--only bucket needs --bucket s3://bucket/prefix, or --local-server"),
+    (["--bucket", "gs://b/p"], {}, "--bucket: checkpoint location gs://... is not supported"),
+    (["--bucket", "/tmp/b"], {}, "--bucket /tmp/b: not an S3 URI (expected s3://bucket/prefix)"),
+    (["--bucket", "s3://key:secret@b/p"], {}, "--bucket: checkpoint location s3://<credentials>@...: credentials"),
+    (["--bucket", "s3://b/p", "--local-server"], {}, "--bucket and --local-server: give one"),
+    (["--bucket", "s3://b/p"], {"AWS_ALLOW_HTTP": "false"}, "--bucket s3://b/p: the endpoint is plain http"),
+    (["--bucket", "s3://b/p"], {"AWS_ENDPOINT_URL": "closed"}, "--bucket s3://b/p: cannot reach it at http://"),
+    (["--bucket", "s3://no-such-bucket/p"], {}, "--bucket s3://no-such-bucket/p: no bucket 'no-such-bucket' at"),
+]
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "says"), BUCKET_BAD_ARGUMENTS, ids=[" ".join(a) + str(e) for a, e, _ in BUCKET_BAD_ARGUMENTS]
+)
+def test_a_bad_bucket_argument_is_one_line_before_any_work(tmp_path, s3_env, args, env, says):
+    env = dict(os.environ, **env, TMPDIR=str(tmp_path))
+    if env["AWS_ENDPOINT_URL"] == "closed":
+        env["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{_closed_port()}"
+    proc = _bench(["--only", "bucket", *args], env=env, timeout=120)
+    assert proc.returncode == 2
+    assert len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert proc.stderr.startswith(f"data-juicer-accel bench: {says}"), proc.stderr
+    assert "secret" not in proc.stderr
+    assert proc.stdout == "" and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args", [["--bucket", "s3://b/p"], ["--local-server"]])
+def test_bucket_options_go_with_only_bucket(args):
+    proc = _bench(["--only", "checkpoints", *args], timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [f"data-juicer-accel bench: {args[0]} goes with --only bucket"]
+
+
+def test_bucket_local_server_without_moto_is_one_line():
+    code = (
+        "import sys; sys.modules['moto'] = None\n"
+        "from data_juicer_accel.cli import main\n"
+        "sys.exit(main(['bench', '--only', 'bucket', '--local-server']))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        "data-juicer-accel bench: --local-server: moto's S3 server is not installed (no module 'moto'): "
+        "pip install 'moto[server]'"
+    ]
+
+
+def test_ctrl_c_during_only_bucket_deletes_what_it_wrote(tmp_path, s3_server, s3_bucket, s3_env):
+    """Interrupted once its writers have objects in the bucket: one line,
+    exit 130, and nothing left under the prefix it was given."""
+    from tests.test_interrupt import Command, _assert_one_line
+
+    args = ["bench", "--only", "bucket", "--bucket", f"s3://{s3_bucket}/a/b", "--size", "8MB", "--rounds", "100"]
+    cmd = Command(args, tmp_path)
+    with cmd.changed:  # polled: the bucket is no output of the command
+        while not s3_server.list_keys(s3_bucket, "a/b/") and cmd.proc.poll() is None:
+            cmd.changed.wait(0.1)
+    cmd.wait_for(lambda: True)
+    _, after = cmd.interrupt()
+    assert cmd.proc.returncode == 130, "".join(cmd.err)
+    _assert_one_line(after, allowed_before=("[",))
+    assert cmd.out == []
+    assert s3_server.list_keys(s3_bucket) == []
+    cmd.assert_nothing_left()
+
+
+def test_bucket_without_pylance_lance_is_listed_as_not_measured(tmp_path, s3_server, s3_bucket, s3_env):
+    code = (
+        "import sys; sys.modules['lance'] = None\n"
+        "from data_juicer_accel.cli import main\n"
+        f"sys.exit(main(['bench', '--only', 'bucket', '--bucket', 's3://{s3_bucket}/p', '--size', '1MB',"
+        " '--rounds', '1', '--no-progress']))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "not measured: Lance -- pylance is not installed (pip install pylance)" in proc.stdout
+    assert "reference parquet" in proc.stdout and "\nLance " not in proc.stdout
+    assert s3_server.list_keys(s3_bucket) == []

@@ -8,7 +8,8 @@ Modules: ``corpus`` (the default Data-Juicer-shaped corpus, user data),
 medians), ``progress`` (the first lines and the bar), ``report`` (headline,
 tables, plot), ``pipeline`` (``--only pipeline``), ``ray_checkpoints`` and
 ``ray_job`` (``--only ray``), ``dj_jobs`` (what their Data-Juicer jobs
-share), ``cli`` (arguments). What only the maintainers run (the README's
+share), ``bucket`` and ``local_s3`` (``--only bucket``: checkpoints in an
+S3-compatible bucket; moto's server on loopback), ``cli`` (arguments). What only the maintainers run (the README's
 figures, the 1 GB stall re-measure) is in the repository's benches/.
 """
 

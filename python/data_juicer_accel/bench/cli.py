@@ -8,9 +8,11 @@ extra, loaded only when it runs).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 NAME = "bench"
@@ -66,13 +68,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", metavar="PATH", help="benchmark your own jsonl / parquet / Arrow file instead")
     p.add_argument(
         "--only",
-        choices=["checkpoints", "events", "ray", "pipeline"],
+        choices=["checkpoints", "events", "ray", "pipeline", "bucket"],
         help="run one part only; `ray` (needs the ray extra) compares RayCheckpointManager with the reference's "
         "write_parquet/read_parquet on a local 2-CPU Ray cluster, at --size capped to 64MB unless given, then runs "
         "a ray_partitioned Data-Juicer job with a checkpoint after every op, unpatched and patched (needs "
         "py-data-juicer), at --size 200MB unless given; "
         "`pipeline` times a real 6-op Data-Juicer pipeline (np 2) without checkpoints, with 1.6.1's and with "
-        "per-op checkpoints, at --size 200MB unless given, plus the stall of a background save of 1GB",
+        "per-op checkpoints, at --size 200MB unless given, plus the stall of a background save of 1GB; "
+        "`bucket` saves and loads checkpoints in an S3-compatible bucket (--bucket or --local-server) against "
+        "the reference's parquet through pyarrow.fs and, with pylance installed, Lance, at --size 64MB unless given",
+    )
+    p.add_argument(
+        "--bucket",
+        metavar="s3://BUCKET/PREFIX",
+        help="where `--only bucket` writes (under a sub-prefix of its own, removed at the end); the endpoint and "
+        "credentials come from the AWS_* variables (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
+        "AWS_REGION, AWS_ALLOW_HTTP=true for plain http)",
+    )
+    p.add_argument(
+        "--local-server",
+        action="store_true",
+        help="`--only bucket` against moto's S3 server started on loopback (needs moto[server])",
     )
     p.add_argument(
         "--rounds", type=_positive, default=3, help="interleaved rounds per case; medians are shown (default 3)"
@@ -140,9 +156,37 @@ def check(args: argparse.Namespace) -> Any:
         raise BadArgument(f"--workdir {args.workdir}: not a directory")
     if args.report:
         return _read_report(args.report)
+    _check_bucket(args)
     if args.data:
         return _read_data(args.data)
     return None
+
+
+def _check_bucket(args: argparse.Namespace) -> None:
+    """``--bucket`` / ``--local-server``: they go with ``--only bucket``, which
+    needs one of them; the bucket must answer (one request)."""
+    from data_juicer_accel.bench import bucket, local_s3
+
+    if args.only != "bucket":
+        for option, given in (("--bucket", args.bucket), ("--local-server", args.local_server)):
+            if given:
+                raise BadArgument(f"{option} goes with --only bucket")
+        return
+    if args.bucket and args.local_server:
+        raise BadArgument("--bucket and --local-server: give one (--local-server makes a bucket of its own)")
+    if args.local_server:
+        why = local_s3.why_not_available()
+        if why:
+            raise BadArgument(f"--local-server: {why}")
+        return
+    if not args.bucket:
+        raise BadArgument(
+            "--only bucket needs --bucket s3://bucket/prefix, or --local-server to start moto's S3 server on loopback"
+        )
+    try:
+        bucket.probe(bucket.parse_target(args.bucket))
+    except bucket.BucketError as e:
+        raise BadArgument(str(e)) from None
 
 
 def _read_report(path: str) -> dict:
@@ -153,7 +197,7 @@ def _read_report(path: str) -> dict:
         raise BadArgument(f"--report {path}: {e.strerror or e}") from None
     except ValueError as e:
         raise BadArgument(f"--report {path}: not JSON ({e})") from None
-    if not isinstance(results, dict) or not {"checkpoints", "events", "small"} & set(results):
+    if not isinstance(results, dict) or not {"checkpoints", "events", "small", "bucket"} & set(results):
         raise BadArgument(f"--report {path}: not the results of `bench --json` (no checkpoints, small or events)")
     return results
 
@@ -196,6 +240,8 @@ def _run(args: argparse.Namespace, data: Any) -> int:
         return _run_ray(args)
     if args.only == "pipeline":
         return _run_pipeline(args)
+    if args.only == "bucket":
+        return _run_bucket(args, data)
     cfg = BenchConfig(
         size=args.size,
         data=args.data,
@@ -232,6 +278,8 @@ def command_line(args: argparse.Namespace) -> str:
         value = getattr(args, name)
         if value != default:
             parts += [f"--{name.replace('_', '-')}", str(value)]
+    if getattr(args, "local_server", False):
+        parts.append("--local-server")
     return " ".join(parts)
 
 
@@ -300,6 +348,98 @@ def _run_pipeline(args: argparse.Namespace) -> int:
             json.dump({"pipeline": result}, f, indent=2)
         print(f"\nresults written to {args.json}")
     return 0
+
+
+#: The size of `--only bucket` unless --size is given.
+BUCKET_SIZE = 64 * 10**6
+
+
+def _run_bucket(args: argparse.Namespace, data: Any) -> int:
+    """Checkpoints in a bucket against the reference's parquet (see bench/bucket.py)."""
+    from data_juicer_accel.bench import bucket, report
+    from data_juicer_accel.bench.corpus import default_corpus
+    from data_juicer_accel.bench.progress import Progress
+    from data_juicer_accel.bench.runner import CpuShare, machine_info
+    from data_juicer_accel.tools import _interrupt
+
+    machine, cpu = machine_info(), CpuShare()
+    size = BUCKET_SIZE if args.size == 10**9 else args.size
+    with _bucket_target(args) as target:
+        run = bucket.RunPrefix(target, target.filesystem())
+        keys = [w.key for w in bucket.writers(args.num_proc) if w.available() is None]
+        nbytes = data.nbytes if data is not None else size
+        seconds = bucket.expected_seconds(nbytes, args.rounds, keys) + (0 if data is not None else 15 * size / 1e9)
+        if not args.no_progress:
+            print(_bucket_expectations(seconds, nbytes, run.uri), file=sys.stderr, flush=True)
+        progress = Progress(seconds, enabled=not args.no_progress)
+        with _interrupt.removed_if_interrupted(run.uri, run.remove):
+            try:
+                progress.step(f"generating the {size / 1e6:,.0f} MB default corpus")
+                table = data if data is not None else default_corpus(size)
+                result = bucket.run_bucket_bench(
+                    table, target, run.prefix, args.rounds, args.num_proc, _stepper(progress)
+                )
+            finally:
+                progress.close()
+                if not _interrupt.interrupted():
+                    run.remove()
+    machine.update(loadavg_end=list(os.getloadavg()), other_processes_cores=cpu.others())
+    result.update(local_server=args.local_server, machine=machine, command=command_line(args))
+    result["data"] = args.data or "default corpus (text, meta struct, __dj__stats__ struct)"
+    print(report.bucket_report(result))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"bucket": result}, f, indent=2)
+        print(f"\nresults written to {args.json}")
+    return 0
+
+
+def _stepper(progress: Any) -> Any:
+    """``step(label, cost)`` for the bucket case: the bar advances by the cost
+    of the unit before, then names the next."""
+    pending = [0.0]
+
+    def step(label: str, cost: float) -> None:
+        progress.advance(pending[0])
+        pending[0] = cost
+        progress.step(label)
+
+    return step
+
+
+def _bucket_expectations(seconds: float, nbytes: float, where: str) -> str:
+    """The first two lines on stderr: the time, and what goes into the bucket
+    (one writer's save at a time; none writes more than the table's size)."""
+    from data_juicer_accel.bench.progress import expectations
+
+    first = expectations(seconds, 0, where).splitlines()[0]
+    return f"{first}\nin the bucket: at most about {nbytes / 1e6:,.0f} MB under {where} (removed at the end)"
+
+
+@contextlib.contextmanager
+def _bucket_target(args: argparse.Namespace) -> Iterator[Any]:
+    """The bucket of ``--bucket``, or one on moto's server started on loopback
+    (``--local-server``) for as long as the case runs."""
+    from data_juicer_accel.bench import bucket
+    from data_juicer_accel.bench.local_s3 import LocalS3Server
+    from data_juicer_accel.tools import _interrupt
+
+    if not args.local_server:
+        yield bucket.parse_target(args.bucket)
+        return
+    with _interrupt.temporary_directory("dja-bench-s3-", dir=args.workdir) as workdir, LocalS3Server(workdir) as server:
+        saved = {name: os.environ.get(name) for name in server.env()}
+        os.environ.update(server.env())  # the checkpoint manager's client reads them
+        try:
+            target = bucket.Target("dja-bench", "bench", dict(os.environ))
+            target.filesystem().create_dir(target.bucket)
+            yield target
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
 
 
 def _say_expectations(args: argparse.Namespace, seconds: float, disk_bytes: float, workdir: str) -> None:

@@ -365,6 +365,8 @@ def _wrap(text: str, width: int = WIDTH) -> str:
 def render(results: dict) -> str:
     """Headline, the competitors that could not run and why, then the details;
     no line wider than ``WIDTH``."""
+    if "bucket" in results and not {"checkpoints", "events", "small"} & set(results):
+        return bucket_report(results["bucket"])
     lines = headline(results)
     load = load_line(results)
     if load:
@@ -379,6 +381,54 @@ def render(results: dict) -> str:
     if results.get("events") is not None:
         parts.append("\n".join(_event_tables(results)))
     return _wrap("\n\n".join(p for p in parts if p))
+
+
+def bucket_report(result: dict) -> str:
+    """The tables of ``bench --only bucket`` (see bench/bucket.py), their terms and writers."""
+    rows = result["writers"]
+    speed = [
+        [
+            r["label"],
+            f"{r['save_MBps']:,.1f}",
+            f"{r['load_MBps']:,.1f}",
+            f"{r['bucket_bytes'] / MB:,.1f}",
+            f"{r['objects']:g}",
+            _fmt(r["save_x"], ".2f"),
+            _fmt(r["load_x"], ".2f"),
+            _fmt(r["bytes_x"], ".2f"),
+        ]
+        for r in rows
+    ]
+    per_row = [[r["label"], f"{r['save_rows_per_s']:,.0f}", f"{r['load_rows_per_s']:,.0f}"] for r in rows]
+    headers = ["writer", "save MB/s", "load MB/s", "bucket MB", "objects", "save x", "load x", "bytes x"]
+    server = ", moto's server on loopback" if result.get("local_server") else ""
+    lines = [
+        f"bucket: {result['MB']:,.0f} MB in memory ({result['rows']:,} rows), median of {result['rounds']} "
+        "round(s), writers alternating",
+        f"  {result['uri']} at {result['endpoint']}{server}",
+        table(headers, speed, right=set(range(1, len(headers)))),
+        "",
+        table(["writer", "save rows/s", "load rows/s"], per_row, right={1, 2}),
+        "",
+        "terms:",
+        "  MB/s, rows/s: of the table in memory; a load ends with every row in memory",
+        "  bucket MB, objects: what the save left in the bucket, listed after it",
+        "  save x / load x: the writer's speed over the reference's; bytes x: its bucket bytes over the",
+        "    reference's",
+        "writers:",
+        *(f"  {r['label']}: {r['note']}" for r in rows),
+        *(f"not measured: {s['label']} -- {s['why']}" for s in result.get("skipped", [])),
+    ]
+    machine = result.get("machine") or {}
+    if machine:
+        others = machine.get("other_processes_cores")
+        lines.append(
+            f"machine: {machine.get('cpus')} cores, {machine.get('platform')}, pyarrow {machine.get('pyarrow')}"
+            + (f"; other processes used {others:.2f} cores on average" if others is not None else "")
+        )
+    if result.get("command"):
+        lines.append(f"command: {result['command']}")
+    return _wrap("\n".join(lines))
 
 
 def write_json(results: dict, path: str) -> None:

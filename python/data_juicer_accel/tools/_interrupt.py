@@ -31,7 +31,8 @@ import signal
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import NoReturn
 
 #: Exit code of an interrupted command (128 + SIGINT, as a shell reports it).
@@ -44,6 +45,11 @@ EXIT_BROKEN_PIPE = 141
 GRACE_SECONDS = 1.0
 
 _temp_dirs: list[str] = []
+#: What a command made outside temporary directories (a bench's objects in a
+#: bucket), each with what removes it: see ``removed_if_interrupted``.
+_removers: list[tuple[str, Callable[[], None]]] = []
+#: How long the removers have, together, on a Ctrl-C.
+REMOVE_SECONDS = 2.0
 #: Temporary directories of killed descendants, found before they were killed.
 _children_temp_dirs: set[str] = set()
 _finishing = threading.Lock()
@@ -86,6 +92,42 @@ def temporary_directory(prefix: str, dir: str | None = None) -> Iterator[str]:
         yield path
     finally:
         remove_temp_dir(path)
+
+
+@contextlib.contextmanager
+def removed_if_interrupted(what: str, remove: Callable[[], None]) -> Iterator[None]:
+    """Around work that makes ``what`` (e.g. ``s3://bucket/prefix``) where
+    ``temp_dir`` cannot: on a Ctrl-C, ``remove()`` runs before the processes
+    are killed (a local server among them still answers), bounded by
+    ``REMOVE_SECONDS``; ``what`` is named as left behind when it raises or
+    takes longer. The work removes ``what`` itself when it ends otherwise."""
+    entry = (what, remove)
+    _removers.append(entry)
+    try:
+        yield
+    finally:
+        if not _interrupted.is_set():  # else the clean-up runs it
+            with contextlib.suppress(ValueError):
+                _removers.remove(entry)
+
+
+def _run_removers() -> list[str]:
+    """Runs every remover in a thread of its own; what they did not remove."""
+    entries, _removers[:] = list(_removers), []
+    done: list[str] = []
+
+    def run(what: str, remove: Callable[[], None]) -> None:
+        with contextlib.suppress(Exception):
+            remove()
+            done.append(what)
+
+    threads = [threading.Thread(target=run, args=entry, daemon=True) for entry in entries]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + REMOVE_SECONDS
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return [what for what, _ in entries if what not in done]
 
 
 def _children_map() -> dict[int, list[int]]:
@@ -204,12 +246,12 @@ def _flush_event_logs() -> None:
 
 def _clean_up() -> str:
     _flush_event_logs()
+    left = _run_removers()
     _ending.set()
     _kill_descendants()
     # Once more, for a child whose fork had passed the hold when it was set,
     # or a program started without os.fork (subprocess) meanwhile.
     _kill_descendants()
-    left = []
     for path in [*_temp_dirs, *_library_temp_dirs(), *sorted(_children_temp_dirs)]:
         shutil.rmtree(path, ignore_errors=True)
         if os.path.exists(path):
