@@ -23,6 +23,7 @@
 //! Objects of a save that died before publishing belong to no version;
 //! they are deleted once a day old, as a save still running may own them.
 
+use std::io;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -153,15 +154,11 @@ impl BucketStaging {
                 .store
                 .put_opts(&key, text.clone().into(), create),
         )?;
-        match put {
-            Ok(_) => {}
-            Err(
-                e @ (object_store::Error::AlreadyExists { .. }
-                | object_store::Error::Precondition { .. }),
-            ) => {
-                return Err(store_error(self.bucket.shown(&key), e));
-            }
-            Err(e) => self.settle_ambiguous_put(&key, &text, e)?,
+        if let Err(e) = put {
+            // Even "already exists" may be this PUT's own doing: the client
+            // retries a PUT the server did before failing (a 500, a closed
+            // connection), and the retry finds the key taken.
+            self.settle_ambiguous_put(&key, &text, e)?;
         }
         self.keep = true;
         self.check_still_newest(version, &key)?;
@@ -171,28 +168,33 @@ impl BucketStaging {
 
     /// A failed PUT may have been done by the server (a retry after a lost
     /// answer then finds the key taken): read the key back, and it is ours
-    /// or not. If even that fails the objects stay, as they may be published.
+    /// (the manifest names this save's generation) or not. If even that
+    /// fails the objects stay, as they may be published.
     fn settle_ambiguous_put(
         &mut self,
         key: &Key,
         ours: &Bytes,
         error: object_store::Error,
     ) -> Result<()> {
-        let failed = store_error(self.bucket.shown(key), error);
+        let shown = self.bucket.shown(key);
         let read_back = block_on(async { self.bucket.store.get(key).await?.bytes().await })?;
         match read_back {
             Ok(found) if found == *ours => Ok(()),
             Ok(_) => Err(CheckpointError::Raced {
                 location: self.shown(),
-                detail: format!(
-                    "{} was published by another writer",
-                    self.bucket.shown(key).display()
-                ),
+                detail: format!("{} was published by another writer", shown.display()),
             }),
-            Err(object_store::Error::NotFound { .. }) => Err(failed),
-            Err(_) => {
+            // Taken, then removed: a newer version was published meanwhile.
+            Err(object_store::Error::NotFound { .. }) => Err(store_error(shown, error)),
+            Err(unreadable) => {
                 self.keep = true;
-                Err(failed)
+                Err(CheckpointError::io(
+                    shown,
+                    io::Error::other(format!(
+                        "{error}; reading it back failed too ({unreadable}), so this save may \
+                         be published: its objects are kept"
+                    )),
+                ))
             }
         }
     }
