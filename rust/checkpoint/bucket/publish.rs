@@ -184,7 +184,7 @@ impl BucketStaging {
                 location: self.shown(),
                 detail: format!("{} was published by another writer", shown.display()),
             }),
-            // Taken, then removed: a newer version was published meanwhile.
+            // Not done (or taken and since removed, as a newer version won).
             Err(object_store::Error::NotFound { .. }) => Err(store_error(shown, error)),
             Err(unreadable) => {
                 self.keep = true;
