@@ -105,12 +105,6 @@ pub fn read_committed_file(location: &Location, name: &str) -> Result<Option<Vec
             };
             reader::read_listed_file(&handle, &manifest, name, &opts)
         }
-        Location::Bucket(bucket) => {
-            let Some((_, manifest)) = load::newest_manifest(bucket)? else {
-                return Ok(None);
-            };
-            let source = load::GenerationObjects::of(bucket, &manifest);
-            reader::read_listed_file(&source, &manifest, name, &opts)
-        }
+        Location::Bucket(bucket) => load::read_newest_file(bucket, name, &opts),
     }
 }

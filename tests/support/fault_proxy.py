@@ -11,7 +11,11 @@ applies to the next ``times`` requests that match it:
   whole request);
 - ``drop_response()``: forward the whole request, wait for the server's
   response, then reset the client's connection instead of relaying it (the
-  write happened, the client sees a failure: an ambiguous outcome)."""
+  write happened, the client sees a failure: an ambiguous outcome);
+- ``fail_after_forward(status)``: forward the whole request, then answer with
+  that status instead of the server's response (the write happened, the
+  client sees a server error and retries a request already done, as S3's
+  occasional 500 after a write makes it)."""
 
 from __future__ import annotations
 
@@ -36,7 +40,7 @@ ERROR_CODES = {500: "InternalError", 503: "SlowDown"}
 
 @dataclass
 class Fault:
-    kind: Literal["fail", "reset_mid_body", "drop_response"]
+    kind: Literal["fail", "reset_mid_body", "drop_response", "fail_after_forward"]
     method: str | None = None
     path: str | None = None  # a substring of the URL-decoded path (/bucket/key)
     query: str | None = None  # a query parameter the request must have: partNumber, uploads, uploadId
@@ -97,6 +101,12 @@ class FaultProxy:
     def drop_response(self, *, times: int = 1, **match: str | None) -> Fault:
         """Let the server do the matching request, then reset the client's connection."""
         return self._add(Fault("drop_response", times=times), **match)
+
+    def fail_after_forward(
+        self, status: int = 500, *, code: str | None = None, times: int = 1, **match: str | None
+    ) -> Fault:
+        """Let the server do the matching request, then answer ``status`` and an XML error ``code``."""
+        return self._add(Fault("fail_after_forward", status=status, code=code, times=times), **match)
 
     def _add(self, fault: Fault, method: str | None = None, path: str | None = None, query: str | None = None) -> Fault:
         fault.method, fault.path, fault.query = method, path, query
@@ -227,6 +237,9 @@ class _Handler(BaseHTTPRequestHandler):
             upstream.close()
         if fault is not None and fault.kind == "drop_response":
             self._cut()
+            return
+        if fault is not None and fault.kind == "fail_after_forward":
+            self._send_s3_error(fault.status, fault.code or ERROR_CODES.get(fault.status, "ServiceUnavailable"))
             return
         self._relay(response, body)
 

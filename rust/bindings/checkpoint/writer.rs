@@ -9,7 +9,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 use super::bridge::{import_stream, to_py_err};
-use super::calls::{interruptible, Cancellable};
+use super::calls::{detached, interruptible, Cancellable};
 use crate::bindings::lifecycle::gil::guarded;
 use crate::checkpoint::bucket::Location;
 use crate::checkpoint::save::PendingSave;
@@ -173,9 +173,15 @@ impl CheckpointWriter {
     }
 
     /// Drops the staging directory (or the uploaded objects) and releases the lock.
-    fn abort(&mut self) {
-        self.staging = None;
+    fn abort(&mut self, py: Python<'_>) -> PyResult<()> {
+        let staging = self.staging.take();
         self.shards = None;
+        // In a bucket that is requests over the network: other Python
+        // threads run meanwhile (one may be the endpoint itself).
+        detached(py, move || {
+            drop(staging);
+            Ok(())
+        })
     }
 }
 

@@ -17,7 +17,9 @@ use super::runtime::{block_on_cancellable, store_error};
 use super::upload::object_key;
 use crate::checkpoint::error::{CheckpointError, Result};
 use crate::checkpoint::manifest::{FileEntry, Manifest};
-use crate::checkpoint::reader::{read_manifested, FileSource, LoadedCheckpoint, ReadOptions};
+use crate::checkpoint::reader::{
+    read_listed_file, read_manifested, FileSource, LoadedCheckpoint, ReadOptions,
+};
 
 /// How often a load starts over because saves removed what it was reading.
 const VERSION_RETRIES: usize = 20;
@@ -88,6 +90,40 @@ pub fn newest_manifest(bucket: &Bucket) -> Result<Option<(u64, Manifest)>> {
     Ok(None)
 }
 
+/// The small file `name` of the newest version, verified; `Ok(None)` when
+/// nothing was published or the version has no such file. Like a load, it
+/// starts over when saves removed the version while it was read.
+pub fn read_newest_file(
+    bucket: &Bucket,
+    name: &str,
+    opts: &ReadOptions,
+) -> Result<Option<Vec<u8>>> {
+    let mut attempt = 0;
+    loop {
+        let Some((version, manifest)) = newest_manifest(bucket)? else {
+            return Ok(None);
+        };
+        let source = GenerationObjects::of(bucket, &manifest);
+        let result = read_listed_file(&source, &manifest, name, opts);
+        if !superseded(bucket, version, &result, attempt)? {
+            return result;
+        }
+        attempt += 1;
+    }
+}
+
+/// A read of `version` failed because saves removed it meanwhile.
+fn superseded<T>(
+    bucket: &Bucket,
+    version: u64,
+    result: &Result<T>,
+    attempt: usize,
+) -> Result<bool> {
+    Ok(matches!(result, Err(CheckpointError::Corrupt { .. }))
+        && attempt < VERSION_RETRIES
+        && read_manifest(bucket, version)?.is_none())
+}
+
 /// Reads the newest version; `Ok(None)` when nothing was published.
 pub fn read_bucket_checkpoint(
     bucket: &Bucket,
@@ -100,10 +136,7 @@ pub fn read_bucket_checkpoint(
         };
         let source = GenerationObjects::of(bucket, &manifest);
         let result = read_manifested(&source, manifest, opts);
-        let superseded = matches!(result, Err(CheckpointError::Corrupt { .. }))
-            && attempt < VERSION_RETRIES
-            && read_manifest(bucket, version)?.is_none();
-        if !superseded {
+        if !superseded(bucket, version, &result, attempt)? {
             return result.map(Some);
         }
         attempt += 1;

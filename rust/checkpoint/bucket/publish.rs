@@ -23,7 +23,8 @@
 //! Objects of a save that died before publishing belong to no version;
 //! they are deleted once a day old, as a save still running may own them.
 
-use std::sync::atomic::AtomicBool;
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -96,7 +97,10 @@ impl BucketStaging {
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
-        let generation = format!("{GENERATIONS}/{nanos:x}-{}", std::process::id());
+        // The counter tells apart two saves of this process in one nanosecond.
+        static SAVES: AtomicU64 = AtomicU64::new(0);
+        let count = SAVES.fetch_add(1, Ordering::Relaxed);
+        let generation = format!("{GENERATIONS}/{nanos:x}-{}-{count}", std::process::id());
         Ok(BucketStaging {
             bucket,
             generation,
@@ -154,16 +158,14 @@ impl BucketStaging {
             self.bucket
                 .store
                 .put_opts(&key, text.clone().into(), create),
-        )?;
-        match put {
-            Ok(_) => {}
-            Err(
-                e @ (object_store::Error::AlreadyExists { .. }
-                | object_store::Error::Precondition { .. }),
-            ) => {
-                return Err(store_error(self.bucket.shown(&key), e));
-            }
-            Err(e) => self.settle_ambiguous_put(&key, &text, e)?,
+        );
+        // Given up (Ctrl-C) while the server may have done it: keep the objects.
+        let put = put.inspect_err(|_| self.keep = true)?;
+        if let Err(e) = put {
+            // Even "already exists" may be this PUT's own doing: the client
+            // retries a PUT the server did before failing (a 500, a closed
+            // connection), and the retry finds the key taken.
+            self.settle_ambiguous_put(&key, &text, e)?;
         }
         self.keep = true;
         self.check_still_newest(version, &key)?;
@@ -173,29 +175,35 @@ impl BucketStaging {
 
     /// A failed PUT may have been done by the server (a retry after a lost
     /// answer then finds the key taken): read the key back, and it is ours
-    /// or not. If even that fails the objects stay, as they may be published.
+    /// (the manifest names this save's generation) or not. If even that
+    /// fails the objects stay, as they may be published.
     fn settle_ambiguous_put(
         &mut self,
         key: &Key,
         ours: &Bytes,
         error: object_store::Error,
     ) -> Result<()> {
-        let failed = store_error(self.bucket.shown(key), error);
+        let shown = self.bucket.shown(key);
         let read_back = block_on(async { self.bucket.store.get(key).await?.bytes().await });
+        // Given up (Ctrl-C) before the answer: the save may be published.
         let read_back = read_back.inspect_err(|_| self.keep = true)?;
         match read_back {
             Ok(found) if found == *ours => Ok(()),
             Ok(_) => Err(CheckpointError::Raced {
                 location: self.shown(),
-                detail: format!(
-                    "{} was published by another writer",
-                    self.bucket.shown(key).display()
-                ),
+                detail: format!("{} was published by another writer", shown.display()),
             }),
-            Err(object_store::Error::NotFound { .. }) => Err(failed),
-            Err(_) => {
+            // Not done (or taken and since removed, as a newer version won).
+            Err(object_store::Error::NotFound { .. }) => Err(store_error(shown, error)),
+            Err(unreadable) => {
                 self.keep = true;
-                Err(failed)
+                Err(CheckpointError::io(
+                    shown,
+                    io::Error::other(format!(
+                        "{error}; reading it back failed too ({unreadable}), so this save may \
+                         be published: its objects are kept"
+                    )),
+                ))
             }
         }
     }
@@ -292,9 +300,11 @@ fn check_generation(manifest: &Manifest) -> std::result::Result<(), String> {
 fn remove_old_versions(bucket: &Bucket, newest: u64) {
     let Ok(all) = versions(bucket) else { return };
     let mut kept = Vec::new();
+    let mut all_kept_known = true;
     for version in all {
-        let manifest = read_manifest(bucket, version).ok().flatten();
-        let generation = manifest.and_then(|m| m.generation);
+        let manifest = read_manifest(bucket, version);
+        all_kept_known &= manifest.is_ok();
+        let generation = manifest.ok().flatten().and_then(|m| m.generation);
         if version + 1 >= newest {
             kept.extend(generation);
             continue;
@@ -305,7 +315,11 @@ fn remove_old_versions(bucket: &Bucket, newest: u64) {
             }
         }
     }
-    remove_dead_generations(bucket, &kept);
+    // A kept version whose manifest could not be read names a generation
+    // that must not be taken for a dead save's.
+    if all_kept_known {
+        remove_dead_generations(bucket, &kept);
+    }
 }
 
 /// Generations no kept version names and nobody wrote to for a day.
