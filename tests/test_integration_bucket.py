@@ -16,7 +16,10 @@ With ``use_checkpoint: true`` and ``checkpoint_dir: s3://bucket/prefix``
   published in the bucket, then run again with the same command: the second
   run skips ops 1-2 and exports exactly what the uninterrupted run exports;
 * where ``checkpoint_dir`` puts the executor's manager (unset, a directory,
-  a bucket with ``{job_id}``, another URI), without running a job.
+  a bucket with ``{job_id}``, another URI), without running a job;
+* ``data-juicer-accel inspect s3://bucket/prefix`` describes the newest
+  version (rows, shards, codec, op record), finds damage, never shows
+  credentials.
 
 The bucket's contents are read with boto3 (the test harness's client), not
 with the code under test. Torch and downloads are kept away as in
@@ -41,6 +44,7 @@ from tests.conftest import require
 
 require("data_juicer")
 
+from tests.test_cli import cli  # noqa: E402
 from tests.test_integration_e2e import _dj_env, dj_command, read_jsonl  # noqa: E402
 from tests.test_integration_per_op_ckpt import wait_for, write_support  # noqa: E402
 
@@ -54,6 +58,8 @@ OPS = [
     "words_num_filter",
 ]
 HANG_OP_INDEX = OPS.index("dja_hang_when_told_mapper")
+#: A key id and secret moto accepts, distinctive enough to search the output for.
+SHOWN_NEVER = {"AWS_ACCESS_KEY_ID": "AKIDNEVERSHOWN0001", "AWS_SECRET_ACCESS_KEY": "secret-never-shown-7f3a"}
 
 
 def write_config(root: Path, support: dict[str, Path], *, checkpoint_dir: str | None, checkpoint: str | None) -> Path:
@@ -266,6 +272,26 @@ def test_a_killed_run_resumes_from_the_bucket_and_exports_what_an_uninterrupted_
     assert uri_named_paths(root) == []
 
 
+def test_inspect_describes_the_job_checkpoint_in_the_bucket(runs, bucket, s3_env):
+    export_rows = len(read_jsonl(runs["full"]["root"] / "out.jsonl"))
+    proc = cli("inspect", f"s3://{bucket}/full", "--verify", "--json")
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(proc.stdout)
+    assert r["ckpt_dir"] == f"s3://{bucket}/full"
+    assert r["writer"] == "data-juicer-accel" and r["kind"] == "nested" and r["codec"] == "zstd"
+    assert r["num_rows"] == export_rows == sum(s["rows"] for s in r["shards"])
+    assert [op["name"] for op in r["ops_recorded"]] == OPS
+    assert r["verify"] == {"ok": True, "checked": r["verify"]["checked"], "rows": export_rows}
+    assert r["damaged"] is False and r["problems"] == []
+
+    cfg = runs["full"]["root"] / "config.yaml"
+    proc = cli("inspect", f"s3://{bucket}/full", "--config", str(cfg), "--job-id", JOB)
+    assert proc.returncode == 0, proc.stderr
+    assert f"would skip ({len(OPS)}): {', '.join(OPS)}" in proc.stdout
+    proc = cli("inspect", f"s3://{bucket}/full", "--config", str(cfg))
+    assert proc.returncode == 2 and "--config needs --job-id" in proc.stderr
+
+
 # --------------------------------------------------------------------------
 # Where the executor's manager lives (the executor is built, no job runs).
 
@@ -363,3 +389,68 @@ def test_checkpoint_dir_of_another_scheme_is_refused(tmp_path, support, s3_serve
     place = manager_place(tmp_path, support, "use_checkpoint: true\ncheckpoint_dir: gs://bkt/ck", {})
     assert "gs://... is not supported" in place["error"]
     assert uri_named_paths(tmp_path) == []
+
+
+# --------------------------------------------------------------------------
+# inspect on checkpoints this process saves in a bucket.
+
+
+@pytest.fixture
+def saved(s3_bucket, s3_env, monkeypatch):
+    """``s3://<bucket>/ck``, where CheckpointManager saved 2 ops' 1500 rows,
+    with credentials the output is searched for."""
+    from data_juicer_accel.utils.ckpt_utils import CheckpointManager
+    from tests.conftest import text_table
+
+    for name, value in SHOWN_NEVER.items():
+        monkeypatch.setenv(name, value)
+    ops = [{"first_mapper": {"a": 1}}, {"second_filter": {"b": 2}}]
+    manager = CheckpointManager(f"s3://{s3_bucket}/ck", ops, num_proc=2)
+    for op in ops:
+        manager.record(op)
+    manager.save_ckpt(text_table(1500))
+    return f"s3://{s3_bucket}/ck"
+
+
+def assert_no_credentials(proc: subprocess.CompletedProcess) -> None:
+    for value in SHOWN_NEVER.values():
+        assert value not in proc.stdout + proc.stderr
+
+
+def test_inspect_a_bucket_table_output(saved):
+    proc = cli("inspect", saved)
+    assert proc.returncode == 0, proc.stderr
+    for needle in ("written by:", "data-juicer-accel", "rows:", "1500", "size in bucket:", "generation:", "Shards:"):
+        assert needle in proc.stdout, needle
+    assert "first_mapper" in proc.stdout and "second_filter" in proc.stdout
+    assert_no_credentials(proc)
+
+
+def test_inspect_a_bucket_finds_a_flipped_byte(saved, s3_server, s3_bucket):
+    shard = next(k for k in s3_server.list_keys(s3_bucket, "ck/generations/") if k.endswith(".arrow"))
+    s3_server.flip_byte(s3_bucket, shard, -200)
+    proc = cli("inspect", saved, "--verify", "--json")
+    assert proc.returncode == 1, proc.stderr
+    r = json.loads(proc.stdout)
+    assert r["damaged"] is True and r["verify"]["ok"] is False
+    assert os.path.basename(shard) in r["verify"]["error"]
+    assert "\n" not in r["verify"]["error"]
+    assert_no_credentials(proc)
+
+
+def test_inspect_a_prefix_with_nothing_published(saved, s3_bucket):
+    proc = cli("inspect", f"s3://{s3_bucket}/nothing-here")
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        f"data-juicer-accel: s3://{s3_bucket}/nothing-here: no checkpoint published there "
+        f"(no manifest under s3://{s3_bucket}/nothing-here/versions/)"
+    )
+
+
+def test_inspect_a_missing_bucket_says_so_on_one_line(saved):
+    proc = cli("inspect", "s3://no-such-bucket-dja/ck")
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert "s3://no-such-bucket-dja/ck: cannot read the checkpoint" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert_no_credentials(proc)
