@@ -71,7 +71,7 @@ def write_config(root: Path, support: dict[str, Path], *, checkpoint_dir: str | 
         f"export_path: {root}/unused/result.jsonl",
         f"work_dir: {root}/work",
         # Its own HF datasets cache: runs of the same jsonl at once in the
-        # shared one (the reference run caches its maps) crash each other's workers.
+        # shared one (the reference run caches its maps) crashed each other's workers.
         f"ds_cache_dir: {root}/hf_cache",
         "np: 2",
         f"use_checkpoint: {'true' if checkpoint_dir else 'false'}",
@@ -103,8 +103,10 @@ def command(kind: str, cfg: Path, export: Path) -> list[str]:
     return [*dj_command(kind), "--config", str(cfg), "--job_id", JOB, "--export_path", str(export)]
 
 
-def job_env(support: dict[str, Path], s3: dict[str, str], **extra: str) -> dict[str, str]:
-    return {**_dj_env(support, fail=False), **s3, **extra}
+def job_env(support: dict[str, Path], s3: dict[str, str], root: Path) -> dict[str, str]:
+    """The environment of a job in ``root``: HF's caches (modules, datasets)
+    of its own, as in its config's ``ds_cache_dir``, since jobs run at once."""
+    return {**_dj_env(support, fail=False), **s3, "HF_HOME": str(root / "hf_home")}
 
 
 def run(kind: str, cfg: Path, export: Path, log: Path, env: dict[str, str]) -> int:
@@ -199,18 +201,19 @@ def runs(tmp_path_factory, s3_server, bucket):
     def reference_and_full():
         root = base / "reference"
         cfg = write_config(root, support, checkpoint_dir=None, checkpoint=None)
-        out["reference_rc"] = run("ref", cfg, root / "out.jsonl", root / "run.log", job_env(support, s3))
+        out["reference_rc"] = run("ref", cfg, root / "out.jsonl", root / "run.log", job_env(support, s3, root))
         out["reference_export"] = root / "out.jsonl"
         root = base / "full"
         cfg = write_config(root, support, checkpoint_dir=f"s3://{bucket}/full", checkpoint=None)
-        out["full"] = {"root": root, "rc": run("acc", cfg, root / "out.jsonl", root / "run.log", job_env(support, s3))}
+        rc = run("acc", cfg, root / "out.jsonl", root / "run.log", job_env(support, s3, root))
+        out["full"] = {"root": root, "rc": rc}
         out["full"]["published"] = published_ops(s3_server, bucket, "full")
 
     def kill_and_resume(case: str):
         root = base / f"killed_{case}"
         prefix = f"killed_{case}"
         cfg = write_config(root, support, checkpoint_dir=f"s3://{bucket}/{prefix}", checkpoint=KILL_CASES[case])
-        env = job_env(support, s3)
+        env = job_env(support, s3, root)
         result: dict = {"root": root}
         run_killed_inside_the_hanging_op(
             cfg, root / "out_killed.jsonl", root / "killed.log", env, lambda: published_ops(s3_server, bucket, prefix)
