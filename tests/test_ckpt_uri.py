@@ -49,8 +49,21 @@ def test_a_local_path_with_a_colon_is_still_a_path(tmp_path):
         assert (tmp_path / name / "ck").is_dir()
 
 
-def test_inspect_refuses_a_uri(tmp_path):
+@pytest.mark.parametrize("uri", [u for u in URIS if not u.startswith("s3://")])
+def test_inspect_refuses_a_uri_other_than_s3_on_one_line(tmp_path, monkeypatch, uri):
+    """``s3://bucket/prefix`` is inspected (test_integration_bucket.py); any
+    other scheme is refused, and no local directory is made for it."""
+    monkeypatch.chdir(tmp_path)
+    result = cli("inspect", uri)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert len(result.stderr.strip().splitlines()) == 1 and "is not supported" in result.stderr
+    assert os.listdir(tmp_path) == []
+
+
+def test_inspect_refuses_credentials_in_a_bucket_uri_without_showing_them(tmp_path):
     result = cli("inspect", "s3://AKIAEXAMPLE:secret123@bkt/ck")
-    assert result.returncode != 0
-    assert "is a URI (s3://)" in result.stderr and "secret123" not in result.stderr + result.stdout
+    assert result.returncode == 2
+    assert "credentials written into the URI are refused" in result.stderr
+    assert "secret123" not in result.stderr + result.stdout and "AKIAEXAMPLE" not in result.stderr + result.stdout
     assert "Traceback" not in result.stderr

@@ -26,6 +26,11 @@ them explicitly.
 ``RayCheckpointManager`` (and ``CheckpointStrategy``, which it is configured
 with) is swapped as well once this package provides one.
 
+``DefaultExecutor`` also keeps its checkpoint in ``checkpoint_dir`` (a
+directory or ``s3://bucket/prefix``) when the configuration sets that key,
+instead of 1.6.1's fixed ``work_dir/ckpt``: ``DefaultExecutor.__init__`` gets
+a wrapper that builds the manager there.
+
 It also makes ``DefaultExecutor`` take per-op checkpoints when the
 configuration asks for them (``use_checkpoint: true`` plus ``checkpoint.*``
 keys; see ``data_juicer_accel.utils.per_op_ckpt``): ``DefaultExecutor.run``
@@ -332,7 +337,7 @@ _WRAPPED = "__data_juicer_accel_wrapped__"
 
 
 def _install_per_op_checkpoints() -> None:
-    """Wrap ``DefaultExecutor.run``, ``NestedDataset.process`` and ``build_base_parser``.
+    """Wrap ``DefaultExecutor.__init__`` and ``run``, ``NestedDataset.process`` and ``build_base_parser``.
 
     A module that cannot be imported (a trimmed Data-Juicer) is skipped with
     a warning: per-op checkpoints are then off, the rest of the patch holds.
@@ -345,6 +350,7 @@ def _install_per_op_checkpoints() -> None:
         warnings.warn(f"data-juicer-accel: per-op checkpoints unavailable ({e})", RuntimeWarning, stacklevel=4)
         return
     executor_cls = executor_module.DefaultExecutor
+    executor_cls.__init__ = _wrap(executor_cls.__init__, _executor_init)  # type: ignore[method-assign]
     executor_cls.run = _wrap(executor_cls.run, _executor_run)
     dataset_cls = dataset_module.NestedDataset
     dataset_cls.process = _wrap(dataset_cls.process, _dataset_process)
@@ -361,6 +367,28 @@ def _wrap(original, wrapper):
 
     setattr(wrapped, _WRAPPED, True)
     return wrapped
+
+
+def _executor_init(original, executor, cfg=None, *args, **kwargs):
+    """``DefaultExecutor.__init__``, with its checkpoint in ``checkpoint_dir``
+    when the user gives one (see ``per_op_ckpt.checkpoint_dir_of``).
+
+    1.6.1's ``__init__`` builds its manager in ``work_dir/ckpt`` when
+    ``use_checkpoint`` is true, and reads that key nowhere else: it runs with
+    the key false, then the manager is built in ``checkpoint_dir``."""
+    from data_juicer_accel.utils import per_op_ckpt
+
+    if cfg is None:  # what ExecutorBase.__init__ would do, done first to read the config
+        cfg = importlib.import_module("data_juicer.core.executor.base").init_configs()
+    ckpt_dir = per_op_ckpt.checkpoint_dir_of(cfg) if getattr(cfg, "use_checkpoint", False) else None
+    if ckpt_dir is None:
+        return original(executor, cfg, *args, **kwargs)
+    cfg.use_checkpoint = False
+    try:
+        original(executor, cfg, *args, **kwargs)
+    finally:
+        cfg.use_checkpoint = True
+    per_op_ckpt.open_checkpoint_manager(executor, ckpt_dir)
 
 
 def _executor_run(original, executor, *args, **kwargs):

@@ -1,11 +1,14 @@
 """``data-juicer-accel inspect CKPT_DIR``: what a Data-Juicer checkpoint holds.
 
 CKPT_DIR is a checkpoint directory (the one holding ``latest/`` and
-``ckpt_op.json``, i.e. ``<work_dir>/<job_id>/ckpt``), its ``latest/``, or the
-job's work directory. Checkpoints written by this package are described from
-their manifest; ones written by the original Data-Juicer (``datasets``
+``ckpt_op.json``, i.e. ``<work_dir>/<job_id>/ckpt``), its ``latest/``, the
+job's work directory, or a bucket prefix ``s3://bucket/prefix`` (the client
+configured by the ``AWS_*`` environment variables, as for the checkpoint
+manager). Checkpoints written by this package are described from their
+manifest (in a bucket, the newest version's, read with the rows and checked
+against them); ones written by the original Data-Juicer (``datasets``
 ``save_to_disk``) are said to be so and described from their ``state.json``
-and Arrow files.
+and Arrow files. Any other URI is refused.
 
 Exit codes: 0 readable checkpoint, 1 damaged checkpoint, 2 no checkpoint there
 (missing, foreign or unusable directory, bad arguments).
@@ -49,7 +52,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="describe a checkpoint: ops recorded, rows, shards, sizes, ratio, format",
         description=(
             "Describe a Data-Juicer checkpoint (CKPT_DIR: <work_dir>/<job_id>/ckpt, its latest/, "
-            "or the job's work dir). Exit code 1 on a damaged checkpoint, 2 when there is none."
+            "the job's work dir, or s3://bucket/prefix with the AWS_* environment variables). "
+            "Exit code 1 on a damaged checkpoint, 2 when there is none."
         ),
     )
     parser.add_argument("ckpt_dir", metavar="CKPT_DIR")
@@ -70,26 +74,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        ckpt_dir, latest = _resolve(args.ckpt_dir)
+        ckpt_dir, report = _describe(args)
     except _NotACheckpoint as e:
         return _fail(args, str(e), EXIT_NOT_A_CHECKPOINT)
-
-    report: dict[str, Any] = {"ckpt_dir": ckpt_dir, "latest_dir": latest, "problems": []}
-    try:
-        _describe_data(latest, report)
-    except _NotACheckpoint as e:
-        return _fail(args, str(e), EXIT_NOT_A_CHECKPOINT)
-    # A Ray checkpoint is one op's output for one partition, named after
-    # both (checkpoint_op_XXXX_partition_YYYY.accel): it has no op record.
-    if report.get("kind") == _RAY_KIND:
-        report["ops_recorded"] = None
-    else:
-        report["ops_recorded"] = _op_record(ckpt_dir, report["problems"])
-
-    if args.verify:
-        report["verify"] = _verify(latest, report)
-        if not report["verify"]["ok"]:
-            report["problems"].append(report["verify"]["error"])
 
     if args.config:
         try:
@@ -109,6 +96,24 @@ def run(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------
 
 
+def _describe(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    """(checkpoint location, report) for the checkpoint ``args`` name."""
+    bucket = _bucket_of(args.ckpt_dir)
+    if bucket is None:
+        ckpt_dir, latest = _resolve(args.ckpt_dir)
+        report: dict[str, Any] = {"ckpt_dir": ckpt_dir, "latest_dir": latest, "problems": []}
+        _describe_directory(ckpt_dir, latest, args.verify, report)
+        return ckpt_dir, report
+    if args.config and not args.job_id:
+        raise _NotACheckpoint(
+            f"{bucket}: --config needs --job-id for a checkpoint in a bucket (the op record names the "
+            "job's work_dir, and a bucket prefix does not name the job)"
+        )
+    report = {"ckpt_dir": bucket, "latest_dir": None, "problems": []}
+    _describe_bucket(bucket, args.verify, report)
+    return bucket, report
+
+
 def _fail(args, message: str, code: int) -> int:
     error(message)
     if getattr(args, "json", False):
@@ -116,15 +121,28 @@ def _fail(args, message: str, code: int) -> int:
     return code
 
 
+def _bucket_of(path: str) -> str | None:
+    """``s3://bucket/prefix`` for a checkpoint in a bucket, None for a local
+    path; any other URI, or one with credentials in it, is refused (the
+    message never shows them)."""
+    from data_juicer_accel import _native
+
+    try:
+        return _native.bucket_uri(path)
+    except ValueError as e:
+        raise _NotACheckpoint(_first_line(e)) from None
+
+
+def _first_line(error: BaseException) -> str:
+    """An error's message on one line (a bucket's errors carry the server's XML answer)."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
 def _resolve(path: str) -> tuple[str, str]:
     """(checkpoint dir, its latest/) for a checkpoint dir, a latest/ or a job work dir."""
     from data_juicer_accel import _native
-    from data_juicer_accel.utils.ckpt_base import refuse_uri
 
-    try:
-        refuse_uri(path, "inspect")
-    except ValueError as e:
-        raise _NotACheckpoint(str(e)) from None
     path = os.path.abspath(path)
     if not os.path.exists(path):
         raise _NotACheckpoint(f"{path}: no such directory")
@@ -142,6 +160,65 @@ def _resolve(path: str) -> tuple[str, str]:
         f"{path}: not a Data-Juicer checkpoint directory (expected latest/ and {_OP_RECORD_FILE}, "
         f"as in <work_dir>/<job_id>/ckpt)"
     )
+
+
+def _describe_directory(ckpt_dir: str, latest: str, verify: bool, report: dict[str, Any]) -> None:
+    _describe_data(latest, report)
+    # A Ray checkpoint is one op's output for one partition, named after
+    # both (checkpoint_op_XXXX_partition_YYYY.accel): it has no op record.
+    if report.get("kind") == _RAY_KIND:
+        report["ops_recorded"] = None
+    else:
+        report["ops_recorded"] = _op_record(ckpt_dir, report["problems"])
+    if verify:
+        report["verify"] = _verify(latest, report)
+        if not report["verify"]["ok"]:
+            report["problems"].append(report["verify"]["error"])
+
+
+def _describe_bucket(uri: str, verify: bool, report: dict[str, Any]) -> None:
+    """The newest version published under ``uri``: its manifest, op record and,
+    with ``verify``, every checksum. The native read checks every object's
+    size and the rows of every shard in any case."""
+    from data_juicer_accel import _native
+    from data_juicer_accel.errors import CheckpointCorruptError
+
+    report["writer"] = "data-juicer-accel"
+    checked = "every object's xxh3-64 checksum, every shard decoded"
+    try:
+        loaded = _native.read_committed(uri, verify=verify)
+    except CheckpointCorruptError as e:
+        report["problems"].append(_first_line(e))
+        report["ops_recorded"] = None
+        if verify:
+            report["verify"] = {"ok": False, "checked": checked, "error": _first_line(e)}
+        return
+    except (OSError, ValueError, MemoryError) as e:  # no such bucket, no answer, refused credentials
+        raise _NotACheckpoint(f"{uri}: cannot read the checkpoint: {_first_line(e)}") from None
+    if loaded is None:
+        raise _NotACheckpoint(f"{uri}: no checkpoint published there (no manifest under {uri}/versions/)")
+    manifest = json.loads(loaded.manifest)
+    _describe_manifest(manifest, report)
+    report["generation"] = manifest.get("generation")
+    report["ops_recorded"] = _ops_of(loaded.file(_OP_RECORD_FILE), f"{uri}/{_OP_RECORD_FILE}", report["problems"])
+    if verify:
+        report["verify"] = {"ok": True, "checked": checked, "rows": loaded.num_rows}
+
+
+def _ops_of(text: bytes | None, where: str, problems: list[str]) -> list[dict[str, Any]] | None:
+    """The ops of an op record read from a bucket (already checked against its manifest)."""
+    if text is None:
+        problems.append(f"{where}: missing (a run cannot resume from this checkpoint)")
+        return None
+    try:
+        record = json.loads(text)
+    except (ValueError, RecursionError) as e:
+        problems.append(f"{where}: unreadable op record ({e})")
+        return None
+    if not isinstance(record, list) or not all(isinstance(op, dict) and op for op in record):
+        problems.append(f"{where}: not a list of op configs")
+        return None
+    return [{"name": next(iter(op)), "args": op[next(iter(op))]} for op in record]
 
 
 def _op_record(ckpt_dir: str, problems: list[str]) -> list[dict[str, Any]] | None:
@@ -178,22 +255,7 @@ def _describe_data(latest: str, report: dict[str, Any]) -> None:
 
 
 def _describe_ours(latest: str, manifest: dict[str, Any], report: dict[str, Any]) -> None:
-    shards = manifest.get("shards", [])
-    total = sum(s["bytes"] for s in shards)
-    raw = sum(s.get("raw_bytes", 0) for s in shards)
-    report.update(
-        writer="data-juicer-accel",
-        format_version=manifest.get("format_version"),
-        kind=manifest.get("kind"),
-        codec=manifest.get("codec"),
-        level=manifest.get("level"),
-        num_rows=manifest.get("num_rows"),
-        shards=shards,
-        files=manifest.get("files", []),
-        total_bytes=total,
-        raw_bytes=raw,
-        compression_ratio=(raw / total) if total else None,
-    )
+    shards = _describe_manifest(manifest, report)
     # Cheap damage check: every listed file is there with its recorded size.
     resized = 0
     for entry in [*shards, *manifest.get("files", [])]:
@@ -211,6 +273,27 @@ def _describe_ours(latest: str, manifest: dict[str, Any], report: dict[str, Any]
             "the files were rewritten after data-juicer-accel wrote this manifest, apparently by datasets "
             "save_to_disk (unpatched Data-Juicer saving over this checkpoint leaves the manifest behind, stale)"
         )
+
+
+def _describe_manifest(manifest: dict[str, Any], report: dict[str, Any]) -> list[dict[str, Any]]:
+    """What this package's manifest says (wherever the checkpoint is); returns its shards."""
+    shards = manifest.get("shards", [])
+    total = sum(s["bytes"] for s in shards)
+    raw = sum(s.get("raw_bytes", 0) for s in shards)
+    report.update(
+        writer="data-juicer-accel",
+        format_version=manifest.get("format_version"),
+        kind=manifest.get("kind"),
+        codec=manifest.get("codec"),
+        level=manifest.get("level"),
+        num_rows=manifest.get("num_rows"),
+        shards=shards,
+        files=manifest.get("files", []),
+        total_bytes=total,
+        raw_bytes=raw,
+        compression_ratio=(raw / total) if total else None,
+    )
+    return shards
 
 
 def _datasets_loadable(latest: str) -> bool:
@@ -370,10 +453,12 @@ def _print_report(r: dict[str, Any]) -> None:
         ("codec", f"{r.get('codec')} (level {r['level']})" if r.get("level") is not None else r.get("codec")),
         ("rows", r.get("num_rows")),
         ("shards", len(r.get("shards") or [])),
-        ("size on disk", human_bytes(r.get("total_bytes"))),
+        ("size in bucket" if "generation" in r else "size on disk", human_bytes(r.get("total_bytes"))),
         ("uncompressed", human_bytes(r.get("raw_bytes"))),
         ("compression ratio", f"{ratio:.2f}x" if ratio else None),
     ]
+    if r.get("generation"):
+        head.insert(1, ("generation", r["generation"]))
     print(key_values(head))
     if r.get("writer", "").startswith("data-juicer ("):
         print("note: written by the original Data-Juicer, not by data-juicer-accel (no manifest, no checksums)")

@@ -27,6 +27,14 @@ a user's op running another op on a sample) calls the op itself, so it never
 becomes, nor triggers, a checkpoint. Both hooks are inert outside such a run.
 Once the run returns or raises, nothing of it is left: its background writer
 and watcher threads are stopped and the manager forgets the callback.
+
+Where the checkpoint lives: 1.6.1's default executor always keeps it in
+``work_dir/ckpt``. Patched, it takes Data-Juicer's ``checkpoint_dir`` key
+(declared by 1.6.1's parser for every executor, read only by the partitioned
+one) when the user sets it: a directory, or ``s3://bucket/prefix`` for a
+bucket. Unset, the parser fills it with ``work_dir/checkpoints`` (the
+partitioned executor's default), and the checkpoint stays in
+``work_dir/ckpt``, where 1.6.1 writes and resumes it.
 """
 
 from __future__ import annotations
@@ -34,12 +42,15 @@ from __future__ import annotations
 import contextvars
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from loguru import logger
 
-__all__ = ["CheckpointPolicy", "PerOpCheckpoints", "policy_from_config"]
+__all__ = ["CheckpointPolicy", "PerOpCheckpoints", "checkpoint_dir_of", "open_checkpoint_manager", "policy_from_config"]
+
+_EXECUTOR_MODULE = "data_juicer.core.executor.default_executor"
 
 STRATEGIES = ("every_op", "every_n_ops", "manual", "disabled")
 
@@ -95,6 +106,40 @@ def policy_from_config(cfg: Any) -> CheckpointPolicy | None:
     if strategy == "manual" and not op_names:
         logger.warning("checkpoint.strategy is 'manual' but checkpoint.op_names is empty: only 1.6.1's end save")
     return CheckpointPolicy(strategy, n_ops, op_names, bool(_get(section, "background", True)))
+
+
+def checkpoint_dir_of(cfg: Any) -> str | None:
+    """The ``checkpoint_dir`` the user gave for the default executor's
+    checkpoint, or None for 1.6.1's ``work_dir/ckpt``.
+
+    Data-Juicer's parser fills ``checkpoint_dir`` with ``work_dir/checkpoints``
+    whether or not the user wrote it: that value counts as given only when a
+    configuration file or the command line names the key.
+    """
+    value = _get(cfg, "checkpoint_dir", None)
+    if not value:
+        return None
+    value = os.fspath(value)
+    work_dir = _get(cfg, "work_dir", None)
+    filled_in = work_dir is not None and value == os.path.join(os.fspath(work_dir), "checkpoints")
+    if filled_in and not _user_sets(cfg, lambda key: key == "checkpoint_dir"):
+        return None
+    return value
+
+
+def open_checkpoint_manager(executor: Any, ckpt_dir: str) -> None:
+    """What 1.6.1's ``DefaultExecutor.__init__`` does with ``use_checkpoint``,
+    with the checkpoint in ``ckpt_dir`` instead of ``work_dir/ckpt``."""
+    import importlib
+
+    # The name the executor itself uses: the patch made it this package's manager.
+    manager_cls = importlib.import_module(_EXECUTOR_MODULE).CheckpointManager
+    logger.info(f"Preparing checkpoint manager in {ckpt_dir} (checkpoint_dir)...")
+    executor.ckpt_dir = ckpt_dir
+    executor.ckpt_manager = manager_cls(ckpt_dir, executor.cfg.process, executor.np)
+    if executor.ckpt_manager.ckpt_available:
+        logger.info("Found existed dataset checkpoint.")
+        executor.cfg.process = executor.ckpt_manager.get_left_process_list()
 
 
 class PerOpCheckpoints:
@@ -227,11 +272,17 @@ def _get(obj: Any, key: str, default: Any) -> Any:
 
 def _user_set_checkpoint(cfg: Any) -> bool:
     """Whether a configuration file or the command line sets ``checkpoint``."""
-    if any(arg == "--checkpoint" or arg.startswith("--checkpoint.") for arg in sys.argv[1:]):
-        return True
+    return _user_sets(cfg, lambda key: key == "checkpoint" or key.startswith("checkpoint."))
+
+
+def _user_sets(cfg: Any, is_key: Callable[[str], bool]) -> bool:
+    """Whether a configuration file or the command line sets a key ``is_key`` accepts."""
+    for arg in sys.argv[1:]:
+        if arg.startswith("--") and is_key(arg[2:].split("=", 1)[0]):
+            return True
     for path in _get(cfg, "config", None) or []:
         data = _read_yaml(path)
-        if isinstance(data, dict) and any(k == "checkpoint" or str(k).startswith("checkpoint.") for k in data):
+        if isinstance(data, dict) and any(is_key(str(k)) for k in data):
             return True
     return False
 
