@@ -49,7 +49,7 @@ def test_a_local_path_with_a_colon_is_still_a_path(tmp_path):
         assert (tmp_path / name / "ck").is_dir()
 
 
-@pytest.mark.parametrize("uri", [u for u in URIS if not u.startswith("s3://")])
+@pytest.mark.parametrize("uri", OTHER_URIS)
 def test_inspect_refuses_a_uri_other_than_s3_on_one_line(tmp_path, monkeypatch, uri):
     """``s3://bucket/prefix`` is inspected (test_integration_bucket.py); any
     other scheme is refused, and no local directory is made for it."""

@@ -90,6 +90,13 @@ def committed_file(
     """The small file ``name`` of the committed checkpoint of ``ckpt_dir``, verified against its
     manifest; None when there is none."""
 
+def committed_manifest(ckpt_dir: str | Any, *, storage_options: Sequence[tuple[str, str]] | None = None) -> str | None:
+    """The manifest (JSON) of the committed checkpoint of ``ckpt_dir`` (a directory's ``latest/`` or a
+    bucket's newest version), without reading the rows; None when there is none."""
+
+def bucket_versions(ckpt_dir: str | Any, *, storage_options: Sequence[tuple[str, str]] | None = None) -> list[int]:
+    """The versions published in the bucket ``ckpt_dir``, newest first."""
+
 def read_manifest(path: str | Any) -> str | None:
     """The validated manifest of the checkpoint in ``path`` as JSON text, or None."""
 

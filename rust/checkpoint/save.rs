@@ -108,3 +108,12 @@ pub fn read_committed_file(location: &Location, name: &str) -> Result<Option<Vec
         Location::Bucket(bucket) => load::read_newest_file(bucket, name, &opts),
     }
 }
+
+/// The manifest of the committed checkpoint (a directory's `latest/`, or
+/// the newest version in a bucket), without reading what it lists.
+pub fn read_committed_manifest(location: &Location) -> Result<Option<Manifest>> {
+    match location {
+        Location::Dir(dir) => Manifest::read(&dir.join(super::commit::LATEST)),
+        Location::Bucket(bucket) => Ok(load::newest_manifest(bucket)?.map(|(_, m)| m)),
+    }
+}

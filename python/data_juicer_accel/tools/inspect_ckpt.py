@@ -186,7 +186,14 @@ def _describe_bucket(uri: str, verify: bool, report: dict[str, Any]) -> None:
     report["writer"] = "data-juicer-accel"
     checked = "every object's xxh3-64 checksum, every shard decoded"
     try:
-        loaded = _native.read_committed(uri, verify=verify)
+        if verify:  # reads every shard, checks every checksum and row count
+            loaded = _native.read_committed(uri, verify=True)
+            manifest_text = loaded.manifest if loaded is not None else None
+            op_record = loaded.file(_OP_RECORD_FILE) if loaded is not None else None
+        else:  # the manifest and the op record only
+            manifest_text = _native.committed_manifest(uri)
+            op_record = _native.committed_file(uri, _OP_RECORD_FILE)
+        versions = _native.bucket_versions(uri)
     except CheckpointCorruptError as e:
         report["problems"].append(_first_line(e))
         report["ops_recorded"] = None
@@ -195,14 +202,15 @@ def _describe_bucket(uri: str, verify: bool, report: dict[str, Any]) -> None:
         return
     except (OSError, ValueError, MemoryError) as e:  # no such bucket, no answer, refused credentials
         raise _NotACheckpoint(f"{uri}: cannot read the checkpoint: {_first_line(e)}") from None
-    if loaded is None:
+    if manifest_text is None:
         raise _NotACheckpoint(f"{uri}: no checkpoint published there (no manifest under {uri}/versions/)")
-    manifest = json.loads(loaded.manifest)
+    manifest = json.loads(manifest_text)
     _describe_manifest(manifest, report)
     report["generation"] = manifest.get("generation")
-    report["ops_recorded"] = _ops_of(loaded.file(_OP_RECORD_FILE), f"{uri}/{_OP_RECORD_FILE}", report["problems"])
+    report["versions_kept"] = versions
+    report["ops_recorded"] = _ops_of(op_record, f"{uri}/{_OP_RECORD_FILE}", report["problems"])
     if verify:
-        report["verify"] = {"ok": True, "checked": checked, "rows": loaded.num_rows}
+        report["verify"] = {"ok": True, "checked": checked, "rows": manifest.get("num_rows")}
 
 
 def _ops_of(text: bytes | None, where: str, problems: list[str]) -> list[dict[str, Any]] | None:
@@ -459,6 +467,8 @@ def _print_report(r: dict[str, Any]) -> None:
     ]
     if r.get("generation"):
         head.insert(1, ("generation", r["generation"]))
+    if r.get("versions_kept"):
+        head.insert(2, ("versions kept", ", ".join(str(v) for v in r["versions_kept"]) + " (newest first)"))
     print(key_values(head))
     if r.get("writer", "").startswith("data-juicer ("):
         print("note: written by the original Data-Juicer, not by data-juicer-accel (no manifest, no checksums)")

@@ -4,12 +4,14 @@
 
 use std::path::PathBuf;
 
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use super::bridge::to_py_err;
 use super::calls::interruptible;
 use crate::bindings::lifecycle::gil::guarded;
+use crate::checkpoint::bucket::publish::versions;
 use crate::checkpoint::bucket::{BucketUri, Location};
 use crate::checkpoint::save;
 
@@ -45,7 +47,48 @@ fn committed_file<'py>(
     })
 }
 
+/// The manifest (JSON) of the committed checkpoint of `ckpt_dir`, without
+/// reading the rows; `None` when there is none.
+#[pyfunction]
+#[pyo3(signature = (ckpt_dir, *, storage_options=None))]
+fn committed_manifest(
+    py: Python<'_>,
+    ckpt_dir: PathBuf,
+    storage_options: Option<Vec<(String, String)>>,
+) -> PyResult<Option<String>> {
+    guarded("committed_manifest", || {
+        let location = Location::from_path(&ckpt_dir, &storage_options.unwrap_or_default())
+            .map_err(to_py_err)?;
+        let manifest = interruptible(py, |_| save::read_committed_manifest(&location))?;
+        Ok(manifest.map(|m| m.to_json()))
+    })
+}
+
+/// The versions published in the bucket `ckpt_dir`, newest first (a save
+/// keeps the newest two).
+#[pyfunction]
+#[pyo3(signature = (ckpt_dir, *, storage_options=None))]
+fn bucket_versions(
+    py: Python<'_>,
+    ckpt_dir: PathBuf,
+    storage_options: Option<Vec<(String, String)>>,
+) -> PyResult<Vec<u64>> {
+    guarded("bucket_versions", || {
+        match Location::from_path(&ckpt_dir, &storage_options.unwrap_or_default())
+            .map_err(to_py_err)?
+        {
+            Location::Bucket(bucket) => interruptible(py, |_| versions(&bucket)),
+            Location::Dir(dir) => Err(PyValueError::new_err(format!(
+                "{} is a directory, not a bucket (s3://bucket/prefix)",
+                dir.display()
+            ))),
+        }
+    })
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(bucket_uri, m)?)?;
+    m.add_function(wrap_pyfunction!(committed_manifest, m)?)?;
+    m.add_function(wrap_pyfunction!(bucket_versions, m)?)?;
     m.add_function(wrap_pyfunction!(committed_file, m)?)
 }
