@@ -124,6 +124,7 @@ pub struct Bucket {
 impl Bucket {
     pub fn open(uri: BucketUri, options: &[(String, String)]) -> Result<Bucket> {
         let mut builder = AmazonS3Builder::from_env().with_bucket_name(&uri.bucket);
+        builder = with_profile_if_no_key(builder, options);
         for (name, value) in options {
             let key = AmazonS3ConfigKey::from_str(&name.to_ascii_lowercase()).map_err(|_| {
                 CheckpointError::Input(format!(
@@ -157,6 +158,39 @@ impl Bucket {
     pub fn shown(&self, key: &Key) -> PathBuf {
         PathBuf::from(format!("s3://{}/{key}", self.uri.bucket))
     }
+}
+
+/// Keys and region from an AWS profile when neither the environment nor the
+/// options give a key (see [`super::profile`]).
+fn with_profile_if_no_key(
+    mut builder: AmazonS3Builder,
+    options: &[(String, String)],
+) -> AmazonS3Builder {
+    let key_in_options = options.iter().any(|(name, _)| {
+        matches!(
+            AmazonS3ConfigKey::from_str(&name.to_ascii_lowercase()),
+            Ok(AmazonS3ConfigKey::AccessKeyId)
+        )
+    });
+    if key_in_options
+        || builder
+            .get_config_value(&AmazonS3ConfigKey::AccessKeyId)
+            .is_some()
+    {
+        return builder;
+    }
+    let region_set = builder
+        .get_config_value(&AmazonS3ConfigKey::Region)
+        .is_some();
+    for (name, value) in super::profile::profile_settings() {
+        if name == "aws_region" && region_set {
+            continue;
+        }
+        if let Ok(key) = AmazonS3ConfigKey::from_str(name) {
+            builder = builder.with_config(key, value);
+        }
+    }
+    builder
 }
 
 /// The client refuses a plain-http endpoint at the first request, with a

@@ -3,6 +3,7 @@
 //! rename: a save publishes a new immutable manifest instead.
 //!
 //! * [`location`] tells a bucket from a directory and builds the client;
+//!   [`profile`] reads the keys of an AWS profile (`~/.aws`) for it;
 //! * [`runtime`] is the async runtime the client runs on, and its errors;
 //! * [`upload`] is the writer's target: shards streamed as multipart uploads;
 //! * [`publish`] is the commit: versions, the create-only PUT, old versions removed;
@@ -10,6 +11,7 @@
 
 pub mod load;
 pub mod location;
+pub mod profile;
 pub mod publish;
 pub mod runtime;
 pub mod upload;
