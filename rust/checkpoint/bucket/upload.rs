@@ -28,6 +28,9 @@ pub struct BucketShards {
     bucket: Arc<Bucket>,
     /// `generations/<id>`: where this save's objects go.
     generation: String,
+    /// Put before each shard's name: the write tasks of one Ray save upload
+    /// into one generation, each under names of its own.
+    name_prefix: String,
 }
 
 impl BucketShards {
@@ -35,7 +38,18 @@ impl BucketShards {
         BucketShards {
             bucket,
             generation: generation.to_string(),
+            name_prefix: String::new(),
         }
+    }
+
+    /// Shards named `{prefix}-part-NNNNN.arrow`.
+    pub fn with_name_prefix(mut self, prefix: &str) -> BucketShards {
+        self.name_prefix = format!("{prefix}-");
+        self
+    }
+
+    fn name(&self, index: usize) -> String {
+        format!("{}{}", self.name_prefix, shard_name(index))
     }
 }
 
@@ -55,7 +69,7 @@ impl ShardTarget for BucketShards {
         )?;
         let key = self
             .bucket
-            .key(&format!("{}/{}", self.generation, shard_name(index)));
+            .key(&format!("{}/{}", self.generation, self.name(index)));
         let shown = self.bucket.shown(&key).display().to_string();
         let writer = BufWriter::with_capacity(self.bucket.store.clone(), key.clone(), PART_BYTES)
             .with_max_concurrency(PARTS_IN_FLIGHT);
@@ -80,7 +94,7 @@ impl ShardTarget for BucketShards {
             .into_iter()
             .enumerate()
             .map(|(index, mut shard)| {
-                shard.file = shard_name(index);
+                shard.file = self.name(index);
                 shard
             })
             .collect())
