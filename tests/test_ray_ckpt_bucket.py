@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -208,3 +209,41 @@ def test_storage_options_are_taken_and_stay_out_of_reprs(s3_server, s3_bucket, t
     assert ids_in_order(m.load_checkpoint(2)) == list(range(100))
     with pytest.raises(ValueError, match="storage_options apply to checkpoints in a bucket"):
         RayCheckpointManager(str(tmp_path / "local"), storage_options=options)
+
+
+def _killed_once(marker: str, kill_id: int):
+    """A map UDF fused into the write tasks: the first attempt that meets
+    ``kill_id`` SIGKILLs its own worker; the retried one passes."""
+
+    def udf(batch):
+        if kill_id in set(batch["id"].tolist()) and not os.path.exists(marker):
+            with open(marker, "w") as f:
+                f.write("killed")
+            os.kill(os.getpid(), signal.SIGKILL)
+        return batch
+
+    return udf
+
+
+def test_a_write_task_killed_once_is_retried_and_the_save_is_whole(s3_server, s3_bucket, ckpt_dir, tmp_path):
+    m = RayCheckpointManager(ckpt_dir)
+    marker = str(tmp_path / "killed")
+    ds = numbered(1200, 6).map_batches(_killed_once(marker, kill_id=1199))
+    m.write_ray_remote_args = {"max_retries": 2}
+    m.save_checkpoint(ds, 2)
+    assert os.path.exists(marker), "a write task was killed"
+    assert ids_in_order(m.load_checkpoint(2)) == list(range(1200))
+    (version,) = s3_server.list_keys(s3_bucket, f"run/ckpt/{NAME}/versions/")
+    manifest = json.loads(s3_server.get(s3_bucket, version))
+    listed = sorted(f"run/ckpt/{NAME}/{manifest['generation']}/{e['file']}" for e in manifest["shards"])
+    assert shard_keys(s3_server, s3_bucket) == listed, "only the shards the manifest lists stay"
+    assert s3_server.pending_multipart_uploads(s3_bucket) == []
+
+
+def test_an_empty_dataset_keeps_its_schema(ckpt_dir):
+    m = RayCheckpointManager(ckpt_dir)
+    empty = pa.table({"id": pa.array([], pa.int64()), "text": pa.array([], pa.string())})
+    m.save_checkpoint(ray.data.from_arrow(empty), 2)
+    loaded = m.load_checkpoint(2)
+    assert loaded.count() == 0
+    assert loaded.schema().names == ["id", "text"]
