@@ -107,6 +107,21 @@ def test_a_lazy_load_survives_one_resave(ckpt_dir):
     assert ids_in_order(m.load_checkpoint(2)) == list(range(50))
 
 
+def test_a_lazy_load_across_two_resaves_names_the_missing_object(ckpt_dir):
+    """The bucket keeps two versions and lazy loads hold no pins there: two
+    saves before the read tasks run remove the objects they read. The load
+    fails loudly, never with other rows; loading again reads the newest."""
+    m = RayCheckpointManager(ckpt_dir)
+    m.save_checkpoint(numbered(300, 3), 2)
+    lazy = m.load_checkpoint(2)
+    m.save_checkpoint(numbered(50, 1), 2)
+    m.save_checkpoint(numbered(60, 1), 2)
+    with pytest.raises(Exception, match="listed in the manifest, but the object is missing") as raised:
+        lazy.materialize()
+    assert f"{ckpt_dir}/{NAME}/generations/" in str(raised.value)
+    assert ids_in_order(m.load_checkpoint(2)) == list(range(60))
+
+
 # The job's tasks reach the bucket through its runtime_env, as a user's would.
 FRESH_DRIVER = r"""
 import os, sys
