@@ -262,3 +262,74 @@ def test_an_empty_dataset_keeps_its_schema(ckpt_dir):
     loaded = m.load_checkpoint(2)
     assert loaded.count() == 0
     assert loaded.schema().names == ["id", "text"]
+
+
+# A head without CPUs and two worker nodes: the write tasks run on the workers.
+# The task that meets id 399 notes its node and waits; the driver removes that
+# node. Ray retries the task on the other node, or the save fails: either way
+# the bucket holds a whole version, never part of one.
+NODE_REMOVED = r"""
+import os, sys, threading, time
+import pyarrow as pa
+import ray
+from ray.cluster_utils import Cluster
+from data_juicer_accel.utils.ray_ckpt import RayCheckpointManager
+
+ckpt_dir, marker = sys.argv[1], sys.argv[2]
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
+ray.init(address=cluster.address, log_to_driver=False)
+ray.data.DataContext.get_current().enable_progress_bars = False
+
+def numbered(rows, blocks):
+    table = pa.table({"id": pa.array(range(rows), pa.int64()), "text": [f"row {i}" for i in range(rows)]})
+    return ray.data.from_arrow(table).repartition(blocks)
+
+def wait_to_be_removed(batch):
+    if 399 in set(batch["id"].tolist()) and not os.path.exists(marker):
+        with open(marker + ".tmp", "w") as f:
+            f.write(ray.get_runtime_context().get_node_id())
+        os.rename(marker + ".tmp", marker)
+        time.sleep(600)
+    return batch
+
+def remove_the_node():
+    while not os.path.exists(marker):
+        time.sleep(0.1)
+    node_id = open(marker).read()
+    cluster.remove_node(next(w for w in workers if w.node_id == node_id), allow_graceful=False)
+
+m = RayCheckpointManager(ckpt_dir)
+m.write_ray_remote_args = {"max_retries": 3}
+m.save_checkpoint(numbered(100, 2), 2)
+remover = threading.Thread(target=remove_the_node)
+remover.start()
+try:
+    m.save_checkpoint(numbered(400, 4).map_batches(wait_to_be_removed), 2)
+    outcome = "saved"
+except Exception as e:
+    outcome = "failed:" + type(e).__name__
+remover.join()
+ds = m.load_checkpoint(2)
+ids = pa.concat_tables(ray.get(ds.to_arrow_refs()))["id"].to_pylist()
+print(outcome, ids == list(range(400 if outcome == "saved" else 100)))
+ray.shutdown()
+cluster.shutdown()
+"""
+
+
+def test_a_worker_node_removed_mid_save_leaves_a_whole_version(ckpt_dir, tmp_path):
+    marker = str(tmp_path / "node")
+    proc = subprocess.run(
+        [sys.executable, "-c", NODE_REMOVED, ckpt_dir, marker],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    outcome, whole = proc.stdout.split()[-2:]
+    assert os.path.exists(marker), "the node was removed while its task was writing"
+    assert whole == "True", outcome
+    print(outcome)  # which of the two clean ends this run took
+    os.remove(marker)
