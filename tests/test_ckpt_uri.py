@@ -23,13 +23,6 @@ def test_a_uri_other_than_s3_is_refused_and_nothing_is_written(tmp_path, monkeyp
     assert os.listdir(tmp_path) == []
 
 
-def test_the_ray_manager_refuses_a_bucket_and_writes_nothing(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(ValueError, match=r"is a URI \(s3://\), and RayCheckpointManager keeps checkpoints on a local"):
-        RayCheckpointManager("s3://bkt/ck")
-    assert os.listdir(tmp_path) == []
-
-
 @pytest.mark.parametrize("manager", [CheckpointManager, RayCheckpointManager])
 def test_credentials_in_the_uri_are_not_shown(tmp_path, monkeypatch, manager):
     monkeypatch.chdir(tmp_path)

@@ -103,7 +103,11 @@ def test_methods_take_the_reference_arguments(method):
         params = inspect.signature(getattr(cls, method)).parameters.values()
         return [(p.name, p.kind, getattr(p.default, "value", p.default)) for p in params]
 
-    assert shape(RayCheckpointManager) == shape(Ref)
+    ours = shape(RayCheckpointManager)
+    if method == "__init__":  # ours adds the bucket's client options, keyword-only
+        assert ours[-1] == ("storage_options", inspect.Parameter.KEYWORD_ONLY, None)
+        ours = ours[:-1]
+    assert ours == shape(Ref)
 
 
 def test_strategy_enum_is_the_one_of_ckpt_utils():

@@ -231,6 +231,64 @@ def read_shard_schema(path: str | Any) -> ShardSchema:
 #: Where lazy Ray loads keep hard links to the shards they read, inside the checkpoint directory.
 READERS_DIR: str
 
+@final
+class BucketShardStaging:
+    """One Ray checkpoint save in the bucket prefix ``uri`` (``s3://bucket/prefix``), held by the
+    driver: notes the newest version and names the generation the write tasks upload into.
+    ``commit`` publishes their shards as the next version; dropped or aborted without a commit,
+    the generation is deleted."""
+
+    def __new__(cls, uri: str, *, storage_options: list[tuple[str, str]] | None = None) -> BucketShardStaging: ...
+    @property
+    def uri(self) -> str: ...
+    @property
+    def generation(self) -> str: ...
+    def commit(
+        self, shards: list[dict[str, Any]], *, kind: str = "ray", compression: str = "zstd", level: int = 1
+    ) -> str:
+        """Deletes unreported objects of the generation, checks each reported one's size, and publishes
+        the manifest as the next version (``CheckpointLockedError`` if another save did first).
+        Returns the URI."""
+    def abort(self) -> None:
+        """Deletes what was uploaded for this save (no-op after ``commit``)."""
+
+def write_bucket_shard_files(
+    uri: str,
+    generation: str,
+    data: ArrowStreamExportable,
+    *,
+    prefix: str,
+    storage_options: list[tuple[str, str]] | None = None,
+    compression: str = "zstd",
+    level: int = 1,
+    threads: int = 1,
+    chunk_bytes: int | None = None,
+    max_shard_bytes: int | None = None,
+) -> list[dict[str, Any]]:
+    """Uploads ``data`` as the shards ``{prefix}-part-NNNNN.arrow`` of ``generation`` in the bucket
+    prefix ``uri`` (GIL released). Returns one manifest entry per shard, as ``write_shard_files``."""
+
+def read_bucket_shard(
+    uri: str,
+    generation: str,
+    *,
+    file: str,
+    bytes: int,
+    xxh3_64: str,
+    rows: int,
+    storage_options: list[tuple[str, str]] | None = None,
+    verify: bool = True,
+) -> LoadedCheckpoint:
+    """Reads the shard ``file`` of ``generation`` in the bucket prefix ``uri``, verified against its
+    manifest entry; a damaged or missing object raises ``CheckpointCorruptError`` naming its key."""
+
+def read_bucket_manifest(uri: str, *, storage_options: list[tuple[str, str]] | None = None) -> str | None:
+    """The manifest (JSON, naming its ``generation``) of the newest version published in the bucket
+    prefix ``uri``; None when none was."""
+
+def list_bucket_prefixes(uri: str, *, storage_options: list[tuple[str, str]] | None = None) -> list[str]:
+    """The names of the prefixes directly under the bucket prefix ``uri``."""
+
 def read_committed_manifest(ckpt_dir: str | Any) -> str | None:
     """The validated manifest (JSON) committed in ``ckpt_dir/latest``, after bringing back a
     checkpoint a save killed mid-fallback left aside; None when nothing is committed."""

@@ -8,22 +8,36 @@
 //! manifest-last, fsync, exchange and recovery as a single-process save.
 //! A load finds the generation committed with [`committed_generation`];
 //! its tasks read each shard with [`read_verified_shard`].
+//!
+//! In a bucket the same split holds with the bucket's commit
+//! ([`super::bucket::publish`]): the driver's [`BucketStaging`] names the
+//! generation, each task uploads its shards there under its own prefix
+//! ([`write_bucket_shards`]), the driver publishes them as the next version
+//! ([`commit_bucket_shards`]), and read tasks read one shard each
+//! ([`read_bucket_shard`]).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::thread;
 
 use arrow_array::RecordBatch;
 use arrow_schema::{ArrowError, SchemaRef};
 
+use super::bucket::load::GenerationObjects;
+use super::bucket::publish::{delete_generation_object, generation_listing, is_generation_name};
+use super::bucket::upload::BucketShards;
+use super::bucket::{Bucket, BucketStaging};
 use super::commit::{interrupted_swap, Staging, LATEST};
 use super::dirfd::CheckpointDir;
 use super::error::{CheckpointError, IoContext, Result};
 use super::fault;
 use super::manifest::{is_safe_file_name, FileEntry, Manifest, MANIFEST_FILE};
 use super::reader::{self, ReadOptions};
+use super::writer::write_shards_to;
 use super::{manifest_for, write_shards, SaveRequest, WriteOptions, WrittenShard};
 
 /// Most shards fsynced at once by a commit.
@@ -45,11 +59,7 @@ pub fn write_prefixed_shards<I>(
 where
     I: Iterator<Item = std::result::Result<RecordBatch, ArrowError>>,
 {
-    if !is_safe_file_name(prefix) || prefix.len() > 200 || prefix == MANIFEST_FILE {
-        return Err(CheckpointError::Input(format!(
-            "shard prefix {prefix:?} must be one plain file-name component"
-        )));
-    }
+    check_prefix(prefix)?;
     let private = dir.join(format!(".{prefix}.writing"));
     remove_any(&private)?;
     fs::create_dir(&private).at(&private)?;
@@ -70,6 +80,33 @@ where
     result
 }
 
+fn check_prefix(prefix: &str) -> Result<()> {
+    if !is_safe_file_name(prefix) || prefix.len() > 200 || prefix == MANIFEST_FILE {
+        return Err(CheckpointError::Input(format!(
+            "shard prefix {prefix:?} must be one plain file-name component"
+        )));
+    }
+    Ok(())
+}
+
+/// The names of the shards the write tasks reported: each a plain file
+/// name, none the manifest's, none twice.
+fn check_shard_names(shards: &[FileEntry]) -> Result<HashSet<&str>> {
+    let mut names = HashSet::with_capacity(shards.len());
+    for entry in shards {
+        if !is_safe_file_name(&entry.file)
+            || entry.file == MANIFEST_FILE
+            || !names.insert(entry.file.as_str())
+        {
+            return Err(CheckpointError::Input(format!(
+                "shard name {:?} is not a plain, unique file name",
+                entry.file
+            )));
+        }
+    }
+    Ok(names)
+}
+
 /// Commits the shards the write tasks reported (in row order) as the
 /// checkpoint of `staging`. Anything else in the staging directory (what
 /// failed or retried task attempts left) is removed first; a reported shard
@@ -82,18 +119,9 @@ pub fn commit_shards(
     shards: Vec<FileEntry>,
 ) -> Result<PathBuf> {
     let dir = staging.dir().to_path_buf();
-    let mut names = HashSet::with_capacity(shards.len());
+    let names = check_shard_names(&shards)?;
     for entry in &shards {
         let path = dir.join(&entry.file);
-        if !is_safe_file_name(&entry.file)
-            || entry.file == MANIFEST_FILE
-            || !names.insert(entry.file.as_str())
-        {
-            return Err(CheckpointError::Input(format!(
-                "shard name {:?} is not a plain, unique file name",
-                entry.file
-            )));
-        }
         let meta = fs::symlink_metadata(&path).at(&path)?;
         if !meta.is_file() || meta.len() != entry.bytes {
             return Err(CheckpointError::Input(format!(
@@ -204,6 +232,95 @@ pub fn read_verified_shard(
         ..ReadOptions::default()
     };
     reader::read_one_shard(&handle, entry, &opts)
+}
+
+/// Uploads `input` as shards `{prefix}-part-NNNNN.arrow` into `generation`
+/// (`generations/<id>`, created by the driver's [`BucketStaging`]). Tasks
+/// uploading into one generation at once must use different prefixes; a
+/// failed upload is aborted, and shards this call completed before it
+/// failed are strays that [`commit_bucket_shards`] removes.
+pub fn write_bucket_shards<I>(
+    bucket: Arc<Bucket>,
+    generation: &str,
+    prefix: &str,
+    schema: SchemaRef,
+    input: I,
+    opts: &WriteOptions,
+) -> Result<Vec<WrittenShard>>
+where
+    I: Iterator<Item = std::result::Result<RecordBatch, ArrowError>>,
+{
+    check_prefix(prefix)?;
+    check_generation(&bucket, generation)?;
+    let target = BucketShards::new(bucket, generation, None).with_name_prefix(prefix);
+    write_shards_to(&target, schema, input, opts, &AtomicBool::new(false))
+}
+
+/// Publishes the shards the write tasks reported (in row order) as the
+/// next version of `staging`'s checkpoint. Each must be an object of its
+/// generation with the size its task reported; other objects there (what
+/// failed or retried attempts uploaded) are deleted first. Returns
+/// `s3://bucket/prefix`; a save that lost the race to another is
+/// [`CheckpointError::Raced`], and the previous version stays.
+pub fn commit_bucket_shards(
+    staging: BucketStaging,
+    request: &SaveRequest,
+    shards: Vec<FileEntry>,
+) -> Result<String> {
+    let names = check_shard_names(&shards)?;
+    let (bucket, generation) = (staging.bucket().clone(), staging.generation().to_string());
+    let listed: HashMap<String, u64> = generation_listing(&bucket, &generation)?
+        .into_iter()
+        .collect();
+    for entry in &shards {
+        if listed.get(&entry.file) != Some(&entry.bytes) {
+            let source = GenerationObjects::new(&bucket, &generation);
+            return Err(CheckpointError::Input(format!(
+                "shard {} is not the object of {} bytes its write task reported",
+                super::reader::FileSource::locate(&source, &entry.file).display(),
+                entry.bytes
+            )));
+        }
+    }
+    for stray in listed.keys().filter(|name| !names.contains(name.as_str())) {
+        // Best effort: a stray left here goes with its generation.
+        let _ = delete_generation_object(&bucket, &generation, stray);
+    }
+    let mut manifest = manifest_for(request, &[]);
+    manifest.num_rows = shards.iter().filter_map(|s| s.rows).sum();
+    manifest.shards = shards;
+    staging.commit(manifest)
+}
+
+/// Reads the shard `entry` of `generation` with every check of a bucket
+/// load: the object's size before it is downloaded, its xxh3 (with
+/// `verify`), the decompressed sizes it declares against the memory the
+/// process may use, and its rows. A damaged or missing object is named by
+/// its `s3://` key in [`CheckpointError::Corrupt`].
+pub fn read_bucket_shard(
+    bucket: &Bucket,
+    generation: &str,
+    entry: &FileEntry,
+    verify: bool,
+) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    check_shard_names(std::slice::from_ref(entry))?;
+    check_generation(bucket, generation)?;
+    let opts = ReadOptions {
+        verify,
+        threads: 1,
+        ..ReadOptions::default()
+    };
+    reader::read_one_shard(&GenerationObjects::new(bucket, generation), entry, &opts)
+}
+
+fn check_generation(bucket: &Bucket, generation: &str) -> Result<()> {
+    if is_generation_name(generation) {
+        return Ok(());
+    }
+    Err(CheckpointError::Input(format!(
+        "{generation:?} names no generation of the checkpoint {}",
+        bucket.uri.shown()
+    )))
 }
 
 /// Removes a file or a directory tree; absent is fine.
@@ -499,5 +616,168 @@ mod tests {
         fs::write(&path, &bytes[..middle]).unwrap();
         let err = read_verified_shard(dir.path(), &good, true).unwrap_err();
         assert!(err.to_string().contains("truncated"), "{err}");
+    }
+
+    mod bucket {
+        use object_store::memory::InMemory;
+        use object_store::{ObjectStoreExt, PutPayload};
+
+        use super::super::super::bucket::load::read_bucket_checkpoint;
+        use super::super::super::bucket::runtime::block_on;
+        use super::super::super::bucket::BucketUri;
+        use super::*;
+
+        fn bucket() -> Arc<Bucket> {
+            Arc::new(Bucket {
+                uri: BucketUri::parse("s3://bkt/ck/checkpoint_op_0000_partition_0000.accel")
+                    .unwrap()
+                    .unwrap(),
+                store: Arc::new(InMemory::new()),
+            })
+        }
+
+        /// What one write task uploads: `blocks` batches of 500 rows from `first`.
+        fn task(
+            bucket: &Arc<Bucket>,
+            generation: &str,
+            prefix: &str,
+            first: i64,
+        ) -> Vec<FileEntry> {
+            let input = (first..first + 2).map(|i| Ok(batch(i * 500, 500)));
+            write_bucket_shards(
+                bucket.clone(),
+                generation,
+                prefix,
+                schema(),
+                input,
+                &options(64 << 10),
+            )
+            .unwrap()
+            .iter()
+            .map(entry)
+            .collect()
+        }
+
+        #[test]
+        fn tasks_upload_into_one_generation_and_the_driver_publishes_them_in_order() {
+            let bucket = bucket();
+            let staging = BucketStaging::create(bucket.clone()).unwrap();
+            let generation = staging.generation().to_string();
+            let mut entries = task(&bucket, &generation, "000000-aa", 0);
+            entries.extend(task(&bucket, &generation, "000001-bb", 2));
+            assert!(entries.len() > 2, "the byte limit splits each task's rows");
+            assert!(entries[0].file.starts_with("000000-aa-part-"));
+            // A failed attempt of another task left an object behind.
+            let stray = task(&bucket, &generation, "000002-cc", 9);
+            let uri = commit_bucket_shards(staging, &request(), entries.clone()).unwrap();
+            assert_eq!(uri, "s3://bkt/ck/checkpoint_op_0000_partition_0000.accel");
+            let listed: Vec<String> = generation_listing(&bucket, &generation)
+                .unwrap()
+                .into_iter()
+                .map(|(name, _)| name)
+                .collect();
+            assert!(
+                !listed.contains(&stray[0].file),
+                "strays removed: {listed:?}"
+            );
+            let loaded = read_bucket_checkpoint(&bucket, &Default::default())
+                .unwrap()
+                .unwrap();
+            assert_eq!(loaded.manifest.kind, "ray");
+            assert_eq!(column_n(&loaded.batches), (0..2000).collect::<Vec<i64>>());
+            let mut n = Vec::new();
+            for e in &entries {
+                n.extend(column_n(
+                    &read_bucket_shard(&bucket, &generation, e, true).unwrap().1,
+                ));
+            }
+            assert_eq!(n, (0..2000).collect::<Vec<i64>>(), "task then shard order");
+        }
+
+        #[test]
+        fn a_missing_object_fails_the_commit_and_a_damaged_one_is_named_by_its_key() {
+            let bucket = bucket();
+            let staging = BucketStaging::create(bucket.clone()).unwrap();
+            let generation = staging.generation().to_string();
+            let entries = task(&bucket, &generation, "t0", 0);
+            let mut missing = entries.clone();
+            missing[0].file = "t9-part-00000.arrow".into();
+            let err = commit_bucket_shards(staging, &request(), missing).unwrap_err();
+            assert!(err.to_string().contains("t9-part-00000.arrow"), "{err}");
+            assert!(versions(&bucket).is_empty(), "nothing published");
+
+            let staging = BucketStaging::create(bucket.clone()).unwrap();
+            let generation = staging.generation().to_string();
+            let entries = task(&bucket, &generation, "t0", 0);
+            commit_bucket_shards(staging, &request(), entries.clone()).unwrap();
+            let key = bucket.key(&format!("{generation}/{}", entries[0].file));
+            let mut bytes = block_on(async { bucket.store.get(&key).await.unwrap().bytes().await })
+                .unwrap()
+                .unwrap()
+                .to_vec();
+            let middle = bytes.len() / 2;
+            bytes[middle] ^= 0x55;
+            block_on(bucket.store.put(&key, PutPayload::from(bytes)))
+                .unwrap()
+                .unwrap();
+            let err = read_bucket_shard(&bucket, &generation, &entries[0], true).unwrap_err();
+            assert!(matches!(err, CheckpointError::Corrupt { .. }), "{err}");
+            assert!(
+                err.to_string().contains(&format!("s3://bkt/{key}")),
+                "{err}"
+            );
+        }
+
+        #[test]
+        fn of_two_ray_saves_from_one_version_the_second_is_raced() {
+            let bucket = bucket();
+            let first = BucketStaging::create(bucket.clone()).unwrap();
+            let second = BucketStaging::create(bucket.clone()).unwrap();
+            let a = task(&bucket, first.generation(), "a", 0);
+            let b = task(&bucket, second.generation(), "b", 4);
+            commit_bucket_shards(first, &request(), a).unwrap();
+            let err = commit_bucket_shards(second, &request(), b).unwrap_err();
+            assert!(matches!(err, CheckpointError::Raced { .. }), "{err}");
+            let loaded = read_bucket_checkpoint(&bucket, &Default::default())
+                .unwrap()
+                .unwrap();
+            assert_eq!(column_n(&loaded.batches)[0], 0, "the first save stays");
+        }
+
+        #[test]
+        fn tasks_are_held_to_a_generation_and_a_plain_prefix() {
+            let bucket = bucket();
+            for generation in ["versions", "generations/../x", "generations/", "other/x"] {
+                let input = std::iter::empty();
+                let err = write_bucket_shards(
+                    bucket.clone(),
+                    generation,
+                    "t",
+                    schema(),
+                    input,
+                    &options(1),
+                )
+                .unwrap_err();
+                assert!(
+                    matches!(err, CheckpointError::Input(_)),
+                    "{generation}: {err}"
+                );
+            }
+            let input = std::iter::empty();
+            let err = write_bucket_shards(
+                bucket.clone(),
+                "generations/x",
+                "../t",
+                schema(),
+                input,
+                &options(1),
+            )
+            .unwrap_err();
+            assert!(matches!(err, CheckpointError::Input(_)), "{err}");
+        }
+
+        fn versions(bucket: &Bucket) -> Vec<u64> {
+            super::super::super::bucket::publish::versions(bucket).unwrap()
+        }
     }
 }

@@ -32,6 +32,20 @@ Checkpoints written by the reference are still found and loaded (a job
 started before the switch resumes after it); when both formats exist for the
 same op and partition, ours wins.
 
+With ``ckpt_dir="s3://bucket/prefix"`` each checkpoint is a prefix
+``checkpoint_op_XXXX_partition_YYYY.accel/`` with the bucket layout
+(``versions/``, ``generations/``; see ``rust/checkpoint/bucket/publish.rs``):
+the driver notes the newest version and names a generation, every write task
+uploads its blocks' shards there under names of its own (a retried task uses
+new ones), and the driver publishes all of them as the next version with one
+create-only PUT of the manifest. Of two saves racing, the second raises
+``CheckpointLockedError``; a failed save deletes what it uploaded and the
+previous version stays. A load reads the newest manifest on the driver; its
+read tasks read and verify one object each. The bucket keeps the newest two
+versions, so a lazy load keeps working across one later save of the same
+checkpoint; two saves before its read tasks run delete its objects, and they
+raise ``CheckpointCorruptError`` naming the missing key (load again).
+
 Ray is imported lazily: this module imports without it.
 """
 
@@ -51,7 +65,7 @@ import pyarrow as pa
 from loguru import logger
 
 from data_juicer_accel import _native
-from data_juicer_accel.utils.ckpt_base import DEFAULT_ZSTD_LEVEL, CheckpointManagerBase, CheckpointStrategy, refuse_uri
+from data_juicer_accel.utils.ckpt_base import DEFAULT_ZSTD_LEVEL, CheckpointManagerBase, CheckpointStrategy, bucket_uri
 
 __all__ = ["RayCheckpointManager", "ACCEL_SUFFIX", "REFERENCE_SUFFIX"]
 
@@ -97,6 +111,11 @@ def _on_node(node_id: str) -> bool:
     return ray.get_runtime_context().get_node_id() == node_id
 
 
+def _native_options(options: dict[str, Any]) -> list[tuple[str, str]]:
+    """``storage_options`` as the native client takes them (booleans as ``true``/``false``)."""
+    return [(str(k), str(v).lower() if isinstance(v, bool) else str(v)) for k, v in options.items()]
+
+
 @functools.cache
 def _datasink_class():
     from ray.data import Datasink
@@ -104,14 +123,19 @@ def _datasink_class():
 
     class AccelShardDatasink(Datasink):
         """Every write task writes its blocks as shard files into the staging
-        directory (Rust writer, GIL released) and returns their manifest
-        entries; the driver commits them in ``on_write_complete``."""
+        directory, or uploads them into the save's generation in a bucket
+        (Rust writer, GIL released), and returns their manifest entries; the
+        driver commits them in ``on_write_complete``."""
 
-        def __init__(self, staging: Any, level: int):
+        def __init__(self, staging: Any, level: int, storage_options: list[tuple[str, str]] | None = None):
             import ray
 
-            self._staging = staging  # _native.ShardStaging: stays on the driver
-            self.staging_dir: str = staging.dir
+            self._staging = staging  # _native.ShardStaging or BucketShardStaging: stays on the driver
+            in_bucket = isinstance(staging, _native.BucketShardStaging)
+            self.staging_dir: str | None = None if in_bucket else staging.dir
+            #: (``s3://bucket/prefix``, ``generations/<id>``) of a save in a bucket.
+            self.generation: tuple[str, str] | None = (staging.uri, staging.generation) if in_bucket else None
+            self._storage_options = storage_options  # may hold credentials: never in a repr
             self.level = level
             # Tasks on the driver's machine leave the fsync of their shards to
             # the commit, which waits for all of them at once.
@@ -122,6 +146,27 @@ def _datasink_class():
         def __getstate__(self) -> dict[str, Any]:
             # Write tasks get the directory's path, never the driver's lock.
             return {k: v for k, v in self.__dict__.items() if k != "_staging"}
+
+        def __repr__(self) -> str:
+            where = self.staging_dir if self.generation is None else "/".join(self.generation)
+            return f"AccelShardDatasink({where!r})"
+
+        def _write(self, table: pa.Table, prefix: str, threads: int = 1, sync: bool = True) -> list[dict[str, Any]]:
+            if self.generation is not None:
+                uri, generation = self.generation
+                return _native.write_bucket_shard_files(
+                    uri,
+                    generation,
+                    table,
+                    prefix=prefix,
+                    storage_options=self._storage_options,
+                    level=self.level,
+                    threads=threads,
+                )
+            assert self.staging_dir is not None
+            return _native.write_shard_files(
+                self.staging_dir, table, prefix=prefix, level=self.level, threads=threads, sync=sync
+            )
 
         def on_write_start(self, schema=None) -> None:
             if isinstance(schema, pa.Schema):
@@ -138,12 +183,10 @@ def _datasink_class():
                 if table.num_rows == 0:
                     empty = empty or table
                     continue
-                written = _native.write_shard_files(
-                    self.staging_dir, table, prefix=f"{task}-b{b:04d}", level=self.level, threads=threads, sync=sync
-                )
+                written = self._write(table, f"{task}-b{b:04d}", threads, sync)
                 entries.extend(dict(e, order=(ctx.task_idx, b, i)) for i, e in enumerate(written))
             if not entries and empty is not None:  # keep the schema of an all-empty task
-                written = _native.write_shard_files(self.staging_dir, empty, prefix=f"{task}-empty", level=self.level)
+                written = self._write(empty, f"{task}-empty")
                 entries.extend(dict(e, order=(ctx.task_idx, 0, i)) for i, e in enumerate(written))
             return entries
 
@@ -152,9 +195,7 @@ def _datasink_class():
             entries.sort(key=lambda e: tuple(e["order"]))
             if not entries:  # no block at all: one schema-only shard keeps the schema
                 schema = self.schema if self.schema is not None else pa.schema([])
-                entries = _native.write_shard_files(
-                    self.staging_dir, schema.empty_table(), prefix="empty", level=self.level
-                )
+                entries = self._write(schema.empty_table(), "empty")
             self._staging.commit(entries, kind=RAY_KIND, level=self.level)
             self.committed = True
 
@@ -176,13 +217,50 @@ def _read_shards(directory: str, entries: list[dict[str, Any]], verify: bool) ->
         yield pa.RecordBatchReader.from_stream(loaded).read_all()
 
 
-def _datasource(directory: str, manifest: dict[str, Any], verify: bool):
-    from ray.data.block import BlockMetadata
-    from ray.data.datasource import Datasource, ReadTask
+def _read_bucket_shards(
+    uri: str, generation: str, entries: list[dict[str, Any]], verify: bool, options: list[tuple[str, str]] | None
+) -> Iterable[pa.Table]:
+    for e in entries:
+        loaded = _native.read_bucket_shard(
+            uri,
+            generation,
+            file=e["file"],
+            bytes=e["bytes"],
+            xxh3_64=e["xxh3_64"],
+            rows=e["rows"],
+            storage_options=options,
+            verify=verify,
+        )
+        yield pa.RecordBatchReader.from_stream(loaded).read_all()
 
+
+def _datasource(directory: str, manifest: dict[str, Any], verify: bool):
     # The schema message of the first shard (a few hundred bytes; the data is
     # verified when the read tasks decode it): keeps the schema of 0 rows.
     schema = pa.schema(_native.read_shard_schema(os.path.join(directory, manifest["shards"][0]["file"])))
+    return _shard_datasource(
+        manifest,
+        schema,
+        lambda group: _read_shards(directory, group, verify),
+        lambda e: os.path.join(directory, e["file"]),
+    )
+
+
+def _bucket_datasource(uri: str, manifest: dict[str, Any], verify: bool, options: list[tuple[str, str]] | None):
+    generation = manifest["generation"]
+    # No schema up front: it would cost a request to the bucket; the read
+    # tasks' tables carry it (a checkpoint of 0 rows still has one shard).
+    return _shard_datasource(
+        manifest,
+        None,
+        lambda group: _read_bucket_shards(uri, generation, group, verify, options),
+        lambda e: f"{uri}/{generation}/{e['file']}",
+    )
+
+
+def _shard_datasource(manifest: dict[str, Any], schema: pa.Schema | None, read_group, locate):
+    from ray.data.block import BlockMetadata
+    from ray.data.datasource import Datasource, ReadTask
 
     class AccelShardDatasource(Datasource):
         """Read tasks over contiguous runs of the manifest's shards."""
@@ -201,7 +279,7 @@ def _datasource(directory: str, manifest: dict[str, Any], verify: bool):
                 meta = dict(
                     num_rows=sum(e["rows"] for e in group),
                     size_bytes=sum(e.get("raw_bytes") or e["bytes"] for e in group),
-                    input_files=[os.path.join(directory, e["file"]) for e in group],
+                    input_files=[locate(e) for e in group],
                     exec_stats=None,
                 )
                 try:
@@ -212,7 +290,7 @@ def _datasource(directory: str, manifest: dict[str, Any], verify: bool):
                     extra = {}
                 if per_task_row_limit is not None:
                     extra["per_task_row_limit"] = per_task_row_limit
-                tasks.append(ReadTask(lambda group=group: _read_shards(directory, group, verify), metadata, **extra))  # type: ignore[misc]
+                tasks.append(ReadTask(lambda group=group: read_group(group), metadata, **extra))  # type: ignore[misc]
             return tasks
 
         def get_name(self) -> str:
@@ -265,6 +343,8 @@ class RayCheckpointManager(CheckpointManagerBase):
         checkpoint_n_ops: int = 1,
         checkpoint_op_names: list[str] | None = None,
         event_logger=None,
+        *,
+        storage_options: dict[str, Any] | None = None,
     ):
         """
         Initialize Ray checkpoint manager.
@@ -275,8 +355,16 @@ class RayCheckpointManager(CheckpointManagerBase):
         :param checkpoint_n_ops: Number of operations between checkpoints (for EVERY_N_OPS strategy)
         :param checkpoint_op_names: List of operation names to checkpoint (for MANUAL strategy)
         :param event_logger: Optional event logger for checkpoint events
+        :param storage_options: options of the bucket client when ``ckpt_dir``
+            is ``s3://bucket/prefix`` (``endpoint_url``, ``aws_access_key_id``,
+            ...); they go to the Ray tasks, whose ``AWS_*`` variables they
+            override
         """
-        refuse_uri(ckpt_dir, "RayCheckpointManager")
+        #: ``s3://bucket/prefix`` for checkpoints in a bucket, else None.
+        self.bucket = bucket_uri(ckpt_dir)
+        if storage_options and self.bucket is None:
+            raise ValueError(f"storage_options apply to checkpoints in a bucket (s3://...), not to {ckpt_dir!r}")
+        self._storage_options = _native_options(dict(storage_options or {}))
         super().__init__(ckpt_dir)
         self.checkpoint_enabled = checkpoint_enabled
         self.checkpoint_strategy = checkpoint_strategy
@@ -299,9 +387,28 @@ class RayCheckpointManager(CheckpointManagerBase):
         """The name the reference gives the same checkpoint (``.parquet``)."""
         return f"checkpoint_op_{op_idx:04d}_partition_{partition_id:04d}{REFERENCE_SUFFIX}"
 
+    def _checkpoint_path(self, filename: str) -> str:
+        """Where the checkpoint ``filename`` is: a path, or ``s3://bucket/prefix/filename``."""
+        if self.bucket is not None:
+            return f"{self.bucket.rstrip('/')}/{filename}"
+        return os.path.join(self.ckpt_dir, filename)
+
+    def checkpoint_exists(self, checkpoint_path: str) -> bool:
+        """True if ``checkpoint_path`` exists; in a bucket, if it has a published version."""
+        if bucket_uri(checkpoint_path) is not None:
+            return self._committed_manifest(checkpoint_path) is not None
+        return super().checkpoint_exists(checkpoint_path)
+
     def _committed_manifest(self, path: str) -> dict[str, Any] | None:
-        """The manifest of our checkpoint at ``path`` (its ``latest/``), or
-        None if uncommitted or unreadable."""
+        """The manifest of our checkpoint at ``path`` (its ``latest/``, or the
+        newest version in a bucket), or None if uncommitted or unreadable."""
+        if self.bucket is not None:
+            try:
+                text = _native.read_bucket_manifest(path, storage_options=self._storage_options)
+            except (OSError, ValueError) as e:
+                logger.warning(f"Ignoring checkpoint {path}: {e}")
+                return None
+            return None if text is None else json.loads(text)
         if not os.path.isdir(path):
             return None
         try:
@@ -374,18 +481,13 @@ class RayCheckpointManager(CheckpointManagerBase):
         :param cfg: Optional config for RayDataset wrapper
         :return: Path to saved checkpoint
         """
-        checkpoint_filename = self.resolve_checkpoint_filename(op_idx, partition_id)
-        checkpoint_path = os.path.join(self.ckpt_dir, checkpoint_filename)
-        # Ray workers do not run in our working directory.
-        checkpoint_dir = os.path.abspath(checkpoint_path)
+        checkpoint_path = self._checkpoint_path(self.resolve_checkpoint_filename(op_idx, partition_id))
 
         # Extract ray.data.Dataset if it's wrapped in RayDataset
         ray_data = dataset.data if hasattr(dataset, "data") else dataset
 
-        # Takes the checkpoint's lock and clears what a dead save left behind.
-        staging = _native.ShardStaging(checkpoint_dir, holder=self._lock_holder())
-        _native.remove_dead_pins(checkpoint_dir)
-        sink = _datasink_class()(staging, self.zstd_level)
+        sink = self._datasink(checkpoint_path)
+        staging = sink._staging
         try:
             ray_data.write_datasink(sink, ray_remote_args=dict(self.write_ray_remote_args or {}))
         finally:
@@ -407,6 +509,20 @@ class RayCheckpointManager(CheckpointManagerBase):
         logger.info(f"Saved checkpoint: {checkpoint_path}")
         return checkpoint_path
 
+    def _datasink(self, checkpoint_path: str) -> Any:
+        """The datasink of one save, holding the driver's staging."""
+        if self.bucket is not None:
+            # Notes the newest version; the tasks upload into a new generation.
+            options = self._storage_options
+            in_bucket = _native.BucketShardStaging(checkpoint_path, storage_options=options)
+            return _datasink_class()(in_bucket, self.zstd_level, options)
+        # Ray workers do not run in our working directory.
+        checkpoint_dir = os.path.abspath(checkpoint_path)
+        # Takes the checkpoint's lock and clears what a dead save left behind.
+        staging = _native.ShardStaging(checkpoint_dir, holder=self._lock_holder())
+        _native.remove_dead_pins(checkpoint_dir)
+        return _datasink_class()(staging, self.zstd_level)
+
     def load_checkpoint(  # type: ignore[override]  # the reference's signature
         self,
         op_idx: int,
@@ -425,12 +541,12 @@ class RayCheckpointManager(CheckpointManagerBase):
         :param cfg: Optional config for RayDataset wrapper
         :return: RayDataset (with ``cfg``), ray.data.Dataset, or None if the checkpoint doesn't exist
         """
-        accel_path = os.path.join(self.ckpt_dir, self.resolve_checkpoint_filename(op_idx, partition_id))
+        accel_path = self._checkpoint_path(self.resolve_checkpoint_filename(op_idx, partition_id))
         parquet_path = os.path.join(self.ckpt_dir, self.resolve_reference_checkpoint_filename(op_idx, partition_id))
         manifest = self._committed_manifest(accel_path)
         if manifest is not None:
             checkpoint_path = accel_path
-        elif os.path.exists(parquet_path):
+        elif self.bucket is None and os.path.exists(parquet_path):
             checkpoint_path = parquet_path
         else:
             return None
@@ -441,18 +557,9 @@ class RayCheckpointManager(CheckpointManagerBase):
             if manifest is not None:
                 if manifest.get("kind") != RAY_KIND:
                     raise _native.CheckpointCorruptError(f"{accel_path}: kind {manifest.get('kind')!r} is not 'ray'")
-                pinned = _pin_generation(accel_path)
-                if pinned is None:
+                ray_dataset = self._read_dataset(accel_path, manifest)
+                if ray_dataset is None:
                     return None
-                directory, manifest, linked = pinned
-                source = _datasource(os.path.abspath(directory), manifest, self.verify_on_load)
-                if linked:
-                    # Ray's plan of every dataset derived from this one holds the source.
-                    weakref.finalize(source, _native.unpin_generation, directory, os.getpid())
-                # One block per shard, the blocks the saved dataset had. Left to
-                # itself, Ray asks for ~200 and cuts each shard's table into small
-                # blocks, whose bookkeeping took most of a load's time.
-                ray_dataset = ray.data.read_datasource(source, override_num_blocks=len(manifest["shards"]))
             else:
                 ray_dataset = ray.data.read_parquet(parquet_path)
 
@@ -479,6 +586,36 @@ class RayCheckpointManager(CheckpointManagerBase):
             logger.warning(f"Failed to load checkpoint {checkpoint_path}: {e}")
         return None
 
+    def _read_dataset(self, accel_path: str, manifest: dict[str, Any]) -> Any | None:
+        """The lazy ``ray.data.Dataset`` of our committed checkpoint at
+        ``accel_path``; None if it is gone meanwhile."""
+        import ray
+
+        if self.bucket is not None:
+            # The version read now stays through one later save (see the module docstring).
+            source = _bucket_datasource(accel_path, manifest, self.verify_on_load, self._storage_options)
+        else:
+            pinned = _pin_generation(accel_path)
+            if pinned is None:
+                return None
+            directory, manifest, linked = pinned
+            source = _datasource(os.path.abspath(directory), manifest, self.verify_on_load)
+            if linked:
+                # Ray's plan of every dataset derived from this one holds the source.
+                weakref.finalize(source, _native.unpin_generation, directory, os.getpid())
+        # One block per shard, the blocks the saved dataset had. Left to
+        # itself, Ray asks for ~200 and cuts each shard's table into small
+        # blocks, whose bookkeeping took most of a load's time.
+        return ray.data.read_datasource(source, override_num_blocks=len(manifest["shards"]))
+
+    def _checkpoint_names(self) -> list[str]:
+        """The names under ``ckpt_dir``: a directory's entries, or the prefixes of a bucket."""
+        if self.bucket is not None:
+            return _native.list_bucket_prefixes(self.bucket, storage_options=self._storage_options)
+        if not os.path.exists(self.ckpt_dir):
+            return []
+        return os.listdir(self.ckpt_dir)
+
     def find_latest_checkpoint(self, partition_id: int = 0) -> tuple[int, str, str] | None:
         """
         Find the latest checkpoint for a partition: our committed checkpoints
@@ -487,17 +624,16 @@ class RayCheckpointManager(CheckpointManagerBase):
         :param partition_id: Partition ID
         :return: Tuple of (op_idx, op_name, checkpoint_path) or None if no checkpoint found
         """
-        if not os.path.exists(self.ckpt_dir):
-            return None
-
         wanted = f"{partition_id:04d}"
         best: tuple[int, int, str] | None = None  # (op_idx, ours first, path)
-        for filename in os.listdir(self.ckpt_dir):
+        for filename in self._checkpoint_names():
             match = _NAME_RE.match(filename)
             if match is None or match.group(2) != wanted:
                 continue
-            op_idx, path = int(match.group(1)), os.path.join(self.ckpt_dir, filename)
+            op_idx, path = int(match.group(1)), self._checkpoint_path(filename)
             ours = match.group(3) == ACCEL_SUFFIX
+            if not ours and self.bucket is not None:
+                continue  # the reference's parquet checkpoints are found in directories only
             if ours and self._committed_manifest(path) is None:
                 continue  # a checkpoint without its committed manifest does not exist
             key = (op_idx, int(ours), path)

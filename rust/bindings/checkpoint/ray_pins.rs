@@ -1,6 +1,7 @@
 //! Ray loads on the driver: the committed manifest of a checkpoint
 //! directory, and the pin that keeps a lazy load's generation readable
-//! (see `checkpoint::pin`).
+//! (see `checkpoint::pin`); in a bucket, the newest manifest and the
+//! checkpoints kept under a prefix.
 
 use std::path::PathBuf;
 
@@ -8,8 +9,11 @@ use pyo3::prelude::*;
 
 use super::calls::detached;
 use crate::bindings::lifecycle::gil::{self, guarded};
+use crate::checkpoint::bucket::load::{child_prefixes, newest_manifest};
 use crate::checkpoint::pin::{self, READERS_DIR};
 use crate::checkpoint::shards::committed_generation;
+
+use super::ray_shards::open_bucket;
 
 /// The validated manifest, as JSON, of the checkpoint committed in
 /// `ckpt_dir` (its `latest/`), after bringing back one a save killed
@@ -64,8 +68,40 @@ fn remove_dead_pins(py: Python<'_>, ckpt_dir: PathBuf) {
     gil::detach(py, || pin::remove_dead_pins(&ckpt_dir))
 }
 
+/// The manifest, as JSON, of the newest version published in the bucket
+/// prefix `uri` (it names its `generation`); None when none was.
+#[pyfunction]
+#[pyo3(signature = (uri, *, storage_options=None))]
+fn read_bucket_manifest(
+    py: Python<'_>,
+    uri: &str,
+    storage_options: Option<Vec<(String, String)>>,
+) -> PyResult<Option<String>> {
+    guarded("read_bucket_manifest", || {
+        let bucket = open_bucket(uri, storage_options)?;
+        let newest = detached(py, || newest_manifest(&bucket))?;
+        Ok(newest.map(|(_, manifest)| manifest.to_json()))
+    })
+}
+
+/// The names of the prefixes directly under the bucket prefix `uri`.
+#[pyfunction]
+#[pyo3(signature = (uri, *, storage_options=None))]
+fn list_bucket_prefixes(
+    py: Python<'_>,
+    uri: &str,
+    storage_options: Option<Vec<(String, String)>>,
+) -> PyResult<Vec<String>> {
+    guarded("list_bucket_prefixes", || {
+        let bucket = open_bucket(uri, storage_options)?;
+        detached(py, || child_prefixes(&bucket))
+    })
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("READERS_DIR", READERS_DIR)?;
+    m.add_function(wrap_pyfunction!(read_bucket_manifest, m)?)?;
+    m.add_function(wrap_pyfunction!(list_bucket_prefixes, m)?)?;
     m.add_function(wrap_pyfunction!(read_committed_manifest, m)?)?;
     m.add_function(wrap_pyfunction!(pin_generation, m)?)?;
     m.add_function(wrap_pyfunction!(unpin_generation, m)?)?;

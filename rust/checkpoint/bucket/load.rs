@@ -13,7 +13,7 @@ use object_store::ObjectStoreExt;
 
 use super::location::Bucket;
 use super::publish::{read_manifest, versions};
-use super::runtime::{block_on_cancellable, store_error};
+use super::runtime::{block_on, block_on_cancellable, store_error};
 use super::upload::object_key;
 use crate::checkpoint::error::{CheckpointError, Result};
 use crate::checkpoint::manifest::{FileEntry, Manifest};
@@ -141,4 +141,29 @@ pub fn read_bucket_checkpoint(
         }
         attempt += 1;
     }
+}
+
+impl<'b> GenerationObjects<'b> {
+    /// The objects of `generation` (`generations/<id>`), as a Ray read task
+    /// is told it by the driver that read the manifest.
+    pub fn new(bucket: &'b Bucket, generation: &str) -> Self {
+        GenerationObjects {
+            bucket,
+            generation: generation.to_string(),
+        }
+    }
+}
+
+/// The names of the prefixes directly under the bucket's prefix (the
+/// checkpoints a Ray manager keeps side by side there).
+pub fn child_prefixes(bucket: &Bucket) -> Result<Vec<String>> {
+    let prefix = &bucket.uri.prefix;
+    let prefix = (!prefix.as_ref().is_empty()).then_some(prefix);
+    let listed = block_on(bucket.store.list_with_delimiter(prefix))?
+        .map_err(|e| store_error(PathBuf::from(bucket.uri.shown()), e))?;
+    Ok(listed
+        .common_prefixes
+        .iter()
+        .filter_map(|p| p.filename().map(str::to_string))
+        .collect())
 }

@@ -351,3 +351,47 @@ fn idle_for(bucket: &Bucket, prefix: &Key, age: Duration) -> bool {
         .iter()
         .all(|meta| meta.last_modified.timestamp() < cutoff)
 }
+
+impl BucketStaging {
+    /// `generations/<id>`: where this save's objects go, the objects that
+    /// other processes (Ray write tasks) upload for it included.
+    pub fn generation(&self) -> &str {
+        &self.generation
+    }
+
+    pub fn bucket(&self) -> &Arc<Bucket> {
+        &self.bucket
+    }
+}
+
+/// `generations/<id>`, and nothing else: what a write task is told to
+/// upload into must stay under the checkpoint's generations.
+pub fn is_generation_name(generation: &str) -> bool {
+    generation
+        .strip_prefix(&format!("{GENERATIONS}/"))
+        .is_some_and(is_safe_file_name)
+}
+
+/// The objects under `generation`: each name relative to it, and its size.
+pub fn generation_listing(bucket: &Bucket, generation: &str) -> Result<Vec<(String, u64)>> {
+    let prefix = bucket.key(generation);
+    let listed: Vec<_> = block_on(bucket.store.list(Some(&prefix)).try_collect())?
+        .map_err(|e| store_error(bucket.shown(&prefix), e))?;
+    Ok(listed
+        .into_iter()
+        .filter_map(|meta| {
+            let name = meta.location.prefix_match(&prefix)?;
+            let parts: Vec<_> = name.map(|p| p.as_ref().to_string()).collect();
+            (parts.len() == 1).then(|| (parts[0].clone(), meta.size))
+        })
+        .collect())
+}
+
+/// Deletes the object `name` of `generation` (absent is fine).
+pub fn delete_generation_object(bucket: &Bucket, generation: &str, name: &str) -> Result<()> {
+    let key = object_key(bucket, generation, name);
+    match block_on(bucket.store.delete(&key))? {
+        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+        Err(e) => Err(store_error(bucket.shown(&key), e)),
+    }
+}

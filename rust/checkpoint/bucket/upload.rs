@@ -30,6 +30,9 @@ pub struct BucketShards<'c> {
     generation: String,
     /// Raised by Ctrl-C: a request waiting on the server is given up.
     cancel: Option<&'c AtomicBool>,
+    /// Put before each shard's name: the write tasks of one Ray save upload
+    /// into one generation, each under names of its own.
+    name_prefix: String,
 }
 
 impl<'c> BucketShards<'c> {
@@ -38,7 +41,18 @@ impl<'c> BucketShards<'c> {
             bucket,
             generation: generation.to_string(),
             cancel,
+            name_prefix: String::new(),
         }
+    }
+
+    /// Shards named `{prefix}-part-NNNNN.arrow`.
+    pub fn with_name_prefix(mut self, prefix: &str) -> Self {
+        self.name_prefix = format!("{prefix}-");
+        self
+    }
+
+    fn name(&self, index: usize) -> String {
+        format!("{}{}", self.name_prefix, shard_name(index))
     }
 }
 
@@ -58,7 +72,7 @@ impl<'c> ShardTarget for BucketShards<'c> {
         )?;
         let key = self
             .bucket
-            .key(&format!("{}/{}", self.generation, shard_name(index)));
+            .key(&format!("{}/{}", self.generation, self.name(index)));
         let shown = self.bucket.shown(&key).display().to_string();
         let writer = BufWriter::with_capacity(self.bucket.store.clone(), key.clone(), PART_BYTES)
             .with_max_concurrency(PARTS_IN_FLIGHT);
@@ -83,7 +97,7 @@ impl<'c> ShardTarget for BucketShards<'c> {
             .into_iter()
             .enumerate()
             .map(|(index, mut shard)| {
-                shard.file = shard_name(index);
+                shard.file = self.name(index);
                 shard
             })
             .collect())
