@@ -287,3 +287,21 @@ def test_ctrl_c_while_the_server_stalls_stops_the_save(s3_bucket, s3_env, s3_ser
         relay.close()
     assert proc.returncode == 130 and "interrupted" in out
     assert CheckpointManager(uri, OPS).load_ckpt().equals(table(1))
+
+
+def test_the_keys_of_an_aws_profile_are_used_when_nothing_else_gives_one(s3_bucket, s3_env, tmp_path, monkeypatch):
+    """Without a key the client would ask the EC2 metadata endpoint, which is not there."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    aws = tmp_path / "home" / ".aws"
+    aws.mkdir(parents=True)
+    (aws / "credentials").write_text(
+        "[default]\naws_access_key_id = nope\n[dev]\naws_access_key_id = testing\naws_secret_access_key = testing\n"
+    )
+    (aws / "config").write_text("[profile dev]\nregion = us-east-1\n")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("AWS_PROFILE", "dev")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    uri = f"s3://{s3_bucket}/ck"
+    CheckpointManager(uri, OPS).save_ckpt(table(3))
+    assert CheckpointManager(uri, OPS).load_ckpt().equals(table(3))
