@@ -65,6 +65,25 @@ fn entry_from_dict(dict: &Bound<'_, PyDict>) -> PyResult<FileEntry> {
     })
 }
 
+/// The manifest entries the write tasks reported, and the request of
+/// their commit.
+fn commit_request<'k>(
+    shards: &[Bound<'_, PyDict>],
+    kind: &'k str,
+    compression: &str,
+    level: i32,
+) -> PyResult<(Vec<FileEntry>, SaveRequest<'k>)> {
+    let entries = shards
+        .iter()
+        .map(entry_from_dict)
+        .collect::<PyResult<Vec<_>>>()?;
+    let request = SaveRequest {
+        kind,
+        options: write_options(compression, level, 1, None, None)?,
+    };
+    Ok((entries, request))
+}
+
 /// The staging directory of one Ray checkpoint save, held by the driver:
 /// lock taken and leftovers of dead saves cleared on creation; the write
 /// tasks put their shards into `dir`; `commit` makes them the checkpoint.
@@ -106,14 +125,7 @@ impl ShardStaging {
         level: i32,
     ) -> PyResult<String> {
         guarded("ShardStaging.commit", || {
-            let entries = shards
-                .iter()
-                .map(entry_from_dict)
-                .collect::<PyResult<Vec<_>>>()?;
-            let request = SaveRequest {
-                kind,
-                options: write_options(compression, level, 1, None, None)?,
-            };
+            let (entries, request) = commit_request(&shards, kind, compression, level)?;
             let staging = self.staging.take().ok_or_else(|| {
                 PyValueError::new_err("this ShardStaging is already committed or aborted")
             })?;
@@ -338,14 +350,7 @@ impl BucketShardStaging {
         level: i32,
     ) -> PyResult<String> {
         guarded("BucketShardStaging.commit", || {
-            let entries = shards
-                .iter()
-                .map(entry_from_dict)
-                .collect::<PyResult<Vec<_>>>()?;
-            let request = SaveRequest {
-                kind,
-                options: write_options(compression, level, 1, None, None)?,
-            };
+            let (entries, request) = commit_request(&shards, kind, compression, level)?;
             let staging = self.staging.take().ok_or_else(|| {
                 PyValueError::new_err("this BucketShardStaging is already committed or aborted")
             })?;
