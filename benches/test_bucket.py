@@ -26,18 +26,10 @@ def target():
     if why:
         pytest.skip(why)
     with local_s3.LocalS3Server() as server:
-        saved = {name: os.environ.get(name) for name in server.env()}
-        os.environ.update(server.env())  # the checkpoint manager's client reads them
-        try:
+        with local_s3.environment_of(server):
             target = bk.Target("dja-bench", "benches", dict(os.environ))
             target.filesystem().create_dir(target.bucket)
             yield target
-        finally:
-            for name, value in saved.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
 
 
 def writer_params():

@@ -421,25 +421,17 @@ def _bucket_target(args: argparse.Namespace) -> Iterator[Any]:
     """The bucket of ``--bucket``, or one on moto's server started on loopback
     (``--local-server``) for as long as the case runs."""
     from data_juicer_accel.bench import bucket
-    from data_juicer_accel.bench.local_s3 import LocalS3Server
+    from data_juicer_accel.bench.local_s3 import LocalS3Server, environment_of
     from data_juicer_accel.tools import _interrupt
 
     if not args.local_server:
         yield bucket.parse_target(args.bucket)
         return
     with _interrupt.temporary_directory("dja-bench-s3-", dir=args.workdir) as workdir, LocalS3Server(workdir) as server:
-        saved = {name: os.environ.get(name) for name in server.env()}
-        os.environ.update(server.env())  # the checkpoint manager's client reads them
-        try:
+        with environment_of(server):
             target = bucket.Target("dja-bench", "bench", dict(os.environ))
             target.filesystem().create_dir(target.bucket)
             yield target
-        finally:
-            for name, value in saved.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
 
 
 def _say_expectations(args: argparse.Namespace, seconds: float, disk_bytes: float, workdir: str) -> None:

@@ -9,6 +9,7 @@ only here; moto (``pip install 'moto[server]'``) is imported by the child."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import importlib.util
 import os
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -159,3 +161,19 @@ class LocalS3Server:
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def environment_of(server: LocalS3Server) -> Iterator[None]:
+    """The ``AWS_*`` variables of ``server`` set in this process (the checkpoint
+    manager's client reads them), the previous values put back at the end."""
+    saved = {name: os.environ.get(name) for name in server.env()}
+    os.environ.update(server.env())
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
