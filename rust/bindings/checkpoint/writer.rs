@@ -83,7 +83,13 @@ impl CheckpointWriter {
             checkpoint::writer::ipc_options(options.compression).map_err(to_py_err)?;
             let location = Location::from_path(&ckpt_dir, &storage_options.unwrap_or_default())
                 .map_err(to_py_err)?;
-            let staging = interruptible(py, |_| PendingSave::create(&location, holder.as_deref()))?;
+            let create = || PendingSave::create(&location, holder.as_deref());
+            let staging = match &location {
+                // Taken on the caller's thread: a second saver is told its name.
+                Location::Dir(_) => detached(py, create)?,
+                // Requests to a stalled server give up on Ctrl-C.
+                Location::Bucket(_) => interruptible(py, |_| create())?,
+            };
             Ok(CheckpointWriter {
                 staging: Some(staging),
                 options,
