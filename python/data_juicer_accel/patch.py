@@ -39,6 +39,11 @@ do nothing outside such a run, and Data-Juicer's configuration parser learns
 ``checkpoint.background``. ``OP.run`` is left alone: the insight miner,
 probes and users run ops too, and none of that may become a checkpoint.
 
+``PartitionedRayExecutor`` keeps ``partitioning_info.json`` in the job's
+work directory, resumes from the bucket and refuses to clear it, when its
+``checkpoint_dir`` is a bucket (see ``data_juicer_accel.utils.partitioned_ckpt``):
+four of its methods get wrappers that do nothing for a local directory.
+
 Calling it again does nothing. Before changing anything, the reference API is
 compared with the one this package reproduces (py-data-juicer 1.6.1): method
 names and parameter names of every class swapped, the ``EventType`` values and
@@ -321,6 +326,7 @@ def _apply(pairs, ref_ckpt, ref_events) -> None:
                 )
 
     _install_per_op_checkpoints()
+    _install_partitioned_bucket_checkpoints()
     setattr(ref_ckpt, _MARKER, True)
     setattr(ref_events, _MARKER, True)
 
@@ -420,3 +426,64 @@ def _build_base_parser(original, *args, **kwargs):
         help="data-juicer-accel: save per-op checkpoints of the default executor in the background",
     )
     return parser
+
+
+# --------------------------------------------------------------------------
+# The partitioned Ray executor with its checkpoints in a bucket.
+# --------------------------------------------------------------------------
+
+_PARTITIONED_MODULE = "data_juicer.core.executor.ray_executor_partitioned"
+
+
+def _install_partitioned_bucket_checkpoints() -> None:
+    """Wrap the four methods of ``PartitionedRayExecutor`` that treat
+    ``checkpoint_dir`` as a local directory (see ``partitioned_ckpt``).
+    Without Ray the module does not import, and there is nothing to wrap."""
+    try:
+        module = importlib.import_module(_PARTITIONED_MODULE)
+    except ImportError:
+        return
+    executor_cls = module.PartitionedRayExecutor
+    for name, wrapper in (
+        ("_get_partitioning_info_path", _partitioning_info_path),
+        ("_save_partitioning_info", _save_partitioning_info),
+        ("_resume_job", _resume_job),
+        ("_clear_invalid_checkpoints", _clear_invalid_checkpoints),
+    ):
+        setattr(executor_cls, name, _wrap(getattr(executor_cls, name), wrapper))
+
+
+def _partitioning_info_path(original, executor):
+    from data_juicer_accel.utils import partitioned_ckpt
+
+    if partitioned_ckpt.bucket_of(executor) is None:
+        return original(executor)
+    return partitioned_ckpt.partitioning_info_path(executor)
+
+
+def _save_partitioning_info(original, executor, info):
+    from data_juicer_accel.utils import partitioned_ckpt
+
+    if partitioned_ckpt.bucket_of(executor) is None:
+        return original(executor, info)
+    return partitioned_ckpt.save_partitioning_info(executor, info)
+
+
+def _resume_job(original, executor, job_id):
+    from data_juicer_accel.utils import partitioned_ckpt
+
+    if partitioned_ckpt.bucket_of(executor) is None:
+        return original(executor, job_id)
+    ckpt_dir = executor.ckpt_manager.ckpt_dir
+    result = original(executor, job_id)
+    partitioned_ckpt.keep_bucket_after_resume(executor, ckpt_dir)
+    return result
+
+
+def _clear_invalid_checkpoints(original, executor):
+    from data_juicer_accel.utils import partitioned_ckpt
+
+    bucket = partitioned_ckpt.bucket_of(executor)
+    if bucket is None:
+        return original(executor)
+    partitioned_ckpt.refuse_to_clear(bucket)
