@@ -282,6 +282,15 @@ def read_bucket_shard(
     """Reads the shard ``file`` of ``generation`` in the bucket prefix ``uri``, verified against its
     manifest entry; a damaged or missing object raises ``CheckpointCorruptError`` naming its key."""
 
+def pin_bucket_version(uri: str, *, storage_options: Sequence[tuple[str, str]] | None = None) -> tuple[str, str] | None:
+    """Pins the newest version of the bucket checkpoint ``uri`` for a lazy load: ``(pin, manifest JSON)``,
+    or None when nothing is published. Saves keep the pinned objects until unpinned (or 6 hours)."""
+
+def unpin_bucket_version(
+    uri: str, pin: str, owner: int, *, storage_options: Sequence[tuple[str, str]] | None = None
+) -> None:
+    """Removes a pin of ``pin_bucket_version``, unless this process is a fork of ``owner``."""
+
 def read_bucket_manifest(uri: str, *, storage_options: list[tuple[str, str]] | None = None) -> str | None:
     """The manifest (JSON, naming its ``generation``) of the newest version published in the bucket
     prefix ``uri``; None when none was."""

@@ -41,10 +41,9 @@ new ones), and the driver publishes all of them as the next version with one
 create-only PUT of the manifest. Of two saves racing, the second raises
 ``CheckpointLockedError``; a failed save deletes what it uploaded and the
 previous version stays. A load reads the newest manifest on the driver; its
-read tasks read and verify one object each. The bucket keeps the newest two
-versions, so a lazy load keeps working across one later save of the same
-checkpoint; two saves before its read tasks run delete its objects, and they
-raise ``CheckpointCorruptError`` naming the missing key (load again).
+read tasks read and verify one object each. A lazy load pins the version it
+read (``readers/`` in the bucket, see ``rust/checkpoint/bucket/readers.rs``):
+later saves keep its objects until the dataset is gone, or for 6 hours at most.
 
 Ray is imported lazily: this module imports without it.
 """
@@ -592,8 +591,21 @@ class RayCheckpointManager(CheckpointManagerBase):
         import ray
 
         if self.bucket is not None:
-            # The version read now stays through one later save (see the module docstring).
+            # Pinned: later saves keep its objects until the dataset is gone.
+            pinned = _native.pin_bucket_version(accel_path, storage_options=self._storage_options)
+            if pinned is None:
+                return None
+            pin, manifest_json = pinned
+            manifest = json.loads(manifest_json)
             source = _bucket_datasource(accel_path, manifest, self.verify_on_load, self._storage_options)
+            weakref.finalize(
+                source,
+                _native.unpin_bucket_version,
+                accel_path,
+                pin,
+                os.getpid(),
+                storage_options=self._storage_options,
+            )
         else:
             pinned = _pin_generation(accel_path)
             if pinned is None:

@@ -10,6 +10,7 @@ use pyo3::prelude::*;
 use super::calls::detached;
 use crate::bindings::lifecycle::gil::{self, guarded};
 use crate::checkpoint::bucket::load::{child_prefixes, newest_manifest};
+use crate::checkpoint::bucket::readers;
 use crate::checkpoint::pin::{self, READERS_DIR};
 use crate::checkpoint::shards::committed_generation;
 
@@ -84,6 +85,45 @@ fn read_bucket_manifest(
     })
 }
 
+/// Pins the newest version of the bucket checkpoint `uri` for a lazy load:
+/// `(pin, manifest JSON)`, or `None` when nothing is published. Saves keep
+/// the pinned objects until [`unpin_bucket_version`] (or the pin's lease ends).
+#[pyfunction]
+#[pyo3(signature = (uri, *, storage_options=None))]
+fn pin_bucket_version(
+    py: Python<'_>,
+    uri: &str,
+    storage_options: Option<Vec<(String, String)>>,
+) -> PyResult<Option<(String, String)>> {
+    guarded("pin_bucket_version", || {
+        let bucket = open_bucket(uri, storage_options)?;
+        let pinned = detached(py, || readers::pin_newest(&bucket))?;
+        Ok(pinned.map(|(pin, manifest)| (pin, manifest.to_json())))
+    })
+}
+
+/// Removes a pin of [`pin_bucket_version`], unless this process is a fork
+/// of the `owner` that took it.
+#[pyfunction]
+#[pyo3(signature = (uri, pin, owner, *, storage_options=None))]
+fn unpin_bucket_version(
+    py: Python<'_>,
+    uri: &str,
+    pin: &str,
+    owner: u32,
+    storage_options: Option<Vec<(String, String)>>,
+) {
+    if owner != std::process::id() {
+        return;
+    }
+    // Best effort at any time, exit included: a pin left behind expires.
+    let _ = guarded("unpin_bucket_version", || {
+        let bucket = open_bucket(uri, storage_options)?;
+        gil::detach(py, || readers::unpin(&bucket, pin));
+        Ok(())
+    });
+}
+
 /// The names of the prefixes directly under the bucket prefix `uri`.
 #[pyfunction]
 #[pyo3(signature = (uri, *, storage_options=None))]
@@ -101,6 +141,8 @@ fn list_bucket_prefixes(
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("READERS_DIR", READERS_DIR)?;
     m.add_function(wrap_pyfunction!(read_bucket_manifest, m)?)?;
+    m.add_function(wrap_pyfunction!(pin_bucket_version, m)?)?;
+    m.add_function(wrap_pyfunction!(unpin_bucket_version, m)?)?;
     m.add_function(wrap_pyfunction!(list_bucket_prefixes, m)?)?;
     m.add_function(wrap_pyfunction!(read_committed_manifest, m)?)?;
     m.add_function(wrap_pyfunction!(pin_generation, m)?)?;

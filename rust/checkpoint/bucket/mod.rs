@@ -7,12 +7,14 @@
 //! * [`runtime`] is the async runtime the client runs on, and its errors;
 //! * [`upload`] is the writer's target: shards streamed as multipart uploads;
 //! * [`publish`] is the commit: versions, the create-only PUT, old versions removed;
-//! * [`load`] reads the newest version with every check of a directory load.
+//! * [`load`] reads the newest version with every check of a directory load;
+//!   [`readers`] pins the version a lazy (Ray) load reads later.
 
 pub mod load;
 pub mod location;
 pub mod profile;
 pub mod publish;
+pub mod readers;
 pub mod runtime;
 pub mod upload;
 

@@ -19,7 +19,8 @@
 //!
 //! Old versions go only after a new one is published: the newest two stay
 //! (a load that read the previous manifest a moment ago still finds its
-//! objects), older ones are deleted manifest first, then their generation.
+//! objects), older ones are deleted manifest first, then their generation,
+//! unless a lazy load pinned it (see [`super::readers`]).
 //! Objects of a save that died before publishing belong to no version;
 //! they are deleted once a day old, as a save still running may own them.
 
@@ -34,6 +35,7 @@ use object_store::path::Path as Key;
 use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
 use super::location::Bucket;
+use super::readers::pinned_generations;
 use super::runtime::{block_on, block_on_cleanup, store_error};
 use super::upload::{object_key, BucketShards};
 use crate::checkpoint::error::{CheckpointError, Result};
@@ -298,26 +300,36 @@ fn check_generation(manifest: &Manifest) -> std::result::Result<(), String> {
 /// their generations, then generations of dead saves. Best effort: what a
 /// failure leaves is removed by a later save.
 fn remove_old_versions(bucket: &Bucket, newest: u64) {
-    let Ok(all) = versions(bucket) else { return };
+    let (Ok(all), Ok(pinned)) = (versions(bucket), pinned_generations(bucket)) else {
+        return;
+    };
     let mut kept = Vec::new();
+    let mut unlisted = Vec::new();
     let mut all_kept_known = true;
     for version in all {
         let manifest = read_manifest(bucket, version);
         all_kept_known &= manifest.is_ok();
         let generation = manifest.ok().flatten().and_then(|m| m.generation);
-        if version + 1 >= newest {
-            kept.extend(generation);
-            continue;
+        let is_pinned = generation.as_ref().is_some_and(|g| pinned.contains(g));
+        if version + 1 >= newest || is_pinned {
+            kept.extend(generation); // a pinned version stays whole until unpinned
+        } else if block_on(bucket.store.delete(&version_key(bucket, version))).is_ok() {
+            unlisted.extend(generation);
         }
-        if block_on(bucket.store.delete(&version_key(bucket, version))).is_ok() {
-            if let Some(generation) = generation {
-                let _ = delete_prefix(bucket, &generation);
-            }
-        }
+    }
+    // Listed again after the manifests went (see `readers`): a load that
+    // pinned one of them meanwhile keeps its objects; one pinning later
+    // finds its manifest gone and pins the newest instead.
+    let Ok(pinned) = pinned_generations(bucket) else {
+        return;
+    };
+    for generation in unlisted.iter().filter(|g| !pinned.contains(*g)) {
+        let _ = delete_prefix(bucket, generation);
     }
     // A kept version whose manifest could not be read names a generation
     // that must not be taken for a dead save's.
     if all_kept_known {
+        kept.extend(pinned);
         remove_dead_generations(bucket, &kept);
     }
 }
