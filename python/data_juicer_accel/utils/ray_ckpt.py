@@ -592,10 +592,10 @@ class RayCheckpointManager(CheckpointManagerBase):
 
         if self.bucket is not None:
             # Pinned: later saves keep its objects until the dataset is gone.
-            pinned = _native.pin_bucket_version(accel_path, storage_options=self._storage_options)
-            if pinned is None:
+            in_bucket = _native.pin_bucket_version(accel_path, storage_options=self._storage_options)
+            if in_bucket is None:
                 return None
-            pin, manifest_json = pinned
+            pin, manifest_json = in_bucket
             manifest = json.loads(manifest_json)
             source = _bucket_datasource(accel_path, manifest, self.verify_on_load, self._storage_options)
             weakref.finalize(
