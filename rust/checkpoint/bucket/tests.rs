@@ -189,3 +189,30 @@ fn a_manifest_naming_another_prefix_is_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn a_pinned_version_stays_whole_through_saves_until_unpinned() {
+    use super::readers::{pin_newest, unpin};
+    let bucket = bucket();
+    let (staging, manifest) = staged(&bucket, 1, 100);
+    staging.commit(manifest).unwrap();
+    let (pin, pinned) = pin_newest(&bucket).unwrap().unwrap();
+    for start in [2, 3, 4] {
+        let (staging, manifest) = staged(&bucket, start, 100);
+        staging.commit(manifest).unwrap();
+    }
+    assert_eq!(
+        versions(&bucket).unwrap(),
+        vec![3, 2, 0],
+        "the pinned version 0 stays"
+    );
+    let source = super::load::GenerationObjects::of(&bucket, &pinned);
+    let loaded =
+        crate::checkpoint::reader::read_manifested(&source, pinned, &ReadOptions::default());
+    assert_eq!(loaded.unwrap().manifest.num_rows, 100);
+    unpin(&bucket, &pin);
+    let (staging, manifest) = staged(&bucket, 5, 100);
+    staging.commit(manifest).unwrap();
+    assert_eq!(versions(&bucket).unwrap(), vec![4, 3]);
+    assert!(keys(&bucket, "readers").is_empty());
+}
