@@ -490,6 +490,31 @@ def test_bench_only_bucket_local_server_is_self_contained(tmp_path):
     assert list(workdir.iterdir()) == []
 
 
+def test_bench_only_bucket_with_job_times_the_partitioned_job_in_the_bucket(tmp_path, s3_server, s3_bucket, s3_env):
+    """`--with-job`: the ray_partitioned job unpatched and patched, each with its
+    checkpoints in the bucket (listed there, every op of every partition), the
+    same export; the bucket and the work dir (the reference's stray local
+    ``s3:`` directory among it) are empty after."""
+    require("data_juicer")
+    require("ray")
+    out, workdir = tmp_path / "bucket.json", tmp_path / "w"
+    args = ["--only", "bucket", "--bucket", f"s3://{s3_bucket}/runs", "--size", "1MB", "--rounds", "1"]
+    args += ["--with-job", "--partitions", "2", "--no-progress", "--workdir", str(workdir), "--json", str(out)]
+    proc = _bench(args, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    print(proc.stdout)
+    job = json.loads(out.read_text())["bucket"]["job"]
+    assert job["checkpoint_dir"].startswith(f"s3://{s3_bucket}/runs/dja-bench-")
+    assert [row["case"] for row in job["rows"]] == ["reference", "accel"] and job["same_export"]
+    for row in job["rows"]:
+        assert row["checkpoints"] == 6 * 2 and row["ckpt_bytes"] > 0 and row["run_s"] > 0 and row["save_s"] > 0
+        assert row["rows"] == job["exported_rows"] > 0
+    assert "ray_partitioned job" in proc.stdout and "checkpoint_dir: a fresh prefix per run under s3://" in proc.stdout
+    assert "--partitions 2 --with-job\n" in proc.stdout
+    assert s3_server.list_keys(s3_bucket) == []
+    assert list(workdir.iterdir()) == []
+
+
 def _closed_port() -> int:
     import socket
 
@@ -507,6 +532,7 @@ BUCKET_BAD_ARGUMENTS = [
     (["--bucket", "s3://b/p"], {"AWS_ALLOW_HTTP": "false"}, "--bucket s3://b/p: the endpoint is plain http"),
     (["--bucket", "s3://b/p"], {"AWS_ENDPOINT_URL": "closed"}, "--bucket s3://b/p: cannot reach it at http://"),
     (["--bucket", "s3://no-such-bucket/p"], {}, "--bucket s3://no-such-bucket/p: no bucket 'no-such-bucket' at"),
+    (["--local-server", "--with-job", "--data", "x.jsonl"], {}, "--with-job runs the job on the default corpus"),
 ]
 
 
@@ -525,7 +551,7 @@ def test_a_bad_bucket_argument_is_one_line_before_any_work(tmp_path, s3_env, arg
     assert proc.stdout == "" and list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("args", [["--bucket", "s3://b/p"], ["--local-server"]])
+@pytest.mark.parametrize("args", [["--bucket", "s3://b/p"], ["--local-server"], ["--with-job"]])
 def test_bucket_options_go_with_only_bucket(args):
     proc = _bench(["--only", "checkpoints", *args], timeout=120)
     assert proc.returncode == 2

@@ -22,6 +22,12 @@ The bucket is configured as the checkpoint manager's is, by the ``AWS_*``
 environment variables (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``,
 ``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION``, ``AWS_ALLOW_HTTP``); pyarrow and
 Lance are given the same settings.
+
+With ``--with-job`` the case also runs the ``ray_partitioned`` Data-Juicer
+job of ``--only ray`` (``ray_job``), unpatched and patched, alternating, each
+run's ``checkpoint_dir`` a fresh prefix under the run's (``JobBucket``). It is
+an option, not the default: every run is a process starting its own local Ray
+cluster (half a minute at least on 2 cores), so it adds minutes.
 """
 
 from __future__ import annotations
@@ -413,3 +419,37 @@ def _rows(chosen: list[Writer], raw: dict, table: pa.Table) -> list[dict]:
         row["load_x"] = row["load_MBps"] / ref["load_MBps"] if ref else None
         row["bytes_x"] = row["bucket_bytes"] / ref["bucket_bytes"] if ref and ref["bucket_bytes"] else None
     return rows
+
+
+# -- the partitioned job's checkpoints (bench --only bucket --with-job) -------
+
+
+class JobBucket:
+    """Where ``ray_job.run_job`` puts a run's ``checkpoint_dir``: a fresh prefix
+    per run under ``<run's prefix>/job``; what a run left there, and its removal."""
+
+    def __init__(self, target: Target, prefix: str):
+        self.target = target
+        self.filesystem = target.filesystem()
+        self.path = f"{target.bucket}/{prefix}/job"
+        self.runs = 0
+
+    def where(self) -> str:
+        return f"s3://{self.path} at {self.target.where()}"
+
+    def next_uri(self, case: str) -> str:
+        self.runs += 1
+        return f"s3://{self.path}/{self.runs}-{case}"
+
+    def measure(self, uri: str) -> tuple[int, int]:
+        """Bytes of every object under ``uri``, and its ``checkpoint_op_*`` entries."""
+        from pyarrow import fs
+
+        path = uri.removeprefix("s3://")
+        infos = self.filesystem.get_file_info(fs.FileSelector(path, recursive=True, allow_not_found=True))
+        files = [i for i in infos if i.type == fs.FileType.File]
+        tops = {i.path[len(path) + 1 :].split("/")[0] for i in files}
+        return sum(i.size or 0 for i in files), sum(1 for top in tops if top.startswith("checkpoint_op_"))
+
+    def remove(self, uri: str) -> None:
+        remove(self.filesystem, uri.removeprefix("s3://"))

@@ -91,6 +91,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="`--only bucket` against moto's S3 server started on loopback (needs moto[server])",
     )
     p.add_argument(
+        "--with-job",
+        action="store_true",
+        help="`--only bucket` also runs the ray_partitioned Data-Juicer job (as `--only ray`, default corpus at "
+        "--size) with its checkpoints in the bucket, unpatched and patched; a Ray job process per run, so minutes",
+    )
+    p.add_argument(
         "--rounds", type=_positive, default=3, help="interleaved rounds per case; medians are shown (default 3)"
     )
     p.add_argument(
@@ -116,7 +122,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--partitions",
         type=_positive,
         default=4,
-        help="partitions of the ray_partitioned job of `--only ray` (default 4)",
+        help="partitions of the ray_partitioned job of `--only ray` and `--only bucket --with-job` (default 4)",
     )
     p.add_argument("--workdir", metavar="DIR", help="where checkpoints are written (default: a fresh temp dir)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
@@ -168,10 +174,16 @@ def _check_bucket(args: argparse.Namespace) -> None:
     from data_juicer_accel.bench import bucket, local_s3
 
     if args.only != "bucket":
-        for option, given in (("--bucket", args.bucket), ("--local-server", args.local_server)):
+        for option, given in (
+            ("--bucket", args.bucket),
+            ("--local-server", args.local_server),
+            ("--with-job", args.with_job),
+        ):
             if given:
                 raise BadArgument(f"{option} goes with --only bucket")
         return
+    if args.with_job and args.data:
+        raise BadArgument("--with-job runs the job on the default corpus at --size: give no --data")
     if args.bucket and args.local_server:
         raise BadArgument("--bucket and --local-server: give one (--local-server makes a bucket of its own)")
     if args.local_server:
@@ -280,6 +292,8 @@ def command_line(args: argparse.Namespace) -> str:
             parts += [f"--{name.replace('_', '-')}", str(value)]
     if getattr(args, "local_server", False):
         parts.append("--local-server")
+    if getattr(args, "with_job", False):
+        parts.append("--with-job")
     return " ".join(parts)
 
 
@@ -356,7 +370,7 @@ BUCKET_SIZE = 64 * 10**6
 
 def _run_bucket(args: argparse.Namespace, data: Any) -> int:
     """Checkpoints in a bucket against the reference's parquet (see bench/bucket.py)."""
-    from data_juicer_accel.bench import bucket, report
+    from data_juicer_accel.bench import bucket, ray_job, report
     from data_juicer_accel.bench.corpus import default_corpus
     from data_juicer_accel.bench.progress import Progress
     from data_juicer_accel.bench.runner import CpuShare, machine_info
@@ -369,16 +383,21 @@ def _run_bucket(args: argparse.Namespace, data: Any) -> int:
         keys = [w.key for w in bucket.writers(args.num_proc) if w.available() is None]
         nbytes = data.nbytes if data is not None else size
         seconds = bucket.expected_seconds(nbytes, args.rounds, keys) + (0 if data is not None else 15 * size / 1e9)
+        job_seconds, job_bytes = ray_job.expected_cost(size, args.rounds) if args.with_job else (0.0, 0.0)
+        seconds += job_seconds
         if not args.no_progress:
-            print(_bucket_expectations(seconds, nbytes, run.uri), file=sys.stderr, flush=True)
+            print(_bucket_expectations(seconds, max(nbytes, job_bytes), run.uri), file=sys.stderr, flush=True)
         progress = Progress(seconds, enabled=not args.no_progress)
         with _interrupt.removed_if_interrupted(run.uri, run.remove):
             try:
                 progress.step(f"generating the {size / 1e6:,.0f} MB default corpus")
                 table = data if data is not None else default_corpus(size)
-                result = bucket.run_bucket_bench(
-                    table, target, run.prefix, args.rounds, args.num_proc, _stepper(progress)
-                )
+                step = _stepper(progress)
+                result = bucket.run_bucket_bench(table, target, run.prefix, args.rounds, args.num_proc, step)
+                del table
+                if args.with_job:
+                    step("the ray_partitioned job, unpatched and patched", job_seconds)
+                    result["job"] = _run_bucket_job(args, size, bucket.JobBucket(target, run.prefix))
             finally:
                 progress.close()
                 if not _interrupt.interrupted():
@@ -392,6 +411,19 @@ def _run_bucket(args: argparse.Namespace, data: Any) -> int:
             json.dump({"bucket": result}, f, indent=2)
         print(f"\nresults written to {args.json}")
     return 0
+
+
+def _run_bucket_job(args: argparse.Namespace, size: int, job_bucket: Any) -> dict:
+    """The partitioned job of ``--only ray`` with its checkpoints in the bucket
+    (see bench/ray_job.py), or why it was not run."""
+    from data_juicer_accel.bench import ray_job
+    from data_juicer_accel.tools import _interrupt
+
+    why = ray_job.why_not_runnable()
+    if why is not None:
+        return {"not_run": why}
+    with _interrupt.temporary_directory("dja-bench-job-", dir=args.workdir) as workdir:
+        return ray_job.run_ray_job_bench(size, args.rounds, workdir, partitions=args.partitions, bucket=job_bucket)
 
 
 def _stepper(progress: Any) -> Any:

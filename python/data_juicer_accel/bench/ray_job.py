@@ -38,6 +38,13 @@ Per case (medians over the rounds):
 
 Both cases must export the same rows (the sorted texts, compared by digest):
 the bench stops with an error otherwise.
+
+With a ``bucket`` (``bench --only bucket --with-job``, see ``bucket.JobBucket``)
+every run's ``checkpoint_dir`` is a fresh prefix in it: 1.6.1's manager writes
+its parquet there through ``write_parquet`` (and a stray ``./s3:/...``
+``partitioning_info.json`` in the job's cwd, its own fresh directory, removed
+after the run); ``ckpt_bytes`` is then every object under that prefix, listed at
+the end, and the prefix is deleted before the next run.
 """
 
 from __future__ import annotations
@@ -51,6 +58,7 @@ import re
 import shutil
 import statistics
 import sys
+from typing import Any
 
 from data_juicer_accel.bench.checkpoints import dir_bytes
 from data_juicer_accel.bench.dj_jobs import (
@@ -106,14 +114,16 @@ def why_not_runnable() -> str | None:
     return f"py-data-juicer cannot be imported ({lines[-1] if lines else f'exit {proc.returncode}'})"
 
 
-def write_config(root: str, data: str, partitions: int, np_: int) -> str:
+def write_config(root: str, data: str, partitions: int, np_: int, checkpoint_uri: str | None = None) -> str:
+    """The job's config; ``checkpoint_uri``: its ``checkpoint_dir`` (else the work dir's)."""
+    where = f"checkpoint_dir: '{checkpoint_uri}'\n" if checkpoint_uri else ""
     return write_job_config(
         root,
         "bench-ray-job",
         data,
         np_,
         "executor_type: ray_partitioned\nray_address: local\n"
-        f"partition:\n  mode: manual\n  num_of_partitions: {partitions}\n"
+        f"partition:\n  mode: manual\n  num_of_partitions: {partitions}\n{where}"
         "checkpoint:\n  enabled: true\n  strategy: every_op\n",
     )
 
@@ -140,30 +150,37 @@ def export_digest(root: str) -> tuple[int, str]:
     return len(texts), digest.hexdigest()
 
 
-def run_job(case: str, workdir: str, data: str, partitions: int, np_: int, env: dict) -> dict:
-    """One job of ``case`` in a fresh directory; what it cost and what it exported.
-    A run that Ray aborts in an internal check is run once more, from scratch."""
+def run_job(case: str, workdir: str, data: str, partitions: int, np_: int, env: dict, bucket: Any = None) -> dict:
+    """One job of ``case`` in a fresh directory (its cwd too); what it cost and
+    what it exported. With a ``bucket`` (``bucket.JobBucket``) its checkpoints
+    go to a fresh prefix there, deleted after the run. A run that Ray aborts in
+    an internal check is run once more, from scratch."""
     for attempt in (1, 2):
         root = os.path.join(workdir, case)
         shutil.rmtree(root, ignore_errors=True)
         os.makedirs(root)
-        cfg = write_config(root, data, partitions, np_)
+        ckpt_uri = bucket.next_uri(case) if bucket is not None else None
+        cfg = write_config(root, data, partitions, np_, ckpt_uri)
         log = os.path.join(workdir, f"{case}.log")
         returncode, text, process_s = run_logged([*COMMANDS[case], "--config", cfg], env, log, cwd=root)
         if returncode != 0 and RAY_INTERNAL_CHECK_FAILED in text and attempt == 1:
             os.replace(log, log + ".ray-check-failed")
+            if ckpt_uri:
+                bucket.remove(ckpt_uri)
             continue
         run_time = RUN_TIME.findall(text)
         if returncode != 0 or not run_time:
             raise RuntimeError(f"ray job {case} failed (rc {returncode}); see {log}:\n{text[-3000:]}")
-        ckpt = checkpoint_dir(root)
+        ckpt_bytes, checkpoints = bucket.measure(ckpt_uri) if ckpt_uri else local_checkpoints(root)
+        if ckpt_uri:
+            bucket.remove(ckpt_uri)
         rows, digest = export_digest(root)
         result = {
             "run_s": float(run_time[-1]),
             "process_s": process_s,
             "save_s": save_seconds(text),
-            "ckpt_bytes": dir_bytes(ckpt),
-            "checkpoints": len(glob.glob(os.path.join(ckpt, "checkpoint_op_*"))),
+            "ckpt_bytes": ckpt_bytes,
+            "checkpoints": checkpoints,
             "rows": rows,
             "digest": digest,
             "retried": attempt - 1,
@@ -171,6 +188,12 @@ def run_job(case: str, workdir: str, data: str, partitions: int, np_: int, env: 
         shutil.rmtree(root, ignore_errors=True)  # the next job starts from nothing; disk stays small
         return result
     raise AssertionError("unreachable")
+
+
+def local_checkpoints(root: str) -> tuple[int, int]:
+    """Bytes under the job's local checkpoint directory, and its checkpoints."""
+    ckpt = checkpoint_dir(root)
+    return dir_bytes(ckpt), len(glob.glob(os.path.join(ckpt, "checkpoint_op_*")))
 
 
 def save_seconds(log: str) -> float:
@@ -199,8 +222,11 @@ def expected_cost(size: int, rounds: int) -> tuple[float, float]:
     return seconds, 5.5 * size
 
 
-def run_ray_job_bench(size: int, rounds: int, workdir: str, partitions: int = 4, np_: int = 2) -> dict:
-    """Both cases, ``rounds`` interleaved rounds; medians and patched/unpatched ratios."""
+def run_ray_job_bench(
+    size: int, rounds: int, workdir: str, partitions: int = 4, np_: int = 2, bucket: Any = None
+) -> dict:
+    """Both cases, ``rounds`` interleaved rounds; medians and patched/unpatched ratios.
+    ``bucket`` (``bucket.JobBucket``): the checkpoints go there instead of the work dir."""
     os.makedirs(workdir, exist_ok=True)
     data = os.path.join(workdir, "corpus.jsonl")
     data_bytes = write_corpus_jsonl(size, data)
@@ -209,7 +235,7 @@ def run_ray_job_bench(size: int, rounds: int, workdir: str, partitions: int = 4,
     for r in range(rounds):
         order = CASES if r % 2 == 0 else CASES[::-1]  # neither case always runs first
         for case in order:
-            runs[case].append(run_job(case, workdir, data, partitions, np_, env))
+            runs[case].append(run_job(case, workdir, data, partitions, np_, env, bucket))
     check_same_export(runs)
     rows = [_row(case, runs[case]) for case in CASES]
     ref, ours = rows
@@ -226,6 +252,7 @@ def run_ray_job_bench(size: int, rounds: int, workdir: str, partitions: int = 4,
         "same_export": True,
         "loadavg": list(os.getloadavg()),
         "rows": rows,
+        "checkpoint_dir": bucket.where() if bucket is not None else None,
     }
 
 
@@ -283,11 +310,19 @@ def format_report(result: dict) -> str:
             right=set(range(1, 10)),
         ),
     ]
+    in_bucket = result.get("checkpoint_dir")
+    if in_bucket:
+        lines.insert(1, f"checkpoint_dir: a fresh prefix per run under {in_bucket}")
     lines += [
         f"both exported the same {result['exported_rows']:,} rows (sorted texts equal)",
         "run(): the executor's run() as dj-process logs it (load, ops, checkpoints, export); process: start to exit, "
         'with Python and Ray start-up; saves: from each "Creating checkpoint" to its "Saved checkpoint" log line, '
-        "summed (other partitions run meanwhile); ckpt MB: every file under the job's checkpoint directory at the end",
+        "summed (other partitions run meanwhile); ckpt MB: "
+        + (
+            "every object under the run's checkpoint prefix in the bucket at the end"
+            if in_bucket
+            else "every file under the job's checkpoint directory at the end"
+        ),
     ]
     retried = sum(r["retried"] for r in result["rows"])
     if retried:

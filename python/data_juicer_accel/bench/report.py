@@ -419,6 +419,15 @@ def bucket_report(result: dict) -> str:
         *(f"  {r['label']}: {r['note']}" for r in rows),
         *(f"not measured: {s['label']} -- {s['why']}" for s in result.get("skipped", [])),
     ]
+    text = _wrap("\n".join(lines))
+    lines = []
+    job = result.get("job")
+    if job:  # as `--only ray` prints it: its table is wider than WIDTH, never wrapped
+        from data_juicer_accel.bench import ray_job
+
+        text += "\n\n" + (
+            f"not run: {ray_job.TITLE} -- {job['not_run']}" if "not_run" in job else ray_job.format_report(job)
+        )
     machine = result.get("machine") or {}
     if machine:
         others = machine.get("other_processes_cores")
@@ -428,7 +437,7 @@ def bucket_report(result: dict) -> str:
         )
     if result.get("command"):
         lines.append(f"command: {result['command']}")
-    return _wrap("\n".join(lines))
+    return text + "\n" + _wrap("\n".join(lines))
 
 
 def write_json(results: dict, path: str) -> None:
