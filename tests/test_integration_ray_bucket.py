@@ -16,7 +16,8 @@ another:
   stop with an error naming them rather than load rows of the old input.
 
 No run may write a local path that looks like a URI (``s3:``): the executor's
-``partitioning_info.json`` stays in the job's work directory. The bucket is
+``partitioning_info.json`` goes into the bucket beside the checkpoints, so a
+resume needs nothing of the killed run's machine. The bucket is
 read with boto3 (the test harness's client), not with the code under test.
 The Ray environment (test op on ``PYTHONPATH``, torch stand-in, retries of
 runs Ray itself broke) is that of ``test_integration_ray_e2e``.
@@ -220,6 +221,7 @@ def runs(tmp_path_factory, s3_server, bucket):
     cfg = write_config(root, support, f"s3://{bucket}/full/{{job_id}}")
     out["full"] = {"root": root, "rc": run(cfg, root / "run.log", env, "--job_id", JOB)}
     out["full"]["published"] = published(s3_server, bucket, f"full/{JOB}")
+    out["full"]["keys"] = s3_server.list_keys(bucket, f"full/{JOB}/")
 
     def killed(name: str) -> tuple[Path, dict]:
         root, prefix = base / name, f"{name}/{JOB}"
@@ -261,7 +263,8 @@ def test_an_uninterrupted_run_checkpoints_in_the_bucket_and_exports_the_same(run
     assert full["rc"] == 0, log[-6000:]
     assert full["published"] == every_checkpoint()
     assert exported_texts(full["root"]) == exported_texts(runs["plain"]["root"])
-    assert (full["root"] / "work" / JOB / "partitioning_info.json").is_file()
+    assert f"full/{JOB}/partitioning_info.json" in full["keys"]
+    assert not (full["root"] / "work" / JOB / "partitioning_info.json").exists()
     assert not (full["root"] / "work" / JOB / "checkpoints").exists()
     assert uri_named_paths(full["root"]) == []
 

@@ -97,6 +97,16 @@ def committed_manifest(ckpt_dir: str | Any, *, storage_options: Sequence[tuple[s
 def bucket_versions(ckpt_dir: str | Any, *, storage_options: Sequence[tuple[str, str]] | None = None) -> list[int]:
     """The versions published in the bucket ``ckpt_dir``, newest first."""
 
+def put_bucket_file(
+    uri: str | Any, name: str, data: bytes, *, storage_options: Sequence[tuple[str, str]] | None = None
+) -> None:
+    """Puts the small file ``name`` under the bucket prefix ``uri``, beside the checkpoint's versions, in one PUT."""
+
+def get_bucket_file(
+    uri: str | Any, name: str, *, storage_options: Sequence[tuple[str, str]] | None = None
+) -> bytes | None:
+    """The small file ``name`` under the bucket prefix ``uri``; None when there is none."""
+
 def read_manifest(path: str | Any) -> str | None:
     """The validated manifest of the checkpoint in ``path`` as JSON text, or None."""
 

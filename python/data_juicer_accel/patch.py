@@ -436,7 +436,7 @@ _PARTITIONED_MODULE = "data_juicer.core.executor.ray_executor_partitioned"
 
 
 def _install_partitioned_bucket_checkpoints() -> None:
-    """Wrap the four methods of ``PartitionedRayExecutor`` that treat
+    """Wrap the five methods of ``PartitionedRayExecutor`` that treat
     ``checkpoint_dir`` as a local directory (see ``partitioned_ckpt``).
     Without Ray the module does not import, and there is nothing to wrap."""
     try:
@@ -447,6 +447,7 @@ def _install_partitioned_bucket_checkpoints() -> None:
     for name, wrapper in (
         ("_get_partitioning_info_path", _partitioning_info_path),
         ("_save_partitioning_info", _save_partitioning_info),
+        ("_load_partitioning_info", _load_partitioning_info),
         ("_resume_job", _resume_job),
         ("_clear_invalid_checkpoints", _clear_invalid_checkpoints),
     ):
@@ -467,6 +468,15 @@ def _save_partitioning_info(original, executor, info):
     if partitioned_ckpt.bucket_of(executor) is None:
         return original(executor, info)
     return partitioned_ckpt.save_partitioning_info(executor, info)
+
+
+def _load_partitioning_info(original, executor):
+    from data_juicer_accel.utils import partitioned_ckpt
+
+    if partitioned_ckpt.bucket_of(executor) is None:
+        return original(executor)
+    info_class = importlib.import_module(_PARTITIONED_MODULE).PartitioningInfo
+    return partitioned_ckpt.load_partitioning_info(executor, info_class)
 
 
 def _resume_job(original, executor, job_id):

@@ -7,13 +7,11 @@ three places, each wrapped here and changed only when the manager is in a
 bucket:
 
 * ``partitioning_info.json`` (the partitions' row boundaries and content
-  hashes that ``--resume`` needs): 1.6.1 writes it with ``os.makedirs`` and
-  ``open`` inside ``checkpoint_dir``, which would create a local ``s3:/...``
-  directory. The native bucket client publishes whole checkpoints only (no
-  single-object write), so this small file goes to the job's ``work_dir``
-  instead, written atomically (temporary file, fsync, rename): the work
-  directory is the one ``--resume <job_id>`` reopens, since it ends with the
-  job id.
+  hashes that ``--resume`` needs): 1.6.1 writes and reads it with
+  ``os.makedirs`` and ``open`` inside ``checkpoint_dir``, which would create
+  a local ``s3:/...`` directory. It goes into the bucket instead, beside the
+  checkpoints (one PUT: a reader sees the old file or the new one), so that
+  a job resumes from the bucket alone, on another machine too.
 * ``_resume_job`` replaces the manager's directory with ``work_dir/checkpoints``
   when that exists; with a bucket the checkpoints are in the configured
   prefix, so the bucket is kept (``find_latest_checkpoint`` lists it).
@@ -25,8 +23,7 @@ bucket:
 
 from __future__ import annotations
 
-import os
-import tempfile
+import json
 from typing import Any
 
 from loguru import logger
@@ -35,6 +32,7 @@ __all__ = [
     "PARTITIONING_INFO",
     "bucket_of",
     "keep_bucket_after_resume",
+    "load_partitioning_info",
     "partitioning_info_path",
     "refuse_to_clear",
     "save_partitioning_info",
@@ -51,32 +49,36 @@ def bucket_of(executor: Any) -> str | None:
 
 
 def partitioning_info_path(executor: Any) -> str:
-    """Where a bucket job keeps ``partitioning_info.json``: its (local) work directory."""
-    return os.path.join(executor.work_dir, PARTITIONING_INFO)
+    """Where a bucket job keeps ``partitioning_info.json``: beside its checkpoints."""
+    return f"{bucket_of(executor)}/{PARTITIONING_INFO}"
 
 
 def save_partitioning_info(executor: Any, info: Any) -> None:
-    """Writes ``info`` (a ``PartitioningInfo``) to ``partitioning_info_path``, atomically:
-    a run killed while writing leaves the previous file whole, never a truncated one."""
-    import json
+    """Puts ``info`` (a ``PartitioningInfo``) into the bucket, in one PUT."""
+    from data_juicer_accel import _native
 
-    path = partitioning_info_path(executor)
-    directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{PARTITIONING_INFO}.", dir=directory)
+    bucket = bucket_of(executor)
+    data = json.dumps(info.to_dict(), indent=2).encode()
+    _native.put_bucket_file(bucket, PARTITIONING_INFO, data, storage_options=_options(executor))
+    logger.info(f"Saved partitioning info to {bucket}/{PARTITIONING_INFO}")
+
+
+def load_partitioning_info(executor: Any, info_class: Any) -> Any | None:
+    """The ``PartitioningInfo`` saved in the bucket; None (with a warning) when
+    there is none or it cannot be read, as 1.6.1 answers for a local file."""
+    from data_juicer_accel import _native
+
+    where = partitioning_info_path(executor)
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(info.to_dict(), f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    logger.info(f"Saved partitioning info to {path} (the checkpoints are in {bucket_of(executor)})")
+        data = _native.get_bucket_file(bucket_of(executor), PARTITIONING_INFO, storage_options=_options(executor))
+        return None if data is None else info_class.from_dict(json.loads(data))
+    except Exception as e:  # 1.6.1 logs any failure and answers None
+        logger.warning(f"Failed to load partitioning info from {where}: {e}")
+        return None
+
+
+def _options(executor: Any) -> list[tuple[str, str]]:
+    return executor.ckpt_manager._storage_options or []
 
 
 def keep_bucket_after_resume(executor: Any, ckpt_dir: str) -> None:

@@ -407,3 +407,44 @@ pub fn delete_generation_object(bucket: &Bucket, generation: &str, name: &str) -
         Err(e) => Err(store_error(bucket.shown(&key), e)),
     }
 }
+
+/// Puts the small file `name` directly under the checkpoint's prefix, in one
+/// PUT (atomic: a reader sees the old object or the new one). For what a
+/// caller keeps beside the versions (the partitioned executor's
+/// `partitioning_info.json`), not part of any checkpoint.
+pub fn put_side_file(bucket: &Bucket, name: &str, bytes: &[u8]) -> Result<()> {
+    if !is_safe_file_name(name) {
+        return Err(CheckpointError::Input(format!(
+            "{name:?} is not a plain file name"
+        )));
+    }
+    let key = bucket.key(name);
+    let payload = PutPayload::from(Bytes::copy_from_slice(bytes));
+    block_on(bucket.store.put(&key, payload))?.map_err(|e| store_error(bucket.shown(&key), e))?;
+    Ok(())
+}
+
+/// Reads a file of [`put_side_file`]; `Ok(None)` when there is none. At
+/// most 64 MiB: it is a small file.
+pub fn get_side_file(bucket: &Bucket, name: &str) -> Result<Option<Vec<u8>>> {
+    if !is_safe_file_name(name) {
+        return Err(CheckpointError::Input(format!(
+            "{name:?} is not a plain file name"
+        )));
+    }
+    let key = bucket.key(name);
+    let shown = bucket.shown(&key);
+    let got = block_on(async {
+        let result = bucket.store.get(&key).await?;
+        if result.meta.size > MAX_MANIFEST_BYTES {
+            return Ok(None);
+        }
+        result.bytes().await.map(Some)
+    })?;
+    match got {
+        Ok(Some(bytes)) => Ok(Some(bytes.to_vec())),
+        Ok(None) => Err(CheckpointError::corrupt(&shown, "larger than 64 MiB")),
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(store_error(shown, e)),
+    }
+}
