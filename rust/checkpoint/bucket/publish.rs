@@ -126,15 +126,8 @@ impl BucketStaging {
 
     /// Uploads a small file (state.json, ckpt_op.json, ...) of the save.
     pub fn add_file(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
-        if !is_safe_file_name(name) {
-            return Err(CheckpointError::Input(format!(
-                "{name:?} is not a plain file name"
-            )));
-        }
         let key = object_key(&self.bucket, &self.generation, name);
-        let payload = PutPayload::from(Bytes::copy_from_slice(bytes));
-        block_on(self.bucket.store.put(&key, payload))?
-            .map_err(|e| store_error(self.bucket.shown(&key), e))?;
+        put_small(&self.bucket, name, &key, bytes)?;
         self.files.push(FileEntry {
             file: name.to_string(),
             bytes: bytes.len() as u64,
@@ -256,29 +249,47 @@ async fn delete_prefix_async(bucket: &Bucket, relative: &str) -> object_store::R
 /// Reads version `version`'s manifest; `Ok(None)` when it is gone.
 pub fn read_manifest(bucket: &Bucket, version: u64) -> Result<Option<Manifest>> {
     let key = version_key(bucket, version);
+    let Some(text) = get_small(bucket, &key)? else {
+        return Ok(None);
+    };
     let shown = bucket.shown(&key);
+    let manifest =
+        Manifest::parse(&text).map_err(|detail| CheckpointError::corrupt(&shown, detail))?;
+    check_generation(&manifest).map_err(|detail| CheckpointError::corrupt(&shown, detail))?;
+    Ok(Some(manifest))
+}
+
+/// The object `key`, at most 64 MiB (a manifest, a small file); `Ok(None)`
+/// when there is none.
+fn get_small(bucket: &Bucket, key: &Key) -> Result<Option<Bytes>> {
     let got = block_on(async {
-        let result = bucket.store.get(&key).await?;
+        let result = bucket.store.get(key).await?;
         if result.meta.size > MAX_MANIFEST_BYTES {
             return Ok(None);
         }
         result.bytes().await.map(Some)
     })?;
-    let text = match got {
-        Ok(Some(text)) => text,
-        Ok(None) => {
-            return Err(CheckpointError::corrupt(
-                &shown,
-                "manifest larger than 64 MiB",
-            ))
-        }
-        Err(object_store::Error::NotFound { .. }) => return Ok(None),
-        Err(e) => return Err(store_error(shown, e)),
-    };
-    let manifest =
-        Manifest::parse(&text).map_err(|detail| CheckpointError::corrupt(&shown, detail))?;
-    check_generation(&manifest).map_err(|detail| CheckpointError::corrupt(&shown, detail))?;
-    Ok(Some(manifest))
+    match got {
+        Ok(Some(bytes)) => Ok(Some(bytes)),
+        Ok(None) => Err(CheckpointError::corrupt(
+            bucket.shown(key),
+            "larger than 64 MiB",
+        )),
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(store_error(bucket.shown(key), e)),
+    }
+}
+
+/// Puts the small object `key` in one PUT, its name checked first.
+fn put_small(bucket: &Bucket, name: &str, key: &Key, bytes: &[u8]) -> Result<()> {
+    if !is_safe_file_name(name) {
+        return Err(CheckpointError::Input(format!(
+            "{name:?} is not a plain file name"
+        )));
+    }
+    let payload = PutPayload::from(Bytes::copy_from_slice(bytes));
+    block_on(bucket.store.put(key, payload))?.map_err(|e| store_error(bucket.shown(key), e))?;
+    Ok(())
 }
 
 /// A bucket manifest names a generation of this checkpoint, and nothing else.
@@ -413,15 +424,7 @@ pub fn delete_generation_object(bucket: &Bucket, generation: &str, name: &str) -
 /// caller keeps beside the versions (the partitioned executor's
 /// `partitioning_info.json`), not part of any checkpoint.
 pub fn put_side_file(bucket: &Bucket, name: &str, bytes: &[u8]) -> Result<()> {
-    if !is_safe_file_name(name) {
-        return Err(CheckpointError::Input(format!(
-            "{name:?} is not a plain file name"
-        )));
-    }
-    let key = bucket.key(name);
-    let payload = PutPayload::from(Bytes::copy_from_slice(bytes));
-    block_on(bucket.store.put(&key, payload))?.map_err(|e| store_error(bucket.shown(&key), e))?;
-    Ok(())
+    put_small(bucket, name, &bucket.key(name), bytes)
 }
 
 /// Reads a file of [`put_side_file`]; `Ok(None)` when there is none. At
@@ -432,19 +435,5 @@ pub fn get_side_file(bucket: &Bucket, name: &str) -> Result<Option<Vec<u8>>> {
             "{name:?} is not a plain file name"
         )));
     }
-    let key = bucket.key(name);
-    let shown = bucket.shown(&key);
-    let got = block_on(async {
-        let result = bucket.store.get(&key).await?;
-        if result.meta.size > MAX_MANIFEST_BYTES {
-            return Ok(None);
-        }
-        result.bytes().await.map(Some)
-    })?;
-    match got {
-        Ok(Some(bytes)) => Ok(Some(bytes.to_vec())),
-        Ok(None) => Err(CheckpointError::corrupt(&shown, "larger than 64 MiB")),
-        Err(object_store::Error::NotFound { .. }) => Ok(None),
-        Err(e) => Err(store_error(shown, e)),
-    }
+    Ok(get_small(bucket, &bucket.key(name))?.map(|bytes| bytes.to_vec()))
 }
