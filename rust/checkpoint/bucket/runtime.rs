@@ -17,6 +17,7 @@ use std::time::Duration;
 use tokio::runtime::{Builder, Handle, Runtime};
 
 use crate::checkpoint::error::{CheckpointError, Result};
+use crate::checkpoint::memory;
 
 /// Network waits, not computation: two threads keep many requests in flight.
 const WORKER_THREADS: usize = 2;
@@ -38,9 +39,8 @@ pub fn handle() -> Result<Handle> {
         .thread_name("dja-bucket")
         .enable_all()
         .build()
-        .map_err(|e| {
-            CheckpointError::Input(format!("cannot start the object-store client: {e}"))
-        })?;
+        // Only its threads can fail to start: the process is out of memory.
+        .map_err(|e| memory::thread_error("the object-store client's threads", e))?;
     // Lives as long as the process; a parent's, after a fork, is leaked.
     let runtime: &'static Runtime = Box::leak(Box::new(runtime));
     *slot = Some((pid, runtime));
